@@ -1,0 +1,187 @@
+// swift-tools-version: 6.2
+import PackageDescription
+
+// CI sets TERMINUS_WERROR=1 so that our own targets (never the dependencies) build with
+// warnings as errors. Local builds keep warnings as warnings.
+let strict = Context.environment["TERMINUS_WERROR"] == "1"
+
+let swiftSettings: [SwiftSetting] =
+    [
+        .enableUpcomingFeature("InternalImportsByDefault"),
+        .enableUpcomingFeature("MemberImportVisibility"),
+        .enableUpcomingFeature("ExistentialAny"),
+    ] + (strict ? [.treatAllWarnings(as: .error)] : [])
+
+let package = Package(
+    name: "terminus",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "terminus", targets: ["terminus"]),
+        .library(name: "TerminusClient", targets: ["TerminusClient"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.3"),
+        .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
+        .package(url: "https://github.com/apple/swift-crypto.git", "3.12.3"..<"5.0.0"),
+        .package(url: "https://github.com/apple/swift-certificates.git", from: "1.21.1"),
+        .package(url: "https://github.com/apple/swift-asn1.git", from: "1.7.4"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
+    ],
+    targets: [
+        // A thin module over the system zlib (libz): raw deflate with preset dictionaries
+        // and inflateReset, which compress-nio does not expose.
+        .target(
+            name: "CTerminusZlib",
+            linkerSettings: [.linkedLibrary("z")]
+        ),
+        .target(
+            name: "TerminusProtocol",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio")
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "TerminusCompression",
+            dependencies: [
+                "CTerminusZlib",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "TerminusAuth",
+            dependencies: [
+                .product(name: "Crypto", package: "swift-crypto")
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "TerminusSessions",
+            dependencies: [
+                "TerminusProtocol",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "TerminusEdge",
+            dependencies: [
+                "TerminusProtocol",
+                "TerminusCompression",
+                "TerminusAuth",
+                "TerminusSessions",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "NIOTLS", package: "swift-nio"),
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "TerminusServer",
+            dependencies: [
+                "TerminusEdge",
+                "TerminusProtocol",
+                "TerminusCompression",
+                "TerminusAuth",
+                "TerminusSessions",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Yams", package: "Yams"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "TerminusClient",
+            dependencies: [
+                "TerminusProtocol",
+                "TerminusCompression",
+                "TerminusAuth",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "terminus",
+            dependencies: [
+                "TerminusServer",
+                "TerminusClient",
+                "TerminusAuth",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "TerminusProtocolTests",
+            dependencies: [
+                "TerminusProtocol",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOTestUtils", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "TerminusCompressionTests",
+            dependencies: [
+                "TerminusCompression",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "TerminusEdgeTests",
+            dependencies: [
+                "TerminusEdge",
+                "TerminusProtocol",
+                "TerminusAuth",
+                "TerminusSessions",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOTestUtils", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "TerminusServerTests",
+            dependencies: [
+                "TerminusServer",
+                "TerminusEdge",
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "TerminusEndToEndTests",
+            dependencies: [
+                "TerminusServer",
+                "TerminusEdge",
+                "TerminusClient",
+                "TerminusProtocol",
+                "TerminusAuth",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+    ]
+)

@@ -1,0 +1,389 @@
+internal import Logging
+internal import NIOCore
+internal import NIOSSL
+internal import NIOTLS
+internal import TerminusCompression
+internal import TerminusProtocol
+internal import TerminusSessions
+
+/// Drives one device connection: HELLO and authentication, PUBLISH validation and inflation,
+/// ACKs from sink outcomes, keepalive, GOAWAY. Sits last in the pipeline, after the frame
+/// decoder; confined to the channel's event loop.
+///
+/// Per-connection cost is kept to this object and its session handle: timers come from the
+/// loop's `TimerWheel`, zlib from the loop's `Inflater`, batching from the loop's batcher.
+final class DeviceSessionHandler: ChannelDuplexHandler, TimerWheelTarget, DeliveryWaiter {
+    typealias InboundIn = Frame
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private let shared: EdgeShared
+    private unowned let loop: EdgeLoopContext
+    private var machine: DeviceSessionStateMachine
+    private var context: ChannelHandlerContext?
+    private let connectionID: UInt64
+    private var clientAddress = "?"
+    private var certificateDeviceID: String?
+    private var handle: SessionHandle?
+    private var aliases: [UInt16: String]?
+    private var pendingRead = false
+    private var needsFlush = false
+    private var closeCode: TerminusCode?
+    var armedTick: Int?
+
+    init(shared: EdgeShared, loop: EdgeLoopContext, now: NIODeadline = .now()) {
+        self.shared = shared
+        self.loop = loop
+        self.connectionID = shared.makeConnectionID()
+        let settings = shared.settings
+        self.machine = DeviceSessionStateMachine(
+            usesTLS: shared.usesTLS,
+            now: now,
+            handshakeTimeout: settings.handshakeTimeout,
+            helloTimeout: settings.helloTimeout,
+            closeGrace: settings.closeGrace,
+            maxInflight: settings.maxInflight
+        )
+    }
+
+    var deviceID: String? { self.handle?.deviceID }
+
+    // MARK: Pipeline events
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        if let remote = context.channel.remoteAddress { self.clientAddress = Self.format(remote) }
+        self.loop.wheel.schedule(self, at: self.machine.deadline, now: .now())
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        self.machine.closed()
+        if let handle = self.handle {
+            self.shared.directory.unregister(handle)
+            self.shared.logger.info(
+                "device disconnected",
+                metadata: [
+                    "device": "\(handle.deviceID)", "client": "\(self.clientAddress)",
+                    "code": "\(self.closeCode?.name ?? "PEER_CLOSED")",
+                ]
+            )
+        }
+        context.fireChannelInactive()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        switch event {
+        case let header as ProxyHeaderReceived:
+            if let source = header.source { self.clientAddress = source }
+        case let tls as TLSUserEvent:
+            if case .handshakeCompleted = tls {
+                if self.shared.readsClientCertificates,
+                    let certificate = try? context.pipeline.syncOperations.nioSSL_peerCertificate()
+                {
+                    self.certificateDeviceID = CertificateIdentity.deviceID(of: certificate)
+                }
+                self.machine.handshakeCompleted(now: .now())
+                self.loop.wheel.schedule(self, at: self.machine.deadline, now: .now())
+            }
+        default:
+            break
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if self.machine.readsPaused {
+            self.pendingRead = true
+        } else {
+            context.read()
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        switch error {
+        case let error as ProtocolError:
+            self.closeSession(error.code, message: error.message)
+        case let error as NIOSSLError:
+            self.closeForTransport(.tlsFailed, "\(error)")
+        case let error as BoringSSLError:
+            self.closeForTransport(.tlsFailed, "\(error)")
+        default:
+            self.closeForTransport(self.handle == nil ? .tlsFailed : .internalError, "\(error)")
+        }
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let frame = self.unwrapInboundIn(data)
+        let now = NIODeadline.now()
+        self.machine.frameReceived(now: now)
+        do throws(ProtocolError) {
+            switch (self.machine.state, frame) {
+            case (.awaitingHello, .hello(let hello)):
+                try self.handleHello(hello, context: context, now: now)
+            case (.established, .publish(let message)):
+                try self.handlePublish(message)
+            case (.established, .ping(let opaque)):
+                self.write(.pong(opaque), context: context)
+                context.flush()
+            case (.established, .ack):
+                // ACKs answer PUSH frames (downlink); the downlink path is not in this edge yet.
+                break
+            case (.awaitingHello, .goAway), (.established, .goAway):
+                self.closeCode = .ok
+                context.close(promise: nil)
+            case (.closing, _), (.closed, _):
+                break  // the device's frames no longer matter
+            default:
+                throw ProtocolError(.unexpectedFrame, "\(frame.type) is not valid in state \(self.machine.state)")
+            }
+        } catch {
+            self.closeSession(error.code, message: error.message)
+        }
+    }
+
+    // MARK: HELLO
+
+    private func handleHello(_ hello: Hello, context: ChannelHandlerContext, now: NIODeadline) throws(ProtocolError) {
+        if self.loop.draining {
+            self.closeSession(
+                .shuttingDown,
+                reconnectAfterMilliseconds: self.drainDelay(),
+                message: "gateway is draining"
+            )
+            return
+        }
+        let settings = self.shared.settings
+        let deviceID = try self.shared.authenticator.authenticate(
+            hello,
+            certificateDeviceID: self.certificateDeviceID,
+            maxDeviceIDLength: settings.maxDeviceIDLength
+        )
+        let keepalive = settings.negotiatedKeepalive(requested: hello.keepaliveSeconds)
+        self.machine.established(keepalive: keepalive, now: now)
+        let handle = SessionHandle(
+            deviceID: deviceID,
+            connectionID: self.connectionID,
+            clientAddress: self.clientAddress,
+            connectedAt: WallClock.nowMilliseconds(),
+            eventLoop: context.eventLoop,
+            control: SessionControl(handler: self, eventLoop: context.eventLoop)
+        )
+        self.handle = handle
+        if let displaced = self.shared.directory.register(handle) {
+            displaced.control.goAway(.replaced, reconnectAfterMilliseconds: WireProtocol.doNotReconnect, message: "")
+        }
+        let welcome = Welcome(
+            keepaliveSeconds: keepalive,
+            maxFrameSize: UInt32(settings.maxFrameSize),
+            maxInflight: UInt16(clamping: settings.maxInflight),
+            maxPayloadSize: UInt32(clamping: settings.inflateLimits.maxInflatedSize),
+            maxTopicAliases: UInt16(clamping: settings.maxTopicAliases),
+            capabilities: settings.maxTopicAliases > 0 ? [.topicAliases] : [],
+            deviceID: deviceID,
+            gatewayID: settings.gatewayID
+        )
+        self.write(.welcome(welcome), context: context)
+        context.flush()
+        self.loop.wheel.schedule(self, at: self.machine.deadline, now: now)
+        self.shared.logger.info(
+            "device connected",
+            metadata: [
+                "device": "\(deviceID)", "client": "\(self.clientAddress)", "keepalive": "\(keepalive)",
+                "auth": "\(self.certificateDeviceID != nil ? "certificate" : "token")",
+            ]
+        )
+    }
+
+    // MARK: PUBLISH
+
+    private func handlePublish(_ message: Message) throws(ProtocolError) {
+        let settings = self.shared.settings
+        let topic = try self.resolveTopic(message)
+        try Topic.validatePublishTopic(topic, maxLength: settings.maxTopicLength)
+        var payload = message.payload
+        if message.compressed {
+            do {
+                payload = try self.loop.inflater.inflate(
+                    message.payload,
+                    dictionaryID: message.dictionaryID,
+                    allocator: self.context!.channel.allocator
+                )
+            } catch {
+                switch error.kind {
+                case .limitExceeded: throw ProtocolError(.inflateLimitExceeded, error.message)
+                case .unknownDictionary: throw ProtocolError(.unknownDictionary, error.message)
+                case .corrupt, .zlib: throw ProtocolError(.decompressionFailed, error.message)
+                }
+            }
+        }
+        let waiter: (any DeliveryWaiter)?
+        if message.qos == .atLeastOnce {
+            if try self.machine.publishAccepted() == .pause {
+                self.shared.logger.debug("inflight limit reached; reads paused", metadata: ["device": "\(self.deviceID ?? "?")"])
+            }
+            waiter = self
+        } else {
+            waiter = nil
+        }
+        let uplink = UplinkMessage(
+            deviceID: self.handle!.deviceID,
+            topic: topic,
+            messageID: message.messageID,
+            qos: message.qos,
+            payload: payload,
+            receivedAt: WallClock.nowMilliseconds(),
+            clientAddress: self.clientAddress
+        )
+        self.loop.batcher.enqueue(uplink, waiter: waiter)
+    }
+
+    private func resolveTopic(_ message: Message) throws(ProtocolError) -> String {
+        guard let alias = message.topicAlias else { return message.topic }
+        guard Int(alias) <= self.shared.settings.maxTopicAliases else {
+            throw ProtocolError(.unknownTopicAlias, "topic alias \(alias) above the maximum")
+        }
+        if message.topic.isEmpty {
+            guard let topic = self.aliases?[alias] else {
+                throw ProtocolError(.unknownTopicAlias, "topic alias \(alias) is not bound")
+            }
+            return topic
+        }
+        if self.aliases == nil { self.aliases = [:] }
+        self.aliases![alias] = message.topic
+        return message.topic
+    }
+
+    // MARK: Outcomes
+
+    func deliveryCompleted(messageID: UInt32, outcome: DeliveryOutcome) {
+        guard let context = self.context, self.machine.state != .closed else { return }
+        let (read, closeNow) = self.machine.deliveryCompleted()
+        self.write(.ack(outcome.ack(for: messageID)), context: context)
+        self.needsFlush = true
+        if read == .resume && self.pendingRead {
+            self.pendingRead = false
+            context.read()
+        }
+        if closeNow {
+            self.flushAcks()
+            context.close(promise: nil)
+        }
+    }
+
+    func flushAcks() {
+        guard self.needsFlush, let context = self.context else { return }
+        self.needsFlush = false
+        context.flush()
+    }
+
+    // MARK: Closing
+
+    /// Ends the session with `code`: GOAWAY when a frame can still be sent, then close.
+    func closeSession(_ code: TerminusCode, reconnectAfterMilliseconds: UInt32 = 0, message: String = "") {
+        guard let context = self.context else { return }
+        let now = NIODeadline.now()
+        let (action, closeNow) = self.machine.close(
+            code,
+            reconnectAfterMilliseconds: reconnectAfterMilliseconds,
+            message: message,
+            now: now
+        )
+        switch action {
+        case .none:
+            return
+        case .closeSilently(let code):
+            self.closeForTransport(code, message)
+            return
+        case .goAway(let goAway):
+            self.closeCode = code
+            self.logClose(code, message)
+            self.write(.goAway(goAway), context: context)
+        }
+        self.needsFlush = false
+        if closeNow {
+            context.writeAndFlush(self.wrapOutboundOut(context.channel.allocator.buffer(capacity: 0)))
+                .assumeIsolated()
+                .whenComplete { _ in context.close(promise: nil) }
+        } else {
+            context.flush()
+        }
+        self.loop.wheel.schedule(self, at: self.machine.deadline, now: now)
+    }
+
+    private func closeForTransport(_ code: TerminusCode, _ message: String) {
+        guard let context = self.context, self.machine.state != .closed else { return }
+        self.machine.closed()
+        self.closeCode = code
+        self.logClose(code, message)
+        context.close(promise: nil)
+    }
+
+    private func logClose(_ code: TerminusCode, _ message: String) {
+        var metadata: Logger.Metadata = [
+            "code": "\(code.name)", "client": "\(self.clientAddress)", "connection": "\(self.connectionID)",
+        ]
+        if let device = self.deviceID { metadata["device"] = "\(device)" }
+        if !message.isEmpty { metadata["reason"] = "\(message)" }
+        let orderly = code == .ok || code == .shuttingDown || code == .replaced || code == .kicked
+        self.shared.logger.log(level: orderly ? .info : .notice, "closing device connection", metadata: metadata)
+    }
+
+    private func drainDelay() -> UInt32 {
+        let window = self.loop.drainReconnectWindowMilliseconds
+        return window == 0 ? 0 : UInt32.random(in: 0...window)
+    }
+
+    /// Called on the loop by `EdgeServer.drain`.
+    func drain() {
+        self.closeSession(.shuttingDown, reconnectAfterMilliseconds: self.drainDelay(), message: "gateway is draining")
+    }
+
+    // MARK: Timer wheel
+
+    func timerFired(tick: Int, now: NIODeadline) -> NIODeadline? {
+        guard let code = self.machine.timerFired(now: now) else {
+            return self.machine.state == .closed ? nil : self.machine.deadline
+        }
+        if self.machine.state == .closing {
+            self.machine.closed()
+            self.context?.close(promise: nil)
+            return nil
+        }
+        self.closeSession(code, message: "timeout")
+        return nil
+    }
+
+    // MARK: Helpers
+
+    private func write(_ frame: Frame, context: ChannelHandlerContext) {
+        var buffer = context.channel.allocator.buffer(capacity: 32)
+        buffer.writeFrame(frame)
+        context.write(self.wrapOutboundOut(buffer), promise: nil)
+    }
+
+    static func format(_ address: SocketAddress) -> String {
+        guard let ip = address.ipAddress, let port = address.port else { return address.description }
+        if case .v6 = address { return "[\(ip)]:\(port)" }
+        return "\(ip):\(port)"
+    }
+}
+
+/// Lets other threads (the directory, the backend API) act on a session on its own loop.
+final class SessionControl: DeviceSessionControl {
+    private let handler: NIOLoopBound<DeviceSessionHandler>
+
+    init(handler: DeviceSessionHandler, eventLoop: any EventLoop) {
+        self.handler = NIOLoopBound(handler, eventLoop: eventLoop)
+    }
+
+    func goAway(_ code: TerminusCode, reconnectAfterMilliseconds: UInt32, message: String) {
+        let handler = self.handler
+        handler.eventLoop.execute {
+            handler.value.closeSession(code, reconnectAfterMilliseconds: reconnectAfterMilliseconds, message: message)
+        }
+    }
+}

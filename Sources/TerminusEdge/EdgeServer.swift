@@ -1,0 +1,194 @@
+public import Logging
+public import NIOCore
+internal import NIOPosix
+public import NIOSSL
+internal import TerminusProtocol
+public import TerminusCompression
+public import TerminusSessions
+internal import Synchronization
+
+/// One device listener: address, transport security and PROXY protocol.
+public struct DeviceListener: Sendable {
+    public enum Security: Sendable {
+        /// TLS terminated here with one shared context (built off the event loop).
+        case tls(NIOSSLContext, verifiesClientCertificates: Bool)
+        /// TLS is ended upstream; frames arrive in the clear.
+        case plaintext
+    }
+
+    public var host: String
+    public var port: Int
+    public var security: Security
+    public var proxyProtocol: ProxyProtocolMode
+    /// The largest PROXY v2 header accepted (with TLVs).
+    public var proxyHeaderMaxSize: Int
+
+    public init(
+        host: String,
+        port: Int,
+        security: Security,
+        proxyProtocol: ProxyProtocolMode = .off,
+        proxyHeaderMaxSize: Int = 1024
+    ) {
+        self.host = host
+        self.port = port
+        self.security = security
+        self.proxyProtocol = proxyProtocol
+        self.proxyHeaderMaxSize = proxyHeaderMaxSize
+    }
+}
+
+/// The device edge: accepts connections, runs the per-connection pipeline
+/// `[PROXY] → [TLS] → frame decoder → DeviceSessionHandler`, and drains on request.
+public final class EdgeServer: Sendable {
+    private let group: any EventLoopGroup
+    private let listener: DeviceListener
+    private let shared: EdgeShared
+    private let serverChannel = Mutex<(any Channel)?>(nil)
+
+    public init(
+        group: any EventLoopGroup,
+        listener: DeviceListener,
+        settings: EdgeSettings,
+        authenticator: DeviceAuthenticator,
+        directory: any SessionDirectory,
+        sink: any UplinkSink,
+        dictionaries: DictionarySet = DictionarySet(),
+        logger: Logger
+    ) throws {
+        self.group = group
+        self.listener = listener
+        let contexts = try EdgeLoopContexts(group: group, settings: settings, dictionaries: dictionaries, sink: sink)
+        let verifies: Bool
+        switch listener.security {
+        case .tls(_, let verifiesClientCertificates): verifies = verifiesClientCertificates
+        case .plaintext: verifies = false
+        }
+        var usesTLS = false
+        if case .tls = listener.security { usesTLS = true }
+        self.shared = EdgeShared(
+            settings: settings,
+            authenticator: authenticator,
+            directory: directory,
+            logger: logger,
+            contexts: contexts,
+            usesTLS: usesTLS,
+            readsClientCertificates: verifies
+        )
+    }
+
+    /// Binds the listener and starts the per-loop timer wheels.
+    /// - Returns: the bound address (useful with port 0).
+    public func start() async throws -> SocketAddress {
+        let contexts = self.shared.contexts
+        for loop in contexts.loops {
+            try await loop.submit { contexts.context(for: loop).wheel.start(on: loop) }.get()
+        }
+        let shared = self.shared
+        let listener = self.listener
+        let channel = try await ServerBootstrap(group: self.group)
+            .serverChannelOption(.backlog, value: 4096)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(
+                .recvAllocator,
+                value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 64 * 1024)
+            )
+            .childChannelInitializer { channel in
+                do {
+                    try Self.initialize(channel: channel, shared: shared, listener: listener)
+                    return channel.eventLoop.makeSucceededVoidFuture()
+                } catch {
+                    return channel.eventLoop.makeFailedFuture(error)
+                }
+            }
+            .bind(host: self.listener.host, port: self.listener.port)
+            .get()
+        self.serverChannel.withLock { $0 = channel }
+        let address = channel.localAddress!
+        self.shared.logger.info(
+            "device listener started",
+            metadata: [
+                "address": "\(address)",
+                "tls": "\(self.shared.usesTLS)",
+                "proxy_protocol": "\(self.listener.proxyProtocol.rawValue)",
+            ]
+        )
+        return address
+    }
+
+    private static func initialize(channel: any Channel, shared: EdgeShared, listener: DeviceListener) throws {
+        let open = shared.openConnections.wrappingAdd(1, ordering: .relaxed).newValue
+        channel.closeFuture.whenComplete { _ in
+            shared.openConnections.wrappingSubtract(1, ordering: .relaxed)
+        }
+        if open > shared.settings.maxConnections {
+            shared.logger.warning(
+                "connection refused: maximum connections reached",
+                metadata: ["code": "\(TerminusCode.serverBusy.name)", "max": "\(shared.settings.maxConnections)"]
+            )
+            if case .plaintext = listener.security, listener.proxyProtocol == .off {
+                var buffer = channel.allocator.buffer(capacity: 16)
+                buffer.writeFrame(.goAway(GoAway(code: .serverBusy, reconnectAfterMilliseconds: 5000)))
+                channel.writeAndFlush(buffer).whenComplete { _ in channel.close(promise: nil) }
+            } else {
+                channel.close(promise: nil)
+            }
+            return
+        }
+        let sync = channel.pipeline.syncOperations
+        if listener.proxyProtocol != .off {
+            let parser = ProxyHeaderParser(mode: listener.proxyProtocol, maxHeaderSize: listener.proxyHeaderMaxSize)
+            try sync.addHandler(ProxyProtocolHandler(parser: parser, logger: shared.logger))
+        }
+        if case .tls(let context, _) = listener.security {
+            try sync.addHandler(NIOSSLServerHandler(context: context))
+        }
+        let loop = shared.contexts.context(for: channel.eventLoop)
+        try sync.addHandler(ByteToMessageHandler(FrameDecoder(maxFrameLength: shared.settings.maxFrameSize)))
+        try sync.addHandler(DeviceSessionHandler(shared: shared, loop: loop))
+    }
+
+    /// Connections currently open on this listener (authenticated or not).
+    public var openConnections: Int { self.shared.openConnections.load(ordering: .relaxed) }
+
+    /// Stops accepting, sends GOAWAY(SHUTTING_DOWN) to every session with a reconnect hint
+    /// spread uniformly over `reconnectWindow`, and waits up to `grace` for them to close.
+    public func drain(reconnectWindow: TimeAmount, grace: TimeAmount) async {
+        let channel = self.serverChannel.withLock { $0 }
+        try? await channel?.close()
+        let windowMilliseconds = UInt32(clamping: max(0, reconnectWindow.nanoseconds / 1_000_000))
+        let contexts = self.shared.contexts
+        for loop in contexts.loops {
+            try? await loop.submit {
+                let context = contexts.context(for: loop)
+                context.draining = true
+                context.drainReconnectWindowMilliseconds = windowMilliseconds
+            }.get()
+        }
+        let sessions = self.shared.directory.all()
+        self.shared.logger.info(
+            "draining",
+            metadata: ["sessions": "\(sessions.count)", "reconnect_window_ms": "\(windowMilliseconds)"]
+        )
+        for session in sessions {
+            let delay = windowMilliseconds == 0 ? 0 : UInt32.random(in: 0...windowMilliseconds)
+            session.control.goAway(.shuttingDown, reconnectAfterMilliseconds: delay, message: "gateway is draining")
+        }
+        let deadline = NIODeadline.now() + grace
+        while self.openConnections > 0 && NIODeadline.now() < deadline {
+            try? await Task.sleep(for: .milliseconds(50))
+        }
+    }
+
+    /// Closes the listener and stops the timer wheels. Open connections close with the
+    /// event loop group.
+    public func shutdown() async {
+        let channel = self.serverChannel.withLock { $0 }
+        try? await channel?.close()
+        let contexts = self.shared.contexts
+        for loop in contexts.loops {
+            try? await loop.submit { contexts.context(for: loop).wheel.stop() }.get()
+        }
+    }
+}

@@ -1,0 +1,47 @@
+public import NIOCore
+public import TerminusCompression
+
+/// The device-side limits and timeouts of one gateway. Every field has a safe default;
+/// `docs/configuration.md` documents each under its YAML key.
+public struct EdgeSettings: Sendable {
+    /// The gateway instance name reported in WELCOME and in events.
+    public var gatewayID: String = "terminus"
+    /// `limits.max_connections`: connections above this are closed at accept.
+    public var maxConnections: Int = 100_000
+    /// `limits.max_frame_size`: the largest length prefix accepted.
+    public var maxFrameSize: Int = 64 * 1024
+    /// `limits.max_inflight`: unacknowledged QoS 1 PUBLISH frames per device.
+    public var maxInflight: Int = 32
+    /// `limits.max_topic_length` in bytes.
+    public var maxTopicLength: Int = 256
+    /// `limits.max_device_id_length` in bytes (at most 255).
+    public var maxDeviceIDLength: Int = 128
+    /// `limits.max_topic_aliases` per connection (0 disables aliases).
+    public var maxTopicAliases: Int = 16
+    /// `compression.max_inflated_size`, `max_inflate_ratio`, `ratio_floor`.
+    public var inflateLimits = InflateLimits()
+    /// `timeouts.handshake`: from accept until the TLS handshake completes.
+    public var handshakeTimeout: TimeAmount = .seconds(10)
+    /// `timeouts.hello`: from the handshake (or accept, for plain TCP) until HELLO.
+    public var helloTimeout: TimeAmount = .seconds(10)
+    /// `timeouts.close_grace`: how long a closing session may take to flush before it is cut.
+    public var closeGrace: TimeAmount = .seconds(5)
+    /// `keepalive.default`, `keepalive.min`, `keepalive.max` in seconds. A session is closed
+    /// when nothing arrives for 1.5 × the negotiated value. Defaults stay well under a cloud
+    /// load balancer's idle timeout (Tencent CLB: 900 s).
+    public var keepaliveDefault: UInt16 = 240
+    public var keepaliveMin: UInt16 = 30
+    public var keepaliveMax: UInt16 = 540
+    /// `limits.batch_size`: the most messages handed to the sink in one call per event loop.
+    public var maxBatchSize: Int = 256
+    /// The timer wheel's tick; timeouts fire within one tick of their deadline.
+    public var timerTick: TimeAmount = .seconds(1)
+
+    public init() {}
+
+    /// The keepalive a session gets for a HELLO asking for `requested` seconds (0: default).
+    public func negotiatedKeepalive(requested: UInt16) -> UInt16 {
+        if requested == 0 { return self.keepaliveDefault }
+        return min(max(requested, self.keepaliveMin), self.keepaliveMax)
+    }
+}

@@ -1,0 +1,166 @@
+public import NIOCore
+
+extension Frame {
+    /// Decodes one frame from its type, flags and body (the bytes after the length prefix).
+    ///
+    /// The body must be consumed exactly: missing or trailing bytes are `MALFORMED_FRAME`.
+    /// Strings are validated as UTF-8 without repair.
+    public static func decode(type rawType: UInt8, flags: UInt8, body: inout ByteBuffer) throws(ProtocolError)
+        -> Frame
+    {
+        guard let type = FrameType(rawValue: rawType) else {
+            throw ProtocolError(.unknownFrameType, "unknown frame type 0x\(String(rawType, radix: 16))")
+        }
+        let frame: Frame
+        switch type {
+        case .publish, .push:
+            let message = try Self.decodeMessage(type: type, flags: flags, body: &body)
+            frame = type == .publish ? .publish(message) : .push(message)
+        case .hello:
+            try Self.requireNoFlags(flags, type)
+            frame = .hello(try Self.decodeHello(&body))
+        case .welcome:
+            try Self.requireNoFlags(flags, type)
+            frame = .welcome(try Self.decodeWelcome(&body))
+        case .ack:
+            try Self.requireNoFlags(flags, type)
+            let id = try body.readOrThrow(UInt32.self, "ACK message_id")
+            let status = try body.readOrThrow(UInt16.self, "ACK status")
+            let retry = try body.readOrThrow(UInt16.self, "ACK retry_after")
+            frame = .ack(Ack(messageID: id, status: TerminusCode(rawValue: status), retryAfterSeconds: retry))
+        case .ping, .pong:
+            try Self.requireNoFlags(flags, type)
+            guard body.readableBytes <= WireProtocol.maxPingBodySize else {
+                throw ProtocolError(.malformedFrame, "PING/PONG body above \(WireProtocol.maxPingBodySize) bytes")
+            }
+            let opaque = body.readSlice(length: body.readableBytes)!
+            frame = type == .ping ? .ping(opaque) : .pong(opaque)
+        case .goAway:
+            try Self.requireNoFlags(flags, type)
+            let code = try body.readOrThrow(UInt16.self, "GOAWAY code")
+            let after = try body.readOrThrow(UInt32.self, "GOAWAY reconnect_after")
+            let message = try body.readUTF8(lengthType: UInt8.self, field: "GOAWAY message", code: .malformedFrame)
+            frame = .goAway(GoAway(code: TerminusCode(rawValue: code), reconnectAfterMilliseconds: after, message: message))
+        }
+        guard body.readableBytes == 0 else {
+            throw ProtocolError(.malformedFrame, "\(body.readableBytes) trailing bytes after \(type)")
+        }
+        return frame
+    }
+
+    private static func requireNoFlags(_ flags: UInt8, _ type: FrameType) throws(ProtocolError) {
+        guard flags == 0 else {
+            throw ProtocolError(.badFlags, "\(type) takes no flags, got 0x\(String(flags, radix: 16))")
+        }
+    }
+
+    private static func decodeHello(_ body: inout ByteBuffer) throws(ProtocolError) -> Hello {
+        let version = try body.readOrThrow(UInt8.self, "HELLO version")
+        guard version == WireProtocol.version else {
+            throw ProtocolError(.unsupportedVersion, "protocol version \(version) is not supported (this gateway speaks 1)")
+        }
+        let keepalive = try body.readOrThrow(UInt16.self, "HELLO keepalive")
+        let capabilities = try body.readOrThrow(UInt32.self, "HELLO capabilities")
+        let deviceID = try body.readUTF8(lengthType: UInt8.self, field: "HELLO device_id", code: .invalidDeviceID)
+        let rawMethod = try body.readOrThrow(UInt8.self, "HELLO auth_method")
+        guard let method = AuthMethod(rawValue: rawMethod) else {
+            throw ProtocolError(.malformedFrame, "unknown auth_method \(rawMethod)")
+        }
+        let credentialLength = try body.readOrThrow(UInt16.self, "HELLO credential length")
+        guard let credential = body.readSlice(length: Int(credentialLength)) else {
+            throw ProtocolError(.malformedFrame, "HELLO credential is truncated")
+        }
+        return Hello(
+            version: version,
+            keepaliveSeconds: keepalive,
+            capabilities: Capabilities(rawValue: capabilities),
+            deviceID: deviceID,
+            authMethod: method,
+            credential: credential
+        )
+    }
+
+    private static func decodeWelcome(_ body: inout ByteBuffer) throws(ProtocolError) -> Welcome {
+        let version = try body.readOrThrow(UInt8.self, "WELCOME version")
+        guard version == WireProtocol.version else {
+            throw ProtocolError(.unsupportedVersion, "protocol version \(version) is not supported")
+        }
+        return Welcome(
+            version: version,
+            keepaliveSeconds: try body.readOrThrow(UInt16.self, "WELCOME keepalive"),
+            maxFrameSize: try body.readOrThrow(UInt32.self, "WELCOME max_frame_size"),
+            maxInflight: try body.readOrThrow(UInt16.self, "WELCOME max_inflight"),
+            maxPayloadSize: try body.readOrThrow(UInt32.self, "WELCOME max_payload_size"),
+            maxTopicAliases: try body.readOrThrow(UInt16.self, "WELCOME max_topic_aliases"),
+            capabilities: Capabilities(rawValue: try body.readOrThrow(UInt32.self, "WELCOME capabilities")),
+            deviceID: try body.readUTF8(lengthType: UInt8.self, field: "WELCOME device_id", code: .invalidDeviceID),
+            gatewayID: try body.readUTF8(lengthType: UInt8.self, field: "WELCOME gateway_id", code: .malformedFrame)
+        )
+    }
+
+    private static func decodeMessage(type: FrameType, flags rawFlags: UInt8, body: inout ByteBuffer)
+        throws(ProtocolError) -> Message
+    {
+        let flags = PublishFlags(rawValue: rawFlags)
+        guard flags.isSubset(of: .allDefined) else {
+            throw ProtocolError(.badFlags, "reserved \(type) flag bits set: 0x\(String(rawFlags, radix: 16))")
+        }
+        if flags.contains(.dictionary) && !flags.contains(.compressed) {
+            throw ProtocolError(.badFlags, "DICTIONARY flag without COMPRESSED")
+        }
+        if flags.contains(.topicAlias) && type == .push {
+            throw ProtocolError(.badFlags, "PUSH does not use topic aliases")
+        }
+        let messageID = try body.readOrThrow(UInt32.self, "\(type) message_id")
+        var alias: UInt16? = nil
+        if flags.contains(.topicAlias) {
+            let value = try body.readOrThrow(UInt16.self, "\(type) topic_alias")
+            guard value != 0 else { throw ProtocolError(.unknownTopicAlias, "topic alias 0 is reserved") }
+            alias = value
+        }
+        let topic = try body.readUTF8(lengthType: UInt16.self, field: "\(type) topic", code: .invalidTopic)
+        if topic.isEmpty && alias == nil {
+            throw ProtocolError(.invalidTopic, "empty topic without a topic alias")
+        }
+        var dictionaryID: UInt16? = nil
+        if flags.contains(.dictionary) {
+            dictionaryID = try body.readOrThrow(UInt16.self, "\(type) dictionary_id")
+        }
+        let payload = body.readSlice(length: body.readableBytes)!
+        return Message(
+            messageID: messageID,
+            qos: flags.contains(.qos1) ? .atLeastOnce : .atMostOnce,
+            compressed: flags.contains(.compressed),
+            dictionaryID: dictionaryID,
+            topicAlias: alias,
+            topic: topic,
+            payload: payload
+        )
+    }
+}
+
+extension ByteBuffer {
+    @inlinable
+    mutating func readOrThrow<I: FixedWidthInteger>(_: I.Type, _ field: @autoclosure () -> String)
+        throws(ProtocolError) -> I
+    {
+        guard let value = self.readInteger(as: I.self) else {
+            throw ProtocolError(.malformedFrame, "\(field()) is truncated")
+        }
+        return value
+    }
+
+    /// Reads a length-prefixed string, rejecting invalid UTF-8 with `code`.
+    mutating func readUTF8<L: FixedWidthInteger>(lengthType: L.Type, field: String, code: TerminusCode)
+        throws(ProtocolError) -> String
+    {
+        let length = try self.readOrThrow(L.self, "\(field) length")
+        guard let slice = self.readSlice(length: Int(length)) else {
+            throw ProtocolError(.malformedFrame, "\(field) is truncated")
+        }
+        if slice.readableBytes == 0 { return "" }
+        let string = slice.withUnsafeReadableBytes { String(validating: $0, as: UTF8.self) }
+        guard let string else { throw ProtocolError(code, "\(field) is not valid UTF-8") }
+        return string
+    }
+}

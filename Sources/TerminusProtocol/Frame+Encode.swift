@@ -1,0 +1,92 @@
+public import NIOCore
+
+extension ByteBuffer {
+    /// Appends `frame` with its length prefix, type and flags.
+    ///
+    /// Strings longer than their length field allows are a programming error: callers
+    /// validate device ids, topics and GOAWAY messages before building frames.
+    @discardableResult
+    public mutating func writeFrame(_ frame: Frame) -> Int {
+        let lengthIndex = self.writerIndex
+        self.writeInteger(UInt32(0))
+        let written = Self.writeFrameContent(frame, into: &self)
+        self.setInteger(UInt32(written), at: lengthIndex)
+        return 4 + written
+    }
+
+    private static func writeFrameContent(_ frame: Frame, into buffer: inout ByteBuffer) -> Int {
+        do {
+            var written = buffer.writeInteger(frame.type.rawValue)
+            switch frame {
+            case .hello(let hello):
+                written += buffer.writeInteger(UInt8(0))
+                written += buffer.writeInteger(hello.version)
+                written += buffer.writeInteger(hello.keepaliveSeconds)
+                written += buffer.writeInteger(hello.capabilities.rawValue)
+                written += buffer.writeShortString(hello.deviceID, as: UInt8.self)
+                written += buffer.writeInteger(hello.authMethod.rawValue)
+                written += buffer.writeInteger(UInt16(hello.credential.readableBytes))
+                written += buffer.writeImmutableBuffer(hello.credential)
+            case .welcome(let welcome):
+                written += buffer.writeInteger(UInt8(0))
+                written += buffer.writeInteger(welcome.version)
+                written += buffer.writeInteger(welcome.keepaliveSeconds)
+                written += buffer.writeInteger(welcome.maxFrameSize)
+                written += buffer.writeInteger(welcome.maxInflight)
+                written += buffer.writeInteger(welcome.maxPayloadSize)
+                written += buffer.writeInteger(welcome.maxTopicAliases)
+                written += buffer.writeInteger(welcome.capabilities.rawValue)
+                written += buffer.writeShortString(welcome.deviceID, as: UInt8.self)
+                written += buffer.writeShortString(welcome.gatewayID, as: UInt8.self)
+            case .publish(let message), .push(let message):
+                written += buffer.writeInteger(message.flags.rawValue)
+                written += buffer.writeInteger(message.messageID)
+                if let alias = message.topicAlias { written += buffer.writeInteger(alias) }
+                written += buffer.writeShortString(message.topic, as: UInt16.self)
+                if let dictionary = message.dictionaryID { written += buffer.writeInteger(dictionary) }
+                written += buffer.writeImmutableBuffer(message.payload)
+            case .ack(let ack):
+                written += buffer.writeInteger(UInt8(0))
+                written += buffer.writeInteger(ack.messageID)
+                written += buffer.writeInteger(ack.status.rawValue)
+                written += buffer.writeInteger(ack.retryAfterSeconds)
+            case .ping(let opaque), .pong(let opaque):
+                written += buffer.writeInteger(UInt8(0))
+                written += buffer.writeImmutableBuffer(opaque)
+            case .goAway(let goAway):
+                written += buffer.writeInteger(UInt8(0))
+                written += buffer.writeInteger(goAway.code.rawValue)
+                written += buffer.writeInteger(goAway.reconnectAfterMilliseconds)
+                written += buffer.writeShortString(goAway.message, as: UInt8.self)
+            }
+            return written
+        }
+    }
+
+    /// Writes a string with a length prefix of type `L`; a string that does not fit is cut
+    /// at the last whole UTF-8 scalar that does.
+    private mutating func writeShortString<L: FixedWidthInteger & UnsignedInteger>(_ string: String, as: L.Type)
+        -> Int
+    {
+        var utf8 = Substring(string).utf8
+        if utf8.count > Int(L.max) {
+            var end = utf8.index(utf8.startIndex, offsetBy: Int(L.max))
+            while end > utf8.startIndex && UTF8.isContinuation(utf8[end]) {
+                end = utf8.index(before: end)
+            }
+            utf8 = Substring(string)[..<end].utf8
+        }
+        return self.writeInteger(L(utf8.count)) + self.writeBytes(utf8)
+    }
+}
+
+/// Encodes frames on a pipeline (used by the client; the gateway writes frames directly).
+public struct FrameEncoder: MessageToByteEncoder, Sendable {
+    public typealias OutboundIn = Frame
+
+    public init() {}
+
+    public func encode(data: Frame, out: inout ByteBuffer) {
+        out.writeFrame(data)
+    }
+}

@@ -1,0 +1,32 @@
+/// Topic rules of wire protocol v1 (`docs/protocol.md`, "Topics").
+public enum Topic {
+    /// Topics starting with this prefix are reserved for gateway events; devices cannot
+    /// publish to them.
+    public static let reservedPrefix: Character = "$"
+
+    /// Checks a topic a device publishes to. The string is already valid UTF-8.
+    public static func validatePublishTopic(_ topic: String, maxLength: Int) throws(ProtocolError) {
+        let utf8 = topic.utf8
+        guard !utf8.isEmpty else { throw ProtocolError(.invalidTopic, "empty topic") }
+        guard utf8.count <= maxLength else {
+            throw ProtocolError(.invalidTopic, "topic of \(utf8.count) bytes exceeds \(maxLength)")
+        }
+        guard utf8.first != UInt8(ascii: "$") else {
+            throw ProtocolError(.invalidTopic, "topics starting with '$' are reserved")
+        }
+        for byte in utf8 where byte == UInt8(ascii: "+") || byte == UInt8(ascii: "#") || byte == 0 {
+            throw ProtocolError(.invalidTopic, "topic contains a wildcard or NUL")
+        }
+    }
+
+    /// Checks a device id: 1…`maxLength` bytes of printable ASCII without spaces or '/'.
+    public static func validateDeviceID(_ id: String, maxLength: Int) throws(ProtocolError) {
+        let utf8 = id.utf8
+        guard !utf8.isEmpty, utf8.count <= maxLength else {
+            throw ProtocolError(.invalidDeviceID, "device id must be 1…\(maxLength) bytes")
+        }
+        for byte in utf8 where byte <= 0x20 || byte >= 0x7F || byte == UInt8(ascii: "/") {
+            throw ProtocolError(.invalidDeviceID, "device id must be printable ASCII without spaces or '/'")
+        }
+    }
+}

@@ -1,0 +1,57 @@
+public import NIOCore
+internal import Synchronization
+
+/// A sink that keeps every message in memory: for tests and local experiments.
+///
+/// `outcome` decides each message's fate; `hold` (when set) keeps batches unanswered until
+/// `release()` is called, to test backpressure.
+public final class InMemorySink: UplinkSink {
+    private struct State {
+        var messages: [UplinkMessage] = []
+        var batches = 0
+        var held: [(EventLoopPromise<[DeliveryOutcome]>, [DeliveryOutcome])] = []
+        var holding = false
+    }
+
+    private let state = Mutex(State())
+    private let outcome: @Sendable (UplinkMessage) -> DeliveryOutcome
+
+    public init(outcome: @escaping @Sendable (UplinkMessage) -> DeliveryOutcome = { _ in .accepted }) {
+        self.outcome = outcome
+    }
+
+    public func deliver(_ batch: [UplinkMessage], on eventLoop: any EventLoop) -> EventLoopFuture<[DeliveryOutcome]> {
+        let outcomes = batch.map(self.outcome)
+        let promise = eventLoop.makePromise(of: [DeliveryOutcome].self)
+        let hold = self.state.withLock { state -> Bool in
+            for (message, outcome) in zip(batch, outcomes) where outcome == .accepted {
+                state.messages.append(message)
+            }
+            state.batches += 1
+            if state.holding { state.held.append((promise, outcomes)) }
+            return state.holding
+        }
+        if !hold { promise.succeed(outcomes) }
+        return promise.futureResult
+    }
+
+    /// Every accepted message so far, in arrival order.
+    public var messages: [UplinkMessage] { self.state.withLock { $0.messages } }
+    public var batchCount: Int { self.state.withLock { $0.batches } }
+    public var heldBatchCount: Int { self.state.withLock { $0.held.count } }
+
+    /// From now on, batches are answered only by `release()`.
+    public func startHolding() {
+        self.state.withLock { $0.holding = true }
+    }
+
+    /// Answers every held batch and stops holding.
+    public func release() {
+        let held = self.state.withLock { state in
+            state.holding = false
+            defer { state.held.removeAll() }
+            return state.held
+        }
+        for (promise, outcomes) in held { promise.succeed(outcomes) }
+    }
+}

@@ -1,0 +1,67 @@
+public import NIOCore
+public import TerminusProtocol
+
+/// One uplink message, inflated and validated, on its way to the services that want it.
+public struct UplinkMessage: Sendable {
+    public var deviceID: String
+    public var topic: String
+    public var messageID: UInt32
+    public var qos: QoS
+    /// The inflated payload.
+    public var payload: ByteBuffer
+    /// Unix time in milliseconds when the gateway decoded the frame.
+    public var receivedAt: Int64
+    /// The real client address (from PROXY protocol when configured).
+    public var clientAddress: String
+
+    public init(
+        deviceID: String,
+        topic: String,
+        messageID: UInt32,
+        qos: QoS,
+        payload: ByteBuffer,
+        receivedAt: Int64,
+        clientAddress: String
+    ) {
+        self.deviceID = deviceID
+        self.topic = topic
+        self.messageID = messageID
+        self.qos = qos
+        self.payload = payload
+        self.receivedAt = receivedAt
+        self.clientAddress = clientAddress
+    }
+}
+
+/// What became of one uplink message; the device's ACK status is derived from it.
+public enum DeliveryOutcome: Hashable, Sendable {
+    /// Every subscribed service accepted the message.
+    case accepted
+    /// No service subscribes to the topic.
+    case noRoute
+    /// A service refused the message and a retry will not help.
+    case rejected(reason: String)
+    /// Not accepted now; the device should resend after the hint.
+    case retryLater(afterSeconds: UInt16)
+
+    /// The ACK this outcome becomes.
+    public func ack(for messageID: UInt32) -> Ack {
+        switch self {
+        case .accepted: Ack(messageID: messageID, status: .ok)
+        case .noRoute: Ack(messageID: messageID, status: .noRoute)
+        case .rejected: Ack(messageID: messageID, status: .rejected)
+        case .retryLater(let seconds): Ack(messageID: messageID, status: .retryLater, retryAfterSeconds: seconds)
+        }
+    }
+}
+
+/// Where accepted uplink messages go: the seam that backend routing plugs into.
+///
+/// The edge hands over one batch per event loop tick. The sink may take its time (that is
+/// the "asynchronous accept"), but must complete the future with exactly one outcome per
+/// message, in the batch's order. QoS 1 devices are acked only from these outcomes, so a
+/// sink that accepts a message promises not to lose it.
+public protocol UplinkSink: Sendable {
+    /// Called on `eventLoop`. The returned future may complete on any event loop.
+    func deliver(_ batch: [UplinkMessage], on eventLoop: any EventLoop) -> EventLoopFuture<[DeliveryOutcome]>
+}
