@@ -120,9 +120,15 @@ let package = Package(
             name: "terminus",
             dependencies: [
                 "TerminusServer",
+                "TerminusEdge",
+                "TerminusProtocol",
+                "TerminusCompression",
                 "TerminusClient",
                 "TerminusAuth",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

@@ -1,0 +1,95 @@
+internal import Crypto
+internal import Foundation
+internal import SwiftASN1
+internal import X509
+
+/// Makes ECDSA P-256 certificates with swift-certificates: the development CA and server
+/// certificate, and (for tests and operators' experiments) client certificates naming devices.
+public enum CertificateFactory {
+    /// A certificate and its private key, both PEM.
+    public struct Issued: Sendable {
+        public var certificatePEM: String
+        public var privateKeyPEM: String
+    }
+
+    /// A self-signed CA valid for `days`.
+    public static func makeCA(commonName: String, days: Int = 3650) throws -> Issued {
+        let key = P256.Signing.PrivateKey()
+        let name = try DistinguishedName {
+            OrganizationName("Terminus")
+            CommonName(commonName)
+        }
+        let now = Date()
+        let certificate = try Certificate(
+            version: .v3,
+            serialNumber: Certificate.SerialNumber(),
+            publicKey: .init(key.publicKey),
+            notValidBefore: now.addingTimeInterval(-3600),
+            notValidAfter: now.addingTimeInterval(Double(days) * 86_400),
+            issuer: name,
+            subject: name,
+            signatureAlgorithm: .ecdsaWithSHA256,
+            extensions: try Certificate.Extensions {
+                Critical(BasicConstraints.isCertificateAuthority(maxPathLength: 0))
+                Critical(KeyUsage(keyCertSign: true, cRLSign: true))
+            },
+            issuerPrivateKey: .init(key)
+        )
+        return Issued(certificatePEM: try certificate.serializeAsPEM().pemString, privateKeyPEM: key.pemRepresentation)
+    }
+
+    /// A server certificate for `dnsNames` and `ipAddresses`, signed by `ca`.
+    public static func issueServer(
+        ca: Issued,
+        commonName: String,
+        dnsNames: [String],
+        ipAddresses: [[UInt8]],
+        days: Int = 825
+    ) throws -> Issued {
+        var names: [GeneralName] = dnsNames.map { .dnsName($0) }
+        names += ipAddresses.map { .ipAddress(ASN1OctetString(contentBytes: $0[...])) }
+        let sans = SubjectAlternativeNames(names)
+        let extensions = try Certificate.Extensions {
+            Critical(BasicConstraints.notCertificateAuthority)
+            Critical(KeyUsage(digitalSignature: true))
+            try ExtendedKeyUsage([.serverAuth])
+            sans
+        }
+        return try self.issue(ca: ca, commonName: commonName, days: days, extensions: extensions)
+    }
+
+    /// A client certificate whose subject common name is `deviceID`, signed by `ca`.
+    public static func issueClient(ca: Issued, deviceID: String, days: Int = 825) throws -> Issued {
+        let extensions = try Certificate.Extensions {
+            Critical(BasicConstraints.notCertificateAuthority)
+            Critical(KeyUsage(digitalSignature: true))
+            try ExtendedKeyUsage([.clientAuth])
+        }
+        return try self.issue(ca: ca, commonName: deviceID, days: days, extensions: extensions)
+    }
+
+    private static func issue(
+        ca: Issued,
+        commonName: String,
+        days: Int,
+        extensions: Certificate.Extensions
+    ) throws -> Issued {
+        let caKey = try P256.Signing.PrivateKey(pemRepresentation: ca.privateKeyPEM)
+        let caCertificate = try Certificate(pemEncoded: ca.certificatePEM)
+        let key = P256.Signing.PrivateKey()
+        let now = Date()
+        let certificate = try Certificate(
+            version: .v3,
+            serialNumber: Certificate.SerialNumber(),
+            publicKey: .init(key.publicKey),
+            notValidBefore: now.addingTimeInterval(-3600),
+            notValidAfter: now.addingTimeInterval(Double(days) * 86_400),
+            issuer: caCertificate.subject,
+            subject: try DistinguishedName { CommonName(commonName) },
+            signatureAlgorithm: .ecdsaWithSHA256,
+            extensions: extensions,
+            issuerPrivateKey: .init(caKey)
+        )
+        return Issued(certificatePEM: try certificate.serializeAsPEM().pemString, privateKeyPEM: key.pemRepresentation)
+    }
+}

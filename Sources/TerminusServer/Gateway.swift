@@ -1,0 +1,147 @@
+internal import Foundation
+public import Logging
+public import NIOCore
+internal import NIOPosix
+internal import NIOSSL
+public import ServiceLifecycle
+internal import TerminusAuth
+internal import TerminusCompression
+public import TerminusEdge
+public import TerminusSessions
+
+/// The composition root: builds the event loops, TLS context, secrets, dictionaries and the
+/// device edge from a `GatewayConfiguration`, and runs them as one `Service`.
+///
+/// On graceful shutdown (SIGTERM) it stops accepting, sends every device GOAWAY(SHUTTING_DOWN)
+/// with reconnect hints spread over `drain.reconnect_window`, and waits up to `drain.grace`.
+public final class Gateway: Service, Sendable {
+    public let configuration: GatewayConfiguration
+    public let directory: any SessionDirectory
+    private let group: MultiThreadedEventLoopGroup
+    private let edge: EdgeServer
+    private let logger: Logger
+
+    public init(
+        configuration: GatewayConfiguration,
+        sink: (any UplinkSink)? = nil,
+        directory: any SessionDirectory = LocalSessionDirectory(),
+        logger: Logger,
+        clock: @escaping @Sendable () -> Int64 = { WallClock.nowSeconds() }
+    ) throws {
+        self.configuration = configuration
+        self.directory = directory
+        self.logger = logger
+        let threads = configuration.eventLoopThreads == 0 ? System.coreCount : configuration.eventLoopThreads
+        self.group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
+        do {
+            let security = try Self.makeSecurity(configuration)
+            let secrets = try configuration.secretsFile.map { try SecretsFile.load(path: $0) } ?? SecretStore()
+            let dictionaries = try Self.loadDictionaries(configuration.dictionaries)
+            let listener = DeviceListener(
+                host: configuration.deviceListen.host,
+                port: configuration.deviceListen.port,
+                security: security,
+                proxyProtocol: configuration.proxyProtocol,
+                proxyHeaderMaxSize: configuration.proxyHeaderMaxSize
+            )
+            let authenticator = DeviceAuthenticator(
+                secrets: secrets,
+                requireCertificate: configuration.tls?.clientAuth == .required,
+                now: clock
+            )
+            self.edge = try EdgeServer(
+                group: self.group,
+                listener: listener,
+                settings: configuration.edge,
+                authenticator: authenticator,
+                directory: directory,
+                sink: sink ?? LoggingSink(logger: logger),
+                dictionaries: dictionaries,
+                logger: logger
+            )
+        } catch {
+            try? self.group.syncShutdownGracefully()
+            throw error
+        }
+    }
+
+    /// Builds the one shared `NIOSSLContext` (off the event loops: it reads files and costs
+    /// thousands of allocations).
+    static func makeSecurity(_ configuration: GatewayConfiguration) throws -> DeviceListener.Security {
+        guard configuration.transport == .tls else { return .plaintext }
+        guard let files = configuration.tls else {
+            throw ConfigurationError(key: "device.tls", "is required with transport: tls")
+        }
+        let chain: [NIOSSLCertificate]
+        let key: NIOSSLPrivateKey
+        do {
+            chain = try NIOSSLCertificate.fromPEMFile(files.certificateChain)
+        } catch {
+            throw ConfigurationError(key: "device.tls.certificate_chain", "cannot load \(files.certificateChain): \(error)")
+        }
+        do {
+            key = try NIOSSLPrivateKey(file: files.privateKey, format: .pem)
+        } catch {
+            throw ConfigurationError(key: "device.tls.private_key", "cannot load \(files.privateKey): \(error)")
+        }
+        var tls = TLSConfiguration.makeServerConfiguration(
+            certificateChain: chain.map { .certificate($0) },
+            privateKey: .privateKey(key)
+        )
+        tls.minimumTLSVersion = files.minimumVersion == "1.3" ? .tlsv13 : .tlsv12
+        if let caFile = files.clientCA, files.clientAuth != .none {
+            do {
+                tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(caFile))
+            } catch {
+                throw ConfigurationError(key: "device.tls.client_ca", "cannot load \(caFile): \(error)")
+            }
+            tls.certificateVerification = files.clientAuth == .required ? .noHostnameVerification : .optionalVerification
+        }
+        do {
+            return .tls(try NIOSSLContext(configuration: tls), verifiesClientCertificates: files.clientAuth != .none)
+        } catch {
+            throw ConfigurationError(key: "device.tls", "invalid TLS configuration: \(error)")
+        }
+    }
+
+    static func loadDictionaries(_ entries: [GatewayConfiguration.Dictionary]) throws -> DictionarySet {
+        var table: [UInt16: [UInt8]] = [:]
+        for (index, entry) in entries.enumerated() {
+            guard let data = FileManager.default.contents(atPath: entry.file) else {
+                throw ConfigurationError(key: "compression.dictionaries[\(index)].file", "cannot read \(entry.file)")
+            }
+            table[entry.id] = Array(data)
+        }
+        do {
+            return try DictionarySet(table)
+        } catch {
+            throw ConfigurationError(key: "compression.dictionaries", error.message)
+        }
+    }
+
+    /// Binds the listeners. Returns the device listener's address.
+    public func start() async throws -> SocketAddress {
+        try await self.edge.start()
+    }
+
+    /// Connections currently open on the device listener.
+    public var openConnections: Int { self.edge.openConnections }
+
+    /// Drains the devices and stops. Safe to call once.
+    public func stop() async {
+        await self.edge.drain(
+            reconnectWindow: self.configuration.drainReconnectWindow,
+            grace: self.configuration.drainGrace
+        )
+        await self.edge.shutdown()
+        try? await self.group.shutdownGracefully()
+    }
+
+    public func run() async throws {
+        _ = try await self.start()
+        try? await gracefulShutdown()
+        self.logger.info("graceful shutdown requested")
+        await self.stop()
+        self.logger.info("stopped")
+    }
+}

@@ -1,0 +1,123 @@
+import ArgumentParser
+import Foundation
+import Logging
+import NIOCore
+import ServiceLifecycle
+import UnixSignals
+import TerminusEdge
+import TerminusServer
+
+struct Run: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run the gateway. Without --config: development mode on embedded defaults."
+    )
+
+    @Option(name: .long, help: "YAML configuration file; turns development mode off.")
+    var config: String?
+
+    @Option(name: .long, help: "Device listener address, overriding the file (HOST:PORT).")
+    var deviceListen: String?
+
+    @Option(name: .long, help: "Development mode's directory for the generated CA, certificate and secret.")
+    var devDirectory: String = DevelopmentMode.defaultDirectory
+
+    func run() async throws {
+        var configuration: GatewayConfiguration
+        var material: DevelopmentMode.Material?
+        if let config {
+            do {
+                configuration = try ConfigurationLoader.load(file: config)
+            } catch let error as ConfigurationError {
+                throw ValidationError("configuration error: \(error)")
+            }
+        } else {
+            let prepared = try DevelopmentMode.prepare(directory: self.devDirectory)
+            material = prepared
+            configuration = DevelopmentMode.configuration(material: prepared)
+        }
+        if let deviceListen {
+            guard let parsed = GatewayConfiguration.HostPort(parsing: deviceListen) else {
+                throw ValidationError("--device-listen must be HOST:PORT")
+            }
+            configuration.deviceListen = parsed
+        }
+        let level = configuration.logLevel
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let logger = Logger(label: "terminus")
+        Self.raiseFileLimit(configuration: &configuration, logger: logger)
+
+        let gateway = try Gateway(configuration: configuration, logger: logger)
+        if let material {
+            Self.printDevelopmentBanner(material: material, configuration: configuration, logger: logger)
+        } else {
+            logger.info("configuration loaded", metadata: ["file": "\(self.config ?? "")", "instance": "\(configuration.instanceID)"])
+        }
+        let group = ServiceGroup(
+            configuration: .init(
+                services: [.init(service: gateway)],
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger
+            )
+        )
+        try await group.run()
+    }
+
+    static func raiseFileLimit(configuration: inout GatewayConfiguration, logger: Logger) {
+        guard let (before, after) = FileDescriptorLimit.raiseToHardLimit() else {
+            logger.warning("cannot read the open-file limit")
+            return
+        }
+        let capacity = FileDescriptorLimit.connectionCapacity(softLimit: after)
+        if !configuration.maxConnectionsConfigured {
+            configuration.edge.maxConnections = max(1, capacity)
+        }
+        logger.info(
+            "open-file limit",
+            metadata: [
+                "soft_before": "\(before)", "soft_now": "\(after)",
+                "connection_capacity": "\(capacity)",
+                "max_connections": "\(configuration.edge.maxConnections)",
+            ]
+        )
+        if capacity < configuration.edge.maxConnections {
+            logger.warning(
+                "limits.max_connections is above what the open-file limit allows; connections beyond the capacity will fail at accept",
+                metadata: ["connection_capacity": "\(capacity)"]
+            )
+        }
+    }
+
+    static func printDevelopmentBanner(material: DevelopmentMode.Material, configuration: GatewayConfiguration, logger: Logger)
+    {
+        logger.warning(
+            "DEVELOPMENT MODE: no --config given. Loopback only, development certificate, generated device secret, logging sink. Not for production.",
+            metadata: [
+                "device_listen": "\(configuration.deviceListen)",
+                "ca": "\(material.caFile)",
+                "files": "\(material.created ? "created" : "reused") in \(material.directory)",
+            ]
+        )
+        var executable = CommandLine.arguments.first ?? "terminus"
+        let cwd = FileManager.default.currentDirectoryPath + "/"
+        if executable.hasPrefix(cwd) { executable = String(executable.dropFirst(cwd.count)) }
+        let line =
+            "\(executable) device publish --gateway \(configuration.deviceListen) --ca \(material.caFile)"
+            + " --device demo-device-1 --secret \(material.deviceSecret) --topic demo/hello --message 'hello, terminus'"
+        let banner = """
+
+            Terminus is running in development mode.
+              devices connect to  \(configuration.deviceListen) over TLS (CA: \(material.caFile))
+              device secret       \(material.deviceSecret)  (valid for any device id)
+            Publish a message from a second terminal:
+
+              \(line)
+
+
+            """
+        FileHandle.standardError.write(Data(banner.utf8))
+    }
+}

@@ -1,0 +1,13 @@
+import ArgumentParser
+
+@main
+struct Terminus: AsyncParsableCommand {
+    static let version = "0.1.0"
+
+    static let configuration = CommandConfiguration(
+        commandName: "terminus",
+        abstract: "Terminus: a device message gateway.",
+        version: Self.version,
+        subcommands: [Run.self, CheckConfig.self, Token.self, Device.self]
+    )
+}

@@ -1,0 +1,28 @@
+import ArgumentParser
+import Foundation
+import TerminusAuth
+import TerminusServer
+
+struct Token: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Print a device token (HMAC-SHA256 over device id and expiry)."
+    )
+
+    @Option(name: .long, help: "Device id.")
+    var device: String
+
+    @Option(name: .long, help: "The device's secret: text, hex:… or base64:….")
+    var secret: String
+
+    @Option(name: .long, help: "Seconds until the token expires.")
+    var ttl: Int64 = 86_400
+
+    func run() throws {
+        guard let key = SecretsFile.decodeSecret(self.secret) else {
+            throw ValidationError("--secret is not valid text, hex:… or base64:…")
+        }
+        guard self.ttl > 0 else { throw ValidationError("--ttl must be positive") }
+        let expiry = Int64(Date().timeIntervalSince1970) + self.ttl
+        print(DeviceToken.make(deviceID: self.device, secret: key, expiresAt: expiry))
+    }
+}
