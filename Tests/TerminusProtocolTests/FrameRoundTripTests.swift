@@ -1,0 +1,198 @@
+import NIOCore
+import NIOTestUtils
+import TerminusProtocol
+import Testing
+
+@Suite("Frame codec")
+struct FrameRoundTripTests {
+    static let samples: [Frame] = [
+        .hello(
+            Hello(
+                keepaliveSeconds: 120,
+                capabilities: [.compressedPush, .topicAliases],
+                deviceID: "spk-000123",
+                authMethod: .token,
+                credential: ByteBuffer(string: "v1.1767225600.abc")
+            )
+        ),
+        .hello(Hello(keepaliveSeconds: 0, capabilities: [], deviceID: "", authMethod: .certificate, credential: ByteBuffer())),
+        .welcome(
+            Welcome(
+                keepaliveSeconds: 240,
+                maxFrameSize: 65536,
+                maxInflight: 32,
+                maxPayloadSize: 262_144,
+                maxTopicAliases: 16,
+                capabilities: [.topicAliases],
+                deviceID: "spk-000123",
+                gatewayID: "gw-1"
+            )
+        ),
+        .publish(Message(messageID: 7, qos: .atLeastOnce, topic: "pay/done", payload: ByteBuffer(string: "{\"amt\":100}"))),
+        .publish(Message(messageID: 0, qos: .atMostOnce, topic: "t", payload: ByteBuffer())),
+        .publish(
+            Message(
+                messageID: 9,
+                qos: .atLeastOnce,
+                compressed: true,
+                dictionaryID: 3,
+                topicAlias: 2,
+                topic: "printer/status",
+                payload: ByteBuffer(bytes: [1, 2, 3])
+            )
+        ),
+        .publish(Message(messageID: 10, qos: .atLeastOnce, topicAlias: 2, topic: "", payload: ByteBuffer(string: "x"))),
+        .ack(Ack(messageID: 7, status: .retryLater, retryAfterSeconds: 5)),
+        .push(Message(messageID: 1, qos: .atLeastOnce, compressed: true, topic: "cmd/print", payload: ByteBuffer(bytes: [9]))),
+        .ping(ByteBuffer(bytes: [1, 2, 3, 4, 5, 6, 7, 8])),
+        .ping(ByteBuffer()),
+        .pong(ByteBuffer(bytes: [1])),
+        .goAway(GoAway(code: .shuttingDown, reconnectAfterMilliseconds: 1500, message: "draining")),
+    ]
+
+    @Test("every frame kind survives encode then decode", arguments: Self.samples)
+    func roundTrip(frame: Frame) throws {
+        var buffer = ByteBuffer()
+        let written = buffer.writeFrame(frame)
+        #expect(written == buffer.readableBytes)
+        #expect(buffer.getInteger(at: 0, as: UInt32.self) == UInt32(written - 4))
+        var decoder = FrameDecoder(maxFrameLength: 1 << 20)
+        let decoded = try decoder.decode(buffer: &buffer)
+        #expect(decoded == frame)
+        #expect(buffer.readableBytes == 0)
+    }
+
+    @Test("samples cover every frame kind")
+    func coverage() {
+        #expect(Set(Self.samples.map(\.type)) == Set(FrameType.allCases))
+    }
+
+    @Test("the decoder handles frames split at every byte and glued together")
+    func verifier() throws {
+        let pairs: [(ByteBuffer, [Frame])] = Self.samples.map { frame in
+            var buffer = ByteBuffer()
+            buffer.writeFrame(frame)
+            return (buffer, [frame])
+        }
+        try ByteToMessageDecoderVerifier.verifyDecoder(
+            inputOutputPairs: pairs,
+            decoderFactory: { FrameDecoder(maxFrameLength: 1 << 20) }
+        )
+    }
+
+    @Test("a waiting partial frame is not an error until EOF")
+    func partialFrame() throws {
+        var buffer = ByteBuffer()
+        buffer.writeFrame(.ping(ByteBuffer()))
+        var partial = buffer.getSlice(at: 0, length: 5)!
+        var decoder = FrameDecoder(maxFrameLength: 1024)
+        #expect(try decoder.decode(buffer: &partial) == nil)
+        #expect(throws: ProtocolError.self) { try decoder.decodeLast(buffer: &partial, seenEOF: true) }
+    }
+}
+
+@Suite("Frame decoder errors")
+struct FrameDecoderErrorTests {
+    func decode(_ bytes: [UInt8], max: Int = 1024) -> TerminusCode? {
+        var buffer = ByteBuffer(bytes: bytes)
+        var decoder = FrameDecoder(maxFrameLength: max)
+        do {
+            _ = try decoder.decode(buffer: &buffer)
+            return nil
+        } catch let error as ProtocolError {
+            return error.code
+        } catch {
+            return .internalError
+        }
+    }
+
+    @Test("an oversize length is refused from the first four bytes")
+    func oversize() {
+        #expect(self.decode([0x00, 0x10, 0x00, 0x01], max: 1024) == .frameTooLarge)
+    }
+
+    @Test("a length below two is malformed")
+    func tooShort() {
+        #expect(self.decode([0, 0, 0, 1, 0x06]) == .malformedFrame)
+    }
+
+    @Test("unknown frame type")
+    func unknownType() {
+        #expect(self.decode([0, 0, 0, 2, 0x7F, 0]) == .unknownFrameType)
+    }
+
+    @Test("flags on a frame kind that takes none, and reserved PUBLISH bits")
+    func badFlags() {
+        #expect(self.decode([0, 0, 0, 2, 0x06, 0x01]) == .badFlags)
+        #expect(self.decode([0, 0, 0, 9, 0x03, 0x80, 0, 0, 0, 1, 0, 1, 0x61]) == .badFlags)
+        // DICTIONARY without COMPRESSED
+        #expect(self.decode([0, 0, 0, 11, 0x03, 0x04, 0, 0, 0, 1, 0, 1, 0x61, 0, 1]) == .badFlags)
+    }
+
+    @Test("unsupported protocol version in HELLO")
+    func version() {
+        #expect(self.decode([0, 0, 0, 3, 0x01, 0x00, 0x02]) == .unsupportedVersion)
+    }
+
+    @Test("a truncated body is malformed")
+    func truncatedBody() {
+        // ACK needs 8 body bytes; 4 given.
+        #expect(self.decode([0, 0, 0, 6, 0x04, 0x00, 0, 0, 0, 1]) == .malformedFrame)
+        // PUBLISH topic length 5 but 1 byte follows.
+        #expect(self.decode([0, 0, 0, 9, 0x03, 0x01, 0, 0, 0, 1, 0, 5, 0x61]) == .malformedFrame)
+    }
+
+    @Test("trailing bytes after a fixed-size body are malformed")
+    func trailing() {
+        #expect(self.decode([0, 0, 0, 11, 0x04, 0x00, 0, 0, 0, 1, 0, 0, 0, 0, 0xFF]) == .malformedFrame)
+    }
+
+    @Test("a topic that is not UTF-8 is an invalid topic")
+    func invalidUTF8() {
+        #expect(self.decode([0, 0, 0, 10, 0x03, 0x01, 0, 0, 0, 1, 0, 2, 0xC3, 0x28]) == .invalidTopic)
+    }
+
+    @Test("PING bodies are capped at eight bytes")
+    func pingBody() {
+        #expect(self.decode([0, 0, 0, 11, 0x06, 0x00] + Array(repeating: 0, count: 9)) == .malformedFrame)
+    }
+}
+
+@Suite("Topic and device id rules")
+struct TopicTests {
+    @Test("valid topics pass", arguments: ["a", "pay/done", "printer/0001/status", "ünïcode/ok"])
+    func valid(topic: String) throws {
+        try Topic.validatePublishTopic(topic, maxLength: 64)
+    }
+
+    @Test("invalid topics are refused with INVALID_TOPIC", arguments: ["", "$sys/x", "a/+/b", "a/#", "a\u{0}b", String(repeating: "x", count: 65)])
+    func invalid(topic: String) {
+        do throws(ProtocolError) {
+            try Topic.validatePublishTopic(topic, maxLength: 64)
+            Issue.record("accepted \(topic)")
+        } catch {
+            #expect(error.code == .invalidTopic)
+        }
+    }
+
+    @Test("device ids are printable ASCII without '/' or spaces")
+    func deviceIDs() throws {
+        try Topic.validateDeviceID("spk-0001:a.b_c", maxLength: 128)
+        for bad in ["", "a b", "a/b", "é", String(repeating: "x", count: 129)] {
+            #expect(throws: ProtocolError.self) { try Topic.validateDeviceID(bad, maxLength: 128) }
+        }
+    }
+}
+
+@Suite("Codes")
+struct CodeTests {
+    @Test("every defined code has a unique name and value")
+    func unique() {
+        let names = TerminusCode.allDefined.map(\.name)
+        #expect(Set(names).count == names.count)
+        #expect(Set(TerminusCode.allDefined.map(\.rawValue)).count == names.count)
+        let unnamed = names.filter { $0.hasPrefix("UNKNOWN(") }
+        #expect(unnamed.isEmpty)
+        #expect(TerminusCode(rawValue: 9999).name == "UNKNOWN(9999)")
+    }
+}
