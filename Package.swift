@@ -179,6 +179,8 @@ let package = Package(
             name: "TerminusEndToEndTests",
             dependencies: [
                 "TerminusServer",
+                "TerminusCompression",
+                "TerminusSessions",
                 "TerminusEdge",
                 "TerminusClient",
                 "TerminusProtocol",

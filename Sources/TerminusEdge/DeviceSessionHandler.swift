@@ -296,7 +296,9 @@ final class DeviceSessionHandler: ChannelDuplexHandler, TimerWheelTarget, Delive
         case .none:
             return
         case .closeSilently(let code):
-            self.closeForTransport(code, message)
+            self.closeCode = code
+            self.logClose(code, message)
+            context.close(promise: nil)
             return
         case .goAway(let goAway):
             self.closeCode = code

@@ -58,6 +58,11 @@ public struct GatewayConfiguration: Sendable {
     public struct Dictionary: Hashable, Sendable {
         public var id: UInt16
         public var file: String
+
+        public init(id: UInt16, file: String) {
+            self.id = id
+            self.file = file
+        }
     }
 
     /// True only for the embedded development defaults (no file).

@@ -1,0 +1,137 @@
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import NIOSSL
+import TerminusClient
+import TerminusCompression
+import TerminusEdge
+import TerminusProtocol
+import TerminusServer
+import TerminusSessions
+
+/// Certificates for the end-to-end tests, made once per process with swift-certificates.
+struct TestPKI: Sendable {
+    let directory: String
+    let ca: CertificateFactory.Issued
+    let caFile: String
+    let serverChain: String
+    let serverKey: String
+
+    static let shared: TestPKI = {
+        let directory = NSTemporaryDirectory() + "terminus-e2e-\(getpid())"
+        try! FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let ca = try! CertificateFactory.makeCA(commonName: "Terminus test CA")
+        let server = try! CertificateFactory.issueServer(
+            ca: ca,
+            commonName: "localhost",
+            dnsNames: ["localhost"],
+            ipAddresses: [[127, 0, 0, 1]]
+        )
+        func write(_ text: String, _ name: String) -> String {
+            let path = directory + "/" + name
+            FileManager.default.createFile(atPath: path, contents: Data(text.utf8))
+            return path
+        }
+        return TestPKI(
+            directory: directory,
+            ca: ca,
+            caFile: write(ca.certificatePEM, "ca.pem"),
+            serverChain: write(server.certificatePEM, "server.pem"),
+            serverKey: write(server.privateKeyPEM, "server-key.pem")
+        )
+    }()
+
+    func write(_ text: String, name: String) -> String {
+        let path = self.directory + "/" + name
+        FileManager.default.createFile(atPath: path, contents: Data(text.utf8))
+        return path
+    }
+
+    func clientTLS() throws -> TLSConfiguration {
+        var tls = TLSConfiguration.makeClientConfiguration()
+        tls.trustRoots = .certificates([try NIOSSLCertificate(bytes: Array(self.ca.certificatePEM.utf8), format: .pem)])
+        return tls
+    }
+}
+
+/// A gateway on 127.0.0.1:0 with an in-memory sink and short timeouts.
+final class TestGateway: Sendable {
+    static let secret = "e2e-device-secret-0123456789"
+    static let dictionary = Array(#"{"type":"payment","amount":,"currency":"CNY","merchant":"M-","device":"spk-"}"#.utf8)
+
+    let gateway: Gateway
+    let port: Int
+    let sink: InMemorySink
+    let configuration: GatewayConfiguration
+
+    private init(gateway: Gateway, port: Int, sink: InMemorySink, configuration: GatewayConfiguration) {
+        self.gateway = gateway
+        self.port = port
+        self.sink = sink
+        self.configuration = configuration
+    }
+
+    static func start(
+        port: Int = 0,
+        sink: InMemorySink = InMemorySink(),
+        configure: (inout GatewayConfiguration) -> Void = { _ in }
+    ) async throws -> TestGateway {
+        let pki = TestPKI.shared
+        var configuration = GatewayConfiguration()
+        configuration.instanceID = "gw-test"
+        configuration.edge.gatewayID = "gw-test"
+        configuration.eventLoopThreads = 2
+        configuration.deviceListen = .init(host: "127.0.0.1", port: port)
+        configuration.transport = .tls
+        configuration.tls = .init(certificateChain: pki.serverChain, privateKey: pki.serverKey)
+        configuration.secretsFile = pki.write("prefixes:\n  \"\": \"\(Self.secret)\"\n", name: "devices.yaml")
+        let dictionaryFile = pki.directory + "/dict-1.bin"
+        FileManager.default.createFile(atPath: dictionaryFile, contents: Data(Self.dictionary))
+        configuration.dictionaries = [.init(id: 1, file: dictionaryFile)]
+        configuration.edge.timerTick = .milliseconds(100)
+        configuration.edge.handshakeTimeout = .seconds(2)
+        configuration.edge.helloTimeout = .seconds(1)
+        configuration.edge.closeGrace = .seconds(2)
+        configuration.edge.keepaliveMin = 1
+        configuration.drainGrace = .seconds(3)
+        configuration.drainReconnectWindow = .milliseconds(500)
+        configure(&configuration)
+        var logger = Logger(label: "e2e")
+        logger.logLevel = ProcessInfo.processInfo.environment["TERMINUS_TEST_LOG"] == nil ? .critical : .debug
+        let gateway = try Gateway(configuration: configuration, sink: sink, logger: logger)
+        let address = try await gateway.start()
+        return TestGateway(gateway: gateway, port: address.port!, sink: sink, configuration: configuration)
+    }
+
+    func stop() async {
+        await self.gateway.stop()
+    }
+
+    func client(_ deviceID: String, keepalive: UInt16 = 0) throws -> TerminusClientConfiguration {
+        var configuration = TerminusClientConfiguration(
+            host: "127.0.0.1",
+            port: self.port,
+            tls: self.configuration.transport == .tls ? try TestPKI.shared.clientTLS() : nil,
+            deviceID: deviceID,
+            credential: .secret(Array(Self.secret.utf8), ttlSeconds: 600),
+            compression: Self.compression
+        )
+        configuration.keepaliveSeconds = keepalive
+        return configuration
+    }
+
+    static let compression = ClientCompression(dictionaries: try! .init([1: TestGateway.dictionary]))
+
+    func connect(_ deviceID: String, keepalive: UInt16 = 0) async throws -> TerminusConnection {
+        try await TerminusConnection.connect(try self.client(deviceID, keepalive: keepalive), group: MultiThreadedEventLoopGroup.singleton)
+    }
+
+    /// A HELLO with a valid token for `deviceID`.
+    static func hello(_ deviceID: String, keepalive: UInt16 = 0, expiresIn: Int64 = 600, secret: String = TestGateway.secret) -> Frame {
+        let token = TerminusAuthTestSupport.token(deviceID: deviceID, secret: secret, expiresIn: expiresIn)
+        return .hello(
+            Hello(keepaliveSeconds: keepalive, capabilities: [], deviceID: deviceID, authMethod: .token, credential: ByteBuffer(string: token))
+        )
+    }
+}
