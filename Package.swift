@@ -140,6 +140,7 @@ let package = Package(
             name: "TerminusProtocolTests",
             dependencies: [
                 "TerminusProtocol",
+                "TerminusCompression",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOTestUtils", package: "swift-nio"),
