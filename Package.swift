@@ -173,6 +173,10 @@ let package = Package(
             dependencies: [
                 "TerminusServer",
                 "TerminusEdge",
+                "TerminusAuth",
+                "TerminusCompression",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings
         ),

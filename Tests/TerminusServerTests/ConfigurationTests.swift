@@ -1,0 +1,195 @@
+import Foundation
+import NIOCore
+import TerminusAuth
+import TerminusCompression
+import Logging
+import TerminusEdge
+import TerminusServer
+import Testing
+
+@Suite("Configuration")
+struct ConfigurationTests {
+    static let minimal = """
+        device:
+          listen: "0.0.0.0:7883"
+          transport: plaintext
+        auth:
+          secrets_file: /etc/terminus/devices.yaml
+        """
+
+    @Test("a minimal file gets safe defaults for every limit")
+    func defaults() throws {
+        let config = try ConfigurationLoader.load(yaml: Self.minimal)
+        #expect(!config.developmentMode)
+        #expect(config.transport == .plaintext)
+        #expect(config.deviceListen == .init(host: "0.0.0.0", port: 7883))
+        #expect(config.edge.maxFrameSize == 65536)
+        #expect(config.edge.maxInflight == 32)
+        #expect(config.edge.inflateLimits.maxInflatedSize == 262_144)
+        #expect(config.edge.keepaliveDefault == 240)
+        #expect(config.edge.keepaliveMax < 900, "below Tencent CLB's idle timeout")
+        #expect(!config.maxConnectionsConfigured)
+    }
+
+    @Test("every documented key is read")
+    func full() throws {
+        let yaml = """
+            instance_id: gw-7
+            log_level: debug
+            event_loop_threads: 4
+            device:
+              listen: "[::]:8883"
+              transport: tls
+              tls:
+                certificate_chain: tls/chain.pem
+                private_key: /abs/key.pem
+                client_ca: tls/ca.pem
+                client_auth: optional
+                min_version: "1.3"
+              proxy_protocol: v2
+              proxy_header_max_size: 2048
+            auth:
+              secrets_file: secrets.yaml
+            limits:
+              max_connections: 50_000
+              max_frame_size: 32768
+              max_inflight: 8
+              max_topic_length: 128
+              max_device_id_length: 64
+              max_topic_aliases: 4
+              batch_size: 512
+            compression:
+              max_inflated_size: 65536
+              max_inflate_ratio: 50
+              ratio_floor: 1024
+              dictionaries:
+                - id: 1
+                  file: dict/payments-v1.bin
+            timeouts:
+              handshake: 5s
+              hello: 2500ms
+              close_grace: 3s
+            keepalive:
+              default: 120s
+              min: 20s
+              max: 300s
+            drain:
+              grace: 45s
+              reconnect_window: 2m
+            sink:
+              type: log
+            admin:
+              listen: "127.0.0.1:9090"
+            """
+        let config = try ConfigurationLoader.load(yaml: yaml, baseDirectory: "/etc/terminus")
+        #expect(config.instanceID == "gw-7")
+        #expect(config.edge.gatewayID == "gw-7")
+        #expect(config.logLevel == .debug)
+        #expect(config.eventLoopThreads == 4)
+        #expect(config.deviceListen == .init(host: "::", port: 8883))
+        #expect(config.tls?.certificateChain == "/etc/terminus/tls/chain.pem")
+        #expect(config.tls?.privateKey == "/abs/key.pem")
+        #expect(config.tls?.clientAuth == .optional)
+        #expect(config.tls?.minimumVersion == "1.3")
+        #expect(config.proxyProtocol == .v2)
+        #expect(config.proxyHeaderMaxSize == 2048)
+        #expect(config.secretsFile == "/etc/terminus/secrets.yaml")
+        #expect(config.edge.maxConnections == 50_000)
+        #expect(config.maxConnectionsConfigured)
+        #expect(config.edge.maxFrameSize == 32768)
+        #expect(config.edge.maxInflight == 8)
+        #expect(config.edge.maxTopicLength == 128)
+        #expect(config.edge.maxDeviceIDLength == 64)
+        #expect(config.edge.maxTopicAliases == 4)
+        #expect(config.edge.maxBatchSize == 512)
+        #expect(config.edge.inflateLimits == .init(maxInflatedSize: 65536, maxRatio: 50, ratioFloor: 1024))
+        #expect(config.dictionaries == [.init(id: 1, file: "/etc/terminus/dict/payments-v1.bin")])
+        #expect(config.edge.handshakeTimeout == .seconds(5))
+        #expect(config.edge.helloTimeout == .milliseconds(2500))
+        #expect(config.edge.closeGrace == .seconds(3))
+        #expect(config.edge.keepaliveDefault == 120)
+        #expect(config.edge.keepaliveMin == 20)
+        #expect(config.edge.keepaliveMax == 300)
+        #expect(config.drainGrace == .seconds(45))
+        #expect(config.drainReconnectWindow == .seconds(120))
+        #expect(config.adminListen == .init(host: "127.0.0.1", port: 9090))
+    }
+
+    @Test(
+        "errors name the offending key",
+        arguments: [
+            ("device:\n  transport: tls\nauth:\n  secrets_file: s", "device.tls"),
+            ("device:\n  transport: plaintext\n", "auth.secrets_file"),
+            ("device:\n  transport: quic\n", "device.transport"),
+            ("device:\n  listen: nowhere\n  transport: plaintext\n", "device.listen"),
+            (Self.minimal + "\nlimits:\n  max_inflight: 0\n", "limits.max_inflight"),
+            (Self.minimal + "\nlimits:\n  max_frame_size: big\n", "limits.max_frame_size"),
+            (Self.minimal + "\nlimits:\n  max_frames: 1\n", "limits.max_frames"),
+            (Self.minimal + "\ntimeouts:\n  hello: soon\n", "timeouts.hello"),
+            (Self.minimal + "\nkeepalive:\n  default: 1000s\n", "keepalive"),
+            (Self.minimal + "\nunknown_section: {}\n", "unknown_section"),
+            (Self.minimal + "\ncompression:\n  dictionaries:\n    - id: 0\n      file: x\n", "compression.dictionaries[0].id"),
+            (Self.minimal + "\nsink:\n  type: kafka\n", "sink.type"),
+            (
+                "device:\n  transport: tls\n  tls:\n    certificate_chain: a\n    private_key: b\n    client_auth: required\n",
+                "device.tls.client_ca"
+            ),
+            ("device: [1, 2]\n", "device"),
+        ]
+    )
+    func namedErrors(yaml: String, key: String) {
+        do {
+            _ = try ConfigurationLoader.load(yaml: yaml)
+            Issue.record("accepted invalid configuration for \(key)")
+        } catch let error as ConfigurationError {
+            #expect(error.key == key, "\(error)")
+        } catch {
+            Issue.record("unexpected error \(error)")
+        }
+    }
+
+    @Test("durations and addresses parse")
+    func parsing() {
+        #expect(GatewayConfiguration.HostPort(parsing: ":7883") == .init(host: "0.0.0.0", port: 7883))
+        #expect(GatewayConfiguration.HostPort(parsing: "[::1]:1") == .init(host: "::1", port: 1))
+        #expect(GatewayConfiguration.HostPort(parsing: "host:99999") == nil)
+        #expect(GatewayConfiguration.HostPort(parsing: "[::1]:1")?.description == "[::1]:1")
+    }
+
+    @Test("secrets file: text, hex and base64 secrets; short secrets and unknown keys are refused")
+    func secrets() throws {
+        let store = try SecretsFile.parse(
+            yaml: """
+                devices:
+                  printer-0001: "a-long-enough-secret"
+                  printer-0002: "hex:000102030405060708090a0b0c0d0e0f"
+                prefixes:
+                  "spk-": "base64:AAECAwQFBgcICQoLDA0ODw=="
+                """
+        )
+        #expect(store.secret(for: "printer-0001") == Array("a-long-enough-secret".utf8))
+        #expect(store.secret(for: "printer-0002") == Array(0...15))
+        #expect(store.secret(for: "spk-9") == Array(0...15))
+        #expect(throws: ConfigurationError.self) { _ = try SecretsFile.parse(yaml: "devices:\n  a: short\n") }
+        #expect(throws: ConfigurationError.self) { _ = try SecretsFile.parse(yaml: "people:\n  a: b\n") }
+        #expect(throws: ConfigurationError.self) { _ = try SecretsFile.parse(yaml: "devices: {}\n") }
+    }
+
+    @Test("development mode creates its CA, certificate and secret once and reuses them")
+    func developmentMode() throws {
+        let directory = NSTemporaryDirectory() + "terminus-dev-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let first = try DevelopmentMode.prepare(directory: directory)
+        #expect(first.created)
+        #expect(first.deviceSecret.count == 48)
+        let second = try DevelopmentMode.prepare(directory: directory)
+        #expect(!second.created)
+        #expect(second.deviceSecret == first.deviceSecret)
+        let config = DevelopmentMode.configuration(material: second)
+        #expect(config.developmentMode)
+        #expect(config.deviceListen.host == "127.0.0.1", "development mode listens on loopback only")
+        #expect(try SecretsFile.load(path: config.secretsFile!).secret(for: "any-device") == Array(first.deviceSecret.utf8))
+        let attributes = try FileManager.default.attributesOfItem(atPath: directory + "/server-key.pem")
+        #expect((attributes[.posixPermissions] as? Int) == 0o600)
+    }
+}
