@@ -66,7 +66,10 @@ public final class ClientCompression: @unchecked Sendable {
     /// Call on `eventLoop`.
     func contexts(for eventLoop: any EventLoop) throws -> (Deflater, Inflater) {
         try self.lock.get(ObjectIdentifier(eventLoop)) {
-            (try Deflater(dictionaries: self.dictionaries), try Inflater(limits: self.inflateLimits, dictionaries: self.dictionaries))
+            (
+                try Deflater(dictionaries: self.dictionaries),
+                try Inflater(limits: self.inflateLimits, dictionaries: self.dictionaries)
+            )
         }
     }
 }

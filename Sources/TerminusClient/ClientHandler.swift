@@ -101,7 +101,9 @@ final class ClientHandler: ChannelInboundHandler {
             }
             payload = inflated
         }
-        self.pushes.yield(PushMessage(messageID: message.messageID, topic: message.topic, qos: message.qos, payload: payload))
+        self.pushes.yield(
+            PushMessage(messageID: message.messageID, topic: message.topic, qos: message.qos, payload: payload)
+        )
     }
 
     private func startKeepalive(context: ChannelHandlerContext, seconds: UInt16) {
@@ -161,8 +163,11 @@ final class ClientHandler: ChannelInboundHandler {
             promise?.fail(TerminusClientError(.connectionClosed, "connection closed"))
             return
         }
-        if let promise { self.pings.append((.now(), promise)) }
-        else { self.pings.append((.now(), context.eventLoop.makePromise())) }
+        if let promise {
+            self.pings.append((.now(), promise))
+        } else {
+            self.pings.append((.now(), context.eventLoop.makePromise()))
+        }
         context.writeAndFlush(self.wrapOutboundOut(.ping(context.channel.allocator.buffer(capacity: 0))), promise: nil)
     }
 

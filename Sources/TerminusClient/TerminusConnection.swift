@@ -68,7 +68,9 @@ public final class TerminusConnection: Sendable {
                     let (_, inflater) = try configuration.compression.contexts(for: channel.eventLoop)
                     try sync.addHandler(ByteToMessageHandler(FrameDecoder(maxFrameLength: 16 * 1024 * 1024)))
                     try sync.addHandler(MessageToByteHandler(FrameEncoder()))
-                    try sync.addHandler(ClientHandler(eventLoop: channel.eventLoop, pushes: continuation, inflater: inflater))
+                    try sync.addHandler(
+                        ClientHandler(eventLoop: channel.eventLoop, pushes: continuation, inflater: inflater)
+                    )
                     return channel.eventLoop.makeSucceededVoidFuture()
                 } catch {
                     return channel.eventLoop.makeFailedFuture(error)
@@ -82,13 +84,19 @@ public final class TerminusConnection: Sendable {
             channel = try await bootstrap.connect(host: configuration.host, port: configuration.port).get()
         } catch {
             continuation.finish()
-            throw TerminusClientError(.connectionClosed, "cannot connect to \(configuration.host):\(configuration.port): \(error)")
+            throw TerminusClientError(
+                .connectionClosed,
+                "cannot connect to \(configuration.host):\(configuration.port): \(error)"
+            )
         }
         let hello = try Self.makeHello(configuration)
         let setup = try await channel.eventLoop.submit {
             let handler = try channel.pipeline.syncOperations.handler(type: ClientHandler.self)
             handler.sendFrame(.hello(hello))
-            return (NIOLoopBound(handler, eventLoop: channel.eventLoop), handler.welcomePromise.futureResult, handler.closedPromise.futureResult)
+            return (
+                NIOLoopBound(handler, eventLoop: channel.eventLoop), handler.welcomePromise.futureResult,
+                handler.closedPromise.futureResult
+            )
         }.get()
         let timeout = channel.eventLoop.scheduleTask(in: configuration.connectTimeout) { channel.close(promise: nil) }
         defer { timeout.cancel() }
@@ -118,7 +126,9 @@ public final class TerminusConnection: Sendable {
             method = .token
         case .secret(let secret, let ttl):
             let expiry = Self.unixNow() + ttl
-            credential.writeString(DeviceToken.make(deviceID: configuration.deviceID, secret: secret, expiresAt: expiry))
+            credential.writeString(
+                DeviceToken.make(deviceID: configuration.deviceID, secret: secret, expiresAt: expiry)
+            )
             method = .token
         case .certificate:
             method = .certificate

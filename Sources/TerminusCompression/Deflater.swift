@@ -26,7 +26,11 @@ public final class Deflater {
         self.stream.deallocate()
     }
 
-    public func deflate(_ input: ByteBuffer, dictionaryID: UInt16? = nil, allocator: ByteBufferAllocator)
+    public func deflate(
+        _ input: ByteBuffer,
+        dictionaryID: UInt16? = nil,
+        allocator: ByteBufferAllocator
+    )
         throws(CompressionError) -> ByteBuffer
     {
         guard deflateReset(self.stream) == Z_OK else { throw CompressionError(.zlib, "deflateReset failed") }

@@ -54,7 +54,11 @@ public final class Inflater {
         return output
     }
 
-    private func inflateIntoScratch(_ input: ByteBuffer, dictionary: [UInt8]?, allowed: Int)
+    private func inflateIntoScratch(
+        _ input: ByteBuffer,
+        dictionary: [UInt8]?,
+        allowed: Int
+    )
         throws(CompressionError) -> Int
     {
         guard inflateReset(self.stream) == Z_OK else { throw CompressionError(.zlib, "inflateReset failed") }

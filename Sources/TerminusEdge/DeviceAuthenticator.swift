@@ -20,7 +20,11 @@ public struct DeviceAuthenticator: Sendable {
     ///
     /// - Parameter certificateDeviceID: the device id named by a verified client certificate.
     /// - Returns: the session's device id.
-    public func authenticate(_ hello: Hello, certificateDeviceID: String?, maxDeviceIDLength: Int)
+    public func authenticate(
+        _ hello: Hello,
+        certificateDeviceID: String?,
+        maxDeviceIDLength: Int
+    )
         throws(ProtocolError) -> String
     {
         if let certificateDeviceID {

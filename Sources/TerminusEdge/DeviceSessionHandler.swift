@@ -223,7 +223,10 @@ final class DeviceSessionHandler: ChannelDuplexHandler, TimerWheelTarget, Delive
         let waiter: (any DeliveryWaiter)?
         if message.qos == .atLeastOnce {
             if try self.machine.publishAccepted() == .pause {
-                self.shared.logger.debug("inflight limit reached; reads paused", metadata: ["device": "\(self.deviceID ?? "?")"])
+                self.shared.logger.debug(
+                    "inflight limit reached; reads paused",
+                    metadata: ["device": "\(self.deviceID ?? "?")"]
+                )
             }
             waiter = self
         } else {

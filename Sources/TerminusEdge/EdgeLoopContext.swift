@@ -13,7 +13,12 @@ final class EdgeLoopContext {
     var draining = false
     var drainReconnectWindowMilliseconds: UInt32 = 0
 
-    init(eventLoop: any EventLoop, settings: EdgeSettings, dictionaries: DictionarySet, sink: any UplinkSink)
+    init(
+        eventLoop: any EventLoop,
+        settings: EdgeSettings,
+        dictionaries: DictionarySet,
+        sink: any UplinkSink
+    )
         throws
     {
         self.eventLoop = eventLoop
@@ -29,7 +34,12 @@ final class EdgeLoopContexts: @unchecked Sendable {
     private let byLoop: [ObjectIdentifier: EdgeLoopContext]
     let loops: [any EventLoop]
 
-    init(group: any EventLoopGroup, settings: EdgeSettings, dictionaries: DictionarySet, sink: any UplinkSink)
+    init(
+        group: any EventLoopGroup,
+        settings: EdgeSettings,
+        dictionaries: DictionarySet,
+        sink: any UplinkSink
+    )
         throws
     {
         var byLoop: [ObjectIdentifier: EdgeLoopContext] = [:]

@@ -2,10 +2,10 @@ public import Logging
 public import NIOCore
 internal import NIOPosix
 public import NIOSSL
-internal import TerminusProtocol
-public import TerminusCompression
-public import TerminusSessions
 internal import Synchronization
+public import TerminusCompression
+internal import TerminusProtocol
+public import TerminusSessions
 
 /// One device listener: address, transport security and PROXY protocol.
 public struct DeviceListener: Sendable {

@@ -5,7 +5,11 @@ extension Frame {
     ///
     /// The body must be consumed exactly: missing or trailing bytes are `MALFORMED_FRAME`.
     /// Strings are validated as UTF-8 without repair.
-    public static func decode(type rawType: UInt8, flags: UInt8, body: inout ByteBuffer) throws(ProtocolError)
+    public static func decode(
+        type rawType: UInt8,
+        flags: UInt8,
+        body: inout ByteBuffer
+    ) throws(ProtocolError)
         -> Frame
     {
         guard let type = FrameType(rawValue: rawType) else {
@@ -40,7 +44,9 @@ extension Frame {
             let code = try body.readOrThrow(UInt16.self, "GOAWAY code")
             let after = try body.readOrThrow(UInt32.self, "GOAWAY reconnect_after")
             let message = try body.readUTF8(lengthType: UInt8.self, field: "GOAWAY message", code: .malformedFrame)
-            frame = .goAway(GoAway(code: TerminusCode(rawValue: code), reconnectAfterMilliseconds: after, message: message))
+            frame = .goAway(
+                GoAway(code: TerminusCode(rawValue: code), reconnectAfterMilliseconds: after, message: message)
+            )
         }
         guard body.readableBytes == 0 else {
             throw ProtocolError(.malformedFrame, "\(body.readableBytes) trailing bytes after \(type)")
@@ -57,7 +63,10 @@ extension Frame {
     private static func decodeHello(_ body: inout ByteBuffer) throws(ProtocolError) -> Hello {
         let version = try body.readOrThrow(UInt8.self, "HELLO version")
         guard version == WireProtocol.version else {
-            throw ProtocolError(.unsupportedVersion, "protocol version \(version) is not supported (this gateway speaks 1)")
+            throw ProtocolError(
+                .unsupportedVersion,
+                "protocol version \(version) is not supported (this gateway speaks 1)"
+            )
         }
         let keepalive = try body.readOrThrow(UInt16.self, "HELLO keepalive")
         let capabilities = try body.readOrThrow(UInt32.self, "HELLO capabilities")
@@ -98,7 +107,11 @@ extension Frame {
         )
     }
 
-    private static func decodeMessage(type: FrameType, flags rawFlags: UInt8, body: inout ByteBuffer)
+    private static func decodeMessage(
+        type: FrameType,
+        flags rawFlags: UInt8,
+        body: inout ByteBuffer
+    )
         throws(ProtocolError) -> Message
     {
         let flags = PublishFlags(rawValue: rawFlags)
@@ -141,7 +154,10 @@ extension Frame {
 
 extension ByteBuffer {
     @inlinable
-    mutating func readOrThrow<I: FixedWidthInteger>(_: I.Type, _ field: @autoclosure () -> String)
+    mutating func readOrThrow<I: FixedWidthInteger>(
+        _: I.Type,
+        _ field: @autoclosure () -> String
+    )
         throws(ProtocolError) -> I
     {
         guard let value = self.readInteger(as: I.self) else {
@@ -151,7 +167,11 @@ extension ByteBuffer {
     }
 
     /// Reads a length-prefixed string, rejecting invalid UTF-8 with `code`.
-    mutating func readUTF8<L: FixedWidthInteger>(lengthType: L.Type, field: String, code: TerminusCode)
+    mutating func readUTF8<L: FixedWidthInteger>(
+        lengthType: L.Type,
+        field: String,
+        code: TerminusCode
+    )
         throws(ProtocolError) -> String
     {
         let length = try self.readOrThrow(L.self, "\(field) length")

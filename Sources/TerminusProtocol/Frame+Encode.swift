@@ -65,7 +65,10 @@ extension ByteBuffer {
 
     /// Writes a string with a length prefix of type `L`; a string that does not fit is cut
     /// at the last whole UTF-8 scalar that does.
-    private mutating func writeShortString<L: FixedWidthInteger & UnsignedInteger>(_ string: String, as: L.Type)
+    private mutating func writeShortString<L: FixedWidthInteger & UnsignedInteger>(
+        _ string: String,
+        as: L.Type
+    )
         -> Int
     {
         var utf8 = Substring(string).utf8

@@ -45,7 +45,10 @@ public enum ConfigurationLoader {
         config.edge.gatewayID = config.instanceID
         if let level = try root.string("log_level") {
             guard let parsed = Logger.Level(rawValue: level) else {
-                throw ConfigurationError(key: "log_level", "must be one of trace, debug, info, notice, warning, error, critical")
+                throw ConfigurationError(
+                    key: "log_level",
+                    "must be one of trace, debug, info, notice, warning, error, critical"
+                )
             }
             config.logLevel = parsed
         }
@@ -99,7 +102,10 @@ public enum ConfigurationLoader {
                 files.clientAuth = parsed
             }
             if files.clientAuth != .none && files.clientCA == nil {
-                throw ConfigurationError(key: "device.tls.client_ca", "is required when client_auth is \(files.clientAuth.rawValue)")
+                throw ConfigurationError(
+                    key: "device.tls.client_ca",
+                    "is required when client_auth is \(files.clientAuth.rawValue)"
+                )
             }
             if let version = try tls.string("min_version") {
                 guard version == "1.2" || version == "1.3" else {
@@ -148,7 +154,9 @@ public enum ConfigurationLoader {
             if let v = try compression.int("max_inflated_size", in: 64...(64 * 1024 * 1024)) {
                 config.edge.inflateLimits.maxInflatedSize = v
             }
-            if let v = try compression.int("max_inflate_ratio", in: 1...100_000) { config.edge.inflateLimits.maxRatio = v }
+            if let v = try compression.int("max_inflate_ratio", in: 1...100_000) {
+                config.edge.inflateLimits.maxRatio = v
+            }
             if let v = try compression.int("ratio_floor", in: 0...(64 * 1024 * 1024)) {
                 config.edge.inflateLimits.ratioFloor = v
             }
@@ -192,7 +200,10 @@ public enum ConfigurationLoader {
         if let sink = try root.section("sink") {
             try sink.allow(["type"])
             if let type = try sink.string("type"), type != "log" {
-                throw ConfigurationError(key: "sink.type", "must be log (backend routing is configured under services, once available)")
+                throw ConfigurationError(
+                    key: "sink.type",
+                    "must be log (backend routing is configured under services, once available)"
+                )
             }
         }
         if let admin = try root.section("admin") {
@@ -248,7 +259,8 @@ struct Section {
 
     private func value(_ name: String) -> Node? {
         guard let node = self.pairs.first(where: { $0.0 == name })?.1 else { return nil }
-        if case .scalar(let scalar) = node, scalar.string == "~" || (scalar.string == "null" && scalar.style == .plain) {
+        if case .scalar(let scalar) = node, scalar.string == "~" || (scalar.string == "null" && scalar.style == .plain)
+        {
             return nil
         }
         return node
@@ -315,7 +327,9 @@ struct Section {
     }
 
     static func parseDuration(_ text: String) -> TimeAmount? {
-        let units: [(String, Int64)] = [("ms", 1_000_000), ("s", 1_000_000_000), ("m", 60_000_000_000), ("h", 3_600_000_000_000)]
+        let units: [(String, Int64)] = [
+            ("ms", 1_000_000), ("s", 1_000_000_000), ("m", 60_000_000_000), ("h", 3_600_000_000_000),
+        ]
         for (suffix, scale) in units where text.hasSuffix(suffix) {
             guard let value = Int64(text.dropLast(suffix.count)), value >= 0 else { return nil }
             return .nanoseconds(value * scale)

@@ -26,7 +26,11 @@ public enum DevelopmentMode {
         if !fm.fileExists(atPath: caFile) || !fm.fileExists(atPath: secretFile)
             || !fm.fileExists(atPath: directory + "/server.pem")
         {
-            try fm.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+            try fm.createDirectory(
+                atPath: directory,
+                withIntermediateDirectories: true,
+                attributes: [.posixPermissions: 0o700]
+            )
             let ca = try CertificateFactory.makeCA(commonName: "Terminus development CA")
             let server = try CertificateFactory.issueServer(
                 ca: ca,
@@ -35,7 +39,8 @@ public enum DevelopmentMode {
                 ipAddresses: [[127, 0, 0, 1], [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]]
             )
             var random = SystemRandomNumberGenerator()
-            let secret = (0..<24).map { _ in String(format: "%02x", UInt8.random(in: 0...255, using: &random)) }.joined()
+            let secret = (0..<24).map { _ in String(format: "%02x", UInt8.random(in: 0...255, using: &random)) }
+                .joined()
             try Self.write(ca.certificatePEM, to: caFile, mode: 0o644)
             try Self.write(ca.privateKeyPEM, to: directory + "/ca-key.pem", mode: 0o600)
             try Self.write(server.certificatePEM, to: directory + "/server.pem", mode: 0o644)
@@ -70,7 +75,12 @@ public enum DevelopmentMode {
     }
 
     private static func write(_ text: String, to path: String, mode: Int) throws {
-        guard FileManager.default.createFile(atPath: path, contents: Data(text.utf8), attributes: [.posixPermissions: mode])
+        guard
+            FileManager.default.createFile(
+                atPath: path,
+                contents: Data(text.utf8),
+                attributes: [.posixPermissions: mode]
+            )
         else {
             throw ConfigurationError(key: "", "cannot write \(path)")
         }

@@ -77,7 +77,10 @@ public final class Gateway: Service, Sendable {
         do {
             chain = try NIOSSLCertificate.fromPEMFile(files.certificateChain)
         } catch {
-            throw ConfigurationError(key: "device.tls.certificate_chain", "cannot load \(files.certificateChain): \(error)")
+            throw ConfigurationError(
+                key: "device.tls.certificate_chain",
+                "cannot load \(files.certificateChain): \(error)"
+            )
         }
         do {
             key = try NIOSSLPrivateKey(file: files.privateKey, format: .pem)
@@ -95,7 +98,8 @@ public final class Gateway: Service, Sendable {
             } catch {
                 throw ConfigurationError(key: "device.tls.client_ca", "cannot load \(caFile): \(error)")
             }
-            tls.certificateVerification = files.clientAuth == .required ? .noHostnameVerification : .optionalVerification
+            tls.certificateVerification =
+                files.clientAuth == .required ? .noHostnameVerification : .optionalVerification
         }
         do {
             return .tls(try NIOSSLContext(configuration: tls), verifiesClientCertificates: files.clientAuth != .none)

@@ -24,7 +24,9 @@ public struct GatewayConfiguration: Sendable {
             self.init(host: host, port: port)
         }
 
-        public var description: String { self.host.contains(":") ? "[\(self.host)]:\(self.port)" : "\(self.host):\(self.port)" }
+        public var description: String {
+            self.host.contains(":") ? "[\(self.host)]:\(self.port)" : "\(self.host):\(self.port)"
+        }
     }
 
     public enum Transport: String, Sendable {

@@ -1,7 +1,7 @@
 public import Logging
 public import NIOCore
-public import TerminusSessions
 internal import TerminusProtocol
+public import TerminusSessions
 
 /// Logs every uplink message and accepts it: the sink of development mode, and a way to watch
 /// traffic before backends exist. It keeps nothing, so "accepted" means "logged".
@@ -41,9 +41,10 @@ public struct LoggingSink: UplinkSink {
         {
             return text + suffix
         }
-        return "hex:" + bytes.map { byte in
-            let hex = String(byte, radix: 16)
-            return byte < 0x10 ? "0" + hex : hex
-        }.joined() + suffix
+        return "hex:"
+            + bytes.map { byte in
+                let hex = String(byte, radix: 16)
+                return byte < 0x10 ? "0" + hex : hex
+            }.joined() + suffix
     }
 }

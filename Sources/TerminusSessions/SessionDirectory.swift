@@ -1,6 +1,6 @@
 public import NIOCore
-public import TerminusProtocol
 internal import Synchronization
+public import TerminusProtocol
 
 /// What the directory can ask of a live session. Implementations hop to their event loop.
 public protocol DeviceSessionControl: AnyObject, Sendable {

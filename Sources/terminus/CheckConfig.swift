@@ -18,7 +18,9 @@ struct CheckConfig: AsyncParsableCommand {
             // Load what the file points at too: certificates, keys, secrets, dictionaries.
             let gateway = try Gateway(configuration: configuration, logger: Logger(label: "check-config"))
             _ = gateway
-            print("\(self.file): OK (device listener \(configuration.deviceListen), \(configuration.transport.rawValue))")
+            print(
+                "\(self.file): OK (device listener \(configuration.deviceListen), \(configuration.transport.rawValue))"
+            )
         } catch let error as ConfigurationError {
             FileHandle.standardError.write(Data("\(self.file): \(error)\n".utf8))
             throw ExitCode(2)

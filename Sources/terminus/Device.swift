@@ -87,7 +87,8 @@ struct ConnectionOptions: ParsableArguments {
         var dictionaries: [UInt16: [UInt8]] = [:]
         for entry in self.dictionary {
             let parts = entry.split(separator: ":", maxSplits: 1)
-            guard parts.count == 2, let id = UInt16(parts[0]), let data = FileManager.default.contents(atPath: String(parts[1]))
+            guard parts.count == 2, let id = UInt16(parts[0]),
+                let data = FileManager.default.contents(atPath: String(parts[1]))
             else {
                 throw ValidationError("--dictionary must be ID:FILE with a readable file")
             }
@@ -122,7 +123,11 @@ extension Device {
         @Option(name: .long, help: "Topic to publish to.")
         var topic: String
 
-        @Option(name: .long, help: "Message payload (repeatable). Without --message or --file, each line of standard input is one message.")
+        @Option(
+            name: .long,
+            help:
+                "Message payload (repeatable). Without --message or --file, each line of standard input is one message."
+        )
         var message: [String] = []
 
         @Option(name: .long, help: "Read one payload from this file.")
@@ -176,7 +181,10 @@ extension Device {
                             dictionaryID: self.dictionaryID
                         )
                         if qos == .atLeastOnce {
-                            print("ack id=\(ack.messageID) status=\(ack.status)" + (ack.retryAfterSeconds > 0 ? " retry_after=\(ack.retryAfterSeconds)s" : ""))
+                            print(
+                                "ack id=\(ack.messageID) status=\(ack.status)"
+                                    + (ack.retryAfterSeconds > 0 ? " retry_after=\(ack.retryAfterSeconds)s" : "")
+                            )
                             if ack.status != .ok { failures += 1 }
                         } else {
                             print("sent qos=0")

@@ -3,9 +3,9 @@ import Foundation
 import Logging
 import NIOCore
 import ServiceLifecycle
-import UnixSignals
 import TerminusEdge
 import TerminusServer
+import UnixSignals
 
 struct Run: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -54,7 +54,10 @@ struct Run: AsyncParsableCommand {
         if let material {
             Self.printDevelopmentBanner(material: material, configuration: configuration, logger: logger)
         } else {
-            logger.info("configuration loaded", metadata: ["file": "\(self.config ?? "")", "instance": "\(configuration.instanceID)"])
+            logger.info(
+                "configuration loaded",
+                metadata: ["file": "\(self.config ?? "")", "instance": "\(configuration.instanceID)"]
+            )
         }
         let group = ServiceGroup(
             configuration: .init(
@@ -91,8 +94,11 @@ struct Run: AsyncParsableCommand {
         }
     }
 
-    static func printDevelopmentBanner(material: DevelopmentMode.Material, configuration: GatewayConfiguration, logger: Logger)
-    {
+    static func printDevelopmentBanner(
+        material: DevelopmentMode.Material,
+        configuration: GatewayConfiguration,
+        logger: Logger
+    ) {
         logger.warning(
             "DEVELOPMENT MODE: no --config given. Loopback only, development certificate, generated device secret, logging sink. Not for production.",
             metadata: [

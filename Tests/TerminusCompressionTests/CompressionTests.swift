@@ -4,8 +4,11 @@ import Testing
 
 @Suite("Inflate and deflate")
 struct CompressionTests {
-    static let message = #"{"type":"payment","amount":1250,"currency":"CNY","merchant":"M-000123","device":"spk-000123","ts":1764460800}"#
-    static let dictionary = Array(#"{"type":"payment","amount":,"currency":"CNY","merchant":"M-","device":"spk-","ts":}"#.utf8)
+    static let message =
+        #"{"type":"payment","amount":1250,"currency":"CNY","merchant":"M-000123","device":"spk-000123","ts":1764460800}"#
+    static let dictionary = Array(
+        #"{"type":"payment","amount":,"currency":"CNY","merchant":"M-","device":"spk-","ts":}"#.utf8
+    )
     let allocator = ByteBufferAllocator()
 
     @Test("raw deflate round trip, without and with a preset dictionary")
@@ -28,7 +31,11 @@ struct CompressionTests {
         let dictionaries = try DictionarySet([1: Self.dictionary])
         let deflater = try Deflater(dictionaries: dictionaries)
         let inflater = try Inflater(limits: InflateLimits(), dictionaries: dictionaries)
-        let compressed = try deflater.deflate(ByteBuffer(string: Self.message), dictionaryID: 1, allocator: self.allocator)
+        let compressed = try deflater.deflate(
+            ByteBuffer(string: Self.message),
+            dictionaryID: 1,
+            allocator: self.allocator
+        )
         #expect(throws: CompressionError.self) {
             _ = try inflater.inflate(compressed, dictionaryID: nil, allocator: self.allocator)
         }
@@ -45,7 +52,9 @@ struct CompressionTests {
         let deflater = try Deflater(level: 9)
         let bomb = try deflater.deflate(ByteBuffer(repeating: 0, count: 10 * 1024 * 1024), allocator: self.allocator)
         #expect(bomb.readableBytes < 20 * 1024)
-        let inflater = try Inflater(limits: InflateLimits(maxInflatedSize: 256 * 1024, maxRatio: 100_000, ratioFloor: 0))
+        let inflater = try Inflater(
+            limits: InflateLimits(maxInflatedSize: 256 * 1024, maxRatio: 100_000, ratioFloor: 0)
+        )
         do {
             _ = try inflater.inflate(bomb, dictionaryID: nil, allocator: self.allocator)
             Issue.record("bomb inflated")
@@ -77,7 +86,9 @@ struct CompressionTests {
         let atCap = try deflater.deflate(ByteBuffer(repeating: 7, count: 1000), allocator: self.allocator)
         #expect(try inflater.inflate(atCap, dictionaryID: nil, allocator: self.allocator).readableBytes == 1000)
         let over = try deflater.deflate(ByteBuffer(repeating: 7, count: 1001), allocator: self.allocator)
-        #expect(throws: CompressionError.self) { _ = try inflater.inflate(over, dictionaryID: nil, allocator: self.allocator) }
+        #expect(throws: CompressionError.self) {
+            _ = try inflater.inflate(over, dictionaryID: nil, allocator: self.allocator)
+        }
     }
 
     @Test("garbage, truncated streams and trailing bytes are corrupt")
@@ -98,7 +109,9 @@ struct CompressionTests {
             }
         }
         // Still usable afterwards.
-        #expect(try inflater.inflate(good, dictionaryID: nil, allocator: self.allocator) == ByteBuffer(string: Self.message))
+        #expect(
+            try inflater.inflate(good, dictionaryID: nil, allocator: self.allocator) == ByteBuffer(string: Self.message)
+        )
     }
 
     @Test("dictionary ids and sizes are validated")

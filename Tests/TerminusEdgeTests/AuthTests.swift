@@ -11,10 +11,19 @@ struct AuthTests {
     @Test("a token verifies for its device and secret until it expires")
     func token() {
         let token = Array(DeviceToken.make(deviceID: "spk-1", secret: self.secret, expiresAt: 2_000).utf8)
-        #expect(DeviceToken.verify(token: token, deviceID: "spk-1", secret: self.secret, now: 1_999) == .valid(expiresAt: 2_000))
-        #expect(DeviceToken.verify(token: token, deviceID: "spk-1", secret: self.secret, now: 2_001) == .expired(expiresAt: 2_000))
+        #expect(
+            DeviceToken.verify(token: token, deviceID: "spk-1", secret: self.secret, now: 1_999)
+                == .valid(expiresAt: 2_000)
+        )
+        #expect(
+            DeviceToken.verify(token: token, deviceID: "spk-1", secret: self.secret, now: 2_001)
+                == .expired(expiresAt: 2_000)
+        )
         #expect(DeviceToken.verify(token: token, deviceID: "spk-2", secret: self.secret, now: 1_000) == .invalid)
-        #expect(DeviceToken.verify(token: token, deviceID: "spk-1", secret: Array("other-secret-0123".utf8), now: 1_000) == .invalid)
+        #expect(
+            DeviceToken.verify(token: token, deviceID: "spk-1", secret: Array("other-secret-0123".utf8), now: 1_000)
+                == .invalid
+        )
     }
 
     @Test("a token with a changed expiry or mangled syntax is invalid")
@@ -23,14 +32,21 @@ struct AuthTests {
         let parts = text.split(separator: ".")
         let forged = "v1.9999999999.\(parts[2])"
         for candidate in [forged, "", "v1..", "v2.2000.\(parts[2])", "v1.2000.!!!", "v1.-5.\(parts[2])", text + "x"] {
-            #expect(DeviceToken.verify(token: Array(candidate.utf8), deviceID: "spk-1", secret: self.secret, now: 1_000) == .invalid)
+            #expect(
+                DeviceToken.verify(token: Array(candidate.utf8), deviceID: "spk-1", secret: self.secret, now: 1_000)
+                    == .invalid
+            )
         }
     }
 
     @Test("the token format matches the documented test vector")
     func vector() {
         // docs/protocol.md, "Tokens": device "demo-1", secret "terminus-demo-secret", expiry 1767225600.
-        let token = DeviceToken.make(deviceID: "demo-1", secret: Array("terminus-demo-secret".utf8), expiresAt: 1_767_225_600)
+        let token = DeviceToken.make(
+            deviceID: "demo-1",
+            secret: Array("terminus-demo-secret".utf8),
+            expiresAt: 1_767_225_600
+        )
         #expect(token == "v1.1767225600.\(Self.documentedMAC)")
     }
 
@@ -50,7 +66,13 @@ struct AuthTests {
     }
 
     func hello(_ device: String, token: String, method: AuthMethod = .token) -> Hello {
-        Hello(keepaliveSeconds: 0, capabilities: [], deviceID: device, authMethod: method, credential: ByteBuffer(string: token))
+        Hello(
+            keepaliveSeconds: 0,
+            capabilities: [],
+            deviceID: device,
+            authMethod: method,
+            credential: ByteBuffer(string: token)
+        )
     }
 
     func code(_ body: () throws -> String) -> TerminusCode? {
@@ -66,17 +88,78 @@ struct AuthTests {
     func authenticator() throws {
         let auth = DeviceAuthenticator(secrets: SecretStore(prefixes: ["spk-": self.secret]), now: { 1_000 })
         let good = DeviceToken.make(deviceID: "spk-1", secret: self.secret, expiresAt: 2_000)
-        #expect(try auth.authenticate(self.hello("spk-1", token: good), certificateDeviceID: nil, maxDeviceIDLength: 64) == "spk-1")
+        #expect(
+            try auth.authenticate(self.hello("spk-1", token: good), certificateDeviceID: nil, maxDeviceIDLength: 64)
+                == "spk-1"
+        )
         let expired = DeviceToken.make(deviceID: "spk-1", secret: self.secret, expiresAt: 999)
-        #expect(self.code { try auth.authenticate(self.hello("spk-1", token: expired), certificateDeviceID: nil, maxDeviceIDLength: 64) } == .tokenExpired)
-        #expect(self.code { try auth.authenticate(self.hello("spk-1", token: "nope"), certificateDeviceID: nil, maxDeviceIDLength: 64) } == .authenticationFailed)
-        #expect(self.code { try auth.authenticate(self.hello("other", token: good), certificateDeviceID: nil, maxDeviceIDLength: 64) } == .authenticationFailed)
-        #expect(self.code { try auth.authenticate(self.hello("spk-1", token: "", method: .certificate), certificateDeviceID: nil, maxDeviceIDLength: 64) } == .authenticationFailed)
-        #expect(self.code { try auth.authenticate(self.hello("bad id", token: good), certificateDeviceID: nil, maxDeviceIDLength: 64) } == .invalidDeviceID)
+        #expect(
+            self.code {
+                try auth.authenticate(
+                    self.hello("spk-1", token: expired),
+                    certificateDeviceID: nil,
+                    maxDeviceIDLength: 64
+                )
+            } == .tokenExpired
+        )
+        #expect(
+            self.code {
+                try auth.authenticate(
+                    self.hello("spk-1", token: "nope"),
+                    certificateDeviceID: nil,
+                    maxDeviceIDLength: 64
+                )
+            } == .authenticationFailed
+        )
+        #expect(
+            self.code {
+                try auth.authenticate(self.hello("other", token: good), certificateDeviceID: nil, maxDeviceIDLength: 64)
+            } == .authenticationFailed
+        )
+        #expect(
+            self.code {
+                try auth.authenticate(
+                    self.hello("spk-1", token: "", method: .certificate),
+                    certificateDeviceID: nil,
+                    maxDeviceIDLength: 64
+                )
+            } == .authenticationFailed
+        )
+        #expect(
+            self.code {
+                try auth.authenticate(
+                    self.hello("bad id", token: good),
+                    certificateDeviceID: nil,
+                    maxDeviceIDLength: 64
+                )
+            } == .invalidDeviceID
+        )
         // mTLS: the certificate names the device.
-        #expect(try auth.authenticate(self.hello("", token: "", method: .certificate), certificateDeviceID: "cert-dev", maxDeviceIDLength: 64) == "cert-dev")
-        #expect(self.code { try auth.authenticate(self.hello("spk-1", token: good), certificateDeviceID: "cert-dev", maxDeviceIDLength: 64) } == .certificateRequired)
+        #expect(
+            try auth.authenticate(
+                self.hello("", token: "", method: .certificate),
+                certificateDeviceID: "cert-dev",
+                maxDeviceIDLength: 64
+            ) == "cert-dev"
+        )
+        #expect(
+            self.code {
+                try auth.authenticate(
+                    self.hello("spk-1", token: good),
+                    certificateDeviceID: "cert-dev",
+                    maxDeviceIDLength: 64
+                )
+            } == .certificateRequired
+        )
         let strict = DeviceAuthenticator(secrets: SecretStore(), requireCertificate: true, now: { 1_000 })
-        #expect(self.code { try strict.authenticate(self.hello("spk-1", token: good), certificateDeviceID: nil, maxDeviceIDLength: 64) } == .certificateRequired)
+        #expect(
+            self.code {
+                try strict.authenticate(
+                    self.hello("spk-1", token: good),
+                    certificateDeviceID: nil,
+                    maxDeviceIDLength: 64
+                )
+            } == .certificateRequired
+        )
     }
 }

@@ -24,7 +24,11 @@ struct DeviceEdgeTests {
         #expect(connection.welcome.maxInflight == 32)
         let json = #"{"type":"payment","amount":1250,"currency":"CNY","merchant":"M-7","device":"spk-000001"}"#
         let plain = try await connection.publish(topic: "pay/done", payload: ByteBuffer(string: json))
-        let deflated = try await connection.publish(topic: "pay/done", payload: ByteBuffer(string: json), compress: true)
+        let deflated = try await connection.publish(
+            topic: "pay/done",
+            payload: ByteBuffer(string: json),
+            compress: true
+        )
         let withDictionary = try await connection.publish(
             topic: "pay/done",
             payload: ByteBuffer(string: json),
@@ -53,13 +57,18 @@ struct DeviceEdgeTests {
         let gateway = try await TestGateway.start()
         defer { Task { await gateway.stop() } }
         let connection = try await gateway.connect("alias-1")
-        #expect(try await connection.publish(topic: "printer/status", payload: ByteBuffer(string: "a"), topicAlias: 3).status == .ok)
+        #expect(
+            try await connection.publish(topic: "printer/status", payload: ByteBuffer(string: "a"), topicAlias: 3)
+                .status == .ok
+        )
         #expect(try await connection.publish(topic: "", payload: ByteBuffer(string: "b"), topicAlias: 3).status == .ok)
         #expect(gateway.sink.messages.map(\.topic) == ["printer/status", "printer/status"])
         // An unbound alias is a protocol error.
         let raw = try await RawClient.connect(port: gateway.port, tls: true)
         _ = try await raw.handshake("alias-2")
-        try await raw.send(.publish(Message(messageID: 1, qos: .atLeastOnce, topicAlias: 5, topic: "", payload: ByteBuffer())))
+        try await raw.send(
+            .publish(Message(messageID: 1, qos: .atLeastOnce, topicAlias: 5, topic: "", payload: ByteBuffer()))
+        )
         #expect(await raw.goAwayOnClose()?.code == .unknownTopicAlias)
     }
 
@@ -80,16 +89,36 @@ struct DeviceEdgeTests {
 
     static let zipBomb: [UInt8] = {
         let deflater = try! Deflater(level: 9)
-        let bomb = try! deflater.deflate(ByteBuffer(repeating: 0, count: 8 * 1024 * 1024), allocator: ByteBufferAllocator())
-        return Self.frameBytes(.publish(Message(messageID: 1, qos: .atLeastOnce, compressed: true, topic: "bomb", payload: bomb)))
+        let bomb = try! deflater.deflate(
+            ByteBuffer(repeating: 0, count: 8 * 1024 * 1024),
+            allocator: ByteBufferAllocator()
+        )
+        return Self.frameBytes(
+            .publish(Message(messageID: 1, qos: .atLeastOnce, compressed: true, topic: "bomb", payload: bomb))
+        )
     }()
 
     static let badInputs: [BadInput] = [
-        BadInput(name: "truncated frame", helloFirst: true, bytes: [0, 0, 0, 6, 0x04, 0, 0, 0, 0, 1], expected: .malformedFrame),
+        BadInput(
+            name: "truncated frame",
+            helloFirst: true,
+            bytes: [0, 0, 0, 6, 0x04, 0, 0, 0, 0, 1],
+            expected: .malformedFrame
+        ),
         BadInput(name: "oversize length", helloFirst: true, bytes: [0x01, 0x00, 0x00, 0x00], expected: .frameTooLarge),
-        BadInput(name: "unknown frame type", helloFirst: true, bytes: [0, 0, 0, 2, 0x7F, 0], expected: .unknownFrameType),
+        BadInput(
+            name: "unknown frame type",
+            helloFirst: true,
+            bytes: [0, 0, 0, 2, 0x7F, 0],
+            expected: .unknownFrameType
+        ),
         BadInput(name: "bad flags", helloFirst: true, bytes: [0, 0, 0, 2, 0x06, 0x80], expected: .badFlags),
-        BadInput(name: "unsupported version", helloFirst: false, bytes: [0, 0, 0, 3, 0x01, 0, 9], expected: .unsupportedVersion),
+        BadInput(
+            name: "unsupported version",
+            helloFirst: false,
+            bytes: [0, 0, 0, 3, 0x01, 0, 9],
+            expected: .unsupportedVersion
+        ),
         BadInput(
             name: "invalid UTF-8 topic",
             helloFirst: true,
@@ -99,7 +128,9 @@ struct DeviceEdgeTests {
         BadInput(
             name: "reserved topic",
             helloFirst: true,
-            bytes: Self.frameBytes(.publish(Message(messageID: 1, qos: .atLeastOnce, topic: "$terminus/x", payload: ByteBuffer()))),
+            bytes: Self.frameBytes(
+                .publish(Message(messageID: 1, qos: .atLeastOnce, topic: "$terminus/x", payload: ByteBuffer()))
+            ),
             expected: .invalidTopic
         ),
         BadInput(name: "zip bomb", helloFirst: true, bytes: Self.zipBomb, expected: .inflateLimitExceeded),
@@ -107,7 +138,15 @@ struct DeviceEdgeTests {
             name: "corrupt deflate payload",
             helloFirst: true,
             bytes: Self.frameBytes(
-                .publish(Message(messageID: 1, qos: .atLeastOnce, compressed: true, topic: "x", payload: ByteBuffer(bytes: [0xFF, 0xFE])))
+                .publish(
+                    Message(
+                        messageID: 1,
+                        qos: .atLeastOnce,
+                        compressed: true,
+                        topic: "x",
+                        payload: ByteBuffer(bytes: [0xFF, 0xFE])
+                    )
+                )
             ),
             expected: .decompressionFailed
         ),
@@ -115,7 +154,16 @@ struct DeviceEdgeTests {
             name: "unknown dictionary",
             helloFirst: true,
             bytes: Self.frameBytes(
-                .publish(Message(messageID: 1, qos: .atLeastOnce, compressed: true, dictionaryID: 9, topic: "x", payload: ByteBuffer(bytes: [3, 0])))
+                .publish(
+                    Message(
+                        messageID: 1,
+                        qos: .atLeastOnce,
+                        compressed: true,
+                        dictionaryID: 9,
+                        topic: "x",
+                        payload: ByteBuffer(bytes: [3, 0])
+                    )
+                )
             ),
             expected: .unknownDictionary
         ),
@@ -134,10 +182,17 @@ struct DeviceEdgeTests {
         BadInput(
             name: "PUBLISH before HELLO",
             helloFirst: false,
-            bytes: Self.frameBytes(.publish(Message(messageID: 1, qos: .atLeastOnce, topic: "x", payload: ByteBuffer()))),
+            bytes: Self.frameBytes(
+                .publish(Message(messageID: 1, qos: .atLeastOnce, topic: "x", payload: ByteBuffer()))
+            ),
             expected: .unexpectedFrame
         ),
-        BadInput(name: "second HELLO", helloFirst: true, bytes: Self.frameBytes(TestGateway.hello("spk-9")), expected: .unexpectedFrame),
+        BadInput(
+            name: "second HELLO",
+            helloFirst: true,
+            bytes: Self.frameBytes(TestGateway.hello("spk-9")),
+            expected: .unexpectedFrame
+        ),
     ]
 
     @Test("each bad input gets its code and a closed connection; other devices keep working", arguments: Self.badInputs)
@@ -249,7 +304,9 @@ struct DeviceEdgeTests {
         let patient = try await RawClient.connect(port: gateway.port, tls: true)
         _ = try await patient.handshake("window-patient")
         for id in 1...6 {
-            try await patient.send(.publish(Message(messageID: UInt32(id), qos: .atLeastOnce, topic: "p", payload: ByteBuffer())))
+            try await patient.send(
+                .publish(Message(messageID: UInt32(id), qos: .atLeastOnce, topic: "p", payload: ByteBuffer()))
+            )
             try await Task.sleep(for: .milliseconds(20))
         }
         try await Task.sleep(for: .milliseconds(300))
@@ -261,7 +318,9 @@ struct DeviceEdgeTests {
         _ = try await raw.handshake("window-raw")
         var burst: [UInt8] = []
         for id in 1...5 {
-            burst += Self.frameBytes(.publish(Message(messageID: UInt32(id), qos: .atLeastOnce, topic: "w", payload: ByteBuffer())))
+            burst += Self.frameBytes(
+                .publish(Message(messageID: UInt32(id), qos: .atLeastOnce, topic: "w", payload: ByteBuffer()))
+            )
         }
         try await raw.send(burst)
         #expect(await raw.goAwayOnClose()?.code == .inflightExceeded)

@@ -74,7 +74,10 @@ struct FleetTests {
         let port = first.port
         let events = Mutex<[String]>([])
         let configuration = try first.client("reconnecting-1")
-        let device = TerminusDevice(configuration: configuration, backoff: Backoff(baseMilliseconds: 50, capMilliseconds: 200))
+        let device = TerminusDevice(
+            configuration: configuration,
+            backoff: Backoff(baseMilliseconds: 50, capMilliseconds: 200)
+        )
         let task = Task {
             try await device.run(
                 group: MultiThreadedEventLoopGroup.singleton,

@@ -5,8 +5,8 @@ import NIOSSL
 import TerminusClient
 import TerminusEdge
 import TerminusProtocol
-import TerminusSessions
 import TerminusServer
+import TerminusSessions
 import Testing
 
 @Suite("mTLS identity and PROXY protocol", .serialized)
@@ -14,7 +14,9 @@ struct IdentityAndProxyTests {
     func clientCertificateTLS(deviceID: String) throws -> TLSConfiguration {
         let issued = try CertificateFactory.issueClient(ca: TestPKI.shared.ca, deviceID: deviceID)
         var tls = try TestPKI.shared.clientTLS()
-        tls.certificateChain = [.certificate(try NIOSSLCertificate(bytes: Array(issued.certificatePEM.utf8), format: .pem))]
+        tls.certificateChain = [
+            .certificate(try NIOSSLCertificate(bytes: Array(issued.certificatePEM.utf8), format: .pem))
+        ]
         tls.privateKey = .privateKey(try NIOSSLPrivateKey(bytes: Array(issued.privateKeyPEM.utf8), format: .pem))
         return tls
     }
@@ -29,7 +31,10 @@ struct IdentityAndProxyTests {
         var configuration = try gateway.client("")
         configuration.tls = try self.clientCertificateTLS(deviceID: "printer-cert-7")
         configuration.credential = .certificate
-        let connection = try await TerminusConnection.connect(configuration, group: MultiThreadedEventLoopGroup.singleton)
+        let connection = try await TerminusConnection.connect(
+            configuration,
+            group: MultiThreadedEventLoopGroup.singleton
+        )
         #expect(connection.welcome.deviceID == "printer-cert-7")
         #expect(try await connection.publish(topic: "print/done", payload: ByteBuffer(string: "1")).status == .ok)
         #expect(gateway.sink.messages.last?.deviceID == "printer-cert-7")
@@ -61,7 +66,10 @@ struct IdentityAndProxyTests {
         var configuration = try gateway.client("")
         configuration.tls = try self.clientCertificateTLS(deviceID: "cert-only-1")
         configuration.credential = .certificate
-        let connection = try await TerminusConnection.connect(configuration, group: MultiThreadedEventLoopGroup.singleton)
+        let connection = try await TerminusConnection.connect(
+            configuration,
+            group: MultiThreadedEventLoopGroup.singleton
+        )
         #expect(connection.welcome.deviceID == "cert-only-1")
     }
 
@@ -72,8 +80,12 @@ struct IdentityAndProxyTests {
         let gateway = try await TestGateway.start { $0.proxyProtocol = .v2 }
         defer { Task { await gateway.stop() } }
         var configuration = try gateway.client("proxied-1")
-        configuration.preamble = Self.v2Signature + [0x21, 0x11, 0x00, 0x0C, 203, 0, 113, 9, 10, 0, 0, 5, 0x11, 0xD7, 0x1E, 0xCB]
-        let connection = try await TerminusConnection.connect(configuration, group: MultiThreadedEventLoopGroup.singleton)
+        configuration.preamble =
+            Self.v2Signature + [0x21, 0x11, 0x00, 0x0C, 203, 0, 113, 9, 10, 0, 0, 5, 0x11, 0xD7, 0x1E, 0xCB]
+        let connection = try await TerminusConnection.connect(
+            configuration,
+            group: MultiThreadedEventLoopGroup.singleton
+        )
         #expect(try await connection.publish(topic: "x", payload: ByteBuffer(string: "y")).status == .ok)
         #expect(gateway.sink.messages.last?.clientAddress == "203.0.113.9:4567")
         #expect(gateway.gateway.directory.lookup("proxied-1")?.clientAddress == "203.0.113.9:4567")
@@ -103,7 +115,11 @@ struct IdentityAndProxyTests {
         // Missing: a TLS client that starts with its ClientHello.
         await #expect(throws: TerminusClientError.self) { _ = try await gateway.connect("no-header") }
         // Garbled: a broken signature.
-        let garbled = try await RawClient.connect(port: gateway.port, tls: false, preamble: Array(Self.v2Signature.prefix(11)) + [0x0B, 0x21, 0x11, 0, 0])
+        let garbled = try await RawClient.connect(
+            port: gateway.port,
+            tls: false,
+            preamble: Array(Self.v2Signature.prefix(11)) + [0x0B, 0x21, 0x11, 0, 0]
+        )
         #expect(await garbled.waitUntil(3) { garbled.isClosed })
         // The listener still serves correct clients.
         var configuration = try gateway.client("after-garbled")

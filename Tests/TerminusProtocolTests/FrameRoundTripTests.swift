@@ -15,7 +15,15 @@ struct FrameRoundTripTests {
                 credential: ByteBuffer(string: "v1.1767225600.abc")
             )
         ),
-        .hello(Hello(keepaliveSeconds: 0, capabilities: [], deviceID: "", authMethod: .certificate, credential: ByteBuffer())),
+        .hello(
+            Hello(
+                keepaliveSeconds: 0,
+                capabilities: [],
+                deviceID: "",
+                authMethod: .certificate,
+                credential: ByteBuffer()
+            )
+        ),
         .welcome(
             Welcome(
                 keepaliveSeconds: 240,
@@ -28,7 +36,9 @@ struct FrameRoundTripTests {
                 gatewayID: "gw-1"
             )
         ),
-        .publish(Message(messageID: 7, qos: .atLeastOnce, topic: "pay/done", payload: ByteBuffer(string: "{\"amt\":100}"))),
+        .publish(
+            Message(messageID: 7, qos: .atLeastOnce, topic: "pay/done", payload: ByteBuffer(string: "{\"amt\":100}"))
+        ),
         .publish(Message(messageID: 0, qos: .atMostOnce, topic: "t", payload: ByteBuffer())),
         .publish(
             Message(
@@ -43,7 +53,15 @@ struct FrameRoundTripTests {
         ),
         .publish(Message(messageID: 10, qos: .atLeastOnce, topicAlias: 2, topic: "", payload: ByteBuffer(string: "x"))),
         .ack(Ack(messageID: 7, status: .retryLater, retryAfterSeconds: 5)),
-        .push(Message(messageID: 1, qos: .atLeastOnce, compressed: true, topic: "cmd/print", payload: ByteBuffer(bytes: [9]))),
+        .push(
+            Message(
+                messageID: 1,
+                qos: .atLeastOnce,
+                compressed: true,
+                topic: "cmd/print",
+                payload: ByteBuffer(bytes: [9])
+            )
+        ),
         .ping(ByteBuffer(bytes: [1, 2, 3, 4, 5, 6, 7, 8])),
         .ping(ByteBuffer()),
         .pong(ByteBuffer(bytes: [1])),
@@ -165,7 +183,10 @@ struct TopicTests {
         try Topic.validatePublishTopic(topic, maxLength: 64)
     }
 
-    @Test("invalid topics are refused with INVALID_TOPIC", arguments: ["", "$sys/x", "a/+/b", "a/#", "a\u{0}b", String(repeating: "x", count: 65)])
+    @Test(
+        "invalid topics are refused with INVALID_TOPIC",
+        arguments: ["", "$sys/x", "a/+/b", "a/#", "a\u{0}b", String(repeating: "x", count: 65)]
+    )
     func invalid(topic: String) {
         do throws(ProtocolError) {
             try Topic.validatePublishTopic(topic, maxLength: 64)

@@ -45,7 +45,9 @@ struct DocumentVector: Sendable, CustomTestStringConvertible {
                 let colon = trimmed.firstIndex(of: ":")
             {
                 let key = String(trimmed[trimmed.index(trimmed.startIndex, offsetBy: 5)..<colon])
-                let value = String(trimmed[trimmed.index(after: colon)...].dropLast(4)).trimmingCharacters(in: .whitespaces)
+                let value = String(trimmed[trimmed.index(after: colon)...].dropLast(4)).trimmingCharacters(
+                    in: .whitespaces
+                )
                 current?.annotations[key] = value
             } else if current != nil, trimmed.hasPrefix("```") {
                 inBlock = true
@@ -117,9 +119,14 @@ struct ProtocolDocumentVectorTests {
 
     /// Inflates with the gateway's own inflater and the documented dictionary text.
     static func inflate(_ message: Message, dictionary: String?) throws -> String {
-        let dictionaries = try dictionary.map { try DictionarySet([message.dictionaryID ?? 1: Array($0.utf8)]) } ?? DictionarySet()
+        let dictionaries =
+            try dictionary.map { try DictionarySet([message.dictionaryID ?? 1: Array($0.utf8)]) } ?? DictionarySet()
         let inflater = try Inflater(limits: InflateLimits(), dictionaries: dictionaries)
-        let output = try inflater.inflate(message.payload, dictionaryID: message.dictionaryID, allocator: ByteBufferAllocator())
+        let output = try inflater.inflate(
+            message.payload,
+            dictionaryID: message.dictionaryID,
+            allocator: ByteBufferAllocator()
+        )
         return String(decoding: output.readableBytesView, as: UTF8.self)
     }
 }

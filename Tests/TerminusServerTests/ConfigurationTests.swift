@@ -1,8 +1,8 @@
 import Foundation
+import Logging
 import NIOCore
 import TerminusAuth
 import TerminusCompression
-import Logging
 import TerminusEdge
 import TerminusServer
 import Testing
@@ -128,7 +128,10 @@ struct ConfigurationTests {
             (Self.minimal + "\ntimeouts:\n  hello: soon\n", "timeouts.hello"),
             (Self.minimal + "\nkeepalive:\n  default: 1000s\n", "keepalive"),
             (Self.minimal + "\nunknown_section: {}\n", "unknown_section"),
-            (Self.minimal + "\ncompression:\n  dictionaries:\n    - id: 0\n      file: x\n", "compression.dictionaries[0].id"),
+            (
+                Self.minimal + "\ncompression:\n  dictionaries:\n    - id: 0\n      file: x\n",
+                "compression.dictionaries[0].id"
+            ),
             (Self.minimal + "\nsink:\n  type: kafka\n", "sink.type"),
             (
                 "device:\n  transport: tls\n  tls:\n    certificate_chain: a\n    private_key: b\n    client_auth: required\n",
@@ -188,7 +191,9 @@ struct ConfigurationTests {
         let config = DevelopmentMode.configuration(material: second)
         #expect(config.developmentMode)
         #expect(config.deviceListen.host == "127.0.0.1", "development mode listens on loopback only")
-        #expect(try SecretsFile.load(path: config.secretsFile!).secret(for: "any-device") == Array(first.deviceSecret.utf8))
+        #expect(
+            try SecretsFile.load(path: config.secretsFile!).secret(for: "any-device") == Array(first.deviceSecret.utf8)
+        )
         let attributes = try FileManager.default.attributesOfItem(atPath: directory + "/server-key.pem")
         #expect((attributes[.posixPermissions] as? Int) == 0o600)
     }

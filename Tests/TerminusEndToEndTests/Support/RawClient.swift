@@ -8,7 +8,11 @@ import TerminusProtocol
 
 enum TerminusAuthTestSupport {
     static func token(deviceID: String, secret: String, expiresIn: Int64) -> String {
-        DeviceToken.make(deviceID: deviceID, secret: Array(secret.utf8), expiresAt: Int64(Date().timeIntervalSince1970) + expiresIn)
+        DeviceToken.make(
+            deviceID: deviceID,
+            secret: Array(secret.utf8),
+            expiresAt: Int64(Date().timeIntervalSince1970) + expiresIn
+        )
     }
 }
 
@@ -21,7 +25,7 @@ final class RawClient: Sendable {
 
         func channelRead(context: ChannelHandlerContext, data: NIOAny) {
             var incoming = self.unwrapInboundIn(data)
-            self.received.withLock { $0.writeBuffer(&incoming) }
+            self.received.withLock { _ = $0.writeBuffer(&incoming) }
         }
 
         func channelInactive(context: ChannelHandlerContext) {

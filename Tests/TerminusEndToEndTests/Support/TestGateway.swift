@@ -30,7 +30,7 @@ struct TestPKI: Sendable {
         )
         func write(_ text: String, _ name: String) -> String {
             let path = directory + "/" + name
-            FileManager.default.createFile(atPath: path, contents: Data(text.utf8))
+            _ = FileManager.default.createFile(atPath: path, contents: Data(text.utf8))
             return path
         }
         return TestPKI(
@@ -44,7 +44,7 @@ struct TestPKI: Sendable {
 
     func write(_ text: String, name: String) -> String {
         let path = self.directory + "/" + name
-        FileManager.default.createFile(atPath: path, contents: Data(text.utf8))
+        _ = FileManager.default.createFile(atPath: path, contents: Data(text.utf8))
         return path
     }
 
@@ -58,7 +58,9 @@ struct TestPKI: Sendable {
 /// A gateway on 127.0.0.1:0 with an in-memory sink and short timeouts.
 final class TestGateway: Sendable {
     static let secret = "e2e-device-secret-0123456789"
-    static let dictionary = Array(#"{"type":"payment","amount":,"currency":"CNY","merchant":"M-","device":"spk-"}"#.utf8)
+    static let dictionary = Array(
+        #"{"type":"payment","amount":,"currency":"CNY","merchant":"M-","device":"spk-"}"#.utf8
+    )
 
     let gateway: Gateway
     let port: Int
@@ -87,7 +89,7 @@ final class TestGateway: Sendable {
         configuration.tls = .init(certificateChain: pki.serverChain, privateKey: pki.serverKey)
         configuration.secretsFile = pki.write("prefixes:\n  \"\": \"\(Self.secret)\"\n", name: "devices.yaml")
         let dictionaryFile = pki.directory + "/dict-1.bin"
-        FileManager.default.createFile(atPath: dictionaryFile, contents: Data(Self.dictionary))
+        _ = FileManager.default.createFile(atPath: dictionaryFile, contents: Data(Self.dictionary))
         configuration.dictionaries = [.init(id: 1, file: dictionaryFile)]
         configuration.edge.timerTick = .milliseconds(100)
         configuration.edge.handshakeTimeout = .seconds(2)
@@ -124,14 +126,28 @@ final class TestGateway: Sendable {
     static let compression = ClientCompression(dictionaries: try! .init([1: TestGateway.dictionary]))
 
     func connect(_ deviceID: String, keepalive: UInt16 = 0) async throws -> TerminusConnection {
-        try await TerminusConnection.connect(try self.client(deviceID, keepalive: keepalive), group: MultiThreadedEventLoopGroup.singleton)
+        try await TerminusConnection.connect(
+            try self.client(deviceID, keepalive: keepalive),
+            group: MultiThreadedEventLoopGroup.singleton
+        )
     }
 
     /// A HELLO with a valid token for `deviceID`.
-    static func hello(_ deviceID: String, keepalive: UInt16 = 0, expiresIn: Int64 = 600, secret: String = TestGateway.secret) -> Frame {
+    static func hello(
+        _ deviceID: String,
+        keepalive: UInt16 = 0,
+        expiresIn: Int64 = 600,
+        secret: String = TestGateway.secret
+    ) -> Frame {
         let token = TerminusAuthTestSupport.token(deviceID: deviceID, secret: secret, expiresIn: expiresIn)
         return .hello(
-            Hello(keepaliveSeconds: keepalive, capabilities: [], deviceID: deviceID, authMethod: .token, credential: ByteBuffer(string: token))
+            Hello(
+                keepaliveSeconds: keepalive,
+                capabilities: [],
+                deviceID: deviceID,
+                authMethod: .token,
+                credential: ByteBuffer(string: token)
+            )
         )
     }
 }
