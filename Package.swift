@@ -85,8 +85,19 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .target(
+            name: "TerminusAdmin",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
             name: "TerminusServer",
             dependencies: [
+                "TerminusAdmin",
                 "TerminusEdge",
                 "TerminusProtocol",
                 "TerminusCompression",

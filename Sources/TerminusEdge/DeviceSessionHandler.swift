@@ -62,6 +62,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, TimerWheelTarget, Delive
 
     func channelInactive(context: ChannelHandlerContext) {
         self.machine.closed()
+        self.aliases = nil
         if let handle = self.handle {
             self.shared.directory.unregister(handle)
             self.shared.logger.info(
@@ -71,6 +72,8 @@ final class DeviceSessionHandler: ChannelDuplexHandler, TimerWheelTarget, Delive
                     "code": "\(self.closeCode?.name ?? "PEER_CLOSED")",
                 ]
             )
+            // The handle's control refers back to this handler: drop it to break the cycle.
+            self.handle = nil
         }
         context.fireChannelInactive()
     }

@@ -40,8 +40,6 @@ public struct DeviceSessionStateMachine: Sendable {
     public private(set) var readsPaused = false
     public private(set) var deadline: NIODeadline
     public private(set) var keepaliveSeconds: UInt16 = 0
-    /// Set when a GOAWAY has been decided; the close waits until inflight reaches zero.
-    public private(set) var closeWhenIdle = false
 
     let maxInflight: Int
     let helloTimeout: TimeAmount

@@ -21,7 +21,9 @@ final class TimerWheel {
     private let tick: TimeAmount
     private var task: RepeatedTask?
 
-    init(tick: TimeAmount, slotCount: Int = 512) {
+    /// 64 one-second slots: a deadline further out is re-armed when its entry fires (cheap),
+    /// and a closed connection is released by the wheel within 64 ticks at the latest.
+    init(tick: TimeAmount, slotCount: Int = 64) {
         precondition(slotCount > 1 && tick.nanoseconds > 0)
         self.tick = tick
         self.slots = Array(repeating: [], count: slotCount)

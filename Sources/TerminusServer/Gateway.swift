@@ -4,6 +4,8 @@ public import NIOCore
 internal import NIOPosix
 internal import NIOSSL
 public import ServiceLifecycle
+internal import Synchronization
+internal import TerminusAdmin
 internal import TerminusAuth
 internal import TerminusCompression
 public import TerminusEdge
@@ -19,6 +21,8 @@ public final class Gateway: Service, Sendable {
     public let directory: any SessionDirectory
     private let group: MultiThreadedEventLoopGroup
     private let edge: EdgeServer
+    private let admin: AdminServer?
+    private let draining = Atomic<Bool>(false)
     private let logger: Logger
 
     public init(
@@ -63,7 +67,23 @@ public final class Gateway: Service, Sendable {
             try? self.group.syncShutdownGracefully()
             throw error
         }
+        if let listen = configuration.adminListen {
+            let ready = ReadyFlag()
+            self.admin = AdminServer(
+                group: self.group,
+                host: listen.host,
+                port: listen.port,
+                logger: logger,
+                ready: { ready.isReady }
+            )
+            self.readyFlag = ready
+        } else {
+            self.admin = nil
+            self.readyFlag = ReadyFlag()
+        }
     }
+
+    private let readyFlag: ReadyFlag
 
     /// Builds the one shared `NIOSSLContext` (off the event loops: it reads files and costs
     /// thousands of allocations).
@@ -125,19 +145,34 @@ public final class Gateway: Service, Sendable {
 
     /// Binds the listeners. Returns the device listener's address.
     public func start() async throws -> SocketAddress {
-        try await self.edge.start()
+        let address = try await self.edge.start()
+        if let admin = self.admin {
+            self.adminAddress.withLock { $0 = nil }
+            let bound = try await admin.start()
+            self.adminAddress.withLock { $0 = bound }
+        }
+        self.readyFlag.set(true)
+        return address
     }
+
+    private let adminAddress = Mutex<SocketAddress?>(nil)
+
+    /// The admin listener's bound address, once started (nil without `admin.listen`).
+    public var boundAdminAddress: SocketAddress? { self.adminAddress.withLock { $0 } }
 
     /// Connections currently open on the device listener.
     public var openConnections: Int { self.edge.openConnections }
 
     /// Drains the devices and stops. Safe to call once.
     public func stop() async {
+        guard !self.draining.exchange(true, ordering: .relaxed) else { return }
+        self.readyFlag.set(false)
         await self.edge.drain(
             reconnectWindow: self.configuration.drainReconnectWindow,
             grace: self.configuration.drainGrace
         )
         await self.edge.shutdown()
+        await self.admin?.shutdown()
         try? await self.group.shutdownGracefully()
     }
 
@@ -147,5 +182,16 @@ public final class Gateway: Service, Sendable {
         self.logger.info("graceful shutdown requested")
         await self.stop()
         self.logger.info("stopped")
+    }
+}
+
+/// Readiness as the admin listener reports it: true from a successful start until draining.
+final class ReadyFlag: Sendable {
+    private let value = Atomic<Bool>(false)
+
+    var isReady: Bool { self.value.load(ordering: .relaxed) }
+
+    func set(_ ready: Bool) {
+        self.value.store(ready, ordering: .relaxed)
     }
 }

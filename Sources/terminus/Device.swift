@@ -11,7 +11,7 @@ import TerminusServer
 struct Device: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Act as one device from the command line (like mosquitto_pub / mosquitto_sub).",
-        subcommands: [Publish.self, Listen.self]
+        subcommands: [Publish.self, Listen.self, Fleet.self]
     )
 }
 
@@ -256,6 +256,12 @@ extension Device {
 final class Counter: @unchecked Sendable {
     private var value = 0
     private let lock = NSLock()
+
+    var current: Int {
+        self.lock.lock()
+        defer { self.lock.unlock() }
+        return self.value
+    }
 
     func increment() -> Int {
         self.lock.lock()

@@ -18,6 +18,9 @@ struct Run: AsyncParsableCommand {
     @Option(name: .long, help: "Device listener address, overriding the file (HOST:PORT).")
     var deviceListen: String?
 
+    @Option(name: .long, help: "Admin HTTP listener (/healthz, /readyz), overriding the file (HOST:PORT).")
+    var adminListen: String?
+
     @Option(name: .long, help: "Development mode's directory for the generated CA, certificate and secret.")
     var devDirectory: String = DevelopmentMode.defaultDirectory
 
@@ -40,6 +43,12 @@ struct Run: AsyncParsableCommand {
                 throw ValidationError("--device-listen must be HOST:PORT")
             }
             configuration.deviceListen = parsed
+        }
+        if let adminListen {
+            guard let parsed = GatewayConfiguration.HostPort(parsing: adminListen) else {
+                throw ValidationError("--admin-listen must be HOST:PORT")
+            }
+            configuration.adminListen = parsed
         }
         let level = configuration.logLevel
         LoggingSystem.bootstrap { label in

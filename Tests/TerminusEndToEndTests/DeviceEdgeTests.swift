@@ -379,6 +379,37 @@ struct DeviceEdgeTests {
     }
 }
 
+@Suite("Admin listener", .serialized)
+struct AdminListenerTests {
+    func get(_ path: String, port: Int) async throws -> String {
+        let raw = try await RawClient.connect(port: port, tls: false)
+        try await raw.send(Array("GET \(path) HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n".utf8))
+        _ = await raw.waitUntil(5) { raw.isClosed }
+        return raw.receivedText
+    }
+
+    @Test("healthz answers 200; readyz turns 503 when draining starts")
+    func probes() async throws {
+        let gateway = try await TestGateway.start { $0.adminListen = .init(host: "127.0.0.1", port: 0) }
+        let port = try #require(gateway.gateway.boundAdminAddress?.port)
+        #expect(try await self.get("/healthz", port: port).hasPrefix("HTTP/1.1 200"))
+        #expect(try await self.get("/readyz", port: port).hasPrefix("HTTP/1.1 200"))
+        #expect(try await self.get("/nope", port: port).hasPrefix("HTTP/1.1 404"))
+        // A connection that never sends HELLO keeps the drain waiting (until its HELLO timeout),
+        // long enough to watch readiness turn false while the admin listener still answers.
+        let lingering = try await RawClient.connect(port: gateway.port, tls: true)
+        let stopping = Task { await gateway.stop() }
+        var sawDraining = false
+        for _ in 0..<50 where !sawDraining {
+            sawDraining = (try? await self.get("/readyz", port: port))?.hasPrefix("HTTP/1.1 503") ?? false
+            if !sawDraining { try await Task.sleep(for: .milliseconds(20)) }
+        }
+        #expect(sawDraining)
+        await stopping.value
+        await lingering.close()
+    }
+}
+
 extension RawClient {
     static func poll(_ seconds: Double, _ condition: () -> Bool) async -> Bool {
         let deadline = Date().addingTimeInterval(seconds)

@@ -90,6 +90,10 @@ final class RawClient: Sendable {
         return frames
     }
 
+    var receivedText: String {
+        self.collector.received.withLock { String(decoding: $0.readableBytesView, as: UTF8.self) }
+    }
+
     var isClosed: Bool { self.collector.closed.withLock { $0 } }
 
     /// Waits (bounded) until `condition` holds.

@@ -1,0 +1,114 @@
+public import Logging
+public import NIOCore
+internal import NIOHTTP1
+internal import NIOPosix
+internal import Synchronization
+
+/// The admin HTTP listener: liveness and readiness for Kubernetes probes.
+///
+/// - `GET /healthz`: 200 while the process runs its event loops.
+/// - `GET /readyz`: 200 while the gateway accepts devices, 503 once draining started.
+///
+/// Two routes do not justify a web framework; this is a plain NIOHTTP1 handler. Keep it on
+/// loopback or a cluster-internal port: it has no authentication.
+public final class AdminServer: Sendable {
+    private let group: any EventLoopGroup
+    private let host: String
+    private let port: Int
+    private let logger: Logger
+    private let ready: @Sendable () -> Bool
+    private let channel = Mutex<(any Channel)?>(nil)
+
+    public init(
+        group: any EventLoopGroup,
+        host: String,
+        port: Int,
+        logger: Logger,
+        ready: @escaping @Sendable () -> Bool
+    ) {
+        self.group = group
+        self.host = host
+        self.port = port
+        self.logger = logger
+        self.ready = ready
+    }
+
+    public func start() async throws -> SocketAddress {
+        let ready = self.ready
+        let channel = try await ServerBootstrap(group: self.group)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelInitializer { channel in
+                do {
+                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
+                    try channel.pipeline.syncOperations.addHandler(AdminHandler(ready: ready))
+                    return channel.eventLoop.makeSucceededVoidFuture()
+                } catch {
+                    return channel.eventLoop.makeFailedFuture(error)
+                }
+            }
+            .bind(host: self.host, port: self.port)
+            .get()
+        self.channel.withLock { $0 = channel }
+        let address = channel.localAddress!
+        self.logger.info("admin listener started", metadata: ["address": "\(address)"])
+        return address
+    }
+
+    public func shutdown() async {
+        let channel = self.channel.withLock { $0 }
+        try? await channel?.close()
+    }
+}
+
+final class AdminHandler: ChannelInboundHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    private let ready: @Sendable () -> Bool
+    private var head: HTTPRequestHead?
+
+    init(ready: @escaping @Sendable () -> Bool) {
+        self.ready = ready
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch self.unwrapInboundIn(data) {
+        case .head(let head):
+            self.head = head
+        case .body:
+            break
+        case .end:
+            guard let head = self.head else { return }
+            self.head = nil
+            let (status, body) = self.respond(head)
+            var buffer = context.channel.allocator.buffer(capacity: body.utf8.count)
+            buffer.writeString(body)
+            var headers = HTTPHeaders()
+            headers.add(name: "content-type", value: "text/plain; charset=utf-8")
+            headers.add(name: "content-length", value: "\(buffer.readableBytes)")
+            let keepAlive = head.isKeepAlive
+            if !keepAlive { headers.add(name: "connection", value: "close") }
+            context.write(
+                self.wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: status, headers: headers))),
+                promise: nil
+            )
+            context.write(self.wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
+            let done = context.writeAndFlush(self.wrapOutboundOut(.end(nil)))
+            if !keepAlive {
+                done.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+            }
+        }
+    }
+
+    func respond(_ head: HTTPRequestHead) -> (HTTPResponseStatus, String) {
+        guard head.method == .GET || head.method == .HEAD else { return (.methodNotAllowed, "method not allowed\n") }
+        switch head.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? head.uri {
+        case "/healthz":
+            return (.ok, "ok\n")
+        case "/readyz":
+            return self.ready() ? (.ok, "ready\n") : (.serviceUnavailable, "draining\n")
+        default:
+            return (.notFound, "not found\n")
+        }
+    }
+}

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Measures the gateway's resident memory per idle device session.
+#
+#   scripts/measure-idle-memory.sh [COUNT] [tls|plaintext]
+#
+# Builds the release binary, starts a gateway (its own process), connects COUNT idle devices
+# from a second process spread over source addresses 127.0.0.2…, and reads VmRSS from
+# /proc/PID/status of the gateway before, during and after. Per-device figure:
+# (RSS with COUNT devices − RSS before) / COUNT. Loopback only; everything stops by itself.
+set -euo pipefail
+count=${1:-10000}
+transport=${2:-tls}
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+swift build -c release --product terminus >/dev/null
+bin=$(swift build -c release --show-bin-path)/terminus
+work=$(mktemp -d)
+port=$((20000 + RANDOM % 20000))
+
+# Development mode makes the CA, server certificate and device secret; stop it once they exist.
+"$bin" run --dev-directory "$work/dev" --device-listen "127.0.0.1:$port" >"$work/dev.log" 2>&1 &
+dev=$!
+for _ in $(seq 1 100); do [ -f "$work/dev/devices.yaml" ] && break; sleep 0.1; done
+kill "$dev"; wait "$dev" 2>/dev/null || true
+secret=$(cat "$work/dev/device-secret.txt")
+
+tls_block=""
+client_tls=(--ca "$work/dev/ca.pem" --server-name localhost)
+if [ "$transport" = tls ]; then
+  tls_block="  tls:
+    certificate_chain: $work/dev/server.pem
+    private_key: $work/dev/server-key.pem"
+else
+  client_tls=(--plaintext)
+fi
+cat >"$work/terminus.yaml" <<YAML
+instance_id: memory-probe
+log_level: warning
+event_loop_threads: 1
+device:
+  listen: "127.0.0.1:$port"
+  transport: $transport
+$tls_block
+auth:
+  secrets_file: $work/dev/devices.yaml
+keepalive:
+  default: 540s
+  max: 540s
+YAML
+"$bin" run --config "$work/terminus.yaml" >"$work/gateway.log" 2>&1 &
+gateway=$!
+trap 'kill $gateway 2>/dev/null || true' EXIT
+sleep 2
+rss() { awk '/VmRSS/ {print $2}' "/proc/$gateway/status"; }
+before=$(rss)
+
+sources=$(seq -s, -f "127.0.0.%g" 2 9)
+"$bin" device fleet --gateway "127.0.0.1:$port" "${client_tls[@]}" --secret "$secret" \
+  --count "$count" --concurrency 200 --sources "$sources" --hold 20 --threads 2 >"$work/fleet.log" 2>&1 &
+fleet=$!
+# Wait until every device is connected, let the gateway settle, then read.
+for _ in $(seq 1 600); do grep -q "fleet connected=" "$work/fleet.log" && break; sleep 0.5; done
+sleep 8
+during=$(rss)
+wait "$fleet" || true
+sleep 3
+after=$(rss)
+cat "$work/fleet.log" | grep fleet
+per_device=$(( (during - before) * 1024 / count ))
+echo "transport=$transport devices=$count rss_before_kib=$before rss_with_devices_kib=$during rss_after_disconnect_kib=$after per_device_bytes=$per_device"
