@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # Measures the gateway's resident memory per idle device session.
 #
-#   scripts/measure-idle-memory.sh [COUNT] [tls|plaintext]
+#   scripts/measure-idle-memory.sh [COUNT] [tls|plaintext] [ROUNDS]
 #
 # Builds the release binary, starts a gateway (its own process), connects COUNT idle devices
 # from a second process spread over source addresses 127.0.0.2…, and reads VmRSS from
 # /proc/PID/status of the gateway before, during and after. Per-device figure:
-# (RSS with COUNT devices − RSS before) / COUNT. Loopback only; everything stops by itself.
+# (RSS with COUNT devices − RSS before) / COUNT, from the first round. Later rounds reconnect
+# the same fleet: RSS that keeps growing round after round would be a leak (glibc keeps freed
+# memory, so RSS after a disconnect does not drop, but it must be reused).
+# Loopback only; everything stops by itself.
 set -euo pipefail
 count=${1:-10000}
 transport=${2:-tls}
+rounds=${3:-1}
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 swift build -c release --product terminus >/dev/null
@@ -55,16 +59,22 @@ rss() { awk '/VmRSS/ {print $2}' "/proc/$gateway/status"; }
 before=$(rss)
 
 sources=$(seq -s, -f "127.0.0.%g" 2 9)
-"$bin" device fleet --gateway "127.0.0.1:$port" "${client_tls[@]}" --secret "$secret" \
-  --count "$count" --concurrency 200 --sources "$sources" --hold 20 --threads 2 >"$work/fleet.log" 2>&1 &
-fleet=$!
-# Wait until every device is connected, let the gateway settle, then read.
-for _ in $(seq 1 600); do grep -q "fleet connected=" "$work/fleet.log" && break; sleep 0.5; done
-sleep 8
-during=$(rss)
-wait "$fleet" || true
-sleep 3
-after=$(rss)
-cat "$work/fleet.log" | grep fleet
-per_device=$(( (during - before) * 1024 / count ))
-echo "transport=$transport devices=$count rss_before_kib=$before rss_with_devices_kib=$during rss_after_disconnect_kib=$after per_device_bytes=$per_device"
+during_first=""
+afters=()
+for round in $(seq 1 "$rounds"); do
+  : >"$work/fleet.log"
+  "$bin" device fleet --gateway "127.0.0.1:$port" "${client_tls[@]}" --secret "$secret" \
+    --count "$count" --concurrency 200 --sources "$sources" --hold 15 --threads 2 >"$work/fleet.log" 2>&1 &
+  fleet=$!
+  # Wait until every device is connected, let the gateway settle, then read.
+  for _ in $(seq 1 600); do grep -q "fleet connected=" "$work/fleet.log" && break; sleep 0.5; done
+  sleep 8
+  during=$(rss)
+  [ -n "$during_first" ] || during_first=$during
+  wait "$fleet" || true
+  sleep 3
+  afters+=("$(rss)")
+  grep fleet "$work/fleet.log"
+done
+per_device=$(( (during_first - before) * 1024 / count ))
+echo "transport=$transport devices=$count rss_before_kib=$before rss_with_devices_kib=$during_first per_device_bytes=$per_device rss_after_each_round_kib=${afters[*]}"
