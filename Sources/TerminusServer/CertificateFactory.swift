@@ -19,23 +19,11 @@ public enum CertificateFactory {
             OrganizationName("Terminus")
             CommonName(commonName)
         }
-        let now = Date()
-        let certificate = try Certificate(
-            version: .v3,
-            serialNumber: Certificate.SerialNumber(),
-            publicKey: .init(key.publicKey),
-            notValidBefore: now.addingTimeInterval(-3600),
-            notValidAfter: now.addingTimeInterval(Double(days) * 86_400),
-            issuer: name,
-            subject: name,
-            signatureAlgorithm: .ecdsaWithSHA256,
-            extensions: try Certificate.Extensions {
-                Critical(BasicConstraints.isCertificateAuthority(maxPathLength: 0))
-                Critical(KeyUsage(keyCertSign: true, cRLSign: true))
-            },
-            issuerPrivateKey: .init(key)
-        )
-        return Issued(certificatePEM: try certificate.serializeAsPEM().pemString, privateKeyPEM: key.pemRepresentation)
+        let extensions = try Certificate.Extensions {
+            Critical(BasicConstraints.isCertificateAuthority(maxPathLength: 0))
+            Critical(KeyUsage(keyCertSign: true, cRLSign: true))
+        }
+        return try self.sign(key: key, subject: name, issuer: name, issuerKey: key, days: days, extensions: extensions)
     }
 
     /// A server certificate for `dnsNames` and `ipAddresses`, signed by `ca`.
@@ -76,7 +64,25 @@ public enum CertificateFactory {
     ) throws -> Issued {
         let caKey = try P256.Signing.PrivateKey(pemRepresentation: ca.privateKeyPEM)
         let caCertificate = try Certificate(pemEncoded: ca.certificatePEM)
-        let key = P256.Signing.PrivateKey()
+        return try self.sign(
+            key: P256.Signing.PrivateKey(),
+            subject: try DistinguishedName { CommonName(commonName) },
+            issuer: caCertificate.subject,
+            issuerKey: caKey,
+            days: days,
+            extensions: extensions
+        )
+    }
+
+    /// Signs a certificate for `key`, valid from an hour ago (clock skew) for `days`.
+    private static func sign(
+        key: P256.Signing.PrivateKey,
+        subject: DistinguishedName,
+        issuer: DistinguishedName,
+        issuerKey: P256.Signing.PrivateKey,
+        days: Int,
+        extensions: Certificate.Extensions
+    ) throws -> Issued {
         let now = Date()
         let certificate = try Certificate(
             version: .v3,
@@ -84,11 +90,11 @@ public enum CertificateFactory {
             publicKey: .init(key.publicKey),
             notValidBefore: now.addingTimeInterval(-3600),
             notValidAfter: now.addingTimeInterval(Double(days) * 86_400),
-            issuer: caCertificate.subject,
-            subject: try DistinguishedName { CommonName(commonName) },
+            issuer: issuer,
+            subject: subject,
             signatureAlgorithm: .ecdsaWithSHA256,
             extensions: extensions,
-            issuerPrivateKey: .init(caKey)
+            issuerPrivateKey: .init(issuerKey)
         )
         return Issued(certificatePEM: try certificate.serializeAsPEM().pemString, privateKeyPEM: key.pemRepresentation)
     }

@@ -17,14 +17,7 @@ public enum ConfigurationLoader {
 
     /// - Parameter baseDirectory: relative file paths in the configuration resolve against it.
     public static func load(yaml: String, baseDirectory: String = ".") throws -> GatewayConfiguration {
-        let node: Node?
-        do {
-            node = try Yams.compose(yaml: yaml)
-        } catch {
-            throw ConfigurationError(key: "", "not valid YAML: \(error)")
-        }
-        guard let node else { throw ConfigurationError(key: "", "the configuration file is empty") }
-        let root = try Section(node: node, path: "")
+        let root = try Section.parse(yaml: yaml, errorKey: "", what: "the configuration file")
         return try Self.build(root, base: baseDirectory)
     }
 
@@ -233,6 +226,18 @@ public enum ConfigurationLoader {
 struct Section {
     let path: String
     private let pairs: [(String, Node)]
+
+    /// Parses a YAML document whose top level must be a mapping.
+    static func parse(yaml: String, errorKey: String, what: String) throws -> Section {
+        let node: Node?
+        do {
+            node = try Yams.compose(yaml: yaml)
+        } catch {
+            throw ConfigurationError(key: errorKey, "\(what) is not valid YAML: \(error)")
+        }
+        guard let node else { throw ConfigurationError(key: errorKey, "\(what) is empty") }
+        return try Section(node: node, path: "")
+    }
 
     init(node: Node, path: String) throws {
         guard case .mapping(let mapping) = node else {

@@ -1,6 +1,5 @@
 internal import Foundation
 public import TerminusAuth
-internal import Yams
 
 /// Loads device secrets from YAML (`docs/configuration.md`, "Secrets file"):
 ///
@@ -22,14 +21,7 @@ public enum SecretsFile {
     }
 
     public static func parse(yaml: String, origin: String = "secrets file") throws -> SecretStore {
-        let node: Node?
-        do {
-            node = try Yams.compose(yaml: yaml)
-        } catch {
-            throw ConfigurationError(key: "auth.secrets_file", "\(origin) is not valid YAML: \(error)")
-        }
-        guard let node else { throw ConfigurationError(key: "auth.secrets_file", "\(origin) is empty") }
-        let root = try Section(node: node, path: "")
+        let root = try Section.parse(yaml: yaml, errorKey: "auth.secrets_file", what: origin)
         try root.allow(["devices", "prefixes"])
         let devices = try self.table(root, "devices")
         let prefixes = try self.table(root, "prefixes")
