@@ -90,14 +90,21 @@ public final class TerminusConnection: Sendable {
             )
         }
         let hello = try Self.makeHello(configuration)
-        let setup = try await channel.eventLoop.submit {
-            let handler = try channel.pipeline.syncOperations.handler(type: ClientHandler.self)
-            handler.sendFrame(.hello(hello))
-            return (
-                NIOLoopBound(handler, eventLoop: channel.eventLoop), handler.welcomePromise.futureResult,
-                handler.closedPromise.futureResult
-            )
-        }.get()
+        let setup: (NIOLoopBound<ClientHandler>, EventLoopFuture<Welcome>, EventLoopFuture<GoAway?>)
+        do {
+            setup = try await channel.eventLoop.submit {
+                let handler = try channel.pipeline.syncOperations.handler(type: ClientHandler.self)
+                handler.sendFrame(.hello(hello))
+                return (
+                    NIOLoopBound(handler, eventLoop: channel.eventLoop), handler.welcomePromise.futureResult,
+                    handler.closedPromise.futureResult
+                )
+            }.get()
+        } catch {
+            // The gateway closed the connection before HELLO could be sent (e.g. TLS refused).
+            channel.close(promise: nil)
+            throw TerminusClientError(.connectionClosed, "connection closed during setup: \(error)")
+        }
         let timeout = channel.eventLoop.scheduleTask(in: configuration.connectTimeout) { channel.close(promise: nil) }
         defer { timeout.cancel() }
         let welcome: Welcome
