@@ -408,6 +408,8 @@ struct AdminListenerTests {
         // A connection that never sends HELLO keeps the drain waiting (until its HELLO timeout),
         // long enough to watch readiness turn false while the admin listener still answers.
         let lingering = try await RawClient.connect(port: gateway.port, tls: true)
+        // Accepted (not just queued in the listen backlog, which closing the listener discards).
+        #expect(await RawClient.poll(3) { gateway.gateway.openConnections == 1 })
         let stopping = Task { await gateway.stop() }
         var sawDraining = false
         for _ in 0..<100 where !sawDraining {
