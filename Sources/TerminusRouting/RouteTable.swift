@@ -1,0 +1,98 @@
+/// Which services subscribe to a topic: a trie over filter levels, immutable once built.
+///
+/// Matching walks the topic's levels once, following the literal child, the `+` child and
+/// collecting `#` subscriptions at each level: O(levels × branching on wildcards), independent
+/// of how many filters share no prefix with the topic. Swap a new table in to change routes.
+public final class RouteTable: Sendable {
+    final class Node: Sendable {
+        let literal: [Substring: Node]
+        let plus: Node?
+        /// Services whose filter ends here.
+        let exact: ServiceSet
+        /// Services whose filter has `#` right below this node.
+        let hash: ServiceSet
+
+        init(literal: [Substring: Node], plus: Node?, exact: ServiceSet, hash: ServiceSet) {
+            self.literal = literal
+            self.plus = plus
+            self.exact = exact
+            self.hash = hash
+        }
+    }
+
+    /// A mutable node used only while building.
+    private final class Builder {
+        var literal: [Substring: Builder] = [:]
+        var plus: Builder?
+        var exact = ServiceSet()
+        var hash = ServiceSet()
+
+        func freeze() -> Node {
+            Node(
+                literal: self.literal.mapValues { $0.freeze() },
+                plus: self.plus?.freeze(),
+                exact: self.exact,
+                hash: self.hash
+            )
+        }
+    }
+
+    private let root: Node
+    public let filterCount: Int
+
+    /// - Parameter routes: (filter, service index < 64) pairs.
+    public init(routes: [(TopicFilter, Int)]) {
+        let root = Builder()
+        for (filter, service) in routes {
+            var node = root
+            for level in filter.levels {
+                if level == "#" {
+                    node.hash.insert(service)
+                    break
+                }
+                if level == "+" {
+                    if node.plus == nil { node.plus = Builder() }
+                    node = node.plus!
+                } else {
+                    if node.literal[level] == nil { node.literal[level] = Builder() }
+                    node = node.literal[level]!
+                }
+            }
+            if filter.levels.last != "#" { node.exact.insert(service) }
+        }
+        self.root = root.freeze()
+        self.filterCount = routes.count
+    }
+
+    /// The services whose filters match `topic`.
+    public func match(_ topic: String) -> ServiceSet {
+        var result = ServiceSet()
+        let levels = topic.split(separator: "/", omittingEmptySubsequences: false)
+        let dollar = topic.utf8.first == UInt8(ascii: "$")
+        Self.walk(self.root, levels[...], atRoot: true, dollar: dollar, into: &result)
+        return result
+    }
+
+    private static func walk(
+        _ node: Node,
+        _ levels: ArraySlice<Substring>,
+        atRoot: Bool,
+        dollar: Bool,
+        into result: inout ServiceSet
+    ) {
+        // Wildcards at the first level never match `$` topics.
+        let wildcardsAllowed = !(atRoot && dollar)
+        if wildcardsAllowed { result.formUnion(node.hash) }
+        guard let level = levels.first else {
+            result.formUnion(node.exact)
+            return
+        }
+        let rest = levels.dropFirst()
+        if let child = node.literal[level] {
+            Self.walk(child, rest, atRoot: false, dollar: dollar, into: &result)
+        }
+        if wildcardsAllowed, let plus = node.plus {
+            Self.walk(plus, rest, atRoot: false, dollar: dollar, into: &result)
+        }
+    }
+}

@@ -1,0 +1,74 @@
+/// An MQTT-style topic filter: levels separated by `/`, `+` matching exactly one level, `#`
+/// (last level only) matching any number of levels, including none.
+///
+/// Topics starting with `$` (gateway events such as `$terminus/events/connected`) are matched
+/// only by filters whose first level is spelled out, never by a leading `+` or `#` (as in MQTT).
+public struct TopicFilter: Hashable, Sendable, CustomStringConvertible {
+    public struct Invalid: Error, Hashable, Sendable, CustomStringConvertible {
+        public var filter: String
+        public var reason: String
+        public var description: String { "invalid topic filter '\(self.filter)': \(self.reason)" }
+    }
+
+    public let text: String
+    let levels: [Substring]
+
+    public init(_ text: String) throws(Invalid) {
+        guard !text.isEmpty else { throw Invalid(filter: text, reason: "empty") }
+        guard text.utf8.count <= 65_535 else { throw Invalid(filter: text, reason: "too long") }
+        let levels = text.split(separator: "/", omittingEmptySubsequences: false)
+        for (index, level) in levels.enumerated() {
+            if level == "#" {
+                guard index == levels.count - 1 else {
+                    throw Invalid(filter: text, reason: "'#' must be the last level")
+                }
+            } else if level != "+" && (level.contains("+") || level.contains("#")) {
+                throw Invalid(filter: text, reason: "'+' and '#' must occupy a whole level")
+            }
+            if level.contains("\u{0}") { throw Invalid(filter: text, reason: "NUL") }
+        }
+        self.text = text
+        self.levels = levels
+    }
+
+    public var description: String { self.text }
+
+    /// Matches one topic (used by tests; the route table matches many filters at once).
+    public func matches(_ topic: String) -> Bool {
+        let table = RouteTable(routes: [(self, 0)])
+        return table.match(topic).contains(0)
+    }
+}
+
+/// A set of service indices (at most 64 services), so matching allocates nothing.
+public struct ServiceSet: Hashable, Sendable, Sequence {
+    public private(set) var bits: UInt64 = 0
+
+    public init() {}
+
+    public static let capacity = 64
+
+    public var isEmpty: Bool { self.bits == 0 }
+    public var count: Int { self.bits.nonzeroBitCount }
+
+    public func contains(_ index: Int) -> Bool { index < 64 && self.bits & (1 << UInt64(index)) != 0 }
+
+    public mutating func insert(_ index: Int) {
+        precondition(index >= 0 && index < Self.capacity)
+        self.bits |= 1 << UInt64(index)
+    }
+
+    public mutating func formUnion(_ other: ServiceSet) {
+        self.bits |= other.bits
+    }
+
+    public func makeIterator() -> AnyIterator<Int> {
+        var remaining = self.bits
+        return AnyIterator {
+            guard remaining != 0 else { return nil }
+            let index = remaining.trailingZeroBitCount
+            remaining &= remaining - 1
+            return index
+        }
+    }
+}

@@ -1,0 +1,72 @@
+import TerminusRouting
+import Testing
+
+@Suite("Topic filters and the route table")
+struct RouteTableTests {
+    @Test(
+        "MQTT matching rules",
+        arguments: [
+            ("pay/done", "pay/done", true),
+            ("pay/done", "pay/done/x", false),
+            ("pay/+", "pay/done", true),
+            ("pay/+", "pay", false),
+            ("pay/+", "pay/a/b", false),
+            ("+/done", "pay/done", true),
+            ("pay/#", "pay", true),
+            ("pay/#", "pay/a/b/c", true),
+            ("#", "anything/at/all", true),
+            ("+/+/status", "printer/7/status", true),
+            ("+/+/status", "printer/status", false),
+            ("pay//x", "pay//x", true),
+            ("#", "$terminus/events/connected", false),
+            ("+/events/connected", "$terminus/events/connected", false),
+            ("$terminus/events/+", "$terminus/events/connected", true),
+            ("$terminus/#", "$terminus/events/disconnected", true),
+        ]
+    )
+    func matching(filter: String, topic: String, expected: Bool) throws {
+        #expect(try TopicFilter(filter).matches(topic) == expected)
+    }
+
+    @Test("invalid filters are refused", arguments: ["", "a/#/b", "a+/b", "a/b#", "a/\u{0}"])
+    func invalid(filter: String) {
+        #expect(throws: TopicFilter.Invalid.self) { _ = try TopicFilter(filter) }
+    }
+
+    @Test("a message goes to every service with a matching filter, once per service")
+    func fanOut() throws {
+        let table = RouteTable(routes: [
+            (try TopicFilter("pay/#"), 0),
+            (try TopicFilter("pay/done"), 0),
+            (try TopicFilter("+/done"), 1),
+            (try TopicFilter("printer/+/status"), 2),
+        ])
+        #expect(Array(table.match("pay/done")) == [0, 1])
+        #expect(Array(table.match("printer/9/status")) == [2])
+        #expect(table.match("speaker/volume").isEmpty)
+        #expect(table.match("pay/done").count == 2)
+    }
+
+    @Test("10,000 filters: matches agree with the filters one by one")
+    func manyFilters() throws {
+        var routes: [(TopicFilter, Int)] = []
+        for index in 0..<10_000 {
+            let service = index % 64
+            let filter: String
+            switch index % 4 {
+            case 0: filter = "tenant\(index)/+/status"
+            case 1: filter = "tenant\(index)/#"
+            case 2: filter = "+/device\(index)/events"
+            default: filter = "tenant\(index)/device/\(index)"
+            }
+            routes.append((try TopicFilter(filter), service))
+        }
+        let table = RouteTable(routes: routes)
+        #expect(table.filterCount == 10_000)
+        for topic in ["tenant1/a/b", "tenant4/x/status", "t/device2/events", "tenant3/device/3", "none/here"] {
+            var expected = ServiceSet()
+            for (filter, service) in routes where filter.matches(topic) { expected.insert(service) }
+            #expect(table.match(topic) == expected, "\(topic)")
+        }
+    }
+}
