@@ -17,6 +17,7 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "terminus", targets: ["terminus"]),
+        .executable(name: "terminus-echo-backend", targets: ["terminus-echo-backend"]),
         .library(name: "TerminusClient", targets: ["TerminusClient"]),
     ],
     dependencies: [
@@ -29,6 +30,10 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
+        .package(url: "https://github.com/grpc/grpc-swift-2.git", from: "2.4.3"),
+        .package(url: "https://github.com/grpc/grpc-swift-nio-transport.git", from: "2.9.2"),
+        .package(url: "https://github.com/grpc/grpc-swift-protobuf.git", from: "2.4.1"),
+        .package(url: "https://github.com/apple/swift-protobuf.git", from: "1.39.0"),
     ],
     targets: [
         // A thin module over the system zlib (libz): raw deflate with preset dictionaries
@@ -85,6 +90,44 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .target(
+            name: "TerminusRouting",
+            swiftSettings: swiftSettings
+        ),
+        // Code generated from Protos/ by scripts/generate-protos.sh (committed; not built by a plugin).
+        .target(
+            name: "TerminusAPI",
+            dependencies: [
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ]
+        ),
+        .target(
+            name: "TerminusBackend",
+            dependencies: [
+                "TerminusAPI",
+                "TerminusRouting",
+                "TerminusSessions",
+                "TerminusProtocol",
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "terminus-echo-backend",
+            dependencies: [
+                "TerminusAPI",
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
             name: "TerminusAdmin",
             dependencies: [
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -98,6 +141,8 @@ let package = Package(
             name: "TerminusServer",
             dependencies: [
                 "TerminusAdmin",
+                "TerminusBackend",
+                "TerminusRouting",
                 "TerminusEdge",
                 "TerminusProtocol",
                 "TerminusCompression",
@@ -163,6 +208,11 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .testTarget(
+            name: "TerminusRoutingTests",
+            dependencies: ["TerminusRouting"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
             name: "TerminusCompressionTests",
             dependencies: [
                 "TerminusCompression",
@@ -189,6 +239,8 @@ let package = Package(
             name: "TerminusServerTests",
             dependencies: [
                 "TerminusServer",
+                "TerminusBackend",
+                "TerminusRouting",
                 "TerminusEdge",
                 "TerminusAuth",
                 "TerminusCompression",
@@ -201,6 +253,11 @@ let package = Package(
             name: "TerminusEndToEndTests",
             dependencies: [
                 "TerminusServer",
+                "TerminusAPI",
+                "TerminusBackend",
+                "TerminusRouting",
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
                 "TerminusCompression",
                 "TerminusSessions",
                 "TerminusEdge",

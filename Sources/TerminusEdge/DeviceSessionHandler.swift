@@ -29,6 +29,10 @@ final class DeviceSessionHandler: ChannelDuplexHandler, TimerWheelTarget, Delive
     private var pendingRead = false
     private var needsFlush = false
     private var closeCode: TerminusCode?
+    /// Downlink messages waiting for the device's ACK; allocated on the first QoS 1 push.
+    private var pendingPushes: [UInt32: (promise: EventLoopPromise<PushOutcome>, timeout: Scheduled<Void>)]?
+    private var nextPushID: UInt32 = 0
+    private var deviceCapabilities: Capabilities = []
     var armedTick: Int?
 
     init(shared: EdgeShared, loop: EdgeLoopContext, now: NIODeadline = .now()) {
@@ -63,6 +67,13 @@ final class DeviceSessionHandler: ChannelDuplexHandler, TimerWheelTarget, Delive
     func channelInactive(context: ChannelHandlerContext) {
         self.machine.closed()
         self.aliases = nil
+        if let pending = self.pendingPushes {
+            self.pendingPushes = nil
+            for (_, entry) in pending {
+                entry.timeout.cancel()
+                entry.promise.succeed(.connectionClosed)
+            }
+        }
         if let handle = self.handle {
             self.shared.directory.unregister(handle)
             self.shared.logger.info(
@@ -71,6 +82,11 @@ final class DeviceSessionHandler: ChannelDuplexHandler, TimerWheelTarget, Delive
                     "device": "\(handle.deviceID)", "client": "\(self.clientAddress)",
                     "code": "\(self.closeCode?.name ?? "PEER_CLOSED")",
                 ]
+            )
+            self.publishEvent(
+                DeviceEvents.disconnected,
+                handle: handle,
+                extra: #","code":"\#(self.closeCode?.name ?? "PEER_CLOSED")""#
             )
             // The handle's control refers back to this handler: drop it to break the cycle.
             self.handle = nil
@@ -132,9 +148,8 @@ final class DeviceSessionHandler: ChannelDuplexHandler, TimerWheelTarget, Delive
             case (.established, .ping(let opaque)):
                 self.write(.pong(opaque), context: context)
                 context.flush()
-            case (.established, .ack):
-                // ACKs answer PUSH frames (downlink); the downlink path is not in this edge yet.
-                break
+            case (.established, .ack(let ack)):
+                self.pushAcknowledged(ack)
             case (.awaitingHello, .goAway), (.established, .goAway):
                 self.closeCode = .ok
                 context.close(promise: nil)
@@ -166,6 +181,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, TimerWheelTarget, Delive
             maxDeviceIDLength: settings.maxDeviceIDLength
         )
         let keepalive = settings.negotiatedKeepalive(requested: hello.keepaliveSeconds)
+        self.deviceCapabilities = hello.capabilities
         self.machine.established(keepalive: keepalive, now: now)
         let handle = SessionHandle(
             deviceID: deviceID,
@@ -199,6 +215,27 @@ final class DeviceSessionHandler: ChannelDuplexHandler, TimerWheelTarget, Delive
                 "auth": "\(self.certificateDeviceID != nil ? "certificate" : "token")",
             ]
         )
+        self.publishEvent(DeviceEvents.connected, handle: handle, extra: "")
+    }
+
+    /// Hands a connect/disconnect event to the sink as an ordinary QoS 0 message on a reserved
+    /// topic, so that backends subscribe to it like to any other topic.
+    private func publishEvent(_ topic: String, handle: SessionHandle, extra: String) {
+        guard self.shared.settings.publishEvents else { return }
+        let json =
+            #"{"device_id":"\#(DeviceEvents.jsonEscaped(handle.deviceID))","client_address":"\#(handle.clientAddress)","#
+            + #""gateway_instance":"\#(self.shared.settings.gatewayID)","at_unix_ms":\#(WallClock.nowMilliseconds())\#(extra)}"#
+        let event = UplinkMessage(
+            deviceID: handle.deviceID,
+            topic: topic,
+            messageID: 0,
+            qos: .atMostOnce,
+            payload: ByteBuffer(string: json),
+            receivedAt: WallClock.nowMilliseconds(),
+            clientAddress: handle.clientAddress,
+            connectionID: handle.connectionID
+        )
+        self.loop.batcher.enqueue(event, waiter: nil)
     }
 
     // MARK: PUBLISH
@@ -242,7 +279,8 @@ final class DeviceSessionHandler: ChannelDuplexHandler, TimerWheelTarget, Delive
             qos: message.qos,
             payload: payload,
             receivedAt: WallClock.nowMilliseconds(),
-            clientAddress: self.clientAddress
+            clientAddress: self.clientAddress,
+            connectionID: self.connectionID
         )
         self.loop.batcher.enqueue(uplink, waiter: waiter)
     }
@@ -261,6 +299,50 @@ final class DeviceSessionHandler: ChannelDuplexHandler, TimerWheelTarget, Delive
         if self.aliases == nil { self.aliases = [:] }
         self.aliases![alias] = message.topic
         return message.topic
+    }
+
+    // MARK: Downlink
+
+    /// Writes a PUSH; called on the loop by `SessionControl.push`.
+    func push(topic: String, payload: ByteBuffer, qos: QoS, timeout: TimeAmount) -> EventLoopFuture<PushOutcome> {
+        guard let context = self.context, self.machine.state == .established else {
+            return self.loop.eventLoop.makeSucceededFuture(.connectionClosed)
+        }
+        var body = payload
+        var compressed = false
+        let threshold = self.shared.settings.pushCompressionThreshold
+        if self.deviceCapabilities.contains(.compressedPush), threshold > 0, payload.readableBytes >= threshold,
+            let deflated = try? self.loop.deflater.deflate(payload, allocator: context.channel.allocator),
+            deflated.readableBytes < payload.readableBytes
+        {
+            body = deflated
+            compressed = true
+        }
+        repeat { self.nextPushID &+= 1 } while self.nextPushID == 0 || self.pendingPushes?[self.nextPushID] != nil
+        let id = qos == .atLeastOnce ? self.nextPushID : 0
+        let message = Message(messageID: id, qos: qos, compressed: compressed, topic: topic, payload: body)
+        self.write(.push(message), context: context)
+        context.flush()
+        guard qos == .atLeastOnce else { return context.eventLoop.makeSucceededFuture(.delivered) }
+        let promise = context.eventLoop.makePromise(of: PushOutcome.self)
+        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let scheduled = context.eventLoop.scheduleTask(in: timeout) {
+            loopBound.value.pushTimedOut(id)
+        }
+        if self.pendingPushes == nil { self.pendingPushes = [:] }
+        self.pendingPushes![id] = (promise, scheduled)
+        return promise.futureResult
+    }
+
+    private func pushTimedOut(_ id: UInt32) {
+        guard let entry = self.pendingPushes?.removeValue(forKey: id) else { return }
+        entry.promise.succeed(.timeout)
+    }
+
+    private func pushAcknowledged(_ ack: Ack) {
+        guard let entry = self.pendingPushes?.removeValue(forKey: ack.messageID) else { return }
+        entry.timeout.cancel()
+        entry.promise.succeed(ack.status == .ok ? .delivered : .rejected(ack.status))
     }
 
     // MARK: Outcomes
@@ -392,6 +474,13 @@ final class SessionControl: DeviceSessionControl {
         let handler = self.handler
         handler.eventLoop.execute {
             handler.value.closeSession(code, reconnectAfterMilliseconds: reconnectAfterMilliseconds, message: message)
+        }
+    }
+
+    func push(topic: String, payload: ByteBuffer, qos: QoS, timeout: TimeAmount) -> EventLoopFuture<PushOutcome> {
+        let handler = self.handler
+        return handler.eventLoop.flatSubmit {
+            handler.value.push(topic: topic, payload: payload, qos: qos, timeout: timeout)
         }
     }
 }

@@ -8,6 +8,8 @@ internal import TerminusSessions
 final class EdgeLoopContext {
     let eventLoop: any EventLoop
     let inflater: Inflater
+    /// Compresses PUSH payloads for devices that announced COMPRESSED_PUSH.
+    let deflater: Deflater
     let wheel: TimerWheel
     let batcher: UplinkBatcher
     var draining = false
@@ -23,6 +25,7 @@ final class EdgeLoopContext {
     {
         self.eventLoop = eventLoop
         self.inflater = try Inflater(limits: settings.inflateLimits, dictionaries: dictionaries)
+        self.deflater = try Deflater(level: 6, dictionaries: dictionaries)
         self.wheel = TimerWheel(tick: settings.timerTick)
         self.batcher = UplinkBatcher(eventLoop: eventLoop, sink: sink, maxBatchSize: settings.maxBatchSize)
     }

@@ -34,6 +34,11 @@ public struct EdgeSettings: Sendable {
     public var keepaliveMax: UInt16 = 540
     /// `limits.batch_size`: the most messages handed to the sink in one call per event loop.
     public var maxBatchSize: Int = 256
+    /// `downlink.compress_above`: PUSH payloads of at least this many bytes are deflated for
+    /// devices that announced COMPRESSED_PUSH (0 disables).
+    public var pushCompressionThreshold: Int = 256
+    /// `events.enabled`: publish `$terminus/events/connected` and `…/disconnected` messages.
+    public var publishEvents = true
     /// The timer wheel's tick; timeouts fire within one tick of their deadline.
     public var timerTick: TimeAmount = .seconds(1)
 

@@ -1,8 +1,10 @@
 internal import Foundation
 internal import Logging
 internal import NIOCore
+internal import TerminusBackend
 internal import TerminusCompression
 internal import TerminusEdge
+internal import TerminusRouting
 internal import Yams
 
 /// Reads the YAML configuration file. Unknown keys, wrong types and out-of-range values are
@@ -25,7 +27,7 @@ public enum ConfigurationLoader {
         var config = GatewayConfiguration()
         try root.allow([
             "instance_id", "log_level", "event_loop_threads", "device", "auth", "limits", "compression",
-            "timeouts", "keepalive", "drain", "sink", "admin",
+            "timeouts", "keepalive", "drain", "sink", "admin", "services", "api", "events",
         ])
         if let id = try root.string("instance_id") {
             guard !id.isEmpty, id.utf8.count <= 255 else {
@@ -195,7 +197,50 @@ public enum ConfigurationLoader {
             if let type = try sink.string("type"), type != "log" {
                 throw ConfigurationError(
                     key: "sink.type",
-                    "must be log (backend routing is configured under services, once available)"
+                    "must be log (backend routing is configured under services)"
+                )
+            }
+        }
+        config.services = try Self.services(root.list("services"), base: base)
+        if let events = try root.section("events") {
+            try events.allow(["enabled"])
+            if let enabled = try events.string("enabled") {
+                guard let value = Bool(enabled) else {
+                    throw ConfigurationError(key: "events.enabled", "must be true or false")
+                }
+                config.edge.publishEvents = value
+            }
+        }
+        if let api = try root.section("api") {
+            try api.allow(["listen", "tokens_file", "send_timeout", "compress_push_above"])
+            if let listen = try api.string("listen") {
+                guard let parsed = GatewayConfiguration.HostPort(parsing: listen) else {
+                    throw ConfigurationError(key: "api.listen", "must be HOST:PORT")
+                }
+                config.apiListen = parsed
+            }
+            if let file = try api.string("tokens_file") {
+                let path = Self.resolve(file, base)
+                guard let data = FileManager.default.contents(atPath: path) else {
+                    throw ConfigurationError(key: "api.tokens_file", "cannot read \(path)")
+                }
+                config.apiTokens = String(decoding: data, as: UTF8.self).split(whereSeparator: \.isNewline)
+                    .map { $0.trimmingCharacters(in: .whitespaces) }
+                    .filter { !$0.isEmpty && !$0.hasPrefix("#") }
+                guard config.apiTokens.allSatisfy({ $0.utf8.count >= 16 }) else {
+                    throw ConfigurationError(key: "api.tokens_file", "every token must be at least 16 characters")
+                }
+            }
+            if let v = try api.duration("send_timeout") {
+                config.apiSendTimeoutMilliseconds = UInt32(clamping: v.nanoseconds / 1_000_000)
+            }
+            if let v = try api.int("compress_push_above", in: 0...16_777_216) {
+                config.edge.pushCompressionThreshold = v
+            }
+            if config.apiListen != nil && config.apiTokens.isEmpty {
+                throw ConfigurationError(
+                    key: "api.tokens_file",
+                    "is required with api.listen (callers must authenticate)"
                 )
             }
         }
@@ -209,6 +254,77 @@ public enum ConfigurationLoader {
             }
         }
         return config
+    }
+
+    static func services(_ entries: [Section], base: String) throws -> [Subscription] {
+        var services: [Subscription] = []
+        for entry in entries {
+            try entry.allow([
+                "name", "target", "tls", "topics", "batch_size", "window", "deadline", "retry", "connections",
+                "rebalance",
+            ])
+            guard let name = try entry.string("name"), !name.isEmpty else {
+                throw ConfigurationError(key: "\(entry.path).name", "is required")
+            }
+            if services.contains(where: { $0.name == name }) {
+                throw ConfigurationError(key: "\(entry.path).name", "'\(name)' is used twice")
+            }
+            guard var target = try entry.string("target") else {
+                throw ConfigurationError(key: "\(entry.path).target", "is required (HOST:PORT)")
+            }
+            if target.hasPrefix("dns:///") { target.removeFirst("dns:///".count) }
+            guard let address = GatewayConfiguration.HostPort(parsing: target), address.port > 0 else {
+                throw ConfigurationError(key: "\(entry.path).target", "must be HOST:PORT or dns:///HOST:PORT")
+            }
+            let topics = try entry.stringList("topics")
+            guard !topics.isEmpty else {
+                throw ConfigurationError(key: "\(entry.path).topics", "needs at least one topic filter")
+            }
+            var filters: [TopicFilter] = []
+            for (index, text) in topics.enumerated() {
+                do {
+                    filters.append(try TopicFilter(text))
+                } catch {
+                    throw ConfigurationError(key: "\(entry.path).topics[\(index)]", error.description)
+                }
+            }
+            var service = Subscription(name: name, host: address.host, port: address.port, filters: filters)
+            if let tls = try entry.section("tls") {
+                try tls.allow(["ca", "certificate", "private_key", "server_name"])
+                let certificate = try tls.string("certificate").map { Self.resolve($0, base) }
+                let key = try tls.string("private_key").map { Self.resolve($0, base) }
+                if (certificate == nil) != (key == nil) {
+                    throw ConfigurationError(key: "\(tls.path)", "certificate and private_key go together")
+                }
+                service.security = .tls(
+                    caFile: try tls.string("ca").map { Self.resolve($0, base) },
+                    certificateFile: certificate,
+                    keyFile: key,
+                    serverName: try tls.string("server_name")
+                )
+            }
+            if let v = try entry.int("batch_size", in: 1...65_536) { service.batchSize = v }
+            if let v = try entry.int("window", in: 1...10_000_000) { service.window = v }
+            if let v = try entry.duration("deadline") { service.deadlineMilliseconds = v.nanoseconds / 1_000_000 }
+            if let v = try entry.int("connections", in: 1...64) { service.connections = v }
+            if let v = try entry.duration("rebalance") { service.rebalanceSeconds = Int(v.nanoseconds / 1_000_000_000) }
+            if let retry = try entry.section("retry") {
+                try retry.allow(["attempts", "initial_backoff", "max_backoff", "retry_after"])
+                if let v = try retry.int("attempts", in: 1...20) { service.maxAttempts = v }
+                if let v = try retry.duration("initial_backoff") {
+                    service.initialBackoffMilliseconds = UInt64(v.nanoseconds / 1_000_000)
+                }
+                if let v = try retry.duration("max_backoff") {
+                    service.maxBackoffMilliseconds = UInt64(v.nanoseconds / 1_000_000)
+                }
+                if let v = try retry.seconds("retry_after") { service.retryAfterSeconds = v }
+            }
+            services.append(service)
+        }
+        guard services.count <= ServiceSet.capacity else {
+            throw ConfigurationError(key: "services", "at most \(ServiceSet.capacity) services")
+        }
+        return services
     }
 
     static func resolve(_ path: String, _ base: String) -> String {
@@ -291,6 +407,19 @@ struct Section {
         }
         return try sequence.enumerated().map { index, item in
             try Section(node: item, path: "\(self.key(name))[\(index)]")
+        }
+    }
+
+    func stringList(_ name: String) throws -> [String] {
+        guard let node = self.value(name) else { return [] }
+        guard case .sequence(let sequence) = node else {
+            throw ConfigurationError(key: self.key(name), "must be a list")
+        }
+        return try sequence.enumerated().map { index, item in
+            guard case .scalar(let scalar) = item else {
+                throw ConfigurationError(key: "\(self.key(name))[\(index)]", "must be a string")
+            }
+            return scalar.string
         }
     }
 

@@ -7,6 +7,7 @@ public import ServiceLifecycle
 internal import Synchronization
 internal import TerminusAdmin
 internal import TerminusAuth
+internal import TerminusBackend
 internal import TerminusCompression
 public import TerminusEdge
 public import TerminusSessions
@@ -21,6 +22,8 @@ public final class Gateway: Service, Sendable {
     public let directory: any SessionDirectory
     private let group: MultiThreadedEventLoopGroup
     private let edge: EdgeServer
+    private let router: BackendRouter?
+    private let api: APIServer?
     private let admin: AdminServer?
     private let draining = Atomic<Bool>(false)
     private let logger: Logger
@@ -53,13 +56,39 @@ public final class Gateway: Service, Sendable {
                 requireCertificate: configuration.tls?.clientAuth == .required,
                 now: clock
             )
+            let router: BackendRouter?
+            if sink == nil && !configuration.services.isEmpty {
+                router = try BackendRouter(
+                    subscriptions: configuration.services,
+                    gatewayInstance: configuration.instanceID,
+                    group: self.group,
+                    logger: logger
+                )
+            } else {
+                router = nil
+            }
+            self.router = router
+            if let listen = configuration.apiListen {
+                self.api = APIServer(
+                    host: listen.host,
+                    port: listen.port,
+                    tokens: configuration.apiTokens,
+                    directory: directory,
+                    gatewayInstance: configuration.instanceID,
+                    defaultTTLMilliseconds: configuration.apiSendTimeoutMilliseconds,
+                    maxPayloadSize: configuration.edge.inflateLimits.maxInflatedSize,
+                    logger: logger
+                )
+            } else {
+                self.api = nil
+            }
             self.edge = try EdgeServer(
                 group: self.group,
                 listener: listener,
                 settings: configuration.edge,
                 authenticator: authenticator,
                 directory: directory,
-                sink: sink ?? LoggingSink(logger: logger),
+                sink: sink ?? router ?? LoggingSink(logger: logger),
                 dictionaries: dictionaries,
                 logger: logger
             )
@@ -145,17 +174,26 @@ public final class Gateway: Service, Sendable {
 
     /// Binds the listeners. Returns the device listener's address.
     public func start() async throws -> SocketAddress {
+        try self.router?.start()
         let address = try await self.edge.start()
         if let admin = self.admin {
             self.adminAddress.withLock { $0 = nil }
             let bound = try await admin.start()
             self.adminAddress.withLock { $0 = bound }
         }
+        if let api = self.api {
+            let port = try await api.start()
+            self.apiPort.withLock { $0 = port }
+        }
         self.readyFlag.set(true)
         return address
     }
 
     private let adminAddress = Mutex<SocketAddress?>(nil)
+    private let apiPort = Mutex<Int?>(nil)
+
+    /// The API listener's bound port, once started (nil without `api.listen`).
+    public var boundAPIPort: Int? { self.apiPort.withLock { $0 } }
 
     /// The admin listener's bound address, once started (nil without `admin.listen`).
     public var boundAdminAddress: SocketAddress? { self.adminAddress.withLock { $0 } }
@@ -171,7 +209,9 @@ public final class Gateway: Service, Sendable {
             reconnectWindow: self.configuration.drainReconnectWindow,
             grace: self.configuration.drainGrace
         )
+        await self.api?.shutdown()
         await self.edge.shutdown()
+        await self.router?.shutdown()
         await self.admin?.shutdown()
         try? await self.group.shutdownGracefully()
     }

@@ -1,5 +1,6 @@
 public import Logging
 public import NIOCore
+public import TerminusBackend
 public import TerminusEdge
 
 /// Everything `terminus run` needs, resolved from defaults, the YAML file and flags, in that
@@ -91,6 +92,16 @@ public struct GatewayConfiguration: Sendable {
     public var drainReconnectWindow: TimeAmount = .seconds(60)
 
     public var adminListen: HostPort?
+
+    /// The backend API listener (`api.listen`, `--api-listen`); nil: not served.
+    public var apiListen: HostPort?
+    /// Bearer tokens admitted by the API listener (`api.tokens_file`, one per line).
+    public var apiTokens: [String] = []
+    /// Default wait for a device's ACK to a Send (`api.send_timeout`).
+    public var apiSendTimeoutMilliseconds: UInt32 = 10_000
+
+    /// Backend services and their topic filters (`services`). Empty: the logging sink.
+    public var services: [Subscription] = []
 
     public init() {}
 }

@@ -6,6 +6,22 @@ public import TerminusProtocol
 public protocol DeviceSessionControl: AnyObject, Sendable {
     /// Sends GOAWAY(`code`) and closes the connection once in-flight work allows.
     func goAway(_ code: TerminusCode, reconnectAfterMilliseconds: UInt32, message: String)
+
+    /// Writes a PUSH to the device. QoS 1 completes with the device's ACK, or `.timeout` after
+    /// `timeout`; QoS 0 completes once written.
+    func push(topic: String, payload: ByteBuffer, qos: QoS, timeout: TimeAmount) -> EventLoopFuture<PushOutcome>
+}
+
+/// What became of one downlink message.
+public enum PushOutcome: Hashable, Sendable {
+    /// QoS 1: the device acknowledged with OK. QoS 0: written.
+    case delivered
+    /// The device answered with another status.
+    case rejected(TerminusCode)
+    /// No ACK in time.
+    case timeout
+    /// The connection closed first (or was already closing).
+    case connectionClosed
 }
 
 /// An authenticated device connection, as the rest of the gateway sees it.

@@ -13,6 +13,9 @@ public struct UplinkMessage: Sendable {
     public var receivedAt: Int64
     /// The real client address (from PROXY protocol when configured).
     public var clientAddress: String
+    /// The gateway's id for the device's connection: with `messageID` it identifies one
+    /// message across redeliveries to the backends.
+    public var connectionID: UInt64
 
     public init(
         deviceID: String,
@@ -21,7 +24,8 @@ public struct UplinkMessage: Sendable {
         qos: QoS,
         payload: ByteBuffer,
         receivedAt: Int64,
-        clientAddress: String
+        clientAddress: String,
+        connectionID: UInt64 = 0
     ) {
         self.deviceID = deviceID
         self.topic = topic
@@ -30,6 +34,7 @@ public struct UplinkMessage: Sendable {
         self.payload = payload
         self.receivedAt = receivedAt
         self.clientAddress = clientAddress
+        self.connectionID = connectionID
     }
 }
 

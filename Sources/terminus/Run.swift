@@ -18,6 +18,9 @@ struct Run: AsyncParsableCommand {
     @Option(name: .long, help: "Device listener address, overriding the file (HOST:PORT).")
     var deviceListen: String?
 
+    @Option(name: .long, help: "Backend API listener (Send, Kick, Presence), overriding the file (HOST:PORT).")
+    var apiListen: String?
+
     @Option(name: .long, help: "Admin HTTP listener (/healthz, /readyz), overriding the file (HOST:PORT).")
     var adminListen: String?
 
@@ -43,6 +46,17 @@ struct Run: AsyncParsableCommand {
                 throw ValidationError("--device-listen must be HOST:PORT")
             }
             configuration.deviceListen = parsed
+        }
+        if let apiListen {
+            guard let parsed = GatewayConfiguration.HostPort(parsing: apiListen) else {
+                throw ValidationError("--api-listen must be HOST:PORT")
+            }
+            guard !configuration.apiTokens.isEmpty else {
+                throw ValidationError(
+                    "--api-listen needs api.tokens_file in the configuration (callers must authenticate)"
+                )
+            }
+            configuration.apiListen = parsed
         }
         if let adminListen {
             guard let parsed = GatewayConfiguration.HostPort(parsing: adminListen) else {

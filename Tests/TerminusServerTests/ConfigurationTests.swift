@@ -2,8 +2,10 @@ import Foundation
 import Logging
 import NIOCore
 import TerminusAuth
+import TerminusBackend
 import TerminusCompression
 import TerminusEdge
+import TerminusRouting
 import TerminusServer
 import Testing
 
@@ -196,5 +198,76 @@ struct ConfigurationTests {
         )
         let attributes = try FileManager.default.attributesOfItem(atPath: directory + "/server-key.pem")
         #expect((attributes[.posixPermissions] as? Int) == 0o600)
+    }
+
+    @Test("services, api and events are read; their errors name the key")
+    func servicesAndAPI() throws {
+        let directory = NSTemporaryDirectory() + "terminus-config-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        _ = FileManager.default.createFile(
+            atPath: directory + "/api-tokens",
+            contents: Data("# backend tokens\nbilling-token-0123456789\n\naudit-token-0123456789\n".utf8)
+        )
+        let yaml =
+            Self.minimal + """
+
+                services:
+                  - name: billing
+                    target: "dns:///billing.payments.svc:50051"
+                    topics: ["pay/#", "$terminus/events/#"]
+                    tls: { ca: ca.pem, server_name: billing.internal }
+                    batch_size: 128
+                    window: 1000
+                    deadline: 2s
+                    retry: { attempts: 5, initial_backoff: 50ms, max_backoff: 1s, retry_after: 7s }
+                    connections: 3
+                    rebalance: 10m
+                  - name: audit
+                    target: "audit:9000"
+                    topics: ["+/done"]
+                api:
+                  listen: "127.0.0.1:7443"
+                  tokens_file: api-tokens
+                  send_timeout: 3s
+                  compress_push_above: 512
+                events:
+                  enabled: false
+                """
+        let config = try ConfigurationLoader.load(yaml: yaml, baseDirectory: directory)
+        #expect(config.services.map(\.name) == ["billing", "audit"])
+        let billing = try #require(config.services.first)
+        #expect(billing.host == "billing.payments.svc" && billing.port == 50051)
+        #expect(billing.filters.map(\.text) == ["pay/#", "$terminus/events/#"])
+        #expect(billing.batchSize == 128 && billing.window == 1000 && billing.deadlineMilliseconds == 2000)
+        #expect(
+            billing.maxAttempts == 5 && billing.initialBackoffMilliseconds == 50
+                && billing.maxBackoffMilliseconds == 1000
+        )
+        #expect(billing.retryAfterSeconds == 7 && billing.connections == 3 && billing.rebalanceSeconds == 600)
+        #expect(config.apiListen == .init(host: "127.0.0.1", port: 7443))
+        #expect(config.apiTokens == ["billing-token-0123456789", "audit-token-0123456789"])
+        #expect(config.apiSendTimeoutMilliseconds == 3000)
+        #expect(config.edge.pushCompressionThreshold == 512)
+        #expect(!config.edge.publishEvents)
+
+        for (bad, key) in [
+            ("services:\n  - name: a\n    topics: [x]\n", "services[0].target"),
+            ("services:\n  - name: a\n    target: h:1\n    topics: [a/#/b]\n", "services[0].topics[0]"),
+            ("services:\n  - name: a\n    target: h:1\n", "services[0].topics"),
+            (
+                "services:\n  - name: a\n    target: h:1\n    topics: [x]\n  - name: a\n    target: h:2\n    topics: [y]\n",
+                "services[1].name"
+            ),
+            ("api:\n  listen: \"127.0.0.1:1\"\n", "api.tokens_file"),
+            ("events:\n  enabled: maybe\n", "events.enabled"),
+        ] {
+            do {
+                _ = try ConfigurationLoader.load(yaml: Self.minimal + "\n" + bad, baseDirectory: directory)
+                Issue.record("accepted \(key)")
+            } catch let error as ConfigurationError {
+                #expect(error.key == key, "\(error)")
+            }
+        }
     }
 }

@@ -74,9 +74,11 @@ final class TestGateway: Sendable {
         self.configuration = configuration
     }
 
+    /// - Parameter routed: use the configured `services` (gRPC routing) instead of `sink`.
     static func start(
         port: Int = 0,
         sink: InMemorySink = InMemorySink(),
+        routed: Bool = false,
         configure: (inout GatewayConfiguration) -> Void = { _ in }
     ) async throws -> TestGateway {
         let pki = TestPKI.shared
@@ -96,12 +98,13 @@ final class TestGateway: Sendable {
         configuration.edge.helloTimeout = .seconds(1)
         configuration.edge.closeGrace = .seconds(2)
         configuration.edge.keepaliveMin = 1
+        configuration.edge.publishEvents = false  // tests that count messages opt in
         configuration.drainGrace = .seconds(3)
         configuration.drainReconnectWindow = .milliseconds(500)
         configure(&configuration)
         var logger = Logger(label: "e2e")
         logger.logLevel = ProcessInfo.processInfo.environment["TERMINUS_TEST_LOG"] == nil ? .critical : .debug
-        let gateway = try Gateway(configuration: configuration, sink: sink, logger: logger)
+        let gateway = try Gateway(configuration: configuration, sink: routed ? nil : sink, logger: logger)
         let address = try await gateway.start()
         return TestGateway(gateway: gateway, port: address.port!, sink: sink, configuration: configuration)
     }

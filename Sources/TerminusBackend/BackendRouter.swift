@@ -1,0 +1,116 @@
+public import Logging
+public import NIOCore
+internal import Synchronization
+internal import TerminusRouting
+public import TerminusSessions
+
+/// The uplink sink that routes each message to every service whose topic filters match it,
+/// over gRPC, and turns their answers into the device's ACK.
+///
+/// - One Deliver call per service per edge batch (an event loop tick), split at `batch_size`.
+/// - A message is `accepted` only when every matching service accepted it; `rejected` when
+///   any refused it for good; otherwise `retryLater` (the device resends; services that had
+///   accepted it see a duplicate with the same `delivery_id`). No match: `noRoute`.
+/// - The route table is an immutable snapshot.
+public final class BackendRouter: UplinkSink, Sendable {
+    /// At most this many services (the route table's service set is 64 bits).
+    public static let maxServices = 64
+
+    private let table: RouteTable
+    private let services: [ServiceDelivery]
+    private let logger: Logger
+    private let rebalanceTask = Mutex<Task<Void, Never>?>(nil)
+
+    public init(
+        subscriptions: [Subscription],
+        gatewayInstance: String,
+        group: any EventLoopGroup,
+        logger: Logger
+    ) throws {
+        guard subscriptions.count <= Self.maxServices else {
+            throw RouterError("at most \(Self.maxServices) services can be configured")
+        }
+        var routes: [(TopicFilter, Int)] = []
+        for (index, subscription) in subscriptions.enumerated() {
+            for filter in subscription.filters { routes.append((filter, index)) }
+        }
+        self.table = RouteTable(routes: routes)
+        self.services = subscriptions.map {
+            ServiceDelivery(subscription: $0, gatewayInstance: gatewayInstance, group: group, logger: logger)
+        }
+        self.logger = logger
+    }
+
+    /// Opens the connection pools and starts periodic re-balancing.
+    public func start() throws {
+        for service in self.services { try service.start() }
+        let services = self.services
+        let interval = self.services.map(\.subscription.rebalanceSeconds).min() ?? 300
+        guard !services.isEmpty, interval > 0 else { return }
+        let task = Task {
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .seconds(interval))
+                if Task.isCancelled { break }
+                for service in services { service.rebalance() }
+            }
+        }
+        self.rebalanceTask.withLock { $0 = task }
+    }
+
+    public func shutdown() async {
+        self.rebalanceTask.withLock { $0?.cancel() }
+        for service in self.services { await service.shutdown() }
+    }
+
+    /// The services matching `topic`, by name (for tests and diagnostics).
+    public func services(for topic: String) -> [String] {
+        self.table.match(topic).map { self.services[$0].subscription.name }
+    }
+
+    public func deliver(_ batch: [UplinkMessage], on eventLoop: any EventLoop) -> EventLoopFuture<[DeliveryOutcome]> {
+        var perService = [[Int]](repeating: [], count: self.services.count)
+        var outcomes = [DeliveryOutcome](repeating: .accepted, count: batch.count)
+        for (index, message) in batch.enumerated() {
+            let matched = self.table.match(message.topic)
+            if matched.isEmpty { outcomes[index] = .noRoute }
+            for service in matched { perService[service].append(index) }
+        }
+        if perService.allSatisfy(\.isEmpty) { return eventLoop.makeSucceededFuture(outcomes) }
+        let services = self.services
+        let initial = outcomes
+        let groups = perService
+        let promise = eventLoop.makePromise(of: [DeliveryOutcome].self)
+        promise.completeWithTask {
+            var outcomes = initial
+            await withTaskGroup(of: ([Int], [DeliveryOutcome]).self) { group in
+                for (service, indices) in groups.enumerated() where !indices.isEmpty {
+                    group.addTask { (indices, await services[service].deliver(indices.map { batch[$0] })) }
+                }
+                for await (indices, results) in group {
+                    for (index, result) in zip(indices, results) {
+                        outcomes[index] = Self.combine(outcomes[index], result)
+                    }
+                }
+            }
+            return outcomes
+        }
+        return promise.futureResult
+    }
+
+    /// Accepted only if every service accepted; a permanent refusal wins over a retry.
+    static func combine(_ current: DeliveryOutcome, _ next: DeliveryOutcome) -> DeliveryOutcome {
+        switch (current, next) {
+        case (.rejected, _): current
+        case (_, .rejected): next
+        case (.retryLater(let a), .retryLater(let b)): .retryLater(afterSeconds: max(a, b))
+        case (.retryLater, _): current
+        case (_, .retryLater): next
+        default: current
+        }
+    }
+}
+
+public struct RouterError: Error, CustomStringConvertible {
+    public var description: String
+    init(_ description: String) { self.description = description }
+}

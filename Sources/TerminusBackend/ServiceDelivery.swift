@@ -1,0 +1,137 @@
+internal import Foundation
+internal import GRPCCore
+internal import Logging
+internal import NIOCore
+internal import TerminusAPI
+internal import TerminusProtocol
+internal import TerminusSessions
+
+/// Delivers messages to one subscribed service: batches of at most `batchSize` per Deliver
+/// call, at most `window` messages in flight, bounded retries with exponential backoff and
+/// full jitter, and a per-message outcome in the end.
+final class ServiceDelivery: Sendable {
+    let subscription: Subscription
+    private let pool: ClientPool
+    private let window: AsyncWindow
+    private let gatewayInstance: String
+    private let logger: Logger
+
+    init(subscription: Subscription, gatewayInstance: String, group: any EventLoopGroup, logger: Logger) {
+        self.subscription = subscription
+        self.gatewayInstance = gatewayInstance
+        self.logger = logger
+        self.pool = ClientPool(subscription: subscription, group: group, logger: logger)
+        self.window = AsyncWindow(capacity: subscription.window)
+    }
+
+    func start() throws {
+        try self.pool.start()
+    }
+
+    func rebalance() {
+        self.pool.rebalance()
+    }
+
+    func shutdown() async {
+        await self.pool.shutdown()
+    }
+
+    var inFlight: Int { self.window.inUse }
+
+    /// One outcome per message, in order.
+    func deliver(_ messages: [UplinkMessage]) async -> [DeliveryOutcome] {
+        let size = max(1, self.subscription.batchSize)
+        let chunks = stride(from: 0, to: messages.count, by: size).map { $0..<min($0 + size, messages.count) }
+        if chunks.count == 1 { return await self.deliverChunk(messages[...]) }
+        var outcomes = [DeliveryOutcome](repeating: .accepted, count: messages.count)
+        await withTaskGroup(of: (Range<Int>, [DeliveryOutcome]).self) { group in
+            for range in chunks {
+                group.addTask { (range, await self.deliverChunk(messages[range])) }
+            }
+            for await (range, chunkOutcomes) in group {
+                outcomes.replaceSubrange(range, with: chunkOutcomes)
+            }
+        }
+        return outcomes
+    }
+
+    private func deliverChunk(_ messages: ArraySlice<UplinkMessage>) async -> [DeliveryOutcome] {
+        let notAccepted = DeliveryOutcome.retryLater(afterSeconds: self.subscription.retryAfterSeconds)
+        var outcomes = [DeliveryOutcome](repeating: notAccepted, count: messages.count)
+        let protos = messages.map(self.makeProto)
+        await self.window.acquire(messages.count)
+        defer { self.window.release(messages.count) }
+
+        var pending = Array(0..<messages.count)
+        var attempt = 0
+        var options = CallOptions.defaults
+        options.timeout = .milliseconds(self.subscription.deadlineMilliseconds)
+        while !pending.isEmpty && attempt < max(1, self.subscription.maxAttempts) {
+            if attempt > 0 {
+                try? await Task.sleep(for: .milliseconds(Int64(self.backoff(attempt: attempt))))
+            }
+            attempt += 1
+            var request = Terminus_V1_DeliverRequest()
+            request.subscription = self.subscription.name
+            request.messages = pending.map { protos[$0] }
+            do {
+                let client = Terminus_V1_UplinkReceiver.Client(wrapping: self.pool.pick())
+                let response = try await client.deliver(request, options: options)
+                guard response.results.count == pending.count else {
+                    self.logger.error(
+                        "backend answered with the wrong number of results",
+                        metadata: [
+                            "service": "\(self.subscription.name)", "sent": "\(pending.count)",
+                            "results": "\(response.results.count)",
+                        ]
+                    )
+                    continue
+                }
+                var retry: [Int] = []
+                for (index, result) in zip(pending, response.results) {
+                    switch result.status {
+                    case .accepted:
+                        outcomes[index] = .accepted
+                    case .rejected where !result.retryable:
+                        outcomes[index] = .rejected(reason: result.reason)
+                    default:
+                        retry.append(index)
+                    }
+                }
+                pending = retry
+            } catch {
+                self.logger.warning(
+                    "backend delivery failed",
+                    metadata: [
+                        "service": "\(self.subscription.name)", "attempt": "\(attempt)",
+                        "messages": "\(pending.count)", "error": "\(error)",
+                    ]
+                )
+            }
+        }
+        return outcomes
+    }
+
+    /// Full jitter: uniform in [0, min(max, initial × 2^(attempt-1))].
+    private func backoff(attempt: Int) -> UInt64 {
+        let ceiling = min(
+            self.subscription.maxBackoffMilliseconds,
+            self.subscription.initialBackoffMilliseconds << UInt64(min(attempt - 1, 20))
+        )
+        return UInt64.random(in: 0...max(1, ceiling))
+    }
+
+    private func makeProto(_ message: UplinkMessage) -> Terminus_V1_UplinkMessage {
+        var proto = Terminus_V1_UplinkMessage()
+        proto.deviceID = message.deviceID
+        proto.topic = message.topic
+        proto.messageID = message.messageID
+        proto.payload = Data(message.payload.readableBytesView)
+        proto.qos = message.qos == .atLeastOnce ? .atLeastOnce : .atMostOnce
+        proto.receivedAtUnixMs = message.receivedAt
+        proto.clientAddress = message.clientAddress
+        proto.gatewayInstance = self.gatewayInstance
+        proto.deliveryID = "\(self.gatewayInstance)/\(message.connectionID)/\(message.messageID)"
+        return proto
+    }
+}

@@ -1,0 +1,43 @@
+public import TerminusRouting
+
+/// One backend service and what it subscribes to (`services[]` in the configuration).
+public struct Subscription: Sendable {
+    public enum Security: Sendable {
+        case plaintext
+        /// TLS to the service; `caFile` nil means the system trust store. With a client
+        /// certificate and key, mTLS.
+        case tls(caFile: String?, certificateFile: String?, keyFile: String?, serverName: String?)
+    }
+
+    /// Unique name, used in logs and in `DeliverRequest.subscription`.
+    public var name: String
+    /// DNS name (or IP) and port of the service, usually a Kubernetes Service or a load balancer.
+    public var host: String
+    public var port: Int
+    public var security: Security = .plaintext
+    public var filters: [TopicFilter]
+    /// Most messages in one Deliver call.
+    public var batchSize: Int = 256
+    /// Most messages in flight to this service at once; further batches wait, and devices
+    /// feeding them stop being read once their own inflight windows fill.
+    public var window: Int = 8192
+    /// Deadline of one Deliver call, in milliseconds.
+    public var deadlineMilliseconds: Int64 = 5000
+    /// Attempts per batch (1 = no retry), with exponential backoff and full jitter between them.
+    public var maxAttempts: Int = 3
+    public var initialBackoffMilliseconds: UInt64 = 100
+    public var maxBackoffMilliseconds: UInt64 = 2000
+    /// The retry-after hint (seconds) devices get when every attempt failed.
+    public var retryAfterSeconds: UInt16 = 5
+    /// HTTP/2 connections held to the service; a Service behind one virtual IP is balanced
+    /// by holding several and replacing the oldest every `rebalanceSeconds`.
+    public var connections: Int = 2
+    public var rebalanceSeconds: Int = 300
+
+    public init(name: String, host: String, port: Int, filters: [TopicFilter]) {
+        self.name = name
+        self.host = host
+        self.port = port
+        self.filters = filters
+    }
+}

@@ -1,0 +1,183 @@
+import Foundation
+import NIOCore
+import NIOPosix
+import Synchronization
+import TerminusAPI
+import TerminusBackend
+import TerminusClient
+import TerminusEdge
+import TerminusProtocol
+import TerminusRouting
+import TerminusServer
+import Testing
+
+@Suite("Routing to gRPC backends", .serialized)
+struct BackendRoutingTests {
+    static func service(
+        _ name: String,
+        port: Int,
+        topics: [String],
+        configure: (inout Subscription) -> Void = { _ in }
+    )
+        throws -> Subscription
+    {
+        var subscription = Subscription(
+            name: name,
+            host: "127.0.0.1",
+            port: port,
+            filters: try topics.map { try TopicFilter($0) }
+        )
+        subscription.deadlineMilliseconds = 2000
+        subscription.initialBackoffMilliseconds = 20
+        subscription.maxBackoffMilliseconds = 100
+        subscription.retryAfterSeconds = 2
+        configure(&subscription)
+        return subscription
+    }
+
+    static func gateway(_ services: [Subscription]) async throws -> TestGateway {
+        try await TestGateway.start(routed: true) { $0.services = services }
+    }
+
+    @Test("device → TLS → routing → gRPC backend → ACK, with every documented field")
+    func endToEnd() async throws {
+        let backend = try await TestBackend.start()
+        let gateway = try await Self.gateway([try Self.service("billing", port: backend.port, topics: ["pay/#"])])
+        let device = try await gateway.connect("spk-42")
+        let ack = try await device.publish(
+            topic: "pay/done",
+            payload: ByteBuffer(string: #"{"amount":1250}"#),
+            compress: true
+        )
+        #expect(ack.status == .ok)
+        let message = try #require(backend.receiver.messages.first)
+        #expect(message.deviceID == "spk-42")
+        #expect(message.topic == "pay/done")
+        #expect(String(decoding: message.payload, as: UTF8.self) == #"{"amount":1250}"#)
+        #expect(message.qos == .atLeastOnce)
+        #expect(message.gatewayInstance == "gw-test")
+        #expect(message.clientAddress.hasPrefix("127.0.0.1:"))
+        #expect(message.deliveryID.hasPrefix("gw-test/"))
+        #expect(message.deliveryID.hasSuffix("/\(ack.messageID)"))
+        #expect(abs(message.receivedAtUnixMs - Int64(Date().timeIntervalSince1970 * 1000)) < 60_000)
+        await device.close()
+        await gateway.stop()
+        await backend.stop()
+    }
+
+    @Test("fan-out to two services; no route gets NO_ROUTE; a permanent refusal gets REJECTED")
+    func fanOutNoRouteRejected() async throws {
+        let billing = try await TestBackend.start()
+        let audit = try await TestBackend.start(
+            receiver: RecordingReceiver { message in
+                message.topic == "pay/refund" ? .rejected("refunds are not audited here", retryable: false) : .accepted
+            }
+        )
+        let gateway = try await Self.gateway([
+            try Self.service("billing", port: billing.port, topics: ["pay/#"]),
+            try Self.service("audit", port: audit.port, topics: ["+/done", "pay/refund"]),
+        ])
+        let device = try await gateway.connect("spk-43")
+        #expect(try await device.publish(topic: "pay/done", payload: ByteBuffer(string: "both")).status == .ok)
+        #expect(billing.receiver.payloads == ["both"])
+        #expect(audit.receiver.payloads == ["both"])
+        #expect(
+            try await device.publish(topic: "speaker/volume", payload: ByteBuffer(string: "none")).status == .noRoute
+        )
+        #expect(try await device.publish(topic: "pay/refund", payload: ByteBuffer(string: "r")).status == .rejected)
+        #expect(billing.receiver.payloads == ["both", "r"])
+        #expect(audit.receiver.payloads == ["both"])
+        await device.close()
+        await gateway.stop()
+        await billing.stop()
+        await audit.stop()
+    }
+
+    @Test("backend down at start: bounded retries, then RETRY_LATER with a hint; accepted once it is up")
+    func backendDownAtStart() async throws {
+        let port = try await TestBackend.unusedPort()
+        let gateway = try await Self.gateway([try Self.service("billing", port: port, topics: ["pay/#"])])
+        let device = try await gateway.connect("spk-44")
+        let refused = try await device.publish(topic: "pay/done", payload: ByteBuffer(string: "early"))
+        #expect(refused.status == .retryLater)
+        #expect(refused.retryAfterSeconds == 2)
+        let backend = try await TestBackend.start(port: port)
+        var accepted = false
+        for _ in 0..<50 where !accepted {
+            accepted = try await device.publish(topic: "pay/done", payload: ByteBuffer(string: "early")).status == .ok
+            if !accepted { try await Task.sleep(for: .milliseconds(100)) }
+        }
+        #expect(accepted)
+        #expect(backend.receiver.payloads.contains("early"))
+        await device.close()
+        await gateway.stop()
+        await backend.stop()
+    }
+
+    @Test("connect and disconnect events reach services that subscribe to $terminus topics, and only those")
+    func events() async throws {
+        let watcher = try await TestBackend.start()
+        let everything = try await TestBackend.start()
+        let gateway = try await TestGateway.start(routed: true) {
+            $0.edge.publishEvents = true
+            $0.services = [
+                try! Self.service("presence", port: watcher.port, topics: ["$terminus/events/#"]),
+                try! Self.service("everything", port: everything.port, topics: ["#"]),
+            ]
+        }
+        let device = try await gateway.connect("spk-\"quoted\"")
+        #expect(await RawClient.poll(5) { watcher.receiver.messages.count == 1 })
+        await device.close()
+        #expect(await RawClient.poll(5) { watcher.receiver.messages.count == 2 })
+        let events = watcher.receiver.messages
+        #expect(events.map(\.topic) == ["$terminus/events/connected", "$terminus/events/disconnected"])
+        for event in events {
+            #expect(event.deviceID == "spk-\"quoted\"")
+            #expect(event.qos == .atMostOnce)
+            let json = try JSONSerialization.jsonObject(with: event.payload) as? [String: Any]
+            #expect(json?["device_id"] as? String == "spk-\"quoted\"")
+            #expect(json?["gateway_instance"] as? String == "gw-test")
+            #expect((json?["client_address"] as? String)?.hasPrefix("127.0.0.1:") == true)
+        }
+        let disconnect = try JSONSerialization.jsonObject(with: events[1].payload) as? [String: Any]
+        #expect(disconnect?["code"] as? String == "OK")
+        #expect(everything.receiver.messages.isEmpty, "'#' must not match $terminus topics")
+        await gateway.stop()
+        await watcher.stop()
+        await everything.stop()
+    }
+
+    @Test("slow backend: at most `window` messages in flight; devices wait, then everything is acked")
+    func slowBackend() async throws {
+        let backend = try await TestBackend.start(receiver: RecordingReceiver(delay: .milliseconds(40)))
+        let gateway = try await Self.gateway([
+            try Self.service("slow", port: backend.port, topics: ["pay/#"]) {
+                $0.window = 4
+                $0.batchSize = 2
+            }
+        ])
+        let devices = try await withThrowingTaskGroup(of: TerminusConnection.self) { group in
+            for index in 0..<3 { group.addTask { try await gateway.connect("slow-\(index)") } }
+            return try await group.reduce(into: [TerminusConnection]()) { $0.append($1) }
+        }
+        let acks = try await withThrowingTaskGroup(of: Ack.self) { group in
+            for device in devices {
+                for index in 0..<20 {
+                    group.addTask {
+                        try await device.publish(topic: "pay/done", payload: ByteBuffer(string: "\(index)"))
+                    }
+                }
+            }
+            return try await group.reduce(into: [Ack]()) { $0.append($1) }
+        }
+        #expect(acks.count == 60)
+        #expect(acks.allSatisfy { $0.status == .ok })
+        #expect(backend.receiver.messages.count == 60)
+        let peak = backend.receiver.concurrency.withLock { $0.peak }
+        #expect(peak <= 4, "the service window bounds messages in flight (peak \(peak))")
+        #expect(peak >= 2)
+        for device in devices { await device.close() }
+        await gateway.stop()
+        await backend.stop()
+    }
+}

@@ -1,0 +1,98 @@
+import Foundation
+import NIOCore
+import TerminusClient
+import TerminusProtocol
+import TerminusServer
+import Testing
+
+/// Runs the Python backend from docs/backend.md (docs/examples/python-backend/backend.py,
+/// grpcio and grpcio-tools from PyPI, installed by .ci/run) against the gateway.
+@Suite("Python backend from docs/backend.md", .serialized)
+struct PythonBackendTests {
+    @Test("the documented Python backend receives messages from the gateway")
+    func pythonBackend() async throws {
+        let stubs = try PythonBackend.generateStubs()
+        #expect(stubs != nil, "grpc_tools.protoc failed: is grpcio-tools installed (.ci/run installs it)?")
+        guard let stubs else { return }
+        defer { try? FileManager.default.removeItem(atPath: stubs) }
+        let backend = try await PythonBackend(stubs: stubs, port: try await TestBackend.unusedPort())
+        defer { backend.stop() }
+        #expect(backend.isListening, "the Python backend did not start")
+
+        let gateway = try await TestGateway.start(routed: true) {
+            $0.services = [try! BackendRoutingTests.service("python", port: backend.port, topics: ["printer/#"])]
+        }
+        let device = try await gateway.connect("printer-py-1")
+        for index in 0..<3 {
+            let ack = try await device.publish(topic: "printer/status", payload: ByteBuffer(string: "ready-\(index)"))
+            #expect(ack.status == .ok)
+        }
+        let received = backend.received
+        #expect(received.map(\.payload) == ["ready-0", "ready-1", "ready-2"])
+        #expect(received.allSatisfy { $0.topic == "printer/status" && $0.deliveryID.hasPrefix("gw-test/") })
+        await device.close()
+        await gateway.stop()
+    }
+
+    @Test("backend killed mid-stream (SIGKILL) and restarted: every message the device saw acked reached a backend")
+    func killAndRestart() async throws {
+        let stubs = try #require(try PythonBackend.generateStubs())
+        defer { try? FileManager.default.removeItem(atPath: stubs) }
+        let port = try await TestBackend.unusedPort()
+        let first = try await PythonBackend(stubs: stubs, port: port)
+        #expect(first.isListening)
+        let gateway = try await TestGateway.start(routed: true) {
+            $0.services = [try! BackendRoutingTests.service("billing", port: port, topics: ["pay/#"])]
+        }
+        let device = try await gateway.connect("spk-45")
+        var acked: [String] = []
+        var unacked: [String] = []
+        for index in 0..<40 {
+            let ack = try await device.publish(topic: "pay/done", payload: ByteBuffer(string: "m\(index)"))
+            if ack.status == .ok { acked.append("m\(index)") } else { unacked.append("m\(index)") }
+        }
+        // 60 messages in flight while the backend process is killed.
+        let burst = Task {
+            try await withThrowingTaskGroup(of: (String, Ack).self) { group in
+                for index in 40..<100 {
+                    group.addTask {
+                        (
+                            "m\(index)",
+                            try await device.publish(topic: "pay/done", payload: ByteBuffer(string: "m\(index)"))
+                        )
+                    }
+                }
+                return try await group.reduce(into: [(String, Ack)]()) { $0.append($1) }
+            }
+        }
+        try await Task.sleep(for: .milliseconds(10))
+        first.kill()
+        for (payload, ack) in try await burst.value {
+            if ack.status == .ok { acked.append(payload) } else { unacked.append(payload) }
+        }
+        #expect(!unacked.isEmpty, "the outage must have been visible to the device")
+        // The backend comes back; the device resends what was not acknowledged.
+        let second = try await PythonBackend(stubs: stubs, port: port)
+        defer { second.stop() }
+        var rounds = 0
+        while !unacked.isEmpty && rounds < 100 {
+            rounds += 1
+            var still: [String] = []
+            for payload in unacked {
+                let ack = try await device.publish(topic: "pay/done", payload: ByteBuffer(string: payload))
+                if ack.status == .ok { acked.append(payload) } else { still.append(payload) }
+            }
+            unacked = still
+            if !unacked.isEmpty { try await Task.sleep(for: .milliseconds(100)) }
+        }
+        #expect(unacked.isEmpty)
+        let all = (first.received + second.received).map(\.payload)
+        let received = Set(all)
+        let missing = acked.filter { !received.contains($0) }
+        #expect(missing.isEmpty, "acked but never received: \(missing)")
+        #expect(Set(acked).count == 100)
+        print("kill/restart: 100 acked, \(all.count) received by backends, \(all.count - received.count) duplicates")
+        await device.close()
+        await gateway.stop()
+    }
+}

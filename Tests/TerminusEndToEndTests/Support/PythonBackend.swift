@@ -1,0 +1,74 @@
+import Foundation
+
+/// The Python backend from docs/backend.md in its own process, so that tests can kill it for
+/// real (SIGKILL) and start it again on the same port.
+final class PythonBackend: @unchecked Sendable {
+    static let repository = URL(fileURLWithPath: #filePath)
+        .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+    /// Generates the Python stubs (the step documented in docs/backend.md) into a temporary
+    /// directory; returns it, or nil when grpcio-tools is missing.
+    static func generateStubs() throws -> String? {
+        let work = NSTemporaryDirectory() + "terminus-python-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
+        let protos = Self.repository.appendingPathComponent("Protos").path
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = [
+            "python3", "-m", "grpc_tools.protoc", "-I", protos, "--python_out=\(work)", "--grpc_python_out=\(work)",
+            "\(protos)/terminus/v1/uplink.proto",
+        ]
+        try process.run()
+        process.waitUntilExit()
+        return process.terminationStatus == 0 ? work : nil
+    }
+
+    let port: Int
+    let output: String
+    private let process: Process
+
+    /// Starts the backend and waits (bounded) until it listens.
+    init(stubs: String, port: Int) async throws {
+        self.port = port
+        self.output = stubs + "/backend-\(port)-\(UUID().uuidString).out"
+        _ = FileManager.default.createFile(atPath: self.output, contents: nil)
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = [
+            "python3", Self.repository.appendingPathComponent("docs/examples/python-backend/backend.py").path,
+            "--port", "\(port)",
+        ]
+        process.environment = ProcessInfo.processInfo.environment.merging(["PYTHONPATH": stubs]) { $1 }
+        process.standardOutput = FileHandle(forWritingAtPath: self.output)
+        try process.run()
+        self.process = process
+        let output = self.output
+        _ = await RawClient.poll(20) {
+            ((try? String(contentsOfFile: output, encoding: .utf8)) ?? "").contains("LISTENING")
+        }
+    }
+
+    var text: String { (try? String(contentsOfFile: self.output, encoding: .utf8)) ?? "" }
+    var isListening: Bool { self.text.contains("LISTENING") }
+
+    /// (delivery id, topic, payload) per accepted message.
+    var received: [(deliveryID: String, topic: String, payload: String)] {
+        self.text.split(separator: "\n").compactMap { line in
+            let parts = line.split(separator: " ", maxSplits: 3, omittingEmptySubsequences: false)
+            guard parts.count == 4, parts[0] == "RECEIVED" else { return nil }
+            return (String(parts[1]), String(parts[2]), String(parts[3]))
+        }
+    }
+
+    /// SIGKILL: the process dies with calls in flight.
+    func kill() {
+        Foundation.kill(self.process.processIdentifier, SIGKILL)
+        self.process.waitUntilExit()
+    }
+
+    /// SIGKILL as well: children of the test process can inherit a signal mask that blocks
+    /// SIGTERM, and a backend that outlives its test would hold its port.
+    func stop() {
+        if self.process.isRunning { self.kill() }
+    }
+}

@@ -1,0 +1,113 @@
+import Foundation
+import GRPCCore
+import GRPCNIOTransportHTTP2
+import Synchronization
+import TerminusAPI
+
+/// A backend service in the test process: records what it receives and answers as told.
+final class RecordingReceiver: Terminus_V1_UplinkReceiver.SimpleServiceProtocol, Sendable {
+    let received = Mutex<[Terminus_V1_UplinkMessage]>([])
+    let calls = Mutex(0)
+    /// Messages inside Deliver calls right now, and the most ever seen at once.
+    let concurrency = Mutex((now: 0, peak: 0))
+    private let answer: @Sendable (Terminus_V1_UplinkMessage) -> Terminus_V1_DeliverResult
+    private let delay: Duration
+
+    init(
+        delay: Duration = .zero,
+        answer: @escaping @Sendable (Terminus_V1_UplinkMessage) -> Terminus_V1_DeliverResult = { _ in .accepted }
+    ) {
+        self.delay = delay
+        self.answer = answer
+    }
+
+    func deliver(
+        request: Terminus_V1_DeliverRequest,
+        context: ServerContext
+    ) async throws -> Terminus_V1_DeliverResponse {
+        self.calls.withLock { $0 += 1 }
+        let count = request.messages.count
+        self.concurrency.withLock { state in
+            state.now += count
+            state.peak = max(state.peak, state.now)
+        }
+        defer { self.concurrency.withLock { $0.now -= count } }
+        if self.delay > .zero { try await Task.sleep(for: self.delay) }
+        var response = Terminus_V1_DeliverResponse()
+        for message in request.messages {
+            let result = self.answer(message)
+            if result.status == .accepted { self.received.withLock { $0.append(message) } }
+            response.results.append(result)
+        }
+        return response
+    }
+
+    var messages: [Terminus_V1_UplinkMessage] { self.received.withLock { $0 } }
+    var payloads: [String] { self.messages.map { String(decoding: $0.payload, as: UTF8.self) } }
+}
+
+extension Terminus_V1_DeliverResult {
+    static var accepted: Self { Self() }
+
+    static func rejected(_ reason: String, retryable: Bool) -> Self {
+        var result = Self()
+        result.status = .rejected
+        result.reason = reason
+        result.retryable = retryable
+        return result
+    }
+}
+
+final class TestBackend: Sendable {
+    let port: Int
+    let receiver: RecordingReceiver
+    private let server: GRPCServer<HTTP2ServerTransport.Posix>
+    private let task: Task<Void, any Error>
+
+    private init(
+        port: Int,
+        receiver: RecordingReceiver,
+        server: GRPCServer<HTTP2ServerTransport.Posix>,
+        task: Task<Void, any Error>
+    ) {
+        self.port = port
+        self.receiver = receiver
+        self.server = server
+        self.task = task
+    }
+
+    static func start(port: Int = 0, receiver: RecordingReceiver = RecordingReceiver()) async throws -> TestBackend {
+        let server = GRPCServer(
+            transport: HTTP2ServerTransport.Posix(
+                address: .ipv4(host: "127.0.0.1", port: port),
+                transportSecurity: .plaintext
+            ),
+            services: [receiver]
+        )
+        let task = Task { try await server.serve() }
+        guard let address = try await server.listeningAddress, let ipv4 = address.ipv4 else {
+            task.cancel()
+            throw CancellationError()
+        }
+        return TestBackend(port: ipv4.port, receiver: receiver, server: server, task: task)
+    }
+
+    func stop() async {
+        self.server.beginGracefulShutdown()
+        _ = try? await self.task.value
+    }
+
+    /// Stops at once, failing calls in flight (a crash, as far as the gateway can tell).
+    func kill() async {
+        self.task.cancel()
+        _ = try? await self.task.value
+    }
+
+    /// A port on which nothing listens (bound, then released).
+    static func unusedPort() async throws -> Int {
+        let probe = try await TestBackend.start()
+        let port = probe.port
+        await probe.stop()
+        return port
+    }
+}
