@@ -18,6 +18,7 @@ let package = Package(
     products: [
         .executable(name: "terminus", targets: ["terminus"]),
         .executable(name: "terminus-echo-backend", targets: ["terminus-echo-backend"]),
+        .executable(name: "terminus-grpc-probe", targets: ["terminus-grpc-probe"]),
         .library(name: "TerminusClient", targets: ["TerminusClient"]),
     ],
     dependencies: [
@@ -124,6 +125,18 @@ let package = Package(
                 .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "terminus-grpc-probe",
+            dependencies: [
+                "TerminusAPI",
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: swiftSettings
         ),

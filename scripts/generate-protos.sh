@@ -19,5 +19,5 @@ protoc -I Protos \
   --plugin=protoc-gen-grpc-swift-2="$bin/protoc-gen-grpc-swift-2" \
   --swift_out="$out" --swift_opt=Visibility=Public,FileNaming=DropPath \
   --grpc-swift-2_out="$out" --grpc-swift-2_opt=Visibility=Public,FileNaming=DropPath \
-  Protos/terminus/v1/*.proto
+  Protos/terminus/v1/*.proto Protos/terminus/probe/v1/*.proto
 echo "generated: $(ls "$out" | tr '\n' ' ')"
