@@ -2,6 +2,7 @@ internal import Foundation
 internal import GRPCCore
 internal import Logging
 internal import NIOCore
+internal import Synchronization
 internal import TerminusAPI
 internal import TerminusProtocol
 internal import TerminusSessions
@@ -38,8 +39,57 @@ final class ServiceDelivery: Sendable {
 
     var inFlight: Int { self.window.inUse }
 
-    /// One outcome per message, in order.
+    /// Messages waiting for the linger to end, with whoever waits for their outcomes.
+    private struct Lingering {
+        var tickets: [(messages: [UplinkMessage], continuation: CheckedContinuation<[DeliveryOutcome], Never>)] = []
+        var count = 0
+        var timerArmed = false
+    }
+
+    private let lingering = Mutex(Lingering())
+
+    /// One outcome per message, in order. With `lingerMilliseconds` > 0, messages from several
+    /// edge batches (event loops, ticks) wait up to that long to share a Deliver call, which is
+    /// sent at once when `batchSize` messages are waiting.
     func deliver(_ messages: [UplinkMessage]) async -> [DeliveryOutcome] {
+        guard self.subscription.lingerMilliseconds > 0 else { return await self.deliverNow(messages) }
+        return await withCheckedContinuation { continuation in
+            let (flushNow, armTimer) = self.lingering.withLock { state -> (Bool, Bool) in
+                state.tickets.append((messages, continuation))
+                state.count += messages.count
+                if state.count >= self.subscription.batchSize { return (true, false) }
+                if state.timerArmed { return (false, false) }
+                state.timerArmed = true
+                return (false, true)
+            }
+            if flushNow {
+                Task { await self.flushLingering() }
+            } else if armTimer {
+                let linger = self.subscription.lingerMilliseconds
+                Task {
+                    try? await Task.sleep(for: .milliseconds(Int64(linger)))
+                    await self.flushLingering()
+                }
+            }
+        }
+    }
+
+    /// Sends everything that lingers as one delivery and hands each waiter its outcomes.
+    private func flushLingering() async {
+        let tickets = self.lingering.withLock { state in
+            defer { state = Lingering() }
+            return state.tickets
+        }
+        guard !tickets.isEmpty else { return }
+        let outcomes = await self.deliverNow(tickets.flatMap(\.messages))
+        var offset = 0
+        for ticket in tickets {
+            ticket.continuation.resume(returning: Array(outcomes[offset..<offset + ticket.messages.count]))
+            offset += ticket.messages.count
+        }
+    }
+
+    private func deliverNow(_ messages: [UplinkMessage]) async -> [DeliveryOutcome] {
         let size = max(1, self.subscription.batchSize)
         let chunks = stride(from: 0, to: messages.count, by: size).map { $0..<min($0 + size, messages.count) }
         if chunks.count == 1 { return await self.deliverChunk(messages[...]) }

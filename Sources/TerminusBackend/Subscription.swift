@@ -18,6 +18,8 @@ public struct Subscription: Sendable {
     public var filters: [TopicFilter]
     /// Most messages in one Deliver call.
     public var batchSize: Int = 256
+    /// How long messages may wait to fill a batch (milliseconds; 0: send each edge batch at once).
+    public var lingerMilliseconds: UInt64 = 0
     /// Most messages in flight to this service at once; further batches wait, and devices
     /// feeding them stop being read once their own inflight windows fill.
     public var window: Int = 8192

@@ -260,8 +260,8 @@ public enum ConfigurationLoader {
         var services: [Subscription] = []
         for entry in entries {
             try entry.allow([
-                "name", "target", "tls", "topics", "batch_size", "window", "deadline", "retry", "connections",
-                "rebalance",
+                "name", "target", "tls", "topics", "batch_size", "linger", "window", "deadline", "retry",
+                "connections", "rebalance",
             ])
             guard let name = try entry.string("name"), !name.isEmpty else {
                 throw ConfigurationError(key: "\(entry.path).name", "is required")
@@ -304,6 +304,12 @@ public enum ConfigurationLoader {
                 )
             }
             if let v = try entry.int("batch_size", in: 1...65_536) { service.batchSize = v }
+            if let v = try entry.string("linger") {
+                guard let amount = Section.parseDuration(v), amount.nanoseconds <= 10_000_000_000 else {
+                    throw ConfigurationError(key: "\(entry.path).linger", "must be a duration from 0ms to 10s")
+                }
+                service.lingerMilliseconds = UInt64(amount.nanoseconds / 1_000_000)
+            }
             if let v = try entry.int("window", in: 1...10_000_000) { service.window = v }
             if let v = try entry.duration("deadline") { service.deadlineMilliseconds = v.nanoseconds / 1_000_000 }
             if let v = try entry.int("connections", in: 1...64) { service.connections = v }

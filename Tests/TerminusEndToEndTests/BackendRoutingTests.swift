@@ -180,4 +180,35 @@ struct BackendRoutingTests {
         await gateway.stop()
         await backend.stop()
     }
+
+    @Test("linger: messages from separate edge batches share one Deliver call")
+    func linger() async throws {
+        let backend = try await TestBackend.start()
+        let gateway = try await Self.gateway([
+            try Self.service("lingering", port: backend.port, topics: ["pay/#"]) {
+                $0.lingerMilliseconds = 300
+                $0.batchSize = 100
+            }
+        ])
+        let devices = try await withThrowingTaskGroup(of: TerminusConnection.self) { group in
+            for index in 0..<5 { group.addTask { try await gateway.connect("linger-\(index)") } }
+            return try await group.reduce(into: [TerminusConnection]()) { $0.append($1) }
+        }
+        let acks = try await withThrowingTaskGroup(of: Ack.self) { group in
+            for (index, device) in devices.enumerated() {
+                group.addTask {
+                    // Spread over several event-loop ticks: each is its own edge batch.
+                    try await Task.sleep(for: .milliseconds(20 * index))
+                    return try await device.publish(topic: "pay/done", payload: ByteBuffer(string: "\(index)"))
+                }
+            }
+            return try await group.reduce(into: [Ack]()) { $0.append($1) }
+        }
+        #expect(acks.allSatisfy { $0.status == .ok })
+        #expect(Set(backend.receiver.payloads) == ["0", "1", "2", "3", "4"])
+        #expect(backend.receiver.calls.withLock { $0 } == 1, "one Deliver call for all five messages")
+        for device in devices { await device.close() }
+        await gateway.stop()
+        await backend.stop()
+    }
 }

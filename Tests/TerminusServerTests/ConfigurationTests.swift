@@ -218,6 +218,7 @@ struct ConfigurationTests {
                     topics: ["pay/#", "$terminus/events/#"]
                     tls: { ca: ca.pem, server_name: billing.internal }
                     batch_size: 128
+                    linger: 20ms
                     window: 1000
                     deadline: 2s
                     retry: { attempts: 5, initial_backoff: 50ms, max_backoff: 1s, retry_after: 7s }
@@ -240,6 +241,8 @@ struct ConfigurationTests {
         #expect(billing.host == "billing.payments.svc" && billing.port == 50051)
         #expect(billing.filters.map(\.text) == ["pay/#", "$terminus/events/#"])
         #expect(billing.batchSize == 128 && billing.window == 1000 && billing.deadlineMilliseconds == 2000)
+        #expect(billing.lingerMilliseconds == 20)
+        #expect(config.services.last?.lingerMilliseconds == 0)
         #expect(
             billing.maxAttempts == 5 && billing.initialBackoffMilliseconds == 50
                 && billing.maxBackoffMilliseconds == 1000
