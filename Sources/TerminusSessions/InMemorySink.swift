@@ -3,12 +3,11 @@ internal import Synchronization
 
 /// A sink that keeps every message in memory: for tests and local experiments.
 ///
-/// `outcome` decides each message's fate; `hold` (when set) keeps batches unanswered until
+/// `outcome` decides each message's fate; after `startHolding()` batches stay unanswered until
 /// `release()` is called, to test backpressure.
 public final class InMemorySink: UplinkSink {
     private struct State {
         var messages: [UplinkMessage] = []
-        var batches = 0
         var held: [(EventLoopPromise<[DeliveryOutcome]>, [DeliveryOutcome])] = []
         var holding = false
     }
@@ -27,7 +26,6 @@ public final class InMemorySink: UplinkSink {
             for (message, outcome) in zip(batch, outcomes) where outcome == .accepted {
                 state.messages.append(message)
             }
-            state.batches += 1
             if state.holding { state.held.append((promise, outcomes)) }
             return state.holding
         }
@@ -37,8 +35,6 @@ public final class InMemorySink: UplinkSink {
 
     /// Every accepted message so far, in arrival order.
     public var messages: [UplinkMessage] { self.state.withLock { $0.messages } }
-    public var batchCount: Int { self.state.withLock { $0.batches } }
-    public var heldBatchCount: Int { self.state.withLock { $0.held.count } }
 
     /// From now on, batches are answered only by `release()`.
     public func startHolding() {
