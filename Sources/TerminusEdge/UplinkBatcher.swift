@@ -45,10 +45,11 @@ final class UplinkBatcher {
     func flush() {
         self.flushScheduled = false
         guard !self.messages.isEmpty else { return }
+        // Hand the arrays over (no copy); the next batch starts fresh ones.
         let batch = self.messages
         let waiters = self.waiters
-        self.messages.removeAll(keepingCapacity: true)
-        self.waiters.removeAll(keepingCapacity: true)
+        self.messages = []
+        self.waiters = []
         self.sink.deliver(batch, on: self.eventLoop)
             .hop(to: self.eventLoop)
             .assumeIsolated()
@@ -61,13 +62,11 @@ final class UplinkBatcher {
                     // A failed or malformed sink answer: nothing was accepted; ask devices to resend.
                     outcomes = Array(repeating: .retryLater(afterSeconds: 1), count: waiters.count)
                 }
-                var touched: [ObjectIdentifier: any DeliveryWaiter] = [:]
                 for ((waiter, id), outcome) in zip(waiters, outcomes) {
-                    guard let waiter else { continue }
-                    waiter.deliveryCompleted(messageID: id, outcome: outcome)
-                    touched[ObjectIdentifier(waiter)] = waiter
+                    waiter?.deliveryCompleted(messageID: id, outcome: outcome)
                 }
-                for waiter in touched.values { waiter.flushAcks() }
+                // One flush per session: flushAcks does nothing once a session's ACKs are out.
+                for (waiter, _) in waiters { waiter?.flushAcks() }
             }
     }
 }
