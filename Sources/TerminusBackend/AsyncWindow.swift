@@ -50,4 +50,5 @@ final class AsyncWindow: Sendable {
 
     var inUse: Int { self.state.withLock { self.capacity - $0.available } }
     var waiting: Int { self.state.withLock { $0.waiters.count } }
+    var waitingMessages: Int { self.state.withLock { $0.waiters.reduce(0) { $0 + $1.count } } }
 }

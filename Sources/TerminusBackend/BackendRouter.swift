@@ -7,7 +7,8 @@ public import TerminusSessions
 /// The uplink sink that routes each message to every service whose topic filters match it,
 /// over gRPC, and turns their answers into the device's ACK.
 ///
-/// - One Deliver call per service per edge batch (an event loop tick), split at `batch_size`.
+/// - One batch per service per edge batch (an event loop tick), split at `batch_size`, written
+///   on the service's long-lived Deliver streams.
 /// - A message is `accepted` only when every matching service accepted it; `rejected` when
 ///   any refused it for good; otherwise `retryLater` (the device resends; services that had
 ///   accepted it see a duplicate with the same `delivery_id`). No match: `noRoute`.
@@ -61,6 +62,10 @@ public final class BackendRouter: UplinkSink, Sendable {
         self.rebalanceTask.withLock { $0?.cancel() }
         for service in self.services { await service.shutdown() }
     }
+
+    /// Messages inside delivery, counted once per service: in flight, waiting for a window,
+    /// or lingering.
+    public var backlog: Int { self.services.reduce(0) { $0 + $1.backlog } }
 
     /// The services matching `topic`, by name (for tests and diagnostics).
     public func services(for topic: String) -> [String] {

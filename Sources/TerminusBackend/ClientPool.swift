@@ -4,8 +4,10 @@ internal import GRPCNIOTransportHTTP2
 internal import Logging
 internal import NIOCore
 internal import Synchronization
+internal import TerminusAPI
 
-/// Several HTTP/2 connections (one `GRPCClient` each) to one service address.
+/// Several HTTP/2 connections (one `GRPCClient` each) to one service address, each carrying
+/// one long-lived Deliver stream.
 ///
 /// A Kubernetes Service or a cloud load balancer resolves to one virtual IP, and HTTP/2 puts
 /// every call of a client on one connection, so one client would pin all traffic to whichever
@@ -17,6 +19,27 @@ final class ClientPool: Sendable {
     private struct Entry {
         var client: Client
         var task: Task<Void, Never>
+        var stream: DeliveryStream
+        var streamTask: Task<Void, Never>
+
+        /// Half-closes the stream, lets it finish (bounded by `grace`), then closes the connection.
+        func retire(grace: Duration) async {
+            // A stream backing off (none open) has nothing to finish: stop it at once.
+            let wasOpen = self.stream.isOpen
+            self.stream.close()
+            let streamTask = self.streamTask
+            if !wasOpen { streamTask.cancel() }
+            await withTaskGroup(of: Void.self) { group in
+                group.addTask { await streamTask.value }
+                group.addTask { try? await Task.sleep(for: grace) }
+                await group.next()
+                group.cancelAll()
+            }
+            streamTask.cancel()
+            await streamTask.value
+            self.client.beginGracefulShutdown()
+            await self.task.value
+        }
     }
 
     private let subscription: Subscription
@@ -77,13 +100,26 @@ final class ClientPool: Sendable {
                 logger.warning("backend client stopped", metadata: ["service": "\(name)", "error": "\(error)"])
             }
         }
-        return Entry(client: client, task: task)
+        let stream = DeliveryStream(client: client, subscription: self.subscription, logger: self.logger)
+        let streamTask = Task { await stream.run() }
+        return Entry(client: client, task: task, stream: stream, streamTask: streamTask)
     }
 
-    /// The next client, round robin.
-    func pick() -> Client {
-        let index = self.next.wrappingAdd(1, ordering: .relaxed).oldValue
-        return self.entries.withLock { $0[index % $0.count].client }
+    /// Sends one batch on the next open stream, round robin; fails with `notConnected` when
+    /// no stream is open.
+    func send(_ messages: [Terminus_V1_UplinkMessage], deadline: Duration) async throws -> Terminus_V1_DeliverResponse {
+        let start = self.next.wrappingAdd(1, ordering: .relaxed).oldValue
+        let streams = self.entries.withLock { $0.map(\.stream) }
+        for offset in 0..<streams.count {
+            let stream = streams[(start &+ offset) % streams.count]
+            if stream.isOpen { return try await stream.send(messages, deadline: deadline) }
+        }
+        throw DeliveryStreamFailure.notConnected
+    }
+
+    /// Batches written on the pool's streams and not answered yet.
+    var outstandingBatches: Int {
+        self.entries.withLock { $0.map(\.stream) }.reduce(0) { $0 + $1.outstanding }
     }
 
     /// Replaces the oldest client with a fresh one (new connection, possibly to another pod).
@@ -95,13 +131,18 @@ final class ClientPool: Sendable {
             entries.append(fresh)
             return old
         }
-        old?.client.beginGracefulShutdown()
+        guard let old else { return }
+        let grace = Duration.milliseconds(self.subscription.deadlineMilliseconds)
+        Task { await old.retire(grace: grace) }
     }
 
+    /// Half-closes every stream, waits up to the deadline for answers in flight, then closes.
     func shutdown() async {
         self.stopped.store(true, ordering: .relaxed)
         let entries = self.entries.withLock { $0 }
-        for entry in entries { entry.client.beginGracefulShutdown() }
-        for entry in entries { await entry.task.value }
+        let grace = Duration.milliseconds(self.subscription.deadlineMilliseconds)
+        await withTaskGroup(of: Void.self) { group in
+            for entry in entries { group.addTask { await entry.retire(grace: grace) } }
+        }
     }
 }

@@ -7,9 +7,9 @@ internal import TerminusAPI
 internal import TerminusProtocol
 internal import TerminusSessions
 
-/// Delivers messages to one subscribed service: batches of at most `batchSize` per Deliver
-/// call, at most `window` messages in flight, bounded retries with exponential backoff and
-/// full jitter, and a per-message outcome in the end.
+/// Delivers messages to one subscribed service: batches of at most `batchSize` on the pool's
+/// long-lived Deliver streams, at most `window` messages in flight, bounded retries with
+/// exponential backoff and full jitter, and a per-message outcome in the end.
 final class ServiceDelivery: Sendable {
     let subscription: Subscription
     private let pool: ClientPool
@@ -39,6 +39,11 @@ final class ServiceDelivery: Sendable {
 
     var inFlight: Int { self.window.inUse }
 
+    /// Messages in flight, waiting for the window, or lingering.
+    var backlog: Int {
+        self.window.inUse + self.window.waitingMessages + self.lingering.withLock { $0.count }
+    }
+
     /// Messages waiting for the linger to end, with whoever waits for their outcomes.
     private struct Lingering {
         var tickets: [(messages: [UplinkMessage], continuation: CheckedContinuation<[DeliveryOutcome], Never>)] = []
@@ -49,7 +54,7 @@ final class ServiceDelivery: Sendable {
     private let lingering = Mutex(Lingering())
 
     /// One outcome per message, in order. With `lingerMilliseconds` > 0, messages from several
-    /// edge batches (event loops, ticks) wait up to that long to share a Deliver call, which is
+    /// edge batches (event loops, ticks) wait up to that long to share a batch, which is
     /// sent at once when `batchSize` messages are waiting.
     func deliver(_ messages: [UplinkMessage]) async -> [DeliveryOutcome] {
         guard self.subscription.lingerMilliseconds > 0 else { return await self.deliverNow(messages) }
@@ -114,19 +119,14 @@ final class ServiceDelivery: Sendable {
 
         var pending = Array(0..<messages.count)
         var attempt = 0
-        var options = CallOptions.defaults
-        options.timeout = .milliseconds(self.subscription.deadlineMilliseconds)
+        let deadline = Duration.milliseconds(self.subscription.deadlineMilliseconds)
         while !pending.isEmpty && attempt < max(1, self.subscription.maxAttempts) {
             if attempt > 0 {
                 try? await Task.sleep(for: .milliseconds(Int64(self.backoff(attempt: attempt))))
             }
             attempt += 1
-            var request = Terminus_V1_DeliverRequest()
-            request.subscription = self.subscription.name
-            request.messages = pending.map { protos[$0] }
             do {
-                let client = Terminus_V1_UplinkReceiver.Client(wrapping: self.pool.pick())
-                let response = try await client.deliver(request, options: options)
+                let response = try await self.pool.send(pending.map { protos[$0] }, deadline: deadline)
                 guard response.results.count == pending.count else {
                     self.logger.error(
                         "backend answered with the wrong number of results",

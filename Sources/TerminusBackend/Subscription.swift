@@ -16,14 +16,14 @@ public struct Subscription: Sendable {
     public var port: Int
     public var security: Security = .plaintext
     public var filters: [TopicFilter]
-    /// Most messages in one Deliver call.
+    /// Most messages in one batch on a Deliver stream.
     public var batchSize: Int = 256
     /// How long messages may wait to fill a batch (milliseconds; 0: send each edge batch at once).
     public var lingerMilliseconds: UInt64 = 0
     /// Most messages in flight to this service at once; further batches wait, and devices
     /// feeding them stop being read once their own inflight windows fill.
     public var window: Int = 8192
-    /// Deadline of one Deliver call, in milliseconds.
+    /// How long to wait for a batch's answer, in milliseconds.
     public var deadlineMilliseconds: Int64 = 5000
     /// Attempts per batch (1 = no retry), with exponential backoff and full jitter between them.
     public var maxAttempts: Int = 3

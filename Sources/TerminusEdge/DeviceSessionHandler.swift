@@ -2,6 +2,7 @@ internal import Logging
 internal import NIOCore
 internal import NIOSSL
 internal import NIOTLS
+internal import Synchronization
 internal import TerminusCompression
 internal import TerminusProtocol
 internal import TerminusSessions
@@ -263,6 +264,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, TimerWheelTarget, Delive
         let waiter: (any DeliveryWaiter)?
         if message.qos == .atLeastOnce {
             if try self.machine.publishAccepted() == .pause {
+                self.shared.readPauses.wrappingAdd(1, ordering: .relaxed)
                 self.shared.logger.debug(
                     "inflight limit reached; reads paused",
                     metadata: ["device": "\(self.deviceID ?? "?")"]

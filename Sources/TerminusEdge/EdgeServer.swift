@@ -152,6 +152,9 @@ public final class EdgeServer: Sendable {
     /// Connections currently open on this listener (authenticated or not).
     public var openConnections: Int { self.shared.openConnections.load(ordering: .relaxed) }
 
+    /// Times a device's reads were paused because its inflight window was full (since start).
+    public var readPauses: Int { self.shared.readPauses.load(ordering: .relaxed) }
+
     /// Stops accepting, sends GOAWAY(SHUTTING_DOWN) to every session with a reconnect hint
     /// spread uniformly over `reconnectWindow`, and waits up to `grace` for them to close.
     public func drain(reconnectWindow: TimeAmount, grace: TimeAmount) async {

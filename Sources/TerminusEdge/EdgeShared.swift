@@ -14,6 +14,8 @@ final class EdgeShared: Sendable {
     let readsClientCertificates: Bool
     private let nextConnectionID = Atomic<UInt64>(1)
     let openConnections = Atomic<Int>(0)
+    /// Times a device's reads were paused because its inflight window was full.
+    let readPauses = Atomic<Int>(0)
 
     init(
         settings: EdgeSettings,

@@ -201,6 +201,13 @@ public final class Gateway: Service, Sendable {
     /// Connections currently open on the device listener.
     public var openConnections: Int { self.edge.openConnections }
 
+    /// Times a device's reads were paused because its inflight window was full (since start).
+    public var readPauses: Int { self.edge.readPauses }
+
+    /// Uplink messages inside backend delivery (sent and unanswered, or waiting for a
+    /// service's window or linger), counted once per service.
+    public var deliveryBacklog: Int { self.router?.backlog ?? 0 }
+
     /// Drains the devices and stops. Safe to call once.
     public func stop() async {
         guard !self.draining.exchange(true, ordering: .relaxed) else { return }

@@ -39,24 +39,30 @@ struct EchoBackend: AsyncParsableCommand {
 struct EchoReceiver: Terminus_V1_UplinkReceiver.SimpleServiceProtocol {
     let logger: Logger
 
+    /// One Deliver stream per gateway connection: answer each batch with its batch_id and one
+    /// result per message, in order.
     func deliver(
-        request: Terminus_V1_DeliverRequest,
+        request: RPCAsyncSequence<Terminus_V1_DeliverRequest, any Error>,
+        response: RPCWriter<Terminus_V1_DeliverResponse>,
         context: ServerContext
-    ) async throws -> Terminus_V1_DeliverResponse {
-        var response = Terminus_V1_DeliverResponse()
-        for message in request.messages {
-            self.logger.info(
-                "message",
-                metadata: [
-                    "subscription": "\(request.subscription)", "device": "\(message.deviceID)",
-                    "topic": "\(message.topic)", "delivery_id": "\(message.deliveryID)",
-                    "bytes": "\(message.payload.count)",
-                ]
-            )
-            var result = Terminus_V1_DeliverResult()
-            result.status = .accepted
-            response.results.append(result)
+    ) async throws {
+        for try await batch in request {
+            var answer = Terminus_V1_DeliverResponse()
+            answer.batchID = batch.batchID
+            for message in batch.messages {
+                self.logger.info(
+                    "message",
+                    metadata: [
+                        "subscription": "\(batch.subscription)", "device": "\(message.deviceID)",
+                        "topic": "\(message.topic)", "delivery_id": "\(message.deliveryID)",
+                        "bytes": "\(message.payload.count)",
+                    ]
+                )
+                var result = Terminus_V1_DeliverResult()
+                result.status = .accepted
+                answer.results.append(result)
+            }
+            try await response.write(answer)
         }
-        return response
     }
 }

@@ -147,18 +147,32 @@ struct BackendRoutingTests {
         await everything.stop()
     }
 
-    @Test("slow backend: at most `window` messages in flight; devices wait, then everything is acked")
+    @Test("slow backend: reads pause and resume, the delivery backlog stays bounded, everything is acked")
     func slowBackend() async throws {
         let backend = try await TestBackend.start(receiver: RecordingReceiver(delay: .milliseconds(40)))
-        let gateway = try await Self.gateway([
-            try Self.service("slow", port: backend.port, topics: ["pay/#"]) {
-                $0.window = 4
-                $0.batchSize = 2
-            }
-        ])
+        let window = 4
+        let maxInflight = 6
+        let gateway = try await TestGateway.start(routed: true) {
+            $0.edge.maxInflight = maxInflight
+            $0.services = [
+                try! Self.service("slow", port: backend.port, topics: ["pay/#"]) {
+                    $0.window = window
+                    $0.batchSize = 2
+                }
+            ]
+        }
         let devices = try await withThrowingTaskGroup(of: TerminusConnection.self) { group in
             for index in 0..<3 { group.addTask { try await gateway.connect("slow-\(index)") } }
             return try await group.reduce(into: [TerminusConnection]()) { $0.append($1) }
+        }
+        // Sample the gateway's delivery backlog while the devices push far more than it holds.
+        let sampler = Task {
+            var peak = 0
+            while !Task.isCancelled {
+                peak = max(peak, gateway.gateway.deliveryBacklog)
+                try? await Task.sleep(for: .milliseconds(5))
+            }
+            return peak
         }
         let acks = try await withThrowingTaskGroup(of: Ack.self) { group in
             for device in devices {
@@ -170,18 +184,27 @@ struct BackendRoutingTests {
             }
             return try await group.reduce(into: [Ack]()) { $0.append($1) }
         }
+        sampler.cancel()
+        let backlogPeak = await sampler.value
         #expect(acks.count == 60)
         #expect(acks.allSatisfy { $0.status == .ok })
         #expect(backend.receiver.messages.count == 60)
         let peak = backend.receiver.concurrency.withLock { $0.peak }
-        #expect(peak <= 4, "the service window bounds messages in flight (peak \(peak))")
+        #expect(peak <= window, "the service window bounds messages in flight (peak \(peak))")
         #expect(peak >= 2)
+        #expect(gateway.gateway.readPauses > 0, "devices filled their inflight windows and were not read")
+        #expect(
+            backlogPeak <= window + devices.count * maxInflight,
+            "backlog peak \(backlogPeak): at most the window plus what paused devices may have outstanding"
+        )
+        #expect(backlogPeak > window, "messages waited for the window (peak \(backlogPeak))")
+        #expect(gateway.gateway.deliveryBacklog == 0)
         for device in devices { await device.close() }
         await gateway.stop()
         await backend.stop()
     }
 
-    @Test("linger: messages from separate edge batches share one Deliver call")
+    @Test("linger: messages from separate edge batches share one batch")
     func linger() async throws {
         let backend = try await TestBackend.start()
         let gateway = try await Self.gateway([
@@ -206,7 +229,106 @@ struct BackendRoutingTests {
         }
         #expect(acks.allSatisfy { $0.status == .ok })
         #expect(Set(backend.receiver.payloads) == ["0", "1", "2", "3", "4"])
-        #expect(backend.receiver.calls.withLock { $0 } == 1, "one Deliver call for all five messages")
+        #expect(backend.receiver.calls.withLock { $0 } == 1, "one batch for all five messages")
+        for device in devices { await device.close() }
+        await gateway.stop()
+        await backend.stop()
+    }
+
+    @Test("answers that come out of order on one stream are matched to their batches by batch_id")
+    func outOfOrderAnswers() async throws {
+        let backend = try await TestBackend.start(
+            receiver: RecordingReceiver { request in
+                request.messages.first?.payload == Data("slow".utf8) ? .milliseconds(400) : .zero
+            }
+        )
+        let gateway = try await Self.gateway([
+            try Self.service("ordered", port: backend.port, topics: ["pay/#"]) { $0.connections = 1 }
+        ])
+        let slowDevice = try await gateway.connect("ooo-slow")
+        let fastDevice = try await gateway.connect("ooo-fast")
+        // Each publish reports when its ACK arrived.
+        let finished = try await withThrowingTaskGroup(of: (String, ContinuousClock.Instant).self) { group in
+            group.addTask {
+                let ack = try await slowDevice.publish(topic: "pay/a", payload: ByteBuffer(string: "slow"))
+                #expect(ack.status == .ok)
+                return ("slow", .now)
+            }
+            try await Task.sleep(for: .milliseconds(100))
+            group.addTask {
+                let ack = try await fastDevice.publish(topic: "pay/b", payload: ByteBuffer(string: "fast"))
+                #expect(ack.status == .ok)
+                return ("fast", .now)
+            }
+            return try await group.reduce(into: [(String, ContinuousClock.Instant)]()) { $0.append($1) }
+        }
+        #expect(finished.sorted { $0.1 < $1.1 }.map(\.0) == ["fast", "slow"], "the later batch was answered first")
+        #expect(backend.receiver.streams.withLock { $0 } == 1, "both batches shared the one stream")
+        #expect(Set(backend.receiver.messages.map(\.deviceID)) == ["ooo-slow", "ooo-fast"])
+        await slowDevice.close()
+        await fastDevice.close()
+        await gateway.stop()
+        await backend.stop()
+    }
+
+    @Test("a batch the backend does not answer in time fails at its deadline; the stream keeps working")
+    func unansweredBatch() async throws {
+        let backend = try await TestBackend.start(
+            receiver: RecordingReceiver { request in
+                request.messages.first?.payload == Data("stuck".utf8) ? .milliseconds(1500) : .zero
+            }
+        )
+        let gateway = try await Self.gateway([
+            try Self.service("stalling", port: backend.port, topics: ["pay/#"]) {
+                $0.connections = 1
+                $0.deadlineMilliseconds = 250
+                $0.maxAttempts = 2
+            }
+        ])
+        let device = try await gateway.connect("stall-1")
+        let started = ContinuousClock.now
+        let stuck = try await device.publish(topic: "pay/a", payload: ByteBuffer(string: "stuck"))
+        #expect(stuck.status == .retryLater)
+        #expect(ContinuousClock.now - started < .milliseconds(1400), "deadline, not the backend's delay")
+        let next = try await device.publish(topic: "pay/a", payload: ByteBuffer(string: "next"))
+        #expect(next.status == .ok)
+        #expect(backend.receiver.streams.withLock { $0 } == 1, "a late answer does not break the stream")
+        await device.close()
+        await gateway.stop()
+        await backend.stop()
+    }
+
+    @Test("re-balancing retires streams while messages flow: every message is acked and received")
+    func rebalanceUnderLoad() async throws {
+        let backend = try await TestBackend.start(receiver: RecordingReceiver(delay: .milliseconds(30)))
+        let gateway = try await Self.gateway([
+            try Self.service("moving", port: backend.port, topics: ["pay/#"]) {
+                $0.connections = 2
+                $0.rebalanceSeconds = 1
+            }
+        ])
+        let devices = try await withThrowingTaskGroup(of: TerminusConnection.self) { group in
+            for index in 0..<2 { group.addTask { try await gateway.connect("move-\(index)") } }
+            return try await group.reduce(into: [TerminusConnection]()) { $0.append($1) }
+        }
+        let acks = try await withThrowingTaskGroup(of: [Ack].self) { group in
+            for (deviceIndex, device) in devices.enumerated() {
+                group.addTask {
+                    var acks: [Ack] = []
+                    for index in 0..<50 {
+                        let payload = ByteBuffer(string: "\(deviceIndex)-\(index)")
+                        acks.append(try await device.publish(topic: "pay/m", payload: payload))
+                        try await Task.sleep(for: .milliseconds(25))
+                    }
+                    return acks
+                }
+            }
+            return try await group.reduce(into: [Ack]()) { $0 += $1 }
+        }
+        #expect(acks.count == 100)
+        #expect(acks.allSatisfy { $0.status == .ok }, "\(acks.filter { $0.status != .ok })")
+        #expect(Set(backend.receiver.payloads).count == 100)
+        #expect(backend.receiver.streams.withLock { $0 } >= 3, "at least one stream was replaced")
         for device in devices { await device.close() }
         await gateway.stop()
         await backend.stop()

@@ -1,9 +1,10 @@
 /// Terminus backend API, version 1: the service a backend implements.
 ///
-/// The gateway calls Deliver with batches of uplink messages from devices, for the topics the
-/// backend's subscription names, and acknowledges each device message only after every
-/// subscribed backend accepted it. Delivery is at least once: a message can arrive again
-/// (same delivery_id) after a timeout or a gateway restart; deduplicate on delivery_id.
+/// The gateway opens long-lived Deliver streams (one per pooled HTTP/2 connection) and sends
+/// batches of uplink messages from devices on them, for the topics the backend's subscription
+/// names. It acknowledges each device message only after every subscribed backend accepted it.
+/// Delivery is at least once: a message can arrive again (same delivery_id) after a timeout, a
+/// broken stream or a gateway restart; deduplicate on delivery_id.
 
 // DO NOT EDIT.
 // swift-format-ignore-file
@@ -37,7 +38,7 @@ public enum Terminus_V1_UplinkReceiver: Sendable {
             public static let descriptor = GRPCCore.MethodDescriptor(
                 service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "terminus.v1.UplinkReceiver"),
                 method: "Deliver",
-                type: .unary
+                type: .bidirectionalStreaming
             )
         }
         /// Descriptors for all methods in the "terminus.v1.UplinkReceiver" service.
@@ -73,9 +74,12 @@ extension Terminus_V1_UplinkReceiver {
         ///
         /// > Source IDL Documentation:
         /// >
-        /// > One call carries up to the subscription's batch size. Answer with exactly one result per
-        /// > message, in the same order. A failed call (any gRPC error) counts as "retry" for every
-        /// > message in it.
+        /// > Each request carries one batch (up to the subscription's batch size). Answer every request
+        /// > with one response carrying the same batch_id and exactly one result per message, in the
+        /// > message order. Responses may come in any order; batches may be processed concurrently.
+        /// > A batch without an answer before the subscription's deadline, or on a stream that ends
+        /// > or fails, counts as "retry" for every message in it. The gateway half-closes a stream it
+        /// > no longer needs (e.g. when re-balancing connections): answer what was received, then end.
         ///
         /// - Parameters:
         ///   - request: A streaming request of `Terminus_V1_DeliverRequest` messages.
@@ -102,21 +106,24 @@ extension Terminus_V1_UplinkReceiver {
         ///
         /// > Source IDL Documentation:
         /// >
-        /// > One call carries up to the subscription's batch size. Answer with exactly one result per
-        /// > message, in the same order. A failed call (any gRPC error) counts as "retry" for every
-        /// > message in it.
+        /// > Each request carries one batch (up to the subscription's batch size). Answer every request
+        /// > with one response carrying the same batch_id and exactly one result per message, in the
+        /// > message order. Responses may come in any order; batches may be processed concurrently.
+        /// > A batch without an answer before the subscription's deadline, or on a stream that ends
+        /// > or fails, counts as "retry" for every message in it. The gateway half-closes a stream it
+        /// > no longer needs (e.g. when re-balancing connections): answer what was received, then end.
         ///
         /// - Parameters:
-        ///   - request: A request containing a single `Terminus_V1_DeliverRequest` message.
+        ///   - request: A streaming request of `Terminus_V1_DeliverRequest` messages.
         ///   - context: Context providing information about the RPC.
         /// - Throws: Any error which occurred during the processing of the request. Thrown errors
         ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
         ///     to an internal error.
-        /// - Returns: A response containing a single `Terminus_V1_DeliverResponse` message.
+        /// - Returns: A streaming response of `Terminus_V1_DeliverResponse` messages.
         func deliver(
-            request: GRPCCore.ServerRequest<Terminus_V1_DeliverRequest>,
+            request: GRPCCore.StreamingServerRequest<Terminus_V1_DeliverRequest>,
             context: GRPCCore.ServerContext
-        ) async throws -> GRPCCore.ServerResponse<Terminus_V1_DeliverResponse>
+        ) async throws -> GRPCCore.StreamingServerResponse<Terminus_V1_DeliverResponse>
     }
 
     /// Simple service protocol for the "terminus.v1.UplinkReceiver" service.
@@ -129,21 +136,25 @@ extension Terminus_V1_UplinkReceiver {
         ///
         /// > Source IDL Documentation:
         /// >
-        /// > One call carries up to the subscription's batch size. Answer with exactly one result per
-        /// > message, in the same order. A failed call (any gRPC error) counts as "retry" for every
-        /// > message in it.
+        /// > Each request carries one batch (up to the subscription's batch size). Answer every request
+        /// > with one response carrying the same batch_id and exactly one result per message, in the
+        /// > message order. Responses may come in any order; batches may be processed concurrently.
+        /// > A batch without an answer before the subscription's deadline, or on a stream that ends
+        /// > or fails, counts as "retry" for every message in it. The gateway half-closes a stream it
+        /// > no longer needs (e.g. when re-balancing connections): answer what was received, then end.
         ///
         /// - Parameters:
-        ///   - request: A `Terminus_V1_DeliverRequest` message.
+        ///   - request: A stream of `Terminus_V1_DeliverRequest` messages.
+        ///   - response: A response stream of `Terminus_V1_DeliverResponse` messages.
         ///   - context: Context providing information about the RPC.
         /// - Throws: Any error which occurred during the processing of the request. Thrown errors
         ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
         ///     to an internal error.
-        /// - Returns: A `Terminus_V1_DeliverResponse` to respond with.
         func deliver(
-            request: Terminus_V1_DeliverRequest,
+            request: GRPCCore.RPCAsyncSequence<Terminus_V1_DeliverRequest, any Swift.Error>,
+            response: GRPCCore.RPCWriter<Terminus_V1_DeliverResponse>,
             context: GRPCCore.ServerContext
-        ) async throws -> Terminus_V1_DeliverResponse
+        ) async throws
     }
 }
 
@@ -168,31 +179,25 @@ extension Terminus_V1_UplinkReceiver.StreamingServiceProtocol {
 // Default implementation of streaming methods from 'StreamingServiceProtocol'.
 @available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
 extension Terminus_V1_UplinkReceiver.ServiceProtocol {
-    public func deliver(
-        request: GRPCCore.StreamingServerRequest<Terminus_V1_DeliverRequest>,
-        context: GRPCCore.ServerContext
-    ) async throws -> GRPCCore.StreamingServerResponse<Terminus_V1_DeliverResponse> {
-        let response = try await self.deliver(
-            request: GRPCCore.ServerRequest(stream: request),
-            context: context
-        )
-        return GRPCCore.StreamingServerResponse(single: response)
-    }
 }
 
 // Default implementation of methods from 'ServiceProtocol'.
 @available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
 extension Terminus_V1_UplinkReceiver.SimpleServiceProtocol {
     public func deliver(
-        request: GRPCCore.ServerRequest<Terminus_V1_DeliverRequest>,
+        request: GRPCCore.StreamingServerRequest<Terminus_V1_DeliverRequest>,
         context: GRPCCore.ServerContext
-    ) async throws -> GRPCCore.ServerResponse<Terminus_V1_DeliverResponse> {
-        return GRPCCore.ServerResponse<Terminus_V1_DeliverResponse>(
-            message: try await self.deliver(
-                request: request.message,
-                context: context
-            ),
-            metadata: [:]
+    ) async throws -> GRPCCore.StreamingServerResponse<Terminus_V1_DeliverResponse> {
+        return GRPCCore.StreamingServerResponse<Terminus_V1_DeliverResponse>(
+            metadata: [:],
+            producer: { writer in
+                try await self.deliver(
+                    request: request.messages,
+                    response: writer,
+                    context: context
+                )
+                return [:]
+            }
         )
     }
 }
@@ -210,12 +215,15 @@ extension Terminus_V1_UplinkReceiver {
         ///
         /// > Source IDL Documentation:
         /// >
-        /// > One call carries up to the subscription's batch size. Answer with exactly one result per
-        /// > message, in the same order. A failed call (any gRPC error) counts as "retry" for every
-        /// > message in it.
+        /// > Each request carries one batch (up to the subscription's batch size). Answer every request
+        /// > with one response carrying the same batch_id and exactly one result per message, in the
+        /// > message order. Responses may come in any order; batches may be processed concurrently.
+        /// > A batch without an answer before the subscription's deadline, or on a stream that ends
+        /// > or fails, counts as "retry" for every message in it. The gateway half-closes a stream it
+        /// > no longer needs (e.g. when re-balancing connections): answer what was received, then end.
         ///
         /// - Parameters:
-        ///   - request: A request containing a single `Terminus_V1_DeliverRequest` message.
+        ///   - request: A streaming request producing `Terminus_V1_DeliverRequest` messages.
         ///   - serializer: A serializer for `Terminus_V1_DeliverRequest` messages.
         ///   - deserializer: A deserializer for `Terminus_V1_DeliverResponse` messages.
         ///   - options: Options to apply to this RPC.
@@ -224,11 +232,11 @@ extension Terminus_V1_UplinkReceiver {
         ///       already finished.
         /// - Returns: The result of `handleResponse`.
         func deliver<Result>(
-            request: GRPCCore.ClientRequest<Terminus_V1_DeliverRequest>,
+            request: GRPCCore.StreamingClientRequest<Terminus_V1_DeliverRequest>,
             serializer: some GRPCCore.MessageSerializer<Terminus_V1_DeliverRequest>,
             deserializer: some GRPCCore.MessageDeserializer<Terminus_V1_DeliverResponse>,
             options: GRPCCore.CallOptions,
-            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Terminus_V1_DeliverResponse>) async throws -> Result
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Terminus_V1_DeliverResponse>) async throws -> Result
         ) async throws -> Result where Result: Sendable
     }
 
@@ -252,12 +260,15 @@ extension Terminus_V1_UplinkReceiver {
         ///
         /// > Source IDL Documentation:
         /// >
-        /// > One call carries up to the subscription's batch size. Answer with exactly one result per
-        /// > message, in the same order. A failed call (any gRPC error) counts as "retry" for every
-        /// > message in it.
+        /// > Each request carries one batch (up to the subscription's batch size). Answer every request
+        /// > with one response carrying the same batch_id and exactly one result per message, in the
+        /// > message order. Responses may come in any order; batches may be processed concurrently.
+        /// > A batch without an answer before the subscription's deadline, or on a stream that ends
+        /// > or fails, counts as "retry" for every message in it. The gateway half-closes a stream it
+        /// > no longer needs (e.g. when re-balancing connections): answer what was received, then end.
         ///
         /// - Parameters:
-        ///   - request: A request containing a single `Terminus_V1_DeliverRequest` message.
+        ///   - request: A streaming request producing `Terminus_V1_DeliverRequest` messages.
         ///   - serializer: A serializer for `Terminus_V1_DeliverRequest` messages.
         ///   - deserializer: A deserializer for `Terminus_V1_DeliverResponse` messages.
         ///   - options: Options to apply to this RPC.
@@ -266,15 +277,13 @@ extension Terminus_V1_UplinkReceiver {
         ///       already finished.
         /// - Returns: The result of `handleResponse`.
         public func deliver<Result>(
-            request: GRPCCore.ClientRequest<Terminus_V1_DeliverRequest>,
+            request: GRPCCore.StreamingClientRequest<Terminus_V1_DeliverRequest>,
             serializer: some GRPCCore.MessageSerializer<Terminus_V1_DeliverRequest>,
             deserializer: some GRPCCore.MessageDeserializer<Terminus_V1_DeliverResponse>,
             options: GRPCCore.CallOptions = .defaults,
-            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Terminus_V1_DeliverResponse>) async throws -> Result = { response in
-                try response.message
-            }
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Terminus_V1_DeliverResponse>) async throws -> Result
         ) async throws -> Result where Result: Sendable {
-            try await self.client.unary(
+            try await self.client.bidirectionalStreaming(
                 request: request,
                 descriptor: Terminus_V1_UplinkReceiver.Method.Deliver.descriptor,
                 serializer: serializer,
@@ -293,23 +302,24 @@ extension Terminus_V1_UplinkReceiver.ClientProtocol {
     ///
     /// > Source IDL Documentation:
     /// >
-    /// > One call carries up to the subscription's batch size. Answer with exactly one result per
-    /// > message, in the same order. A failed call (any gRPC error) counts as "retry" for every
-    /// > message in it.
+    /// > Each request carries one batch (up to the subscription's batch size). Answer every request
+    /// > with one response carrying the same batch_id and exactly one result per message, in the
+    /// > message order. Responses may come in any order; batches may be processed concurrently.
+    /// > A batch without an answer before the subscription's deadline, or on a stream that ends
+    /// > or fails, counts as "retry" for every message in it. The gateway half-closes a stream it
+    /// > no longer needs (e.g. when re-balancing connections): answer what was received, then end.
     ///
     /// - Parameters:
-    ///   - request: A request containing a single `Terminus_V1_DeliverRequest` message.
+    ///   - request: A streaming request producing `Terminus_V1_DeliverRequest` messages.
     ///   - options: Options to apply to this RPC.
     ///   - handleResponse: A closure which handles the response and returns its result to
     ///       the caller. Returning from the closure will cancel the RPC if it hasn't
     ///       already finished.
     /// - Returns: The result of `handleResponse`.
     public func deliver<Result>(
-        request: GRPCCore.ClientRequest<Terminus_V1_DeliverRequest>,
+        request: GRPCCore.StreamingClientRequest<Terminus_V1_DeliverRequest>,
         options: GRPCCore.CallOptions = .defaults,
-        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Terminus_V1_DeliverResponse>) async throws -> Result = { response in
-            try response.message
-        }
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Terminus_V1_DeliverResponse>) async throws -> Result
     ) async throws -> Result where Result: Sendable {
         try await self.deliver(
             request: request,
@@ -328,29 +338,31 @@ extension Terminus_V1_UplinkReceiver.ClientProtocol {
     ///
     /// > Source IDL Documentation:
     /// >
-    /// > One call carries up to the subscription's batch size. Answer with exactly one result per
-    /// > message, in the same order. A failed call (any gRPC error) counts as "retry" for every
-    /// > message in it.
+    /// > Each request carries one batch (up to the subscription's batch size). Answer every request
+    /// > with one response carrying the same batch_id and exactly one result per message, in the
+    /// > message order. Responses may come in any order; batches may be processed concurrently.
+    /// > A batch without an answer before the subscription's deadline, or on a stream that ends
+    /// > or fails, counts as "retry" for every message in it. The gateway half-closes a stream it
+    /// > no longer needs (e.g. when re-balancing connections): answer what was received, then end.
     ///
     /// - Parameters:
-    ///   - message: request message to send.
     ///   - metadata: Additional metadata to send, defaults to empty.
     ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - producer: A closure producing request messages to send to the server. Returning
+    ///       from the closure closes the request stream.
     ///   - handleResponse: A closure which handles the response and returns its result to
     ///       the caller. Returning from the closure will cancel the RPC if it hasn't
     ///       already finished.
     /// - Returns: The result of `handleResponse`.
     public func deliver<Result>(
-        _ message: Terminus_V1_DeliverRequest,
         metadata: GRPCCore.Metadata = [:],
         options: GRPCCore.CallOptions = .defaults,
-        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Terminus_V1_DeliverResponse>) async throws -> Result = { response in
-            try response.message
-        }
+        requestProducer producer: @Sendable @escaping (GRPCCore.RPCWriter<Terminus_V1_DeliverRequest>) async throws -> Void,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Terminus_V1_DeliverResponse>) async throws -> Result
     ) async throws -> Result where Result: Sendable {
-        let request = GRPCCore.ClientRequest<Terminus_V1_DeliverRequest>(
-            message: message,
-            metadata: metadata
+        let request = GRPCCore.StreamingClientRequest<Terminus_V1_DeliverRequest>(
+            metadata: metadata,
+            producer: producer
         )
         return try await self.deliver(
             request: request,

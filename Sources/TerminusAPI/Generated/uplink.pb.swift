@@ -10,10 +10,11 @@
 
 /// Terminus backend API, version 1: the service a backend implements.
 ///
-/// The gateway calls Deliver with batches of uplink messages from devices, for the topics the
-/// backend's subscription names, and acknowledges each device message only after every
-/// subscribed backend accepted it. Delivery is at least once: a message can arrive again
-/// (same delivery_id) after a timeout or a gateway restart; deduplicate on delivery_id.
+/// The gateway opens long-lived Deliver streams (one per pooled HTTP/2 connection) and sends
+/// batches of uplink messages from devices on them, for the topics the backend's subscription
+/// names. It acknowledges each device message only after every subscribed backend accepted it.
+/// Delivery is at least once: a message can arrive again (same delivery_id) after a timeout, a
+/// broken stream or a gateway restart; deduplicate on delivery_id.
 
 #if canImport(FoundationEssentials)
 import FoundationEssentials
@@ -112,6 +113,9 @@ public nonisolated struct Terminus_V1_DeliverRequest: Sendable {
   /// The name of the subscription (service) in the gateway's configuration.
   public var subscription: String = String()
 
+  /// Identifies the batch on its stream; echo it in the response.
+  public var batchID: UInt64 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -179,6 +183,9 @@ public nonisolated struct Terminus_V1_DeliverResponse: Sendable {
 
   /// One per request message, same order.
   public var results: [Terminus_V1_DeliverResult] = []
+
+  /// The request's batch_id.
+  public var batchID: UInt64 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -265,7 +272,7 @@ nonisolated extension Terminus_V1_UplinkMessage: SwiftProtobuf.Message, SwiftPro
 
 nonisolated extension Terminus_V1_DeliverRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".DeliverRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}messages\0\u{1}subscription\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}messages\0\u{1}subscription\0\u{3}batch_id\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -275,6 +282,7 @@ nonisolated extension Terminus_V1_DeliverRequest: SwiftProtobuf.Message, SwiftPr
       switch fieldNumber {
       case 1: try { try decoder.decodeRepeatedMessageField(value: &self.messages) }()
       case 2: try { try decoder.decodeSingularStringField(value: &self.subscription) }()
+      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.batchID) }()
       default: break
       }
     }
@@ -287,12 +295,16 @@ nonisolated extension Terminus_V1_DeliverRequest: SwiftProtobuf.Message, SwiftPr
     if !self.subscription.isEmpty {
       try visitor.visitSingularStringField(value: self.subscription, fieldNumber: 2)
     }
+    if self.batchID != 0 {
+      try visitor.visitSingularUInt64Field(value: self.batchID, fieldNumber: 3)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Terminus_V1_DeliverRequest, rhs: Terminus_V1_DeliverRequest) -> Bool {
     if lhs.messages != rhs.messages {return false}
     if lhs.subscription != rhs.subscription {return false}
+    if lhs.batchID != rhs.batchID {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -344,7 +356,7 @@ nonisolated extension Terminus_V1_DeliverResult.Status: SwiftProtobuf._ProtoName
 
 nonisolated extension Terminus_V1_DeliverResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".DeliverResponse"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}results\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}results\0\u{3}batch_id\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -353,6 +365,7 @@ nonisolated extension Terminus_V1_DeliverResponse: SwiftProtobuf.Message, SwiftP
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
       case 1: try { try decoder.decodeRepeatedMessageField(value: &self.results) }()
+      case 2: try { try decoder.decodeSingularUInt64Field(value: &self.batchID) }()
       default: break
       }
     }
@@ -362,11 +375,15 @@ nonisolated extension Terminus_V1_DeliverResponse: SwiftProtobuf.Message, SwiftP
     if !self.results.isEmpty {
       try visitor.visitRepeatedMessageField(value: self.results, fieldNumber: 1)
     }
+    if self.batchID != 0 {
+      try visitor.visitSingularUInt64Field(value: self.batchID, fieldNumber: 2)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Terminus_V1_DeliverResponse, rhs: Terminus_V1_DeliverResponse) -> Bool {
     if lhs.results != rhs.results {return false}
+    if lhs.batchID != rhs.batchID {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

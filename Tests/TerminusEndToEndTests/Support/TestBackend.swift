@@ -7,24 +7,58 @@ import TerminusAPI
 /// A backend service in the test process: records what it receives and answers as told.
 final class RecordingReceiver: Terminus_V1_UplinkReceiver.SimpleServiceProtocol, Sendable {
     let received = Mutex<[Terminus_V1_UplinkMessage]>([])
+    /// Batches received, and Deliver streams opened.
     let calls = Mutex(0)
-    /// Messages inside Deliver calls right now, and the most ever seen at once.
+    let streams = Mutex(0)
+    /// Messages in batches being answered right now, and the most ever seen at once.
     let concurrency = Mutex((now: 0, peak: 0))
     private let answer: @Sendable (Terminus_V1_UplinkMessage) -> Terminus_V1_DeliverResult
-    private let delay: Duration
+    private let delay: @Sendable (Terminus_V1_DeliverRequest) -> Duration
 
     init(
         delay: Duration = .zero,
         answer: @escaping @Sendable (Terminus_V1_UplinkMessage) -> Terminus_V1_DeliverResult = { _ in .accepted }
     ) {
-        self.delay = delay
+        self.delay = { _ in delay }
         self.answer = answer
     }
 
+    /// Holds each batch for as long as `delay` says before answering it.
+    init(delay: @escaping @Sendable (Terminus_V1_DeliverRequest) -> Duration) {
+        self.delay = delay
+        self.answer = { _ in .accepted }
+    }
+
+    /// Answers every batch in a task of its own, so answers can come out of order (as the
+    /// protocol allows); one writer task writes them.
     func deliver(
-        request: Terminus_V1_DeliverRequest,
+        request: RPCAsyncSequence<Terminus_V1_DeliverRequest, any Error>,
+        response: RPCWriter<Terminus_V1_DeliverResponse>,
         context: ServerContext
-    ) async throws -> Terminus_V1_DeliverResponse {
+    ) async throws {
+        self.streams.withLock { $0 += 1 }
+        let (answers, sink) = AsyncStream.makeStream(of: Terminus_V1_DeliverResponse.self)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                for await answer in answers { try await response.write(answer) }
+            }
+            do {
+                try await withThrowingTaskGroup(of: Void.self) { batches in
+                    for try await batch in request {
+                        batches.addTask { sink.yield(try await self.answer(batch)) }
+                    }
+                    try await batches.waitForAll()
+                }
+                sink.finish()
+            } catch {
+                sink.finish()
+                throw error
+            }
+            try await group.waitForAll()
+        }
+    }
+
+    private func answer(_ request: Terminus_V1_DeliverRequest) async throws -> Terminus_V1_DeliverResponse {
         self.calls.withLock { $0 += 1 }
         let count = request.messages.count
         self.concurrency.withLock { state in
@@ -32,8 +66,10 @@ final class RecordingReceiver: Terminus_V1_UplinkReceiver.SimpleServiceProtocol,
             state.peak = max(state.peak, state.now)
         }
         defer { self.concurrency.withLock { $0.now -= count } }
-        if self.delay > .zero { try await Task.sleep(for: self.delay) }
+        let delay = self.delay(request)
+        if delay > .zero { try await Task.sleep(for: delay) }
         var response = Terminus_V1_DeliverResponse()
+        response.batchID = request.batchID
         for message in request.messages {
             let result = self.answer(message)
             if result.status == .accepted { self.received.withLock { $0.append(message) } }

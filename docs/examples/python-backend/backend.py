@@ -1,4 +1,6 @@
-"""A Terminus backend in Python: implements UplinkReceiver.Deliver and accepts every message.
+"""A Terminus backend in Python: implements UplinkReceiver.Deliver (a bidirectional stream of
+batches) and accepts every message. Uses grpc.aio, so any number of gateway streams is served
+by one thread without a worker pool to size.
 
 Generate the stubs once (see docs/backend.md):
     python -m grpc_tools.protoc -I Protos --python_out=gen --grpc_python_out=gen Protos/terminus/v1/uplink.proto
@@ -7,10 +9,9 @@ Run:
 Each accepted message is printed as one line: RECEIVED <delivery_id> <topic> <payload as UTF-8>.
 """
 import argparse
+import asyncio
 import logging
 import sys
-import threading
-from concurrent import futures
 
 import grpc
 
@@ -18,28 +19,39 @@ from terminus.v1 import uplink_pb2, uplink_pb2_grpc
 
 
 class Receiver(uplink_pb2_grpc.UplinkReceiverServicer):
-    """The one method a backend implements: answer one result per message, in order."""
+    """The one method a backend implements.
 
-    def __init__(self):
-        # Deliver runs on several threads at once: keep each output line whole.
-        self.lock = threading.Lock()
+    Each gateway holds a few long-lived Deliver streams open; each request on a stream is one
+    batch. Answer every batch with its batch_id and one result per message, in message order.
+    """
 
-    def Deliver(self, request, context):
-        results = []
-        for message in request.messages:
-            # Deduplicate on message.delivery_id if duplicates matter to you: delivery is at
-            # least once, so a message can arrive again after a timeout or a gateway restart.
-            line = "RECEIVED %s %s %s\n" % (
-                message.delivery_id,
-                message.topic,
-                message.payload.decode("utf-8", "replace"),
-            )
-            with self.lock:
-                sys.stdout.write(line)
-                sys.stdout.flush()
-            results.append(uplink_pb2.DeliverResult(status=uplink_pb2.DeliverResult.STATUS_ACCEPTED))
-            # To refuse: DeliverResult(status=STATUS_REJECTED, reason="...", retryable=True or False)
-        return uplink_pb2.DeliverResponse(results=results)
+    async def Deliver(self, request_iterator, context):
+        async for batch in request_iterator:
+            results = []
+            for message in batch.messages:
+                # Deduplicate on message.delivery_id if duplicates matter to you: delivery is at
+                # least once, so a message can arrive again after a timeout, a broken stream or
+                # a gateway restart.
+                sys.stdout.write(
+                    "RECEIVED %s %s %s\n"
+                    % (message.delivery_id, message.topic, message.payload.decode("utf-8", "replace"))
+                )
+                results.append(uplink_pb2.DeliverResult(status=uplink_pb2.DeliverResult.STATUS_ACCEPTED))
+                # To refuse: DeliverResult(status=STATUS_REJECTED, reason="...", retryable=True or False)
+            # Accepted means "stored": flush (or commit) before answering.
+            sys.stdout.flush()
+            yield uplink_pb2.DeliverResponse(batch_id=batch.batch_id, results=results)
+
+
+async def serve(host, port):
+    server = grpc.aio.server()
+    uplink_pb2_grpc.add_UplinkReceiverServicer_to_server(Receiver(), server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        sys.exit(f"cannot listen on {host}:{port}")
+    await server.start()
+    print(f"LISTENING {bound}", flush=True)
+    await server.wait_for_termination()
 
 
 def main():
@@ -48,14 +60,7 @@ def main():
     parser.add_argument("--port", type=int, default=50051)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
-    uplink_pb2_grpc.add_UplinkReceiverServicer_to_server(Receiver(), server)
-    port = server.add_insecure_port(f"{args.host}:{args.port}")
-    if port == 0:
-        sys.exit(f"cannot listen on {args.host}:{args.port}")
-    server.start()
-    print(f"LISTENING {port}", flush=True)
-    server.wait_for_termination()
+    asyncio.run(serve(args.host, args.port))
 
 
 if __name__ == "__main__":
