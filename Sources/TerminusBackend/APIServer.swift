@@ -4,8 +4,23 @@ public import Logging
 internal import Synchronization
 public import TerminusSessions
 
-/// The listener backends call (`api.listen`): the `terminus.v1.Gateway` service, bearer-token
-/// authenticated. A separate port from the device listener: devices cannot reach it.
+/// How the API listener is secured and who it admits.
+public enum APISecurity: Sendable {
+    /// h2c; callers authenticate with bearer tokens only.
+    case plaintext
+    /// TLS with the given PEM files. With `clientCA`, mutual TLS: a caller must present a
+    /// certificate issued by that CA or its handshake fails.
+    case tls(certificateChain: String, privateKey: String, clientCA: String?)
+
+    var requiresClientCertificate: Bool {
+        if case .tls(_, _, .some) = self { return true }
+        return false
+    }
+}
+
+/// The listener backends call (`api.listen`): the `terminus.v1.Gateway` service. Callers
+/// authenticate with a bearer token, a client certificate (mTLS), or both when both are
+/// configured. A separate port from the device listener: devices cannot reach it.
 public final class APIServer: Sendable {
     private let server: GRPCServer<HTTP2ServerTransport.Posix>
     private let task = Mutex<Task<Void, any Error>?>(nil)
@@ -15,6 +30,7 @@ public final class APIServer: Sendable {
         host: String,
         port: Int,
         tokens: [String],
+        security: APISecurity = .plaintext,
         directory: any SessionDirectory,
         gatewayInstance: String,
         defaultTTLMilliseconds: UInt32 = 10_000,
@@ -27,13 +43,34 @@ public final class APIServer: Sendable {
             defaultTTLMilliseconds: defaultTTLMilliseconds,
             maxPayloadSize: maxPayloadSize
         )
+        let transportSecurity: HTTP2ServerTransport.Posix.TransportSecurity
+        switch security {
+        case .plaintext:
+            transportSecurity = .plaintext
+        case .tls(let chain, let key, let clientCA):
+            let certificateChain: [TLSConfig.CertificateSource] = [.file(path: chain, format: .pem)]
+            let privateKey = TLSConfig.PrivateKeySource.file(path: key, format: .pem)
+            if let clientCA {
+                transportSecurity = .mTLS(certificateChain: certificateChain, privateKey: privateKey) { tls in
+                    tls.trustRoots = .certificates([.file(path: clientCA, format: .pem)])
+                    tls.clientCertificateVerification = .noHostnameVerification
+                }
+            } else {
+                transportSecurity = .tls(certificateChain: certificateChain, privateKey: privateKey)
+            }
+        }
         self.server = GRPCServer(
             transport: HTTP2ServerTransport.Posix(
                 address: .ipv4(host: host, port: port),
-                transportSecurity: .plaintext
+                transportSecurity: transportSecurity
             ),
             services: [service],
-            interceptors: [BearerTokenInterceptor(tokens: tokens.map { Array($0.utf8) })]
+            interceptors: [
+                CallerAuthenticationInterceptor(
+                    tokens: tokens.map { Array($0.utf8) },
+                    requireCertificate: security.requiresClientCertificate
+                )
+            ]
         )
         self.logger = logger
     }

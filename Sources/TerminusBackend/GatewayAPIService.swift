@@ -1,5 +1,6 @@
 internal import Foundation
 internal import GRPCCore
+internal import GRPCNIOTransportHTTP2
 internal import NIOCore
 internal import TerminusAPI
 internal import TerminusProtocol
@@ -84,9 +85,13 @@ struct GatewayAPIService: Terminus_V1_Gateway.SimpleServiceProtocol {
     }
 }
 
-/// Admits a call only with `authorization: Bearer <token>` naming a configured token.
-struct BearerTokenInterceptor: ServerInterceptor {
+/// Admits a call only when the caller authenticated as configured: with
+/// `authorization: Bearer <token>` naming a configured token (when tokens are configured), and
+/// with a verified client certificate (when the listener is mTLS). Anything else is
+/// `unauthenticated`.
+struct CallerAuthenticationInterceptor: ServerInterceptor {
     let tokens: [[UInt8]]
+    let requireCertificate: Bool
 
     func intercept<Input: Sendable, Output: Sendable>(
         request: StreamingServerRequest<Input>,
@@ -95,11 +100,26 @@ struct BearerTokenInterceptor: ServerInterceptor {
             @Sendable (_ request: StreamingServerRequest<Input>, _ context: ServerContext) async throws ->
             StreamingServerResponse<Output>
     ) async throws -> StreamingServerResponse<Output> {
-        let header = request.metadata[stringValues: "authorization"].first(where: { _ in true }) ?? ""
-        guard header.hasPrefix("Bearer "), self.accepts(Array(header.utf8.dropFirst(7))) else {
-            return StreamingServerResponse(
-                error: RPCError(code: .unauthenticated, message: "a valid 'authorization: Bearer <token>' is required")
-            )
+        if self.requireCertificate {
+            // The handshake already refused callers without a certificate from the client CA;
+            // this holds the line should the transport ever let one through.
+            let peer = context.transportSpecific as? HTTP2ServerTransport.Posix.Context
+            guard peer?.peerCertificate != nil else {
+                return StreamingServerResponse(
+                    error: RPCError(code: .unauthenticated, message: "a client certificate is required")
+                )
+            }
+        }
+        if !self.tokens.isEmpty {
+            let header = request.metadata[stringValues: "authorization"].first(where: { _ in true }) ?? ""
+            guard header.hasPrefix("Bearer "), self.accepts(Array(header.utf8.dropFirst(7))) else {
+                return StreamingServerResponse(
+                    error: RPCError(
+                        code: .unauthenticated,
+                        message: "a valid 'authorization: Bearer <token>' is required"
+                    )
+                )
+            }
         }
         return try await next(request, context)
     }

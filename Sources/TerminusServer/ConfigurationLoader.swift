@@ -212,7 +212,21 @@ public enum ConfigurationLoader {
             }
         }
         if let api = try root.section("api") {
-            try api.allow(["listen", "tokens_file", "send_timeout", "compress_push_above"])
+            try api.allow(["listen", "tokens_file", "tls", "send_timeout", "compress_push_above"])
+            if let tls = try api.section("tls") {
+                try tls.allow(["certificate_chain", "private_key", "client_ca"])
+                guard let chain = try tls.string("certificate_chain") else {
+                    throw ConfigurationError(key: "api.tls.certificate_chain", "is required")
+                }
+                guard let key = try tls.string("private_key") else {
+                    throw ConfigurationError(key: "api.tls.private_key", "is required")
+                }
+                config.apiTLS = .init(
+                    certificateChain: Self.resolve(chain, base),
+                    privateKey: Self.resolve(key, base),
+                    clientCA: try tls.string("client_ca").map { Self.resolve($0, base) }
+                )
+            }
             if let listen = try api.string("listen") {
                 guard let parsed = GatewayConfiguration.HostPort(parsing: listen) else {
                     throw ConfigurationError(key: "api.listen", "must be HOST:PORT")
@@ -237,10 +251,10 @@ public enum ConfigurationLoader {
             if let v = try api.int("compress_push_above", in: 0...16_777_216) {
                 config.edge.pushCompressionThreshold = v
             }
-            if config.apiListen != nil && config.apiTokens.isEmpty {
+            if config.apiListen != nil && config.apiTokens.isEmpty && config.apiTLS?.clientCA == nil {
                 throw ConfigurationError(
                     key: "api.tokens_file",
-                    "is required with api.listen (callers must authenticate)"
+                    "is required with api.listen unless api.tls.client_ca is set (callers must authenticate)"
                 )
             }
         }

@@ -69,10 +69,14 @@ public final class Gateway: Service, Sendable {
             }
             self.router = router
             if let listen = configuration.apiListen {
+                if let files = configuration.apiTLS { try Self.checkAPITLS(files) }
                 self.api = APIServer(
                     host: listen.host,
                     port: listen.port,
                     tokens: configuration.apiTokens,
+                    security: configuration.apiTLS.map {
+                        .tls(certificateChain: $0.certificateChain, privateKey: $0.privateKey, clientCA: $0.clientCA)
+                    } ?? .plaintext,
                     directory: directory,
                     gatewayInstance: configuration.instanceID,
                     defaultTTLMilliseconds: configuration.apiSendTimeoutMilliseconds,
@@ -154,6 +158,32 @@ public final class Gateway: Service, Sendable {
             return .tls(try NIOSSLContext(configuration: tls), verifiesClientCertificates: files.clientAuth != .none)
         } catch {
             throw ConfigurationError(key: "device.tls", "invalid TLS configuration: \(error)")
+        }
+    }
+
+    /// Loads the API listener's PEM files once so that a bad file is a configuration error at
+    /// start (and in `check-config`), not a failed listener later.
+    static func checkAPITLS(_ files: GatewayConfiguration.APITLSFiles) throws {
+        do {
+            _ = try NIOSSLCertificate.fromPEMFile(files.certificateChain)
+        } catch {
+            throw ConfigurationError(key: "api.tls.certificate_chain", "cannot load \(files.certificateChain): \(error)")
+        }
+        do {
+            _ = try NIOSSLPrivateKey(file: files.privateKey, format: .pem)
+        } catch {
+            throw ConfigurationError(key: "api.tls.private_key", "cannot load \(files.privateKey): \(error)")
+        }
+        if let ca = files.clientCA {
+            do {
+                guard !(try NIOSSLCertificate.fromPEMFile(ca)).isEmpty else {
+                    throw ConfigurationError(key: "api.tls.client_ca", "\(ca) holds no certificate")
+                }
+            } catch let error as ConfigurationError {
+                throw error
+            } catch {
+                throw ConfigurationError(key: "api.tls.client_ca", "cannot load \(ca): \(error)")
+            }
         }
     }
 

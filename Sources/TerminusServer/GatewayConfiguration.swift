@@ -97,6 +97,21 @@ public struct GatewayConfiguration: Sendable {
     public var apiListen: HostPort?
     /// Bearer tokens admitted by the API listener (`api.tokens_file`, one per line).
     public var apiTokens: [String] = []
+    /// TLS for the API listener (`api.tls`); with `clientCA`, callers need a client certificate
+    /// from that CA (mTLS). nil: plaintext h2c (bearer tokens only).
+    public var apiTLS: APITLSFiles?
+
+    public struct APITLSFiles: Sendable {
+        public var certificateChain: String
+        public var privateKey: String
+        public var clientCA: String?
+
+        public init(certificateChain: String, privateKey: String, clientCA: String? = nil) {
+            self.certificateChain = certificateChain
+            self.privateKey = privateKey
+            self.clientCA = clientCA
+        }
+    }
     /// Default wait for a device's ACK to a Send (`api.send_timeout`).
     public var apiSendTimeoutMilliseconds: UInt32 = 10_000
 

@@ -155,4 +155,128 @@ struct DownlinkAPITests {
             }
         }
     }
+
+    /// A client of an API listener over TLS, with a client certificate when given.
+    static func withTLSAPI<R: Sendable>(
+        _ gateway: TestGateway,
+        clientCertificate: CertificateFactory.Issued?,
+        token: String? = nil,
+        _ body: @Sendable (Terminus_V1_Gateway.Client<HTTP2ClientTransport.Posix>, Metadata) async throws -> R
+    ) async throws -> R {
+        let pki = TestPKI.shared
+        let port = try #require(gateway.gateway.boundAPIPort)
+        let trust: (inout HTTP2ClientTransport.Posix.TransportSecurity.TLS) -> Void = {
+            $0.trustRoots = .certificates([.file(path: pki.caFile, format: .pem)])
+        }
+        let security: HTTP2ClientTransport.Posix.TransportSecurity
+        if let clientCertificate {
+            let name = "api-client-\(UUID().uuidString)"
+            security = .mTLS(
+                certificateChain: [.file(path: pki.write(clientCertificate.certificatePEM, name: name + ".pem"), format: .pem)],
+                privateKey: .file(path: pki.write(clientCertificate.privateKeyPEM, name: name + "-key.pem"), format: .pem),
+                configure: trust
+            )
+        } else {
+            security = .tls(configure: trust)
+        }
+        var config = HTTP2ClientTransport.Posix.Config.defaults
+        config.http2.authority = "localhost"
+        let transport = try HTTP2ClientTransport.Posix(
+            target: .ipv4(address: "127.0.0.1", port: port),
+            transportSecurity: security,
+            config: config
+        )
+        var metadata: Metadata = [:]
+        if let token { metadata.addString("Bearer \(token)", forKey: "authorization") }
+        let headers = metadata
+        return try await withGRPCClient(transport: transport) { client in
+            try await body(Terminus_V1_Gateway.Client(wrapping: client), headers)
+        }
+    }
+
+    static func presence(
+        _ api: Terminus_V1_Gateway.Client<HTTP2ClientTransport.Posix>,
+        _ metadata: Metadata
+    ) async throws -> Terminus_V1_PresenceResponse {
+        var request = Terminus_V1_PresenceRequest()
+        request.deviceIds = ["speaker-mtls"]
+        var options = CallOptions.defaults
+        options.timeout = .seconds(5)
+        return try await api.presence(request, metadata: metadata, options: options)
+    }
+
+    @Test("mTLS API listener: a certificate from the client CA is admitted; none, or another CA's, is refused")
+    func mutualTLS() async throws {
+        let pki = TestPKI.shared
+        let gateway = try await TestGateway.start {
+            $0.apiListen = .init(host: "127.0.0.1", port: 0)
+            $0.apiTLS = .init(certificateChain: pki.serverChain, privateKey: pki.serverKey, clientCA: pki.caFile)
+        }
+        defer { Task { await gateway.stop() } }
+        let device = try await gateway.connect("speaker-mtls")
+        let trusted = try CertificateFactory.issueClient(ca: pki.ca, deviceID: "billing-backend")
+        let answer = try await Self.withTLSAPI(gateway, clientCertificate: trusted) { try await Self.presence($0, $1) }
+        #expect(answer.devices.first?.online == true)
+
+        let otherCA = try CertificateFactory.makeCA(commonName: "Someone else's CA")
+        let stranger = try CertificateFactory.issueClient(ca: otherCA, deviceID: "intruder")
+        for certificate in [nil, stranger] as [CertificateFactory.Issued?] {
+            await #expect(throws: RPCError.self) {
+                _ = try await Self.withTLSAPI(gateway, clientCertificate: certificate) { try await Self.presence($0, $1) }
+            }
+        }
+        // A plaintext caller does not get through either.
+        await #expect(throws: RPCError.self) {
+            try await Self.withAPI(gateway) { api, metadata in
+                var options = CallOptions.defaults
+                options.timeout = .seconds(5)
+                _ = try await api.presence(Terminus_V1_PresenceRequest(), metadata: metadata, options: options)
+            }
+        }
+        await device.close()
+    }
+
+    @Test("mTLS and bearer tokens together: a certificate without a token is UNAUTHENTICATED")
+    func mutualTLSAndToken() async throws {
+        let pki = TestPKI.shared
+        let gateway = try await TestGateway.start {
+            $0.apiListen = .init(host: "127.0.0.1", port: 0)
+            $0.apiTokens = [Self.token]
+            $0.apiTLS = .init(certificateChain: pki.serverChain, privateKey: pki.serverKey, clientCA: pki.caFile)
+        }
+        defer { Task { await gateway.stop() } }
+        let trusted = try CertificateFactory.issueClient(ca: pki.ca, deviceID: "billing-backend")
+        do {
+            _ = try await Self.withTLSAPI(gateway, clientCertificate: trusted) { try await Self.presence($0, $1) }
+            Issue.record("a call without a token was admitted")
+        } catch let error as RPCError {
+            #expect(error.code == .unauthenticated)
+        }
+        let answer = try await Self.withTLSAPI(gateway, clientCertificate: trusted, token: Self.token) {
+            try await Self.presence($0, $1)
+        }
+        #expect(answer.devices.count == 1)
+        #expect(answer.devices.first?.online == false)
+    }
+
+    @Test("TLS without client certificates: tokens still decide")
+    func tlsWithTokens() async throws {
+        let pki = TestPKI.shared
+        let gateway = try await TestGateway.start {
+            $0.apiListen = .init(host: "127.0.0.1", port: 0)
+            $0.apiTokens = [Self.token]
+            $0.apiTLS = .init(certificateChain: pki.serverChain, privateKey: pki.serverKey)
+        }
+        defer { Task { await gateway.stop() } }
+        do {
+            _ = try await Self.withTLSAPI(gateway, clientCertificate: nil) { try await Self.presence($0, $1) }
+            Issue.record("a call without a token was admitted")
+        } catch let error as RPCError {
+            #expect(error.code == .unauthenticated)
+        }
+        let answer = try await Self.withTLSAPI(gateway, clientCertificate: nil, token: Self.token) {
+            try await Self.presence($0, $1)
+        }
+        #expect(answer.devices.count == 1)
+    }
 }

@@ -263,6 +263,9 @@ struct ConfigurationTests {
                 "services[1].name"
             ),
             ("api:\n  listen: \"127.0.0.1:1\"\n", "api.tokens_file"),
+            ("api:\n  listen: \"127.0.0.1:1\"\n  tls: { certificate_chain: a.pem, private_key: k.pem }\n", "api.tokens_file"),
+            ("api:\n  listen: \"127.0.0.1:1\"\n  tls: { certificate_chain: a.pem, client_ca: ca.pem }\n", "api.tls.private_key"),
+            ("api:\n  listen: \"127.0.0.1:1\"\n  tls: { certificate_chain: a.pem, private_key: k.pem, ca: x }\n", "api.tls.ca"),
             ("events:\n  enabled: maybe\n", "events.enabled"),
         ] {
             do {
@@ -272,5 +275,25 @@ struct ConfigurationTests {
                 #expect(error.key == key, "\(error)")
             }
         }
+    }
+
+    @Test("api.tls with client_ca needs no tokens file; paths resolve against the file's directory")
+    func apiMutualTLS() throws {
+        let yaml =
+            Self.minimal + """
+
+                api:
+                  listen: "0.0.0.0:7443"
+                  tls:
+                    certificate_chain: api.pem
+                    private_key: api-key.pem
+                    client_ca: backends-ca.pem
+                """
+        let config = try ConfigurationLoader.load(yaml: yaml, baseDirectory: "/etc/terminus")
+        let tls = try #require(config.apiTLS)
+        #expect(tls.certificateChain == "/etc/terminus/api.pem")
+        #expect(tls.privateKey == "/etc/terminus/api-key.pem")
+        #expect(tls.clientCA == "/etc/terminus/backends-ca.pem")
+        #expect(config.apiTokens.isEmpty)
     }
 }
