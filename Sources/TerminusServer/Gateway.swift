@@ -167,7 +167,10 @@ public final class Gateway: Service, Sendable {
         do {
             _ = try NIOSSLCertificate.fromPEMFile(files.certificateChain)
         } catch {
-            throw ConfigurationError(key: "api.tls.certificate_chain", "cannot load \(files.certificateChain): \(error)")
+            throw ConfigurationError(
+                key: "api.tls.certificate_chain",
+                "cannot load \(files.certificateChain): \(error)"
+            )
         }
         do {
             _ = try NIOSSLPrivateKey(file: files.privateKey, format: .pem)

@@ -172,8 +172,13 @@ struct DownlinkAPITests {
         if let clientCertificate {
             let name = "api-client-\(UUID().uuidString)"
             security = .mTLS(
-                certificateChain: [.file(path: pki.write(clientCertificate.certificatePEM, name: name + ".pem"), format: .pem)],
-                privateKey: .file(path: pki.write(clientCertificate.privateKeyPEM, name: name + "-key.pem"), format: .pem),
+                certificateChain: [
+                    .file(path: pki.write(clientCertificate.certificatePEM, name: name + ".pem"), format: .pem)
+                ],
+                privateKey: .file(
+                    path: pki.write(clientCertificate.privateKeyPEM, name: name + "-key.pem"),
+                    format: .pem
+                ),
                 configure: trust
             )
         } else {
@@ -222,7 +227,9 @@ struct DownlinkAPITests {
         let stranger = try CertificateFactory.issueClient(ca: otherCA, deviceID: "intruder")
         for certificate in [nil, stranger] as [CertificateFactory.Issued?] {
             await #expect(throws: RPCError.self) {
-                _ = try await Self.withTLSAPI(gateway, clientCertificate: certificate) { try await Self.presence($0, $1) }
+                _ = try await Self.withTLSAPI(gateway, clientCertificate: certificate) {
+                    try await Self.presence($0, $1)
+                }
             }
         }
         // A plaintext caller does not get through either.

@@ -263,9 +263,18 @@ struct ConfigurationTests {
                 "services[1].name"
             ),
             ("api:\n  listen: \"127.0.0.1:1\"\n", "api.tokens_file"),
-            ("api:\n  listen: \"127.0.0.1:1\"\n  tls: { certificate_chain: a.pem, private_key: k.pem }\n", "api.tokens_file"),
-            ("api:\n  listen: \"127.0.0.1:1\"\n  tls: { certificate_chain: a.pem, client_ca: ca.pem }\n", "api.tls.private_key"),
-            ("api:\n  listen: \"127.0.0.1:1\"\n  tls: { certificate_chain: a.pem, private_key: k.pem, ca: x }\n", "api.tls.ca"),
+            (
+                "api:\n  listen: \"127.0.0.1:1\"\n  tls: { certificate_chain: a.pem, private_key: k.pem }\n",
+                "api.tokens_file"
+            ),
+            (
+                "api:\n  listen: \"127.0.0.1:1\"\n  tls: { certificate_chain: a.pem, client_ca: ca.pem }\n",
+                "api.tls.private_key"
+            ),
+            (
+                "api:\n  listen: \"127.0.0.1:1\"\n  tls: { certificate_chain: a.pem, private_key: k.pem, ca: x }\n",
+                "api.tls.ca"
+            ),
             ("events:\n  enabled: maybe\n", "events.enabled"),
         ] {
             do {
