@@ -20,6 +20,16 @@ let package = Package(
         .executable(name: "terminus-echo-backend", targets: ["terminus-echo-backend"]),
         .executable(name: "terminus-grpc-probe", targets: ["terminus-grpc-probe"]),
         .library(name: "TerminusClient", targets: ["TerminusClient"]),
+        // For the benchmarks package (Benchmarks/), which links the modules it measures.
+        .library(name: "TerminusProtocol", targets: ["TerminusProtocol"]),
+        .library(name: "TerminusCompression", targets: ["TerminusCompression"]),
+        .library(name: "TerminusRouting", targets: ["TerminusRouting"]),
+        .library(name: "TerminusSessions", targets: ["TerminusSessions"]),
+        .library(name: "TerminusAuth", targets: ["TerminusAuth"]),
+        .library(name: "TerminusEdge", targets: ["TerminusEdge"]),
+        .library(name: "TerminusBackend", targets: ["TerminusBackend"]),
+        .library(name: "TerminusAPI", targets: ["TerminusAPI"]),
+        .library(name: "TerminusServer", targets: ["TerminusServer"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.3"),

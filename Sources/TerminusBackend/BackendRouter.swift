@@ -72,18 +72,26 @@ public final class BackendRouter: UplinkSink, Sendable {
         self.table.match(topic).map { self.services[$0].subscription.name }
     }
 
-    public func deliver(_ batch: [UplinkMessage], on eventLoop: any EventLoop) -> EventLoopFuture<[DeliveryOutcome]> {
-        var perService = [[Int]](repeating: [], count: self.services.count)
-        var outcomes = [DeliveryOutcome](repeating: .accepted, count: batch.count)
+    /// Which messages of an edge batch go to which service: the synchronous part of `deliver`.
+    public func plan(_ batch: [UplinkMessage]) -> RoutingPlan {
+        var plan = RoutingPlan(
+            groups: [[Int]](repeating: [], count: self.services.count),
+            outcomes: [DeliveryOutcome](repeating: .accepted, count: batch.count)
+        )
         for (index, message) in batch.enumerated() {
             let matched = self.table.match(message.topic)
-            if matched.isEmpty { outcomes[index] = .noRoute }
-            for service in matched { perService[service].append(index) }
+            if matched.isEmpty { plan.outcomes[index] = .noRoute }
+            for service in matched { plan.groups[service].append(index) }
         }
-        if perService.allSatisfy(\.isEmpty) { return eventLoop.makeSucceededFuture(outcomes) }
+        return plan
+    }
+
+    public func deliver(_ batch: [UplinkMessage], on eventLoop: any EventLoop) -> EventLoopFuture<[DeliveryOutcome]> {
+        let plan = self.plan(batch)
+        if plan.isEmpty { return eventLoop.makeSucceededFuture(plan.outcomes) }
         let services = self.services
-        let initial = outcomes
-        let groups = perService
+        let initial = plan.outcomes
+        let groups = plan.groups
         let promise = eventLoop.makePromise(of: [DeliveryOutcome].self)
         promise.completeWithTask {
             var outcomes = initial
@@ -113,6 +121,17 @@ public final class BackendRouter: UplinkSink, Sendable {
         default: current
         }
     }
+}
+
+/// The routing of one edge batch: per configured service, the indices of the messages it gets;
+/// per message, `noRoute` when no service matched (otherwise `accepted`, to be combined with
+/// the services' answers).
+public struct RoutingPlan: Sendable {
+    public var groups: [[Int]]
+    public var outcomes: [DeliveryOutcome]
+
+    /// No message goes to any service.
+    public var isEmpty: Bool { self.groups.allSatisfy(\.isEmpty) }
 }
 
 public struct RouterError: Error, CustomStringConvertible {

@@ -3,9 +3,9 @@ internal import GRPCCore
 internal import Logging
 internal import NIOCore
 internal import Synchronization
-internal import TerminusAPI
+public import TerminusAPI
 internal import TerminusProtocol
-internal import TerminusSessions
+public import TerminusSessions
 
 /// Delivers messages to one subscribed service: batches of at most `batchSize` on the pool's
 /// long-lived Deliver streams, at most `window` messages in flight, bounded retries with
@@ -14,12 +14,12 @@ final class ServiceDelivery: Sendable {
     let subscription: Subscription
     private let pool: ClientPool
     private let window: AsyncWindow
-    private let gatewayInstance: String
+    private let encoder: UplinkEncoder
     private let logger: Logger
 
     init(subscription: Subscription, gatewayInstance: String, group: any EventLoopGroup, logger: Logger) {
         self.subscription = subscription
-        self.gatewayInstance = gatewayInstance
+        self.encoder = UplinkEncoder(gatewayInstance: gatewayInstance)
         self.logger = logger
         self.pool = ClientPool(subscription: subscription, group: group, logger: logger)
         self.window = AsyncWindow(capacity: subscription.window)
@@ -113,7 +113,7 @@ final class ServiceDelivery: Sendable {
     private func deliverChunk(_ messages: ArraySlice<UplinkMessage>) async -> [DeliveryOutcome] {
         let notAccepted = DeliveryOutcome.retryLater(afterSeconds: self.subscription.retryAfterSeconds)
         var outcomes = [DeliveryOutcome](repeating: notAccepted, count: messages.count)
-        let protos = messages.map(self.makeProto)
+        let protos = messages.map(self.encoder.encode)
         await self.window.acquire(messages.count)
         defer { self.window.release(messages.count) }
 
@@ -170,8 +170,17 @@ final class ServiceDelivery: Sendable {
         )
         return UInt64.random(in: 0...max(1, ceiling))
     }
+}
 
-    private func makeProto(_ message: UplinkMessage) -> Terminus_V1_UplinkMessage {
+/// Turns an uplink message into the `terminus.v1.UplinkMessage` a backend receives.
+public struct UplinkEncoder: Sendable {
+    public let gatewayInstance: String
+
+    public init(gatewayInstance: String) {
+        self.gatewayInstance = gatewayInstance
+    }
+
+    public func encode(_ message: UplinkMessage) -> Terminus_V1_UplinkMessage {
         var proto = Terminus_V1_UplinkMessage()
         proto.deviceID = message.deviceID
         proto.topic = message.topic

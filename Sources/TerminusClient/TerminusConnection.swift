@@ -172,6 +172,26 @@ public final class TerminusConnection: Sendable {
         dictionaryID: UInt16? = nil,
         topicAlias: UInt16? = nil
     ) async throws -> Ack {
+        try await self.publishFuture(
+            topic: topic,
+            payload: payload,
+            qos: qos,
+            compress: compress,
+            dictionaryID: dictionaryID,
+            topicAlias: topicAlias
+        ).get()
+    }
+
+    /// `publish` without a task per message: the future completes on the connection's event
+    /// loop (the load generator publishes tens of thousands of messages a second this way).
+    public func publishFuture(
+        topic: String,
+        payload: ByteBuffer,
+        qos: QoS = .atLeastOnce,
+        compress: Bool = false,
+        dictionaryID: UInt16? = nil,
+        topicAlias: UInt16? = nil
+    ) -> EventLoopFuture<Ack> {
         let handler = self.handler
         let compression = self.compression
         let promise = self.channel.eventLoop.makePromise(of: Ack.self)
@@ -197,8 +217,11 @@ public final class TerminusConnection: Sendable {
             )
             handler.value.publish(message, promise: promise)
         }
-        return try await promise.futureResult.get()
+        return promise.futureResult
     }
+
+    /// The event loop this connection runs on.
+    public var eventLoop: any EventLoop { self.channel.eventLoop }
 
     /// Sends PING and returns the round-trip time.
     public func ping() async throws -> TimeAmount {

@@ -117,6 +117,14 @@ public final class EdgeServer: Sendable {
         return address
     }
 
+    /// Sets up the device pipeline (PROXY header, TLS, frame decoder, session) on a channel the
+    /// caller made, exactly as the listener does for each accepted connection. The benchmarks
+    /// drive whole sessions on an `EmbeddedChannel` this way. Call it on the channel's event
+    /// loop, which must belong to the group this server was made with.
+    public func adopt(_ channel: any Channel) throws {
+        try Self.initialize(channel: channel, shared: self.shared, listener: self.listener)
+    }
+
     private static func initialize(channel: any Channel, shared: EdgeShared, listener: DeviceListener) throws {
         let open = shared.openConnections.wrappingAdd(1, ordering: .relaxed).newValue
         channel.closeFuture.whenComplete { _ in

@@ -39,7 +39,8 @@ struct PythonBackendTests {
         let stubs = try #require(try PythonBackend.generateStubs())
         defer { try? FileManager.default.removeItem(atPath: stubs) }
         let port = try await TestBackend.unusedPort()
-        let first = try await PythonBackend(stubs: stubs, port: port)
+        // A slow first backend (20 ms a batch), so that messages are in flight when it dies.
+        let first = try await PythonBackend(stubs: stubs, port: port, delayMilliseconds: 20)
         #expect(first.isListening)
         let gateway = try await TestGateway.start(routed: true) {
             $0.services = [try! BackendRoutingTests.service("billing", port: port, topics: ["pay/#"])]
@@ -65,7 +66,8 @@ struct PythonBackendTests {
                 return try await group.reduce(into: [(String, Ack)]()) { $0.append($1) }
             }
         }
-        try await Task.sleep(for: .milliseconds(10))
+        // Kill once part of the burst reached the backend: the rest is in flight or queued.
+        _ = await RawClient.poll(10) { first.received.count >= 45 }
         first.kill()
         for (payload, ack) in try await burst.value {
             if ack.status == .ok { acked.append(payload) } else { unacked.append(payload) }

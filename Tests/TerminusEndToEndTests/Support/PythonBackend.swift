@@ -28,7 +28,7 @@ final class PythonBackend: @unchecked Sendable {
     private let process: Process
 
     /// Starts the backend and waits (bounded) until it listens.
-    init(stubs: String, port: Int) async throws {
+    init(stubs: String, port: Int, delayMilliseconds: Int = 0) async throws {
         self.port = port
         self.output = stubs + "/backend-\(port)-\(UUID().uuidString).out"
         _ = FileManager.default.createFile(atPath: self.output, contents: nil)
@@ -36,7 +36,7 @@ final class PythonBackend: @unchecked Sendable {
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         process.arguments = [
             "python3", Self.repository.appendingPathComponent("docs/examples/python-backend/backend.py").path,
-            "--port", "\(port)",
+            "--port", "\(port)", "--delay-ms", "\(delayMilliseconds)",
         ]
         process.environment = ProcessInfo.processInfo.environment.merging(["PYTHONPATH": stubs]) { $1 }
         process.standardOutput = FileHandle(forWritingAtPath: self.output)

@@ -25,6 +25,9 @@ class Receiver(uplink_pb2_grpc.UplinkReceiverServicer):
     batch. Answer every batch with its batch_id and one result per message, in message order.
     """
 
+    def __init__(self, delay_seconds=0.0):
+        self.delay_seconds = delay_seconds
+
     async def Deliver(self, request_iterator, context):
         async for batch in request_iterator:
             results = []
@@ -40,12 +43,14 @@ class Receiver(uplink_pb2_grpc.UplinkReceiverServicer):
                 # To refuse: DeliverResult(status=STATUS_REJECTED, reason="...", retryable=True or False)
             # Accepted means "stored": flush (or commit) before answering.
             sys.stdout.flush()
+            if self.delay_seconds:
+                await asyncio.sleep(self.delay_seconds)
             yield uplink_pb2.DeliverResponse(batch_id=batch.batch_id, results=results)
 
 
-async def serve(host, port):
+async def serve(host, port, delay_seconds):
     server = grpc.aio.server()
-    uplink_pb2_grpc.add_UplinkReceiverServicer_to_server(Receiver(), server)
+    uplink_pb2_grpc.add_UplinkReceiverServicer_to_server(Receiver(delay_seconds), server)
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         sys.exit(f"cannot listen on {host}:{port}")
@@ -58,9 +63,10 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=50051)
+    parser.add_argument("--delay-ms", type=int, default=0, help="hold each batch this long (a slow backend)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
-    asyncio.run(serve(args.host, args.port))
+    asyncio.run(serve(args.host, args.port, args.delay_ms / 1000))
 
 
 if __name__ == "__main__":
