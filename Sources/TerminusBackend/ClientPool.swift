@@ -105,16 +105,25 @@ final class ClientPool: Sendable {
         return Entry(client: client, task: task, stream: stream, streamTask: streamTask)
     }
 
-    /// Sends one batch on the next open stream, round robin; fails with `notConnected` when
-    /// no stream is open.
-    func send(_ messages: [Terminus_V1_UplinkMessage], deadline: Duration) async throws -> Terminus_V1_DeliverResponse {
+    /// The least loaded open stream (ties: round robin), once it has a credit for one batch:
+    /// the caller must `send` on it. Fails with `notConnected` when no stream is open.
+    func reserve() async throws -> DeliveryStream {
         let start = self.next.wrappingAdd(1, ordering: .relaxed).oldValue
         let streams = self.entries.withLock { $0.map(\.stream) }
+        var chosen: DeliveryStream?
+        var lowest = Int.max
         for offset in 0..<streams.count {
             let stream = streams[(start &+ offset) % streams.count]
-            if stream.isOpen { return try await stream.send(messages, deadline: deadline) }
+            guard stream.isOpen else { continue }
+            let load = stream.load
+            if load < lowest {
+                chosen = stream
+                lowest = load
+            }
         }
-        throw DeliveryStreamFailure.notConnected
+        guard let chosen else { throw DeliveryStreamFailure.notConnected }
+        await chosen.acquireCredit()
+        return chosen
     }
 
     /// Batches written on the pool's streams and not answered yet.

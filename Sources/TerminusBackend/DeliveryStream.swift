@@ -28,8 +28,13 @@ enum DeliveryStreamFailure: Error, CustomStringConvertible {
 /// answers by `batch_id`, so a backend may answer out of order. A batch fails with
 /// `deadlineExceeded` when its deadline passes, and with `streamEnded` when the stream breaks;
 /// the caller retries it (on another stream, after backoff). The stream is re-opened after a
-/// backoff while `close()` has not been called. Writes wait on HTTP/2 flow control; how many
-/// batches can be outstanding is bounded by the service's window, not here.
+/// backoff while `close()` has not been called.
+///
+/// At most `batchesInFlight` batches are written and unanswered at once; further batches wait
+/// for one of them to be answered *before* they are written and before their deadline starts.
+/// A backend that answers a stream's batches one after another would otherwise see every
+/// batch of the service's window queued on its stream, most of them past their deadline by
+/// the time it gets to them (retried, so delivered twice, and the devices told RETRY_LATER).
 final class DeliveryStream: Sendable {
     typealias Client = GRPCClient<HTTP2ClientTransport.Posix>
 
@@ -53,6 +58,7 @@ final class DeliveryStream: Sendable {
     private let logger: Logger
     private let state = Mutex(State())
     private let sweepInterval: Duration
+    private let credits: AsyncWindow
 
     init(client: Client, subscription: Subscription, logger: Logger) {
         self.client = client
@@ -60,7 +66,11 @@ final class DeliveryStream: Sendable {
         self.logger = logger
         let quarter = max(10, min(250, subscription.deadlineMilliseconds / 4))
         self.sweepInterval = .milliseconds(quarter)
+        self.credits = AsyncWindow(capacity: subscription.batchesInFlight)
     }
+
+    /// Batches written or waiting to be written on this stream (to pick the least loaded).
+    var load: Int { self.credits.inUse + self.credits.waiting }
 
     /// Whether a stream is open and takes batches.
     var isOpen: Bool { self.state.withLock { $0.input != nil } }
@@ -68,9 +78,20 @@ final class DeliveryStream: Sendable {
     /// Batches written and not answered yet.
     var outstanding: Int { self.state.withLock { $0.waiting.count } }
 
-    /// Sends one batch and waits for its answer.
+    /// Waits until one more batch may be written on this stream; `send` gives the credit back.
+    func acquireCredit() async {
+        await self.credits.acquire(1)
+    }
+
+    /// Gives back a credit the caller will not use.
+    func releaseCredit() {
+        self.credits.release(1)
+    }
+
+    /// Sends one batch (the caller holds a credit, which this returns) and waits for its answer.
     func send(_ messages: [Terminus_V1_UplinkMessage], deadline: Duration) async throws -> Terminus_V1_DeliverResponse {
-        try await withCheckedThrowingContinuation { continuation in
+        defer { self.credits.release(1) }
+        return try await withCheckedThrowingContinuation { continuation in
             let sent = self.state.withLock { state -> Bool in
                 guard let input = state.input else { return false }
                 let id = state.nextBatchID

@@ -7,15 +7,72 @@ public import TerminusAPI
 internal import TerminusProtocol
 public import TerminusSessions
 
-/// Delivers messages to one subscribed service: batches of at most `batchSize` on the pool's
-/// long-lived Deliver streams, at most `window` messages in flight, bounded retries with
-/// exponential backoff and full jitter, and a per-message outcome in the end.
+/// Delivers messages to one subscribed service.
+///
+/// Messages from edge batches join one queue per service; a sender task takes up to
+/// `batchSize` of them whenever one of the pool's streams can take another batch
+/// (`batches_in_flight`), so batches grow by themselves when the backend is slow, and with
+/// `linger` it waits up to that long for a full batch. At most `window` messages are queued or
+/// in flight (edge batches wait for room, and their devices stop being read). A message whose
+/// batch failed (stream broken, deadline passed) or that the backend refused as retryable goes
+/// back into the queue after an exponential backoff with full jitter, until `maxAttempts`;
+/// then it is `retryLater`.
 final class ServiceDelivery: Sendable {
+    /// The callers of one `deliver`: outcomes by position, resumed when the last one is known.
+    private final class Ticket: Sendable {
+        private struct State {
+            var outcomes: [DeliveryOutcome]
+            var remaining: Int
+            var continuation: CheckedContinuation<[DeliveryOutcome], Never>?
+        }
+
+        private let state: Mutex<State>
+
+        init(count: Int, continuation: CheckedContinuation<[DeliveryOutcome], Never>) {
+            self.state = Mutex(
+                State(outcomes: Array(repeating: .accepted, count: count), remaining: count, continuation: continuation)
+            )
+        }
+
+        func complete(_ index: Int, _ outcome: DeliveryOutcome) {
+            let finished = self.state.withLock {
+                state -> ([DeliveryOutcome], CheckedContinuation<[DeliveryOutcome], Never>)? in
+                state.outcomes[index] = outcome
+                state.remaining -= 1
+                guard state.remaining == 0, let continuation = state.continuation else { return nil }
+                state.continuation = nil
+                return (state.outcomes, continuation)
+            }
+            if let (outcomes, continuation) = finished { continuation.resume(returning: outcomes) }
+        }
+    }
+
+    private struct Entry: Sendable {
+        var message: Terminus_V1_UplinkMessage
+        var ticket: Ticket
+        var index: Int
+        var attempt = 0
+        /// Queued at (fresh entries: for linger) or not to be sent before (retries: backoff).
+        var time: ContinuousClock.Instant
+    }
+
+    private struct Queue {
+        var fresh = CircularBuffer<Entry>()
+        var retries: [Entry] = []
+        /// The sender waits here for work (or for the end of a linger or backoff).
+        var wakeUp: CheckedContinuation<Void, Never>?
+        var stopped = false
+        /// Bumped whenever entries are added: a sender about to wait sees it missed a wake-up.
+        var generation = 0
+    }
+
     let subscription: Subscription
     private let pool: ClientPool
     private let window: AsyncWindow
     private let encoder: UplinkEncoder
     private let logger: Logger
+    private let queue = Mutex(Queue())
+    private let sender = Mutex<Task<Void, Never>?>(nil)
 
     init(subscription: Subscription, gatewayInstance: String, group: any EventLoopGroup, logger: Logger) {
         self.subscription = subscription
@@ -27,139 +84,236 @@ final class ServiceDelivery: Sendable {
 
     func start() throws {
         try self.pool.start()
+        let task = Task { await self.sendLoop() }
+        self.sender.withLock { $0 = task }
     }
 
     func rebalance() {
         self.pool.rebalance()
     }
 
+    /// Stops sending: what is still queued is answered `retryLater`; then the streams close.
     func shutdown() async {
+        let (entries, wakeUp) = self.queue.withLock { queue in
+            queue.stopped = true
+            defer {
+                queue.fresh.removeAll()
+                queue.retries.removeAll()
+                queue.wakeUp = nil
+            }
+            return (Array(queue.fresh) + queue.retries, queue.wakeUp)
+        }
+        wakeUp?.resume()
+        for entry in entries { entry.ticket.complete(entry.index, self.notAccepted) }
+        await self.sender.withLock { $0 }?.value
         await self.pool.shutdown()
     }
 
     var inFlight: Int { self.window.inUse }
 
-    /// Messages in flight, waiting for the window, or lingering.
-    var backlog: Int {
-        self.window.inUse + self.window.waitingMessages + self.lingering.withLock { $0.count }
-    }
+    /// Messages queued or in flight, plus those waiting for room in the window.
+    var backlog: Int { self.window.inUse + self.window.waitingMessages }
 
-    /// Messages waiting for the linger to end, with whoever waits for their outcomes.
-    private struct Lingering {
-        var tickets: [(messages: [UplinkMessage], continuation: CheckedContinuation<[DeliveryOutcome], Never>)] = []
-        var count = 0
-        var timerArmed = false
-    }
+    private var notAccepted: DeliveryOutcome { .retryLater(afterSeconds: self.subscription.retryAfterSeconds) }
 
-    private let lingering = Mutex(Lingering())
-
-    /// One outcome per message, in order. With `lingerMilliseconds` > 0, messages from several
-    /// edge batches (event loops, ticks) wait up to that long to share a batch, which is
-    /// sent at once when `batchSize` messages are waiting.
+    /// One outcome per message, in order.
     func deliver(_ messages: [UplinkMessage]) async -> [DeliveryOutcome] {
-        guard self.subscription.lingerMilliseconds > 0 else { return await self.deliverNow(messages) }
-        return await withCheckedContinuation { continuation in
-            let (flushNow, armTimer) = self.lingering.withLock { state -> (Bool, Bool) in
-                state.tickets.append((messages, continuation))
-                state.count += messages.count
-                if state.count >= self.subscription.batchSize { return (true, false) }
-                if state.timerArmed { return (false, false) }
-                state.timerArmed = true
-                return (false, true)
-            }
-            if flushNow {
-                Task { await self.flushLingering() }
-            } else if armTimer {
-                let linger = self.subscription.lingerMilliseconds
-                Task {
-                    try? await Task.sleep(for: .milliseconds(Int64(linger)))
-                    await self.flushLingering()
-                }
-            }
-        }
-    }
-
-    /// Sends everything that lingers as one delivery and hands each waiter its outcomes.
-    private func flushLingering() async {
-        let tickets = self.lingering.withLock { state in
-            defer { state = Lingering() }
-            return state.tickets
-        }
-        guard !tickets.isEmpty else { return }
-        let outcomes = await self.deliverNow(tickets.flatMap(\.messages))
-        var offset = 0
-        for ticket in tickets {
-            ticket.continuation.resume(returning: Array(outcomes[offset..<offset + ticket.messages.count]))
-            offset += ticket.messages.count
-        }
-    }
-
-    private func deliverNow(_ messages: [UplinkMessage]) async -> [DeliveryOutcome] {
-        let size = max(1, self.subscription.batchSize)
-        let chunks = stride(from: 0, to: messages.count, by: size).map { $0..<min($0 + size, messages.count) }
-        if chunks.count == 1 { return await self.deliverChunk(messages[...]) }
+        let size = self.window.capacity
+        if messages.count <= size { return await self.deliverWithinWindow(messages[...]) }
+        // More than the whole window: in window-sized parts, each admitted on its own.
         var outcomes = [DeliveryOutcome](repeating: .accepted, count: messages.count)
         await withTaskGroup(of: (Range<Int>, [DeliveryOutcome]).self) { group in
-            for range in chunks {
-                group.addTask { (range, await self.deliverChunk(messages[range])) }
+            for start in stride(from: 0, to: messages.count, by: size) {
+                let range = start..<min(start + size, messages.count)
+                group.addTask { (range, await self.deliverWithinWindow(messages[range])) }
             }
-            for await (range, chunkOutcomes) in group {
-                outcomes.replaceSubrange(range, with: chunkOutcomes)
-            }
+            for await (range, part) in group { outcomes.replaceSubrange(range, with: part) }
         }
         return outcomes
     }
 
-    private func deliverChunk(_ messages: ArraySlice<UplinkMessage>) async -> [DeliveryOutcome] {
-        let notAccepted = DeliveryOutcome.retryLater(afterSeconds: self.subscription.retryAfterSeconds)
-        var outcomes = [DeliveryOutcome](repeating: notAccepted, count: messages.count)
-        let protos = messages.map(self.encoder.encode)
+    /// At most `window` messages: waits for room, queues them, waits for their outcomes.
+    private func deliverWithinWindow(_ messages: ArraySlice<UplinkMessage>) async -> [DeliveryOutcome] {
+        guard !messages.isEmpty else { return [] }
         await self.window.acquire(messages.count)
         defer { self.window.release(messages.count) }
-
-        var pending = Array(0..<messages.count)
-        var attempt = 0
-        let deadline = Duration.milliseconds(self.subscription.deadlineMilliseconds)
-        while !pending.isEmpty && attempt < max(1, self.subscription.maxAttempts) {
-            if attempt > 0 {
-                try? await Task.sleep(for: .milliseconds(Int64(self.backoff(attempt: attempt))))
+        let now = ContinuousClock.now
+        return await withCheckedContinuation { continuation in
+            let ticket = Ticket(count: messages.count, continuation: continuation)
+            let (accepted, wakeUp) = self.queue.withLock { queue -> (Bool, CheckedContinuation<Void, Never>?) in
+                guard !queue.stopped else { return (false, nil) }
+                for (index, message) in zip(0..., messages) {
+                    queue.fresh.append(
+                        Entry(message: self.encoder.encode(message), ticket: ticket, index: index, time: now)
+                    )
+                }
+                queue.generation &+= 1
+                defer { queue.wakeUp = nil }
+                return (true, queue.wakeUp)
             }
-            attempt += 1
+            if !accepted {
+                for index in 0..<messages.count { ticket.complete(index, self.notAccepted) }
+            }
+            wakeUp?.resume()
+        }
+    }
+
+    // MARK: Sending
+
+    private enum Next {
+        case send([Entry])
+        case wait(until: ContinuousClock.Instant?, generation: Int)
+        case stop
+    }
+
+    /// What is ready to go: retries whose backoff ended first, then fresh messages; with a
+    /// linger, a batch that is not full waits until its oldest message has lingered. With
+    /// `take` false, only says whether something is ready (`.send([])`).
+    private func next(now: ContinuousClock.Instant, take: Bool) -> Next {
+        self.queue.withLock { queue in
+            if queue.stopped { return .stop }
+            let size = max(1, self.subscription.batchSize)
+            var batch: [Entry] = []
+            var earliestRetry: ContinuousClock.Instant?
+            var index = 0
+            while index < queue.retries.count && batch.count < size {
+                if queue.retries[index].time <= now {
+                    if !take { return .send([]) }
+                    batch.append(queue.retries.remove(at: index))
+                } else {
+                    earliestRetry = min(earliestRetry ?? queue.retries[index].time, queue.retries[index].time)
+                    index += 1
+                }
+            }
+            let linger = Duration.milliseconds(Int64(self.subscription.lingerMilliseconds))
+            if batch.isEmpty, linger > .zero, let oldest = queue.fresh.first, queue.fresh.count < size,
+                oldest.time + linger > now
+            {
+                let until = oldest.time + linger
+                return .wait(until: min(until, earliestRetry ?? until), generation: queue.generation)
+            }
+            if !take {
+                return queue.fresh.isEmpty && batch.isEmpty
+                    ? .wait(until: earliestRetry, generation: queue.generation) : .send([])
+            }
+            while batch.count < size, let entry = queue.fresh.popFirst() { batch.append(entry) }
+            if batch.isEmpty { return .wait(until: earliestRetry, generation: queue.generation) }
+            return .send(batch)
+        }
+    }
+
+    private func waitForWork(until deadline: ContinuousClock.Instant?, generation: Int) async {
+        let timer = deadline.map { deadline in
+            Task {
+                try? await Task.sleep(until: deadline)
+                self.wake()
+            }
+        }
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let resumeNow = self.queue.withLock { queue -> Bool in
+                // Work arrived between deciding to wait and getting here, or the timer already
+                // fired (it fires at the deadline, under this lock): look again at once.
+                if queue.stopped || queue.generation != generation { return true }
+                if let deadline, deadline <= .now { return true }
+                queue.wakeUp = continuation
+                return false
+            }
+            if resumeNow { continuation.resume() }
+        }
+        timer?.cancel()
+    }
+
+    private func wake() {
+        let wakeUp = self.queue.withLock { queue in
+            defer { queue.wakeUp = nil }
+            return queue.wakeUp
+        }
+        wakeUp?.resume()
+    }
+
+    private func sendLoop() async {
+        await withDiscardingTaskGroup { group in
+            while true {
+                switch self.next(now: .now, take: false) {
+                case .stop:
+                    return
+                case .wait(let until, let generation):
+                    await self.waitForWork(until: until, generation: generation)
+                    continue
+                case .send:
+                    break
+                }
+                // Wait for a stream that can take one more batch, then take the batch: while
+                // the backend is busy the queue fills, and the next batch is bigger.
+                let stream = try? await self.pool.reserve()
+                guard case .send(let batch) = self.next(now: .now, take: true), !batch.isEmpty else {
+                    stream?.releaseCredit()
+                    continue
+                }
+                group.addTask { await self.attempt(batch, on: stream) }
+            }
+        }
+    }
+
+    /// Sends one batch and settles each message: final outcome, or back into the queue.
+    private func attempt(_ batch: [Entry], on stream: DeliveryStream?) async {
+        var answers: [Terminus_V1_DeliverResult]?
+        if let stream {
             do {
-                let response = try await self.pool.send(pending.map { protos[$0] }, deadline: deadline)
-                guard response.results.count == pending.count else {
+                let response = try await stream.send(
+                    batch.map(\.message),
+                    deadline: .milliseconds(self.subscription.deadlineMilliseconds)
+                )
+                if response.results.count == batch.count {
+                    answers = response.results
+                } else {
                     self.logger.error(
                         "backend answered with the wrong number of results",
                         metadata: [
-                            "service": "\(self.subscription.name)", "sent": "\(pending.count)",
+                            "service": "\(self.subscription.name)", "sent": "\(batch.count)",
                             "results": "\(response.results.count)",
                         ]
                     )
-                    continue
                 }
-                var retry: [Int] = []
-                for (index, result) in zip(pending, response.results) {
-                    switch result.status {
-                    case .accepted:
-                        outcomes[index] = .accepted
-                    case .rejected where !result.retryable:
-                        outcomes[index] = .rejected(reason: result.reason)
-                    default:
-                        retry.append(index)
-                    }
-                }
-                pending = retry
             } catch {
                 self.logger.warning(
                     "backend delivery failed",
                     metadata: [
-                        "service": "\(self.subscription.name)", "attempt": "\(attempt)",
-                        "messages": "\(pending.count)", "error": "\(error)",
+                        "service": "\(self.subscription.name)", "messages": "\(batch.count)", "error": "\(error)",
                     ]
                 )
             }
         }
-        return outcomes
+        var retry: [Entry] = []
+        for (position, entry) in batch.enumerated() {
+            switch answers?[position] {
+            case .some(let result) where result.status == .accepted:
+                entry.ticket.complete(entry.index, .accepted)
+            case .some(let result) where result.status == .rejected && !result.retryable:
+                entry.ticket.complete(entry.index, .rejected(reason: result.reason))
+            default:
+                var again = entry
+                again.attempt += 1
+                if again.attempt >= max(1, self.subscription.maxAttempts) {
+                    entry.ticket.complete(entry.index, self.notAccepted)
+                } else {
+                    again.time = .now + .milliseconds(Int64(self.backoff(attempt: again.attempt)))
+                    retry.append(again)
+                }
+            }
+        }
+        guard !retry.isEmpty else { return }
+        let (requeued, wakeUp) = self.queue.withLock { queue -> (Bool, CheckedContinuation<Void, Never>?) in
+            guard !queue.stopped else { return (false, nil) }
+            queue.retries += retry
+            queue.generation &+= 1
+            defer { queue.wakeUp = nil }
+            return (true, queue.wakeUp)
+        }
+        if !requeued {
+            for entry in retry { entry.ticket.complete(entry.index, self.notAccepted) }
+        }
+        wakeUp?.resume()
     }
 
     /// Full jitter: uniform in [0, min(max, initial × 2^(attempt-1))].

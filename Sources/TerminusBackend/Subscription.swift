@@ -34,6 +34,9 @@ public struct Subscription: Sendable {
     /// HTTP/2 connections held to the service; a Service behind one virtual IP is balanced
     /// by holding several and replacing the oldest every `rebalanceSeconds`.
     public var connections: Int = 2
+    /// Batches written and unanswered at once on one connection's Deliver stream; more wait in
+    /// the gateway (their deadline not started) until the backend answers one.
+    public var batchesInFlight: Int = 16
     public var rebalanceSeconds: Int = 300
 
     public init(name: String, host: String, port: Int, filters: [TopicFilter]) {

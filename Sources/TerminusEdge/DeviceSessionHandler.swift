@@ -8,13 +8,16 @@ internal import TerminusProtocol
 internal import TerminusSessions
 
 /// Drives one device connection: HELLO and authentication, PUBLISH validation and inflation,
-/// ACKs from sink outcomes, keepalive, GOAWAY. Sits last in the pipeline, after the frame
-/// decoder; confined to the channel's event loop.
+/// ACKs from sink outcomes, keepalive, GOAWAY. Sits last in the pipeline, after TLS, and
+/// decodes frames itself; confined to the channel's event loop.
 ///
 /// Per-connection cost is kept to this object and its session handle: timers come from the
-/// loop's `TimerWheel`, zlib from the loop's `Inflater`, batching from the loop's batcher.
+/// loop's `TimerWheel`, zlib from the loop's `Inflater`, batching from the loop's batcher. The
+/// frame decoder lives inside this handler rather than in a `ByteToMessageHandler` of its own:
+/// that saves a pipeline context, the handler object and its buffer queue, about 0.4 KiB a
+/// session (measured by the idle-memory benchmark).
 final class DeviceSessionHandler: ChannelDuplexHandler, TimerWheelTarget, DeliveryWaiter {
-    typealias InboundIn = Frame
+    typealias InboundIn = ByteBuffer
     typealias OutboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
@@ -34,6 +37,9 @@ final class DeviceSessionHandler: ChannelDuplexHandler, TimerWheelTarget, Delive
     private var pendingPushes: [UInt32: (promise: EventLoopPromise<PushOutcome>, timeout: Scheduled<Void>)]?
     private var nextPushID: UInt32 = 0
     private var deviceCapabilities: Capabilities = []
+    private var frameDecoder: FrameDecoder
+    /// Bytes of a frame not complete yet; nil between frames (the usual idle state).
+    private var partialFrame: ByteBuffer?
     var armedTick: Int?
 
     init(shared: EdgeShared, loop: EdgeLoopContext, now: NIODeadline = .now()) {
@@ -41,6 +47,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, TimerWheelTarget, Delive
         self.loop = loop
         self.connectionID = shared.makeConnectionID()
         let settings = shared.settings
+        self.frameDecoder = FrameDecoder(maxFrameLength: settings.maxFrameSize)
         self.machine = DeviceSessionStateMachine(
             usesTLS: shared.usesTLS,
             now: now,
@@ -137,7 +144,34 @@ final class DeviceSessionHandler: ChannelDuplexHandler, TimerWheelTarget, Delive
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let frame = self.unwrapInboundIn(data)
+        var buffer = self.unwrapInboundIn(data)
+        if var partial = self.partialFrame {
+            self.partialFrame = nil
+            partial.writeBuffer(&buffer)
+            buffer = partial
+        }
+        while self.machine.state != .closed {
+            let frame: Frame?
+            do {
+                frame = try self.frameDecoder.decode(buffer: &buffer)
+            } catch let error as ProtocolError {
+                self.closeSession(error.code, message: error.message)
+                return
+            } catch {
+                self.closeSession(.malformedFrame, message: "\(error)")
+                return
+            }
+            guard let frame else { break }
+            self.frameReceived(frame, context: context)
+        }
+        if buffer.readableBytes > 0 && self.machine.state != .closed {
+            // Keep only the unfinished frame's bytes.
+            if buffer.readerIndex > 0 { buffer.discardReadBytes() }
+            self.partialFrame = buffer
+        }
+    }
+
+    private func frameReceived(_ frame: Frame, context: ChannelHandlerContext) {
         let now = NIODeadline.now()
         self.machine.frameReceived(now: now)
         do throws(ProtocolError) {

@@ -153,7 +153,6 @@ public final class EdgeServer: Sendable {
             try sync.addHandler(NIOSSLServerHandler(context: context))
         }
         let loop = shared.contexts.context(for: channel.eventLoop)
-        try sync.addHandler(ByteToMessageHandler(FrameDecoder(maxFrameLength: shared.settings.maxFrameSize)))
         try sync.addHandler(DeviceSessionHandler(shared: shared, loop: loop))
     }
 

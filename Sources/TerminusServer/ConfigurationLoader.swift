@@ -275,7 +275,7 @@ public enum ConfigurationLoader {
         for entry in entries {
             try entry.allow([
                 "name", "target", "tls", "topics", "batch_size", "linger", "window", "deadline", "retry",
-                "connections", "rebalance",
+                "connections", "batches_in_flight", "rebalance",
             ])
             guard let name = try entry.string("name"), !name.isEmpty else {
                 throw ConfigurationError(key: "\(entry.path).name", "is required")
@@ -327,6 +327,7 @@ public enum ConfigurationLoader {
             if let v = try entry.int("window", in: 1...10_000_000) { service.window = v }
             if let v = try entry.duration("deadline") { service.deadlineMilliseconds = v.nanoseconds / 1_000_000 }
             if let v = try entry.int("connections", in: 1...64) { service.connections = v }
+            if let v = try entry.int("batches_in_flight", in: 1...1024) { service.batchesInFlight = v }
             if let v = try entry.duration("rebalance") { service.rebalanceSeconds = Int(v.nanoseconds / 1_000_000_000) }
             if let retry = try entry.section("retry") {
                 try retry.allow(["attempts", "initial_backoff", "max_backoff", "retry_after"])

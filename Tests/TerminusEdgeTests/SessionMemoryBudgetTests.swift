@@ -47,8 +47,7 @@ struct SessionMemoryBudgetTests {
             readsClientCertificates: false
         )
         let handler = DeviceSessionHandler(shared: shared, loop: contexts.context(for: loop))
-        let decoder = ByteToMessageHandler(FrameDecoder(maxFrameLength: settings.maxFrameSize))
-        let channel = EmbeddedChannel(handlers: [decoder, handler], loop: loop)
+        let channel = EmbeddedChannel(handlers: [handler], loop: loop)
         try channel.connect(to: .init(ipAddress: "10.1.2.3", port: 40000)).wait()
 
         var hello = ByteBuffer()
@@ -74,16 +73,15 @@ struct SessionMemoryBudgetTests {
         let handle = try #require(directory.lookup("spk-00012345"))
 
         let handlerBytes = Self.usable(handler)
-        let decoderBytes = Self.usable(decoder)
         let handleBytes = Self.usable(handle)
         let controlBytes = Self.usable(handle.control)
         // A dictionary entry (String key + reference) at a 75 % load factor, rounded up.
         let registryEntryBytes = 2 * (MemoryLayout<String>.stride + MemoryLayout<SessionHandle>.stride)
-        let total = handlerBytes + decoderBytes + handleBytes + controlBytes + registryEntryBytes
+        let total = handlerBytes + handleBytes + controlBytes + registryEntryBytes
         print(
-            "session memory: handler=\(handlerBytes) decoder=\(decoderBytes) handle=\(handleBytes) control=\(controlBytes) registry≈\(registryEntryBytes) total=\(total) bytes"
+            "session memory: handler (frame decoder inside)=\(handlerBytes) handle=\(handleBytes) control=\(controlBytes) registry≈\(registryEntryBytes) total=\(total) bytes"
         )
-        #expect(handlerBytes > 0 && decoderBytes > 0 && handleBytes > 0)
+        #expect(handlerBytes > 0 && handleBytes > 0)
         #expect(total <= 1024, "our per-session state must stay within ~1 KiB")
         _ = try channel.finish()
     }

@@ -333,4 +333,44 @@ struct BackendRoutingTests {
         await gateway.stop()
         await backend.stop()
     }
+
+    @Test("a backend answering its stream's batches one at a time gets batches_in_flight at most: none expires")
+    func serialBackend() async throws {
+        let backend = try await TestBackend.start(receiver: RecordingReceiver(delay: .milliseconds(40), serial: true))
+        let gateway = try await Self.gateway([
+            try Self.service("serial", port: backend.port, topics: ["pay/#"]) {
+                $0.connections = 1
+                $0.batchSize = 2
+                $0.batchesInFlight = 2
+                $0.deadlineMilliseconds = 300
+                $0.maxAttempts = 1
+            }
+        ])
+        let devices = try await withThrowingTaskGroup(of: TerminusConnection.self) { group in
+            for index in 0..<3 { group.addTask { try await gateway.connect("serial-\(index)") } }
+            return try await group.reduce(into: [TerminusConnection]()) { $0.append($1) }
+        }
+        // 60 messages in batches of 2 answered 40 ms apart take ~1.2 s: far past the 300 ms
+        // deadline had they all been written to the stream at once.
+        let acks = try await withThrowingTaskGroup(of: Ack.self) { group in
+            for (deviceIndex, device) in devices.enumerated() {
+                for index in 0..<20 {
+                    group.addTask {
+                        try await device.publish(
+                            topic: "pay/done",
+                            payload: ByteBuffer(string: "\(deviceIndex)-\(index)")
+                        )
+                    }
+                }
+            }
+            return try await group.reduce(into: [Ack]()) { $0.append($1) }
+        }
+        #expect(acks.count == 60)
+        #expect(acks.allSatisfy { $0.status == .ok }, "\(acks.filter { $0.status != .ok }.count) not OK")
+        let payloads = backend.receiver.payloads
+        #expect(payloads.count == 60 && Set(payloads).count == 60, "each message delivered exactly once")
+        for device in devices { await device.close() }
+        await gateway.stop()
+        await backend.stop()
+    }
 }

@@ -223,6 +223,7 @@ struct ConfigurationTests {
                     deadline: 2s
                     retry: { attempts: 5, initial_backoff: 50ms, max_backoff: 1s, retry_after: 7s }
                     connections: 3
+                    batches_in_flight: 4
                     rebalance: 10m
                   - name: audit
                     target: "audit:9000"
@@ -248,6 +249,7 @@ struct ConfigurationTests {
                 && billing.maxBackoffMilliseconds == 1000
         )
         #expect(billing.retryAfterSeconds == 7 && billing.connections == 3 && billing.rebalanceSeconds == 600)
+        #expect(billing.batchesInFlight == 4 && config.services.last?.batchesInFlight == 16)
         #expect(config.apiListen == .init(host: "127.0.0.1", port: 7443))
         #expect(config.apiTokens == ["billing-token-0123456789", "audit-token-0123456789"])
         #expect(config.apiSendTimeoutMilliseconds == 3000)

@@ -140,6 +140,7 @@ struct Fleet: AsyncParsableCommand {
     var label: String = "fleet"
 
     func run() async throws {
+        raiseOpenFileLimit()
         if let path = self.writeDictionary {
             try Data(Traffic.dictionary).write(to: URL(fileURLWithPath: path))
             return
@@ -539,12 +540,14 @@ struct FleetRun {
                 backendPerSecond: backend,
                 p50Micros: histogram.totalCount == 0 ? 0 : histogram.valueAtPercentile(50),
                 p99Micros: histogram.totalCount == 0 ? 0 : histogram.valueAtPercentile(99),
-                gatewayCPUPercent: cpuPercent
+                gatewayCPUPercent: cpuPercent,
+                gatewayRSSBytes: now?.residentBytes
             )
             timeline.append(point)
             progress(
                 "t=\(second)s acked/s=\(acked) backend/s=\(backend) p50=\(FleetReport.ms(point.p50Micros))ms "
                     + "p99=\(FleetReport.ms(point.p99Micros))ms cpu=\(cpuPercent.map { String(format: "%.0f%%", $0) } ?? "-")"
+                    + " rss=\(now.map { "\($0.residentBytes / 1_048_576)MiB" } ?? "-")"
                     + (second <= o.warmup ? " (warm-up)" : "")
             )
             if second == o.warmup {
@@ -583,6 +586,8 @@ struct FleetRun {
             if let first = measureStart?.1, let endSample, state.acked > 0 {
                 let cpu = endSample.cpuSeconds - first.cpuSeconds
                 result.gatewayCPUMicrosPerMessage = cpu * 1_000_000 / Double(state.acked)
+                result.gatewaySystemCPUMicrosPerMessage =
+                    (endSample.systemSeconds - first.systemSeconds) * 1_000_000 / Double(state.acked)
                 result.gatewayCPUPercent = cpu / max(seconds, 0.001) * 100
             }
             publish = result

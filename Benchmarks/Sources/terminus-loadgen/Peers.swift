@@ -138,6 +138,7 @@ struct IdleTLS: AsyncParsableCommand {
     @Option(name: .long) var out: String?
 
     func run() async throws {
+        raiseOpenFileLimit()
         let group = MultiThreadedEventLoopGroup.singleton
         let context = self.plaintext ? nil : try RawTLS.clientContext(caFile: self.target.ca, tls13Only: true)
         let sources = SourceAddresses(count: self.target.sources)

@@ -4,6 +4,8 @@ import Foundation
 struct ProcessSample: Sendable {
     /// User + system CPU time, seconds.
     var cpuSeconds: Double
+    /// System (kernel) CPU time alone, seconds: syscalls and the loopback network stack.
+    var systemSeconds: Double
     /// Resident set size, bytes.
     var residentBytes: Int
     var at: ContinuousClock.Instant
@@ -22,6 +24,19 @@ struct ProcessSample: Sendable {
         for line in status.split(separator: "\n") where line.hasPrefix("VmRSS:") {
             rss = (Int(line.split(separator: " ").dropFirst().first ?? "0") ?? 0) * 1024
         }
-        return ProcessSample(cpuSeconds: (user + system) / Self.ticksPerSecond, residentBytes: rss, at: .now)
+        return ProcessSample(
+            cpuSeconds: (user + system) / Self.ticksPerSecond,
+            systemSeconds: system / Self.ticksPerSecond,
+            residentBytes: rss,
+            at: .now
+        )
     }
+}
+
+/// Raises this process's open-file soft limit to the hard limit (one descriptor per device).
+func raiseOpenFileLimit() {
+    var limit = rlimit()
+    guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0, limit.rlim_cur < limit.rlim_max else { return }
+    limit.rlim_cur = limit.rlim_max
+    _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
 }

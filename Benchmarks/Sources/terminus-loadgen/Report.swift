@@ -26,6 +26,7 @@ struct TimelinePoint: Codable, Sendable {
     var p50Micros: UInt64
     var p99Micros: UInt64
     var gatewayCPUPercent: Double?
+    var gatewayRSSBytes: Int?
 }
 
 struct FleetReport: Codable, Sendable {
@@ -57,6 +58,8 @@ struct FleetReport: Codable, Sendable {
         var ackedPerSecond: Double
         var backendReceived: Int
         var gatewayCPUMicrosPerMessage: Double?
+        /// The kernel's share of it (system time): syscalls and the loopback network stack.
+        var gatewaySystemCPUMicrosPerMessage: Double?
         var gatewayCPUPercent: Double?
         var publishToAckMicros: Percentiles
         var deviceToBackendMicros: Percentiles
@@ -117,7 +120,8 @@ struct FleetReport: Codable, Sendable {
             lines.append("| acked / sent (failures) | \(p.acked) / \(p.sent) (\(p.failures)) |")
             lines.append("| throughput | \(Self.f(p.ackedPerSecond, 0)) msg/s |")
             if let cpu = p.gatewayCPUMicrosPerMessage {
-                lines.append("| gateway CPU per message | \(Self.f(cpu, 2)) µs |")
+                let system = p.gatewaySystemCPUMicrosPerMessage.map { " (kernel \(Self.f($0, 2)) µs)" } ?? ""
+                lines.append("| gateway CPU per message | \(Self.f(cpu, 2)) µs\(system) |")
             }
             if let percent = p.gatewayCPUPercent { lines.append("| gateway CPU | \(Self.f(percent, 0)) % of a core |") }
             let l = p.publishToAckMicros

@@ -14,18 +14,24 @@ final class RecordingReceiver: Terminus_V1_UplinkReceiver.SimpleServiceProtocol,
     let concurrency = Mutex((now: 0, peak: 0))
     private let answer: @Sendable (Terminus_V1_UplinkMessage) -> Terminus_V1_DeliverResult
     private let delay: @Sendable (Terminus_V1_DeliverRequest) -> Duration
+    /// Answers a stream's batches one after another (like the Python example) instead of
+    /// concurrently.
+    private let serial: Bool
 
     init(
         delay: Duration = .zero,
+        serial: Bool = false,
         answer: @escaping @Sendable (Terminus_V1_UplinkMessage) -> Terminus_V1_DeliverResult = { _ in .accepted }
     ) {
         self.delay = { _ in delay }
+        self.serial = serial
         self.answer = answer
     }
 
     /// Holds each batch for as long as `delay` says before answering it.
     init(delay: @escaping @Sendable (Terminus_V1_DeliverRequest) -> Duration) {
         self.delay = delay
+        self.serial = false
         self.answer = { _ in .accepted }
     }
 
@@ -37,6 +43,10 @@ final class RecordingReceiver: Terminus_V1_UplinkReceiver.SimpleServiceProtocol,
         context: ServerContext
     ) async throws {
         self.streams.withLock { $0 += 1 }
+        if self.serial {
+            for try await batch in request { try await response.write(try await self.answer(batch)) }
+            return
+        }
         let (answers, sink) = AsyncStream.makeStream(of: Terminus_V1_DeliverResponse.self)
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask {
