@@ -516,7 +516,7 @@ struct FleetRun {
 
         // Progress and timeline, once a second; the measured window starts after the warm-up.
         var timeline: [TimelinePoint] = []
-        var measureStart: (ContinuousClock.Instant, ProcessSample?, Int)?
+        var measureStart: (ContinuousClock.Instant, ProcessSample?, Int, Int)?
         var previous = o.target.sample()
         var previousBackend = sink?.receiver.messages ?? 0
         var second = 0
@@ -552,8 +552,9 @@ struct FleetRun {
             )
             if second == o.warmup {
                 stats.resetTotals()
-                _ = sink?.receiver.take()
-                measureStart = (.now, o.target.sample(), sink?.receiver.messages ?? 0)
+                let (messages, batches, _) =
+                    sink?.receiver.take() ?? (0, 0, Histogram<UInt64>(highestTrackableValue: 60_000_000))
+                measureStart = (.now, o.target.sample(), messages, batches)
             }
         }
         stop.set()
@@ -564,8 +565,8 @@ struct FleetRun {
         // Give messages in flight a moment to complete (not counted in the rate).
         try await Task.sleep(for: .milliseconds(500))
         let state = stats.state.withLock { $0 }
-        let (backendMessages, backendLatency) =
-            sink?.receiver.take() ?? (0, Histogram<UInt64>(highestTrackableValue: 60_000_000))
+        let (backendMessages, backendBatches, backendLatency) =
+            sink?.receiver.take() ?? (0, 0, Histogram<UInt64>(highestTrackableValue: 60_000_000))
         var publish: FleetReport.Publish?
         if publishing {
             let startInstant = measureStart?.0 ?? start
@@ -580,6 +581,7 @@ struct FleetRun {
                 failures: state.failures,
                 ackedPerSecond: Double(state.acked) / max(seconds, 0.001),
                 backendReceived: backendMessages - (measureStart?.2 ?? 0),
+                backendBatches: backendBatches - (measureStart?.3 ?? 0),
                 publishToAckMicros: Percentiles(state.total),
                 deviceToBackendMicros: Percentiles(backendLatency)
             )

@@ -57,6 +57,8 @@ struct FleetReport: Codable, Sendable {
         var failures: Int
         var ackedPerSecond: Double
         var backendReceived: Int
+        /// Deliver batches the sink received (messages / batches = the mean batch size).
+        var backendBatches: Int
         var gatewayCPUMicrosPerMessage: Double?
         /// The kernel's share of it (system time): syscalls and the loopback network stack.
         var gatewaySystemCPUMicrosPerMessage: Double?
@@ -124,6 +126,10 @@ struct FleetReport: Codable, Sendable {
                 lines.append("| gateway CPU per message | \(Self.f(cpu, 2)) µs\(system) |")
             }
             if let percent = p.gatewayCPUPercent { lines.append("| gateway CPU | \(Self.f(percent, 0)) % of a core |") }
+            if p.backendBatches > 0 {
+                let mean = Double(p.backendReceived) / Double(p.backendBatches)
+                lines.append("| backend batches (mean size) | \(p.backendBatches) (\(Self.f(mean, 1))) |")
+            }
             let l = p.publishToAckMicros
             lines.append(
                 "| publish→ack p50 / p90 / p99 / p99.9 / max | \(Self.ms(l.p50)) / \(Self.ms(l.p90)) / \(Self.ms(l.p99)) / \(Self.ms(l.p999)) / \(Self.ms(l.max)) ms |"

@@ -47,12 +47,13 @@ final class SinkReceiver: Terminus_V1_UplinkReceiver.SimpleServiceProtocol, Send
         }
     }
 
-    /// Messages received so far, and the latency histogram since the last call (then reset).
-    func take() -> (messages: Int, latency: Histogram<UInt64>) {
+    /// Messages and batches received so far, and the latency histogram since the last call
+    /// (then reset).
+    func take() -> (messages: Int, batches: Int, latency: Histogram<UInt64>) {
         self.counters.withLock { counters in
             let latency = counters.latency
             counters.latency.reset()
-            return (counters.messages, latency)
+            return (counters.messages, counters.batches, latency)
         }
     }
 
