@@ -126,10 +126,6 @@ final class ClientPool: Sendable {
         return chosen
     }
 
-    /// Batches written on the pool's streams and not answered yet.
-    var outstandingBatches: Int {
-        self.entries.withLock { $0.map(\.stream) }.reduce(0) { $0 + $1.outstanding }
-    }
 
     /// Replaces the oldest client with a fresh one (new connection, possibly to another pod).
     func rebalance() {

@@ -75,9 +75,6 @@ final class DeliveryStream: Sendable {
     /// Whether a stream is open and takes batches.
     var isOpen: Bool { self.state.withLock { $0.input != nil } }
 
-    /// Batches written and not answered yet.
-    var outstanding: Int { self.state.withLock { $0.waiting.count } }
-
     /// Waits until one more batch may be written on this stream; `send` gives the credit back.
     func acquireCredit() async {
         await self.credits.acquire(1)

@@ -109,8 +109,6 @@ final class ServiceDelivery: Sendable {
         await self.pool.shutdown()
     }
 
-    var inFlight: Int { self.window.inUse }
-
     /// Messages queued or in flight, plus those waiting for room in the window.
     var backlog: Int { self.window.inUse + self.window.waitingMessages }
 
