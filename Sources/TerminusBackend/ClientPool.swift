@@ -126,7 +126,6 @@ final class ClientPool: Sendable {
         return chosen
     }
 
-
     /// Replaces the oldest client with a fresh one (new connection, possibly to another pod).
     func rebalance() {
         guard !self.stopped.load(ordering: .relaxed), let fresh = try? self.makeEntry() else { return }
