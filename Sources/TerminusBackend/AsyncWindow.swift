@@ -1,3 +1,4 @@
+internal import NIOCore
 internal import Synchronization
 
 /// A counting semaphore for in-flight messages to one service. Waiters are served in order.
@@ -6,7 +7,9 @@ internal import Synchronization
 final class AsyncWindow: Sendable {
     private struct State {
         var available: Int
-        var waiters: [(count: Int, continuation: CheckedContinuation<Void, Never>)] = []
+        /// First come, first served; a ring buffer, since thousands of edge batches can wait
+        /// behind a slow backend and each release takes from the front.
+        var waiters = CircularBuffer<(count: Int, continuation: CheckedContinuation<Void, Never>)>()
     }
 
     let capacity: Int
@@ -41,7 +44,7 @@ final class AsyncWindow: Sendable {
             while let first = state.waiters.first, first.count <= state.available {
                 state.available -= first.count
                 resumed.append(first.continuation)
-                state.waiters.removeFirst()
+                _ = state.waiters.popFirst()
             }
             return resumed
         }

@@ -158,45 +158,47 @@ final class ServiceDelivery: Sendable {
 
     // MARK: Sending
 
-    private enum Next {
-        case send([Entry])
+    private enum Readiness {
+        case ready
         case wait(until: ContinuousClock.Instant?, generation: Int)
         case stop
     }
 
-    /// What is ready to go: retries whose backoff ended first, then fresh messages; with a
-    /// linger, a batch that is not full waits until its oldest message has lingered. With
-    /// `take` false, only says whether something is ready (`.send([])`).
-    private func next(now: ContinuousClock.Instant, take: Bool) -> Next {
+    /// Whether a batch can go now: a retry whose backoff ended, or fresh messages (with a
+    /// linger, only a full batch or one whose oldest message has lingered long enough).
+    private func readiness(now: ContinuousClock.Instant) -> Readiness {
         self.queue.withLock { queue in
             if queue.stopped { return .stop }
+            let earliestRetry = queue.retries.lazy.map(\.time).min()
+            if let earliestRetry, earliestRetry <= now { return .ready }
+            guard let oldest = queue.fresh.first else {
+                return .wait(until: earliestRetry, generation: queue.generation)
+            }
+            let linger = Duration.milliseconds(Int64(self.subscription.lingerMilliseconds))
+            let lingerEnds = oldest.time + linger
+            if queue.fresh.count < max(1, self.subscription.batchSize) && lingerEnds > now {
+                return .wait(until: min(lingerEnds, earliestRetry ?? lingerEnds), generation: queue.generation)
+            }
+            return .ready
+        }
+    }
+
+    /// Up to `batchSize` entries: retries whose backoff ended first, then fresh messages.
+    private func takeBatch(now: ContinuousClock.Instant) -> [Entry] {
+        self.queue.withLock { queue in
+            guard !queue.stopped else { return [] }
             let size = max(1, self.subscription.batchSize)
             var batch: [Entry] = []
-            var earliestRetry: ContinuousClock.Instant?
             var index = 0
             while index < queue.retries.count && batch.count < size {
                 if queue.retries[index].time <= now {
-                    if !take { return .send([]) }
                     batch.append(queue.retries.remove(at: index))
                 } else {
-                    earliestRetry = min(earliestRetry ?? queue.retries[index].time, queue.retries[index].time)
                     index += 1
                 }
             }
-            let linger = Duration.milliseconds(Int64(self.subscription.lingerMilliseconds))
-            if batch.isEmpty, linger > .zero, let oldest = queue.fresh.first, queue.fresh.count < size,
-                oldest.time + linger > now
-            {
-                let until = oldest.time + linger
-                return .wait(until: min(until, earliestRetry ?? until), generation: queue.generation)
-            }
-            if !take {
-                return queue.fresh.isEmpty && batch.isEmpty
-                    ? .wait(until: earliestRetry, generation: queue.generation) : .send([])
-            }
             while batch.count < size, let entry = queue.fresh.popFirst() { batch.append(entry) }
-            if batch.isEmpty { return .wait(until: earliestRetry, generation: queue.generation) }
-            return .send(batch)
+            return batch
         }
     }
 
@@ -232,19 +234,20 @@ final class ServiceDelivery: Sendable {
     private func sendLoop() async {
         await withDiscardingTaskGroup { group in
             while true {
-                switch self.next(now: .now, take: false) {
+                switch self.readiness(now: .now) {
                 case .stop:
                     return
                 case .wait(let until, let generation):
                     await self.waitForWork(until: until, generation: generation)
                     continue
-                case .send:
+                case .ready:
                     break
                 }
                 // Wait for a stream that can take one more batch, then take the batch: while
                 // the backend is busy the queue fills, and the next batch is bigger.
                 let stream = try? await self.pool.reserve()
-                guard case .send(let batch) = self.next(now: .now, take: true), !batch.isEmpty else {
+                let batch = self.takeBatch(now: .now)
+                guard !batch.isEmpty else {
                     stream?.releaseCredit()
                     continue
                 }
