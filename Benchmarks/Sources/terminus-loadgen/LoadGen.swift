@@ -41,16 +41,42 @@ struct TargetOptions: ParsableArguments {
     @Option(name: .long, help: "Source addresses 127.0.0.2 … (0: let the kernel choose).")
     var sources: Int = 4
 
-    var host: String { String(self.target[..<(self.target.lastIndex(of: ":") ?? self.target.endIndex)]) }
-    var port: Int {
-        Int(self.target[self.target.index(after: self.target.lastIndex(of: ":") ?? self.target.startIndex)...]) ?? 0
-    }
+    var host: String { (try? HostPort(self.target, option: "--target"))?.host ?? "" }
+    var port: Int { (try? HostPort(self.target, option: "--target"))?.port ?? 0 }
 
     func validate() throws {
-        guard self.target.contains(":"), self.port > 0 else { throw ValidationError("--target must be HOST:PORT") }
+        _ = try HostPort(self.target, option: "--target")
     }
 
     func sample() -> ProcessSample? { self.pid.flatMap(ProcessSample.read(pid:)) }
+
+    /// One TLS connection (plain TCP with a nil context) to the target from source `index`.
+    func connect(group: any EventLoopGroup, context: NIOSSLContext?, index: Int) async throws -> any Channel {
+        try await RawTLS.connect(
+            group: group,
+            context: context,
+            serverName: self.serverName,
+            host: self.host,
+            port: self.port,
+            source: SourceAddresses(count: self.sources).address(for: index)
+        )
+    }
+}
+
+/// A `HOST:PORT` option value.
+struct HostPort: Sendable {
+    let host: String
+    let port: Int
+
+    init(_ text: String, option: String) throws {
+        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]),
+            (0...65_535).contains(port), colon > text.startIndex
+        else {
+            throw ValidationError("\(option) must be HOST:PORT, not \(text)")
+        }
+        self.host = String(text[..<colon])
+        self.port = port
+    }
 }
 
 enum CompressionMode: String, ExpressibleByArgument, CaseIterable, Sendable {
@@ -242,16 +268,13 @@ struct FleetRun {
         let group = MultiThreadedEventLoopGroup.singleton
         let sink: SinkServer?
         if let listen = o.sinkListen {
-            let parts = listen.split(separator: ":")
-            guard parts.count == 2, let port = Int(parts[1]) else {
-                throw ValidationError("--sink-listen must be HOST:PORT")
-            }
+            let address = try HostPort(listen, option: "--sink-listen")
             sink = try await SinkServer.start(
-                host: String(parts[0]),
-                port: port,
+                host: address.host,
+                port: address.port,
                 receiver: SinkReceiver(delay: .milliseconds(o.sinkDelayMs))
             )
-            progress("sink backend listening on \(parts[0]):\(sink!.port)")
+            progress("sink backend listening on \(address.host):\(sink!.port)")
         } else {
             sink = nil
         }
@@ -463,11 +486,10 @@ struct FleetRun {
         )
         let sender = Task {
             guard o.sendRate > 0, let api = o.api else { return }
-            let parts = api.split(separator: ":")
-            guard parts.count == 2, let port = Int(parts[1]) else { return }
             do {
+                let address = try HostPort(api, option: "--api")
                 let transport = try HTTP2ClientTransport.Posix(
-                    target: .ipv4(address: String(parts[0]), port: port),
+                    target: .ipv4(address: address.host, port: address.port),
                     transportSecurity: .plaintext
                 )
                 try await withGRPCClient(transport: transport) { client in

@@ -44,17 +44,9 @@ struct Handshakes: AsyncParsableCommand {
     func run() async throws {
         let group = MultiThreadedEventLoopGroup.singleton
         let context = try RawTLS.clientContext(caFile: self.target.ca, tls13Only: true)
-        let sources = SourceAddresses(count: self.target.sources)
         // Warm up the server (first-connection costs, lazily built state), then measure.
         for index in 0..<min(50, self.count) {
-            let channel = try await RawTLS.connect(
-                group: group,
-                context: context,
-                serverName: self.target.serverName,
-                host: self.target.host,
-                port: self.target.port,
-                source: sources.address(for: index)
-            )
+            let channel = try await self.target.connect(group: group, context: context, index: index)
             try? await channel.close()
         }
         let before = self.target.sample()
@@ -66,14 +58,7 @@ struct Handshakes: AsyncParsableCommand {
                 if index >= self.concurrency { try await tasks.next() }
                 tasks.addTask {
                     do {
-                        let channel = try await RawTLS.connect(
-                            group: group,
-                            context: context,
-                            serverName: target.serverName,
-                            host: target.host,
-                            port: target.port,
-                            source: sources.address(for: index)
-                        )
+                        let channel = try await target.connect(group: group, context: context, index: index)
                         try? await channel.close()
                     } catch {
                         failures.withLock { $0 += 1 }
@@ -141,7 +126,6 @@ struct IdleTLS: AsyncParsableCommand {
         raiseOpenFileLimit()
         let group = MultiThreadedEventLoopGroup.singleton
         let context = self.plaintext ? nil : try RawTLS.clientContext(caFile: self.target.ca, tls13Only: true)
-        let sources = SourceAddresses(count: self.target.sources)
         let before = self.target.sample()
         let secret = Array(self.secret.utf8)
         let target = self.target
@@ -151,14 +135,7 @@ struct IdleTLS: AsyncParsableCommand {
             for index in 0..<self.connections {
                 if index >= 128, let channel = try await tasks.next() { channels.append(channel) }
                 tasks.addTask {
-                    let channel = try await RawTLS.connect(
-                        group: group,
-                        context: context,
-                        serverName: target.serverName,
-                        host: target.host,
-                        port: target.port,
-                        source: sources.address(for: index)
-                    )
+                    let channel = try await target.connect(group: group, context: context, index: index)
                     try await channel.writeAndFlush(RawTLS.hello(deviceID: "\(prefix)\(index)", secret: secret))
                     return channel
                 }
@@ -214,20 +191,18 @@ struct Sinks: AsyncParsableCommand {
 
     func run() async throws {
         if let tcp = self.tcp {
-            let parts = tcp.split(separator: ":")
-            guard parts.count == 2, let port = Int(parts[1]) else { throw ValidationError("--tcp must be HOST:PORT") }
+            let address = try HostPort(tcp, option: "--tcp")
             let channel = try await TCPSink.start(
-                host: String(parts[0]),
-                port: port,
+                host: address.host,
+                port: address.port,
                 group: MultiThreadedEventLoopGroup.singleton
             )
             print("TCP sink listening on \(channel.localAddress!)")
         }
         if let grpc = self.grpc {
-            let parts = grpc.split(separator: ":")
-            guard parts.count == 2, let port = Int(parts[1]) else { throw ValidationError("--grpc must be HOST:PORT") }
-            let sink = try await SinkServer.start(host: String(parts[0]), port: port, receiver: SinkReceiver())
-            print("gRPC sink listening on \(parts[0]):\(sink.port)")
+            let address = try HostPort(grpc, option: "--grpc")
+            let sink = try await SinkServer.start(host: address.host, port: address.port, receiver: SinkReceiver())
+            print("gRPC sink listening on \(address.host):\(sink.port)")
         }
         while true { try await Task.sleep(for: .seconds(3600)) }
     }
