@@ -36,6 +36,16 @@ final class AsyncWindow: Sendable {
         }
     }
 
+    /// Takes `count` permits if they are free now and nobody waits before us; never waits.
+    func tryAcquire(_ count: Int) -> Bool {
+        let count = min(count, self.capacity)
+        return self.state.withLock { state in
+            guard state.waiters.isEmpty && state.available >= count else { return false }
+            state.available -= count
+            return true
+        }
+    }
+
     func release(_ count: Int) {
         let count = min(count, self.capacity)
         let resumed = self.state.withLock { state -> [CheckedContinuation<Void, Never>] in

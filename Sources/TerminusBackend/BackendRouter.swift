@@ -93,6 +93,20 @@ public final class BackendRouter: UplinkSink, Sendable {
         let initial = plan.outcomes
         let groups = plan.groups
         let promise = eventLoop.makePromise(of: [DeliveryOutcome].self)
+        // The common case, one service and room in its window: queued right here, no task.
+        let matching = groups.indices.filter { !groups[$0].isEmpty }
+        if matching.count == 1, let service = matching.first {
+            let indices = groups[service]
+            let messages = indices.count == batch.count ? batch : indices.map { batch[$0] }
+            let queued = services[service].tryDeliver(messages) { results in
+                var outcomes = initial
+                for (index, result) in zip(indices, results) {
+                    outcomes[index] = Self.combine(outcomes[index], result)
+                }
+                promise.succeed(outcomes)
+            }
+            if queued { return promise.futureResult }
+        }
         promise.completeWithTask {
             var outcomes = initial
             await withTaskGroup(of: ([Int], [DeliveryOutcome]).self) { group in

@@ -18,32 +18,33 @@ public import TerminusSessions
 /// back into the queue after an exponential backoff with full jitter, until `maxAttempts`;
 /// then it is `retryLater`.
 final class ServiceDelivery: Sendable {
-    /// The callers of one `deliver`: outcomes by position, resumed when the last one is known.
+    /// The callers of one `deliver`: outcomes by position, handed to `completion` when the last
+    /// one is known.
     private final class Ticket: Sendable {
         private struct State {
             var outcomes: [DeliveryOutcome]
             var remaining: Int
-            var continuation: CheckedContinuation<[DeliveryOutcome], Never>?
+            var completion: (@Sendable ([DeliveryOutcome]) -> Void)?
         }
 
         private let state: Mutex<State>
 
-        init(count: Int, continuation: CheckedContinuation<[DeliveryOutcome], Never>) {
+        init(count: Int, completion: @escaping @Sendable ([DeliveryOutcome]) -> Void) {
             self.state = Mutex(
-                State(outcomes: Array(repeating: .accepted, count: count), remaining: count, continuation: continuation)
+                State(outcomes: Array(repeating: .accepted, count: count), remaining: count, completion: completion)
             )
         }
 
         func complete(_ index: Int, _ outcome: DeliveryOutcome) {
             let finished = self.state.withLock {
-                state -> ([DeliveryOutcome], CheckedContinuation<[DeliveryOutcome], Never>)? in
+                state -> ([DeliveryOutcome], @Sendable ([DeliveryOutcome]) -> Void)? in
                 state.outcomes[index] = outcome
                 state.remaining -= 1
-                guard state.remaining == 0, let continuation = state.continuation else { return nil }
-                state.continuation = nil
-                return (state.outcomes, continuation)
+                guard state.remaining == 0, let completion = state.completion else { return nil }
+                state.completion = nil
+                return (state.outcomes, completion)
             }
-            if let (outcomes, continuation) = finished { continuation.resume(returning: outcomes) }
+            if let (outcomes, completion) = finished { completion(outcomes) }
         }
     }
 
@@ -134,26 +135,50 @@ final class ServiceDelivery: Sendable {
     private func deliverWithinWindow(_ messages: ArraySlice<UplinkMessage>) async -> [DeliveryOutcome] {
         guard !messages.isEmpty else { return [] }
         await self.window.acquire(messages.count)
-        defer { self.window.release(messages.count) }
-        let now = ContinuousClock.now
         return await withCheckedContinuation { continuation in
-            let ticket = Ticket(count: messages.count, continuation: continuation)
-            let (accepted, wakeUp) = self.queue.withLock { queue -> (Bool, CheckedContinuation<Void, Never>?) in
-                guard !queue.stopped else { return (false, nil) }
-                for (index, message) in zip(0..., messages) {
-                    queue.fresh.append(
-                        Entry(message: self.encoder.encode(message), ticket: ticket, index: index, time: now)
-                    )
-                }
-                queue.generation &+= 1
-                defer { queue.wakeUp = nil }
-                return (true, queue.wakeUp)
-            }
-            if !accepted {
-                for index in 0..<messages.count { ticket.complete(index, self.notAccepted) }
-            }
-            wakeUp?.resume()
+            self.enqueue(messages) { continuation.resume(returning: $0) }
         }
+    }
+
+    /// The synchronous way in, for the common case (called on an event loop, no task needed):
+    /// when the window has room for all of `messages` right now and nobody waits before them,
+    /// queues them and returns true; `completion` gets one outcome per message, in order, on
+    /// whichever thread settles the last one. Otherwise returns false and does nothing.
+    func tryDeliver(_ messages: [UplinkMessage], completion: @escaping @Sendable ([DeliveryOutcome]) -> Void) -> Bool {
+        guard !messages.isEmpty, messages.count <= self.window.capacity, self.window.tryAcquire(messages.count) else {
+            return false
+        }
+        self.enqueue(messages[...], completion: completion)
+        return true
+    }
+
+    /// Queues `messages`, whose window permits are already taken; gives them back with the outcomes.
+    private func enqueue(
+        _ messages: ArraySlice<UplinkMessage>,
+        completion: @escaping @Sendable ([DeliveryOutcome]) -> Void
+    ) {
+        let window = self.window
+        let count = messages.count
+        let ticket = Ticket(count: count) { outcomes in
+            window.release(count)
+            completion(outcomes)
+        }
+        let now = ContinuousClock.now
+        // Encoded outside the lock: the sender takes batches under it.
+        let entries = zip(0..., messages).map { index, message in
+            Entry(message: self.encoder.encode(message), ticket: ticket, index: index, time: now)
+        }
+        let (accepted, wakeUp) = self.queue.withLock { queue -> (Bool, CheckedContinuation<Void, Never>?) in
+            guard !queue.stopped else { return (false, nil) }
+            queue.fresh.append(contentsOf: entries)
+            queue.generation &+= 1
+            defer { queue.wakeUp = nil }
+            return (true, queue.wakeUp)
+        }
+        if !accepted {
+            for index in 0..<count { ticket.complete(index, self.notAccepted) }
+        }
+        wakeUp?.resume()
     }
 
     // MARK: Sending

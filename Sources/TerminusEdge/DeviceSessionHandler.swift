@@ -285,7 +285,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, TimerWheelTarget, Delive
                 payload = try self.loop.inflater.inflate(
                     message.payload,
                     dictionaryID: message.dictionaryID,
-                    allocator: self.context!.channel.allocator
+                    allocator: self.loop.allocator
                 )
             } catch {
                 switch error.kind {
@@ -298,7 +298,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, TimerWheelTarget, Delive
             // A slice of the read buffer would keep the whole buffer (often 16 KiB or more)
             // alive for as long as the message waits for its backends, which under a slow
             // backend is seconds, for thousands of messages. An exact copy is ~100 ns.
-            var copy = self.context!.channel.allocator.buffer(capacity: payload.readableBytes)
+            var copy = self.loop.allocator.buffer(capacity: payload.readableBytes)
             copy.writeImmutableBuffer(payload)
             payload = copy
         }
@@ -493,7 +493,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, TimerWheelTarget, Delive
     // MARK: Helpers
 
     private func write(_ frame: Frame, context: ChannelHandlerContext) {
-        var buffer = context.channel.allocator.buffer(capacity: 32)
+        var buffer = self.loop.allocator.buffer(capacity: 32)
         buffer.writeFrame(frame)
         context.write(self.wrapOutboundOut(buffer), promise: nil)
     }

@@ -12,6 +12,9 @@ final class EdgeLoopContext {
     let deflater: Deflater
     let wheel: TimerWheel
     let batcher: UplinkBatcher
+    /// For the sessions' outgoing frames and payload copies: the channels use the default
+    /// allocator too, and reading it here saves a trip through the pipeline per frame.
+    let allocator = ByteBufferAllocator()
     var draining = false
     var drainReconnectWindowMilliseconds: UInt32 = 0
 

@@ -14,7 +14,7 @@ protocol DeliveryWaiter: AnyObject {
 /// sink as one batch per loop tick (or sooner, when `maxBatchSize` is reached).
 ///
 /// Confined to its event loop. Outcomes are delivered back on the same loop; each waiting
-/// session flushes its ACKs once per batch.
+/// session flushes its ACKs once per run of its messages in the batch.
 final class UplinkBatcher {
     private let eventLoop: any EventLoop
     private let sink: any UplinkSink
@@ -62,11 +62,17 @@ final class UplinkBatcher {
                     // A failed or malformed sink answer: nothing was accepted; ask devices to resend.
                     outcomes = Array(repeating: .retryLater(afterSeconds: 1), count: waiters.count)
                 }
-                for ((waiter, id), outcome) in zip(waiters, outcomes) {
-                    waiter?.deliveryCompleted(messageID: id, outcome: outcome)
+                // One pass, while each session's state is in the cache: a session's messages sit
+                // next to each other in the batch (one read each per tick), so its ACKs are
+                // flushed when the next message is another session's. A session seen again later
+                // gets another flush then; flushAcks does nothing when nothing is pending.
+                for position in waiters.indices {
+                    let (waiter, id) = waiters[position]
+                    guard let waiter else { continue }
+                    waiter.deliveryCompleted(messageID: id, outcome: outcomes[position])
+                    let next = position + 1 < waiters.count ? waiters[position + 1].0 : nil
+                    if next !== waiter { waiter.flushAcks() }
                 }
-                // One flush per session: flushAcks does nothing once a session's ACKs are out.
-                for (waiter, _) in waiters { waiter?.flushAcks() }
             }
     }
 }

@@ -1,0 +1,105 @@
+import NIOCore
+import NIOEmbedded
+import TerminusProtocol
+import TerminusSessions
+import Testing
+
+@testable import TerminusEdge
+
+/// The uplink batcher hands one batch per loop tick to the sink and gives every waiting session
+/// its outcomes and ACK flushes back in one pass over the batch.
+@Suite("Uplink batcher")
+struct UplinkBatcherTests {
+    /// A sink that keeps each batch's promise for the test to complete.
+    final class HeldSink: UplinkSink, @unchecked Sendable {
+        var batches: [[UplinkMessage]] = []
+        var promises: [EventLoopPromise<[DeliveryOutcome]>] = []
+
+        func deliver(_ batch: [UplinkMessage], on eventLoop: any EventLoop) -> EventLoopFuture<[DeliveryOutcome]> {
+            self.batches.append(batch)
+            let promise = eventLoop.makePromise(of: [DeliveryOutcome].self)
+            self.promises.append(promise)
+            return promise.futureResult
+        }
+    }
+
+    /// Records what the batcher tells it, in order, into a log shared by all waiters.
+    final class Waiter: DeliveryWaiter {
+        let name: String
+        let log: Log
+        var pending = 0
+
+        init(_ name: String, log: Log) {
+            self.name = name
+            self.log = log
+        }
+
+        func deliveryCompleted(messageID: UInt32, outcome: DeliveryOutcome) {
+            self.pending += 1
+            self.log.entries.append("\(self.name)\(messageID):\(outcome == .accepted ? "ok" : "retry")")
+        }
+
+        func flushAcks() {
+            guard self.pending > 0 else { return }
+            self.pending = 0
+            self.log.entries.append("flush \(self.name)")
+        }
+    }
+
+    final class Log {
+        var entries: [String] = []
+    }
+
+    static func message(_ id: UInt32) -> UplinkMessage {
+        UplinkMessage(
+            deviceID: "d",
+            topic: "t",
+            messageID: id,
+            qos: .atLeastOnce,
+            payload: ByteBuffer(string: "x"),
+            receivedAt: 0,
+            clientAddress: "127.0.0.1:1"
+        )
+    }
+
+    @Test("one batch per tick; each session's run of ACKs is flushed as soon as the run ends, interleaved or not")
+    func flushesPerRun() throws {
+        let loop = EmbeddedEventLoop()
+        let sink = HeldSink()
+        let batcher = UplinkBatcher(eventLoop: loop, sink: sink, maxBatchSize: 100)
+        let log = Log()
+        let a = Waiter("a", log: log)
+        let b = Waiter("b", log: log)
+        batcher.enqueue(Self.message(1), waiter: a)
+        batcher.enqueue(Self.message(2), waiter: a)
+        batcher.enqueue(Self.message(3), waiter: b)
+        batcher.enqueue(Self.message(4), waiter: nil)  // QoS 0: nobody waits
+        batcher.enqueue(Self.message(5), waiter: a)
+        #expect(sink.batches.isEmpty, "the batch goes at the end of the tick")
+        loop.run()
+        try #require(sink.batches.count == 1)
+        #expect(sink.batches[0].map(\.messageID) == [1, 2, 3, 4, 5])
+
+        sink.promises[0].succeed(Array(repeating: .accepted, count: 5))
+        loop.run()
+        #expect(log.entries == ["a1:ok", "a2:ok", "flush a", "b3:ok", "flush b", "a5:ok", "flush a"])
+        #expect(a.pending == 0 && b.pending == 0, "no ACK is left unflushed")
+    }
+
+    @Test("a failed sink answer: every waiting message gets retryLater, and every ACK is flushed")
+    func failedSink() throws {
+        struct SinkDown: Error {}
+        let loop = EmbeddedEventLoop()
+        let sink = HeldSink()
+        let batcher = UplinkBatcher(eventLoop: loop, sink: sink, maxBatchSize: 2)
+        let log = Log()
+        let a = Waiter("a", log: log)
+        let b = Waiter("b", log: log)
+        batcher.enqueue(Self.message(1), waiter: a)
+        batcher.enqueue(Self.message(2), waiter: b)  // the second message fills the batch
+        #expect(sink.batches.count == 1, "a full batch goes at once")
+        sink.promises[0].fail(SinkDown())
+        loop.run()
+        #expect(log.entries == ["a1:retry", "flush a", "b2:retry", "flush b"])
+    }
+}
