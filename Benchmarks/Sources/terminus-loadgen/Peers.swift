@@ -180,7 +180,8 @@ struct IdleTLS: AsyncParsableCommand {
 
 struct Sinks: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Run sinks until killed: a TCP sink (behind a TLS-terminating peer) and/or a gRPC backend sink."
+        abstract:
+            "Run sinks until killed: a TCP sink (behind a TLS-terminating peer), a gRPC backend sink, a bare ACK server."
     )
 
     @Option(name: .long, help: "TCP sink that reads and discards, HOST:PORT.")
@@ -189,7 +190,33 @@ struct Sinks: AsyncParsableCommand {
     @Option(name: .long, help: "gRPC backend (terminus.v1.UplinkReceiver) that counts and accepts, HOST:PORT.")
     var grpc: String?
 
+    @Option(
+        name: .long,
+        help:
+            "Bare SwiftNIO device-protocol server that ACKs every message at once (the CPU-per-message floor), HOST:PORT."
+    )
+    var ack: String?
+
+    @Option(name: .long, help: "Certificate chain (PEM) for --ack; without it --ack is plain TCP.")
+    var certificateChain: String?
+
+    @Option(name: .long, help: "Private key (PEM) for --ack.")
+    var privateKey: String?
+
     func run() async throws {
+        if let ack = self.ack {
+            let address = try HostPort(ack, option: "--ack")
+            if (self.certificateChain == nil) != (self.privateKey == nil) {
+                throw ValidationError("--certificate-chain and --private-key go together")
+            }
+            let channel = try await AckServer.start(
+                host: address.host,
+                port: address.port,
+                certificateChain: self.certificateChain,
+                privateKey: self.privateKey
+            )
+            print("ACK server listening on \(channel.localAddress!)")
+        }
         if let tcp = self.tcp {
             let address = try HostPort(tcp, option: "--tcp")
             let channel = try await TCPSink.start(
