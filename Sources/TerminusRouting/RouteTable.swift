@@ -65,17 +65,21 @@ public final class RouteTable: Sendable {
     }
 
     /// The services whose filters match `topic`.
+    ///
+    /// Walks the topic's levels in place (no array of levels), and looks a level up only in
+    /// nodes that have literal children: this runs for every uplink message.
     public func match(_ topic: String) -> ServiceSet {
         var result = ServiceSet()
-        let levels = topic.split(separator: "/", omittingEmptySubsequences: false)
         let dollar = topic.utf8.first == UInt8(ascii: "$")
-        Self.walk(self.root, levels[...], atRoot: true, dollar: dollar, into: &result)
+        Self.walk(self.root, topic[...], atRoot: true, dollar: dollar, into: &result)
         return result
     }
 
+    /// - Parameter levels: the levels still to match, `/`-separated; nil when none are left
+    ///   (an empty substring is one empty level, as in `a//b` or `a/`).
     private static func walk(
         _ node: Node,
-        _ levels: ArraySlice<Substring>,
+        _ levels: Substring?,
         atRoot: Bool,
         dollar: Bool,
         into result: inout ServiceSet
@@ -83,15 +87,19 @@ public final class RouteTable: Sendable {
         // Wildcards at the first level never match `$` topics.
         let wildcardsAllowed = !(atRoot && dollar)
         if wildcardsAllowed { result.formUnion(node.hash) }
-        guard let level = levels.first else {
+        guard let levels else {
             result.formUnion(node.exact)
             return
         }
-        let rest = levels.dropFirst()
-        if let child = node.literal[level] {
+        let hasLiterals = !node.literal.isEmpty
+        let hasPlus = wildcardsAllowed && node.plus != nil
+        guard hasLiterals || hasPlus else { return }
+        let slash = levels.utf8.firstIndex(of: UInt8(ascii: "/"))
+        let rest: Substring? = slash.map { levels[levels.utf8.index(after: $0)...] }
+        if hasLiterals, let child = node.literal[slash.map { levels[..<$0] } ?? levels] {
             Self.walk(child, rest, atRoot: false, dollar: dollar, into: &result)
         }
-        if wildcardsAllowed, let plus = node.plus {
+        if hasPlus, let plus = node.plus {
             Self.walk(plus, rest, atRoot: false, dollar: dollar, into: &result)
         }
     }

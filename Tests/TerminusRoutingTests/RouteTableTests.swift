@@ -28,6 +28,26 @@ struct RouteTableTests {
         #expect(try TopicFilter(filter).matches(topic) == expected)
     }
 
+    @Test("the route table agrees with each filter's own matching, empty levels and $ topics included")
+    func tableAgreesWithFilters() throws {
+        let filters = [
+            "pay/done", "pay/+", "+/done", "pay/#", "#", "+/+/status", "pay//x", "+/events/connected",
+            "$terminus/events/+", "$terminus/#", "pay/+/#", "+", "+/", "/+", "a/", "/a", "+/+",
+        ]
+        let topics = [
+            "pay/done", "pay/done/x", "pay", "pay/a/b", "printer/7/status", "printer/status", "pay//x", "pay/",
+            "/pay", "/", "a/", "/a", "a", "$terminus/events/connected", "$terminus/events/disconnected", "$x",
+            "a//", "//",
+        ]
+        let parsed = try filters.map { try TopicFilter($0) }
+        let table = RouteTable(routes: parsed.enumerated().map { ($1, $0) })
+        for topic in topics {
+            var expected = ServiceSet()
+            for (index, filter) in parsed.enumerated() where filter.matches(topic) { expected.insert(index) }
+            #expect(table.match(topic) == expected, "\(topic)")
+        }
+    }
+
     @Test("invalid filters are refused", arguments: ["", "a/#/b", "a+/b", "a/b#", "a/\u{0}"])
     func invalid(filter: String) {
         #expect(throws: TopicFilter.Invalid.self) { _ = try TopicFilter(filter) }
