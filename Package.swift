@@ -259,6 +259,11 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .testTarget(
+            name: "TerminusBackendTests",
+            dependencies: ["TerminusBackend"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
             name: "TerminusServerTests",
             dependencies: [
                 "TerminusServer",

@@ -1,15 +1,38 @@
 internal import NIOCore
 internal import Synchronization
 
-/// A counting semaphore for in-flight messages to one service. Waiters are served in order.
-/// The number of waiters is bounded by the devices' own inflight windows (a device stops
-/// being read once its messages wait here), so this queue cannot grow without bound.
+/// A counting semaphore for in-flight messages to one service (and for batches on one stream).
+/// Waiters are served in order. The number of waiters is bounded by the devices' own inflight
+/// windows (a device stops being read once its messages wait here), so this queue cannot grow
+/// without bound.
+///
+/// Two ways in: `acquire` from a task, and `acquire(_:then:)`, which runs a closure once the
+/// permits are taken (at once, on the caller's thread, when they are free), so that an event
+/// loop can hand over work without starting a task.
 final class AsyncWindow: Sendable {
+    private struct Waiter {
+        var count: Int
+        var resume: @Sendable () -> Void
+    }
+
     private struct State {
         var available: Int
         /// First come, first served; a ring buffer, since thousands of edge batches can wait
         /// behind a slow backend and each release takes from the front.
-        var waiters = CircularBuffer<(count: Int, continuation: CheckedContinuation<Void, Never>)>()
+        var waiters = CircularBuffer<Waiter>()
+        /// A `release` is running waiters' closures: others leave newly ready waiters to it.
+        var releasing = false
+
+        /// Takes the waiters at the front that now fit.
+        mutating func popReady() -> [@Sendable () -> Void] {
+            var ready: [@Sendable () -> Void] = []
+            while let first = self.waiters.first, first.count <= self.available {
+                self.available -= first.count
+                ready.append(first.resume)
+                _ = self.waiters.popFirst()
+            }
+            return ready
+        }
     }
 
     let capacity: Int
@@ -22,43 +45,46 @@ final class AsyncWindow: Sendable {
 
     /// Takes `count` permits (at most the capacity), waiting while the window is full.
     func acquire(_ count: Int) async {
-        let count = min(count, self.capacity)
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let ready = self.state.withLock { state -> Bool in
-                if state.waiters.isEmpty && state.available >= count {
-                    state.available -= count
-                    return true
-                }
-                state.waiters.append((count, continuation))
-                return false
-            }
-            if ready { continuation.resume() }
+            self.acquire(count) { continuation.resume() }
         }
     }
 
-    /// Takes `count` permits if they are free now and nobody waits before us; never waits.
-    func tryAcquire(_ count: Int) -> Bool {
+    /// Takes `count` permits (at most the capacity), then calls `then`: right here when they
+    /// are free and nobody waits before us, otherwise from the `release` that frees them.
+    func acquire(_ count: Int, then: @escaping @Sendable () -> Void) {
         let count = min(count, self.capacity)
-        return self.state.withLock { state in
-            guard state.waiters.isEmpty && state.available >= count else { return false }
-            state.available -= count
-            return true
+        let ready = self.state.withLock { state -> Bool in
+            if state.waiters.isEmpty && state.available >= count {
+                state.available -= count
+                return true
+            }
+            state.waiters.append(Waiter(count: count, resume: then))
+            return false
         }
+        if ready { then() }
     }
 
+    /// Gives `count` permits back and runs the waiters that now fit, in order, on this thread.
+    /// A waiter's closure may release permits again (a batch refused at once); that release
+    /// leaves its waiters to the loop already running here instead of nesting.
     func release(_ count: Int) {
         let count = min(count, self.capacity)
-        let resumed = self.state.withLock { state -> [CheckedContinuation<Void, Never>] in
+        var ready = self.state.withLock { state -> [@Sendable () -> Void] in
             state.available += count
-            var resumed: [CheckedContinuation<Void, Never>] = []
-            while let first = state.waiters.first, first.count <= state.available {
-                state.available -= first.count
-                resumed.append(first.continuation)
-                _ = state.waiters.popFirst()
-            }
-            return resumed
+            if state.releasing { return [] }
+            let ready = state.popReady()
+            if !ready.isEmpty { state.releasing = true }
+            return ready
         }
-        for continuation in resumed { continuation.resume() }
+        while !ready.isEmpty {
+            for resume in ready { resume() }
+            ready = self.state.withLock { state in
+                let more = state.popReady()
+                if more.isEmpty { state.releasing = false }
+                return more
+            }
+        }
     }
 
     var inUse: Int { self.state.withLock { self.capacity - $0.available } }

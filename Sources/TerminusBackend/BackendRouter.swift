@@ -86,42 +86,47 @@ public final class BackendRouter: UplinkSink, Sendable {
         return plan
     }
 
+    /// Hands each service its part of the batch (see `ServiceDelivery.deliver`: no task is
+    /// started on the way in) and combines their answers.
     public func deliver(_ batch: [UplinkMessage], on eventLoop: any EventLoop) -> EventLoopFuture<[DeliveryOutcome]> {
         let plan = self.plan(batch)
         if plan.isEmpty { return eventLoop.makeSucceededFuture(plan.outcomes) }
-        let services = self.services
-        let initial = plan.outcomes
-        let groups = plan.groups
         let promise = eventLoop.makePromise(of: [DeliveryOutcome].self)
-        // The common case, one service and room in its window: queued right here, no task.
-        let matching = groups.indices.filter { !groups[$0].isEmpty }
-        if matching.count == 1, let service = matching.first {
-            let indices = groups[service]
+        let matching = plan.groups.indices.filter { !plan.groups[$0].isEmpty }
+        let answers = Answers(outcomes: plan.outcomes, services: matching.count) { promise.succeed($0) }
+        for service in matching {
+            let indices = plan.groups[service]
             let messages = indices.count == batch.count ? batch : indices.map { batch[$0] }
-            let queued = services[service].tryDeliver(messages) { results in
-                var outcomes = initial
-                for (index, result) in zip(indices, results) {
-                    outcomes[index] = Self.combine(outcomes[index], result)
-                }
-                promise.succeed(outcomes)
-            }
-            if queued { return promise.futureResult }
-        }
-        promise.completeWithTask {
-            var outcomes = initial
-            await withTaskGroup(of: ([Int], [DeliveryOutcome]).self) { group in
-                for (service, indices) in groups.enumerated() where !indices.isEmpty {
-                    group.addTask { (indices, await services[service].deliver(indices.map { batch[$0] })) }
-                }
-                for await (indices, results) in group {
-                    for (index, result) in zip(indices, results) {
-                        outcomes[index] = Self.combine(outcomes[index], result)
-                    }
-                }
-            }
-            return outcomes
+            self.services[service].deliver(messages) { results in answers.add(results, at: indices) }
         }
         return promise.futureResult
+    }
+
+    /// Collects the services' answers for one edge batch.
+    private final class Answers: Sendable {
+        private struct State {
+            var outcomes: [DeliveryOutcome]
+            var remaining: Int
+        }
+
+        private let state: Mutex<State>
+        private let completion: @Sendable ([DeliveryOutcome]) -> Void
+
+        init(outcomes: [DeliveryOutcome], services: Int, completion: @escaping @Sendable ([DeliveryOutcome]) -> Void) {
+            self.state = Mutex(State(outcomes: outcomes, remaining: services))
+            self.completion = completion
+        }
+
+        func add(_ results: [DeliveryOutcome], at indices: [Int]) {
+            let finished = self.state.withLock { state -> [DeliveryOutcome]? in
+                for (index, result) in zip(indices, results) {
+                    state.outcomes[index] = BackendRouter.combine(state.outcomes[index], result)
+                }
+                state.remaining -= 1
+                return state.remaining == 0 ? state.outcomes : nil
+            }
+            if let finished { self.completion(finished) }
+        }
     }
 
     /// Accepted only if every service accepted; a permanent refusal wins over a retry.

@@ -115,41 +115,29 @@ final class ServiceDelivery: Sendable {
 
     private var notAccepted: DeliveryOutcome { .retryLater(afterSeconds: self.subscription.retryAfterSeconds) }
 
-    /// One outcome per message, in order.
-    func deliver(_ messages: [UplinkMessage]) async -> [DeliveryOutcome] {
+    /// Delivers `messages`; `completion` gets one outcome per message, in order, on whichever
+    /// thread settles the last one.
+    ///
+    /// Called on an event loop, and no task is started: when the window has room (and nobody
+    /// waits before), the messages are encoded and queued right here; otherwise they wait in
+    /// the window and are queued by the `release` that makes room. More than a whole window
+    /// goes in window-sized parts, each admitted on its own.
+    func deliver(_ messages: [UplinkMessage], completion: @escaping @Sendable ([DeliveryOutcome]) -> Void) {
+        guard !messages.isEmpty else { return completion([]) }
         let size = self.window.capacity
-        if messages.count <= size { return await self.deliverWithinWindow(messages[...]) }
-        // More than the whole window: in window-sized parts, each admitted on its own.
-        var outcomes = [DeliveryOutcome](repeating: .accepted, count: messages.count)
-        await withTaskGroup(of: (Range<Int>, [DeliveryOutcome]).self) { group in
-            for start in stride(from: 0, to: messages.count, by: size) {
-                let range = start..<min(start + size, messages.count)
-                group.addTask { (range, await self.deliverWithinWindow(messages[range])) }
+        if messages.count <= size {
+            self.window.acquire(messages.count) { self.enqueue(messages[...], completion: completion) }
+            return
+        }
+        let whole = Ticket(count: messages.count, completion: completion)
+        for start in stride(from: 0, to: messages.count, by: size) {
+            let range = start..<min(start + size, messages.count)
+            self.window.acquire(range.count) {
+                self.enqueue(messages[range]) { part in
+                    for (index, outcome) in zip(range, part) { whole.complete(index, outcome) }
+                }
             }
-            for await (range, part) in group { outcomes.replaceSubrange(range, with: part) }
         }
-        return outcomes
-    }
-
-    /// At most `window` messages: waits for room, queues them, waits for their outcomes.
-    private func deliverWithinWindow(_ messages: ArraySlice<UplinkMessage>) async -> [DeliveryOutcome] {
-        guard !messages.isEmpty else { return [] }
-        await self.window.acquire(messages.count)
-        return await withCheckedContinuation { continuation in
-            self.enqueue(messages) { continuation.resume(returning: $0) }
-        }
-    }
-
-    /// The synchronous way in, for the common case (called on an event loop, no task needed):
-    /// when the window has room for all of `messages` right now and nobody waits before them,
-    /// queues them and returns true; `completion` gets one outcome per message, in order, on
-    /// whichever thread settles the last one. Otherwise returns false and does nothing.
-    func tryDeliver(_ messages: [UplinkMessage], completion: @escaping @Sendable ([DeliveryOutcome]) -> Void) -> Bool {
-        guard !messages.isEmpty, messages.count <= self.window.capacity, self.window.tryAcquire(messages.count) else {
-            return false
-        }
-        self.enqueue(messages[...], completion: completion)
-        return true
     }
 
     /// Queues `messages`, whose window permits are already taken; gives them back with the outcomes.

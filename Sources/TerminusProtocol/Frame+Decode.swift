@@ -167,20 +167,23 @@ extension ByteBuffer {
     }
 
     /// Reads a length-prefixed string, rejecting invalid UTF-8 with `code`.
+    ///
+    /// `field` names the field in error messages only: it is built when there is an error, not
+    /// for every frame (interpolating a frame type costs more than reading the string).
     mutating func readUTF8<L: FixedWidthInteger>(
         lengthType: L.Type,
-        field: String,
+        field: @autoclosure () -> String,
         code: TerminusCode
     )
         throws(ProtocolError) -> String
     {
-        let length = try self.readOrThrow(L.self, "\(field) length")
+        let length = try self.readOrThrow(L.self, "\(field()) length")
         guard let slice = self.readSlice(length: Int(length)) else {
-            throw ProtocolError(.malformedFrame, "\(field) is truncated")
+            throw ProtocolError(.malformedFrame, "\(field()) is truncated")
         }
         if slice.readableBytes == 0 { return "" }
         let string = slice.withUnsafeReadableBytes { String(validating: $0, as: UTF8.self) }
-        guard let string else { throw ProtocolError(code, "\(field) is not valid UTF-8") }
+        guard let string else { throw ProtocolError(code, "\(field()) is not valid UTF-8") }
         return string
     }
 }
