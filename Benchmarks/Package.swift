@@ -49,6 +49,7 @@ let package = Package(
             name: "terminus-loadgen",
             dependencies: [
                 .product(name: "TerminusClient", package: root),
+                .product(name: "TerminusEdge", package: root),
                 .product(name: "TerminusProtocol", package: root),
                 .product(name: "TerminusCompression", package: root),
                 .product(name: "TerminusAuth", package: root),

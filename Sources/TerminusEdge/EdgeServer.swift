@@ -90,10 +90,7 @@ public final class EdgeServer: Sendable {
             .serverChannelOption(.backlog, value: 4096)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-            .childChannelOption(
-                .recvAllocator,
-                value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 64 * 1024)
-            )
+            .childChannelOption(.recvAllocator, value: Self.readBuffers)
             .childChannelInitializer { channel in
                 do {
                     try Self.initialize(channel: channel, shared: shared, listener: listener)
@@ -116,6 +113,11 @@ public final class EdgeServer: Sendable {
         )
         return address
     }
+
+    /// Read buffer sizes for device connections: small messages are the rule, so start at 512
+    /// bytes (a TLS record with a ~250-byte message fits one read) and adapt between 64 bytes and
+    /// 64 KiB. Public so that the benchmarks' bare-stack server reads the same way.
+    public static let readBuffers = AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 64 * 1024)
 
     /// Sets up the device pipeline (PROXY header, TLS, frame decoder, session) on a channel the
     /// caller made, exactly as the listener does for each accepted connection. The benchmarks

@@ -1,6 +1,7 @@
 import NIOCore
 import NIOPosix
 import NIOSSL
+import TerminusEdge
 import TerminusProtocol
 
 /// The floor for CPU per message: a bare SwiftNIO + swift-nio-ssl server that speaks just enough
@@ -109,10 +110,7 @@ enum AckServer {
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             // The gateway's read buffer sizes, so that both read the same way.
-            .childChannelOption(
-                .recvAllocator,
-                value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 64 * 1024)
-            )
+            .childChannelOption(.recvAllocator, value: EdgeServer.readBuffers)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     if let context {
