@@ -62,6 +62,9 @@ final class ServiceDelivery: Sendable {
         var retries: [Entry] = []
         /// The sender waits here for work (or for the end of a linger or backoff).
         var wakeUp: CheckedContinuation<Void, Never>?
+        /// The sender waits for a lingering batch to fill: new messages wake it only once the
+        /// batch is full (its linger timer wakes it otherwise), not once per edge batch.
+        var lingering = false
         var stopped = false
         /// Bumped whenever entries are added: a sender about to wait sees it missed a wake-up.
         var generation = 0
@@ -100,7 +103,7 @@ final class ServiceDelivery: Sendable {
             defer {
                 queue.fresh.removeAll()
                 queue.retries.removeAll()
-                queue.wakeUp = nil
+                (queue.wakeUp, queue.lingering) = (nil, false)
             }
             return (Array(queue.fresh) + queue.retries, queue.wakeUp)
         }
@@ -156,11 +159,13 @@ final class ServiceDelivery: Sendable {
         let entries = zip(0..., messages).map { index, message in
             Entry(message: self.encoder.encode(message), ticket: ticket, index: index, time: now)
         }
+        let batchSize = max(1, self.subscription.batchSize)
         let (accepted, wakeUp) = self.queue.withLock { queue -> (Bool, CheckedContinuation<Void, Never>?) in
             guard !queue.stopped else { return (false, nil) }
             queue.fresh.append(contentsOf: entries)
             queue.generation &+= 1
-            defer { queue.wakeUp = nil }
+            if queue.lingering && queue.fresh.count < batchSize { return (true, nil) }
+            defer { (queue.wakeUp, queue.lingering) = (nil, false) }
             return (true, queue.wakeUp)
         }
         if !accepted {
@@ -173,7 +178,8 @@ final class ServiceDelivery: Sendable {
 
     private enum Readiness {
         case ready
-        case wait(until: ContinuousClock.Instant?, generation: Int)
+        /// `lingering`: waiting for a started batch to fill (see `Queue.lingering`).
+        case wait(until: ContinuousClock.Instant?, generation: Int, lingering: Bool)
         case stop
     }
 
@@ -185,12 +191,16 @@ final class ServiceDelivery: Sendable {
             let earliestRetry = queue.retries.lazy.map(\.time).min()
             if let earliestRetry, earliestRetry <= now { return .ready }
             guard let oldest = queue.fresh.first else {
-                return .wait(until: earliestRetry, generation: queue.generation)
+                return .wait(until: earliestRetry, generation: queue.generation, lingering: false)
             }
             let linger = Duration.milliseconds(Int64(self.subscription.lingerMilliseconds))
             let lingerEnds = oldest.time + linger
             if queue.fresh.count < max(1, self.subscription.batchSize) && lingerEnds > now {
-                return .wait(until: min(lingerEnds, earliestRetry ?? lingerEnds), generation: queue.generation)
+                return .wait(
+                    until: min(lingerEnds, earliestRetry ?? lingerEnds),
+                    generation: queue.generation,
+                    lingering: true
+                )
             }
             return .ready
         }
@@ -215,7 +225,7 @@ final class ServiceDelivery: Sendable {
         }
     }
 
-    private func waitForWork(until deadline: ContinuousClock.Instant?, generation: Int) async {
+    private func waitForWork(until deadline: ContinuousClock.Instant?, generation: Int, lingering: Bool) async {
         let timer = deadline.map { deadline in
             Task {
                 try? await Task.sleep(until: deadline)
@@ -229,6 +239,7 @@ final class ServiceDelivery: Sendable {
                 if queue.stopped || queue.generation != generation { return true }
                 if let deadline, deadline <= .now { return true }
                 queue.wakeUp = continuation
+                queue.lingering = lingering
                 return false
             }
             if resumeNow { continuation.resume() }
@@ -238,7 +249,7 @@ final class ServiceDelivery: Sendable {
 
     private func wake() {
         let wakeUp = self.queue.withLock { queue in
-            defer { queue.wakeUp = nil }
+            defer { (queue.wakeUp, queue.lingering) = (nil, false) }
             return queue.wakeUp
         }
         wakeUp?.resume()
@@ -250,8 +261,8 @@ final class ServiceDelivery: Sendable {
                 switch self.readiness(now: .now) {
                 case .stop:
                     return
-                case .wait(let until, let generation):
-                    await self.waitForWork(until: until, generation: generation)
+                case .wait(let until, let generation, let lingering):
+                    await self.waitForWork(until: until, generation: generation, lingering: lingering)
                     continue
                 case .ready:
                     break
@@ -321,7 +332,7 @@ final class ServiceDelivery: Sendable {
             guard !queue.stopped else { return (false, nil) }
             queue.retries += retry
             queue.generation &+= 1
-            defer { queue.wakeUp = nil }
+            defer { (queue.wakeUp, queue.lingering) = (nil, false) }
             return (true, queue.wakeUp)
         }
         if !requeued {
