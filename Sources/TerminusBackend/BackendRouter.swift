@@ -67,6 +67,10 @@ public final class BackendRouter: UplinkSink, Sendable {
     /// or lingering.
     public var backlog: Int { self.services.reduce(0) { $0 + $1.backlog } }
 
+    /// How often the services' senders came back from waiting for work: with `linger`, once
+    /// per batch rather than once per edge batch (diagnostics and tests).
+    public var senderWakeUps: Int { self.services.reduce(0) { $0 + $1.senderWakeUps } }
+
     /// The services matching `topic`, by name (for tests and diagnostics).
     public func services(for topic: String) -> [String] {
         self.table.match(topic).map { self.services[$0].subscription.name }

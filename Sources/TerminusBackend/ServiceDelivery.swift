@@ -76,6 +76,7 @@ final class ServiceDelivery: Sendable {
     private let encoder: UplinkEncoder
     private let logger: Logger
     private let queue = Mutex(Queue())
+    private let wakeUps = Atomic<Int>(0)
     private let sender = Mutex<Task<Void, Never>?>(nil)
 
     init(subscription: Subscription, gatewayInstance: String, group: any EventLoopGroup, logger: Logger) {
@@ -112,6 +113,9 @@ final class ServiceDelivery: Sendable {
         await self.sender.withLock { $0 }?.value
         await self.pool.shutdown()
     }
+
+    /// How often the sender came back from waiting for work (diagnostics and tests).
+    var senderWakeUps: Int { self.wakeUps.load(ordering: .relaxed) }
 
     /// Messages queued or in flight, plus those waiting for room in the window.
     var backlog: Int { self.window.inUse + self.window.waitingMessages }
@@ -244,6 +248,7 @@ final class ServiceDelivery: Sendable {
             }
             if resumeNow { continuation.resume() }
         }
+        self.wakeUps.wrappingAdd(1, ordering: .relaxed)
         timer?.cancel()
     }
 

@@ -241,6 +241,9 @@ public final class Gateway: Service, Sendable {
     /// service's window or linger), counted once per service.
     public var deliveryBacklog: Int { self.router?.backlog ?? 0 }
 
+    /// How often the delivery senders came back from waiting for work (`BackendRouter.senderWakeUps`).
+    public var deliverySenderWakeUps: Int { self.router?.senderWakeUps ?? 0 }
+
     /// Drains the devices and stops. Safe to call once.
     public func stop() async {
         guard !self.draining.exchange(true, ordering: .relaxed) else { return }

@@ -217,6 +217,7 @@ struct BackendRoutingTests {
             for index in 0..<5 { group.addTask { try await gateway.connect("linger-\(index)") } }
             return try await group.reduce(into: [TerminusConnection]()) { $0.append($1) }
         }
+        let wakeUpsBefore = gateway.gateway.deliverySenderWakeUps
         let acks = try await withThrowingTaskGroup(of: Ack.self) { group in
             for (index, device) in devices.enumerated() {
                 group.addTask {
@@ -230,6 +231,10 @@ struct BackendRoutingTests {
         #expect(acks.allSatisfy { $0.status == .ok })
         #expect(Set(backend.receiver.payloads) == ["0", "1", "2", "3", "4"])
         #expect(backend.receiver.calls.withLock { $0 } == 1, "one batch for all five messages")
+        // The first message wakes the sender and the linger timer ends its wait; the four
+        // edge batches in between do not wake it (they did once each, costing a timer task).
+        let wakeUps = gateway.gateway.deliverySenderWakeUps - wakeUpsBefore
+        #expect(wakeUps >= 2 && wakeUps < 5, "sender woke \(wakeUps) times for 5 edge batches")
         for device in devices { await device.close() }
         await gateway.stop()
         await backend.stop()
