@@ -62,14 +62,26 @@ struct UplinkBatcherTests {
         )
     }
 
-    @Test("one batch per tick; each session's run of ACKs is flushed as soon as the run ends, interleaved or not")
-    func flushesPerRun() throws {
+    /// A batcher on an embedded loop with a held sink, and two sessions logging into one log.
+    struct Fixture {
         let loop = EmbeddedEventLoop()
         let sink = HeldSink()
-        let batcher = UplinkBatcher(eventLoop: loop, sink: sink, maxBatchSize: 100)
         let log = Log()
-        let a = Waiter("a", log: log)
-        let b = Waiter("b", log: log)
+        let batcher: UplinkBatcher
+        let a: Waiter
+        let b: Waiter
+
+        init(maxBatchSize: Int) {
+            self.batcher = UplinkBatcher(eventLoop: self.loop, sink: self.sink, maxBatchSize: maxBatchSize)
+            self.a = Waiter("a", log: self.log)
+            self.b = Waiter("b", log: self.log)
+        }
+    }
+
+    @Test("one batch per tick; each session's run of ACKs is flushed as soon as the run ends, interleaved or not")
+    func flushesPerRun() throws {
+        let f = Fixture(maxBatchSize: 100)
+        let (loop, sink, batcher, log, a, b) = (f.loop, f.sink, f.batcher, f.log, f.a, f.b)
         batcher.enqueue(Self.message(1), waiter: a)
         batcher.enqueue(Self.message(2), waiter: a)
         batcher.enqueue(Self.message(3), waiter: b)
@@ -89,12 +101,8 @@ struct UplinkBatcherTests {
     @Test("a failed sink answer: every waiting message gets retryLater, and every ACK is flushed")
     func failedSink() throws {
         struct SinkDown: Error {}
-        let loop = EmbeddedEventLoop()
-        let sink = HeldSink()
-        let batcher = UplinkBatcher(eventLoop: loop, sink: sink, maxBatchSize: 2)
-        let log = Log()
-        let a = Waiter("a", log: log)
-        let b = Waiter("b", log: log)
+        let f = Fixture(maxBatchSize: 2)
+        let (loop, sink, batcher, log, a, b) = (f.loop, f.sink, f.batcher, f.log, f.a, f.b)
         batcher.enqueue(Self.message(1), waiter: a)
         batcher.enqueue(Self.message(2), waiter: b)  // the second message fills the batch
         #expect(sink.batches.count == 1, "a full batch goes at once")
