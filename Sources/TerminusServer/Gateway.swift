@@ -125,32 +125,15 @@ public final class Gateway: Service, Sendable {
         guard let files = configuration.tls else {
             throw ConfigurationError(key: "device.tls", "is required with transport: tls")
         }
-        let chain: [NIOSSLCertificate]
-        let key: NIOSSLPrivateKey
-        do {
-            chain = try NIOSSLCertificate.fromPEMFile(files.certificateChain)
-        } catch {
-            throw ConfigurationError(
-                key: "device.tls.certificate_chain",
-                "cannot load \(files.certificateChain): \(error)"
-            )
-        }
-        do {
-            key = try NIOSSLPrivateKey(file: files.privateKey, format: .pem)
-        } catch {
-            throw ConfigurationError(key: "device.tls.private_key", "cannot load \(files.privateKey): \(error)")
-        }
+        let chain = try Self.loadCertificates(files.certificateChain, key: "device.tls.certificate_chain")
+        let key = try Self.loadPrivateKey(files.privateKey, key: "device.tls.private_key")
         var tls = TLSConfiguration.makeServerConfiguration(
             certificateChain: chain.map { .certificate($0) },
             privateKey: .privateKey(key)
         )
         tls.minimumTLSVersion = files.minimumVersion == "1.3" ? .tlsv13 : .tlsv12
         if let caFile = files.clientCA, files.clientAuth != .none {
-            do {
-                tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(caFile))
-            } catch {
-                throw ConfigurationError(key: "device.tls.client_ca", "cannot load \(caFile): \(error)")
-            }
+            tls.trustRoots = .certificates(try Self.loadCertificates(caFile, key: "device.tls.client_ca"))
             tls.certificateVerification =
                 files.clientAuth == .required ? .noHostnameVerification : .optionalVerification
         }
@@ -164,29 +147,30 @@ public final class Gateway: Service, Sendable {
     /// Loads the API listener's PEM files once so that a bad file is a configuration error at
     /// start (and in `check-config`), not a failed listener later.
     static func checkAPITLS(_ files: GatewayConfiguration.APITLSFiles) throws {
+        _ = try Self.loadCertificates(files.certificateChain, key: "api.tls.certificate_chain")
+        _ = try Self.loadPrivateKey(files.privateKey, key: "api.tls.private_key")
+        if let ca = files.clientCA { _ = try Self.loadCertificates(ca, key: "api.tls.client_ca") }
+    }
+
+    /// A PEM file of one or more certificates; a file that cannot be read or parsed, or holds
+    /// none, is a configuration error naming `key`.
+    static func loadCertificates(_ path: String, key: String) throws -> [NIOSSLCertificate] {
+        let certificates: [NIOSSLCertificate]
         do {
-            _ = try NIOSSLCertificate.fromPEMFile(files.certificateChain)
+            certificates = try NIOSSLCertificate.fromPEMFile(path)
         } catch {
-            throw ConfigurationError(
-                key: "api.tls.certificate_chain",
-                "cannot load \(files.certificateChain): \(error)"
-            )
+            throw ConfigurationError(key: key, "cannot load \(path): \(error)")
         }
+        guard !certificates.isEmpty else { throw ConfigurationError(key: key, "\(path) holds no certificate") }
+        return certificates
+    }
+
+    /// A PEM private key; a file that cannot be read or parsed is a configuration error naming `key`.
+    static func loadPrivateKey(_ path: String, key: String) throws -> NIOSSLPrivateKey {
         do {
-            _ = try NIOSSLPrivateKey(file: files.privateKey, format: .pem)
+            return try NIOSSLPrivateKey(file: path, format: .pem)
         } catch {
-            throw ConfigurationError(key: "api.tls.private_key", "cannot load \(files.privateKey): \(error)")
-        }
-        if let ca = files.clientCA {
-            do {
-                guard !(try NIOSSLCertificate.fromPEMFile(ca)).isEmpty else {
-                    throw ConfigurationError(key: "api.tls.client_ca", "\(ca) holds no certificate")
-                }
-            } catch let error as ConfigurationError {
-                throw error
-            } catch {
-                throw ConfigurationError(key: "api.tls.client_ca", "cannot load \(ca): \(error)")
-            }
+            throw ConfigurationError(key: key, "cannot load \(path): \(error)")
         }
     }
 
