@@ -86,7 +86,7 @@ public final class EdgeServer: Sendable {
         }
         let shared = self.shared
         let listener = self.listener
-        let channel = try await ServerBootstrap(group: self.group)
+        var bootstrap = ServerBootstrap(group: self.group)
             .serverChannelOption(.backlog, value: 4096)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
@@ -99,8 +99,10 @@ public final class EdgeServer: Sendable {
                     return channel.eventLoop.makeFailedFuture(error)
                 }
             }
-            .bind(host: self.listener.host, port: self.listener.port)
-            .get()
+        if let allocator = Self.channelAllocator(settings: shared.settings, logger: shared.logger) {
+            bootstrap = bootstrap.childChannelOption(.allocator, value: allocator)
+        }
+        let channel = try await bootstrap.bind(host: self.listener.host, port: self.listener.port).get()
         self.serverChannel.withLock { $0 = channel }
         let address = channel.localAddress!
         self.shared.logger.info(
@@ -112,6 +114,33 @@ public final class EdgeServer: Sendable {
             ]
         )
         return address
+    }
+
+    /// The allocator for device channels: `SessionBufferAllocator` (large buffers from the
+    /// process's `BufferArena`) unless `limits.buffer_arena_slots` is 0 or the kernel refused
+    /// the reservation; nil means NIO's default (`malloc`).
+    static func channelAllocator(settings: EdgeSettings, logger: Logger) -> ByteBufferAllocator? {
+        let slots = settings.effectiveBufferArenaSlots
+        guard slots > 0 else {
+            logger.info("buffer arena off (limits.buffer_arena_slots: 0): TLS buffers come from malloc")
+            return nil
+        }
+        SessionBufferAllocator.reserve(slots: slots)
+        guard let arena = SessionBufferAllocator.arena else {
+            logger.warning(
+                "cannot reserve the buffer arena's address space; TLS buffers come from malloc",
+                metadata: ["slots": "\(slots)"]
+            )
+            return nil
+        }
+        logger.info(
+            "buffer arena",
+            metadata: [
+                "slots": "\(arena.slotCount)", "slot_size": "\(arena.slotSize)",
+                "reserved_mib": "\((arena.slotCount * arena.slotSize) >> 20)",
+            ]
+        )
+        return SessionBufferAllocator.allocator
     }
 
     /// Read buffer sizes for device connections: small messages are the rule, so start at 512

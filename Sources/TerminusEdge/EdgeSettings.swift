@@ -8,6 +8,9 @@ public struct EdgeSettings: Sendable {
     public var gatewayID: String = "terminus"
     /// `limits.max_connections`: connections above this are closed at accept.
     public var maxConnections: Int = 100_000
+    /// `limits.buffer_arena_slots`: 32 KiB slots reserved (address space only) for the large
+    /// per-connection TLS buffers; nil sizes it from `maxConnections`, 0 turns the arena off.
+    public var bufferArenaSlots: Int? = nil
     /// `limits.max_frame_size`: the largest length prefix accepted.
     public var maxFrameSize: Int = 64 * 1024
     /// `limits.max_inflight`: unacknowledged QoS 1 PUBLISH frames per device.
@@ -43,6 +46,12 @@ public struct EdgeSettings: Sendable {
     public var timerTick: TimeAmount = .seconds(1)
 
     public init() {}
+
+    /// The arena's slot count: `bufferArenaSlots`, or two per connection (swift-nio-ssl keeps a
+    /// plaintext and an outbound buffer) plus 1,024 for transient large reads.
+    public var effectiveBufferArenaSlots: Int {
+        self.bufferArenaSlots ?? (2 * self.maxConnections + 1_024)
+    }
 
     /// The keepalive a session gets for a HELLO asking for `requested` seconds (0: default).
     public func negotiatedKeepalive(requested: UInt16) -> UInt16 {

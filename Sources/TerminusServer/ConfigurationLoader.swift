@@ -129,7 +129,7 @@ public enum ConfigurationLoader {
         if let limits = try root.section("limits") {
             try limits.allow([
                 "max_connections", "max_frame_size", "max_inflight", "max_topic_length", "max_device_id_length",
-                "max_topic_aliases", "batch_size",
+                "max_topic_aliases", "batch_size", "buffer_arena_slots",
             ])
             if let v = try limits.int("max_connections", in: 1...10_000_000) {
                 config.edge.maxConnections = v
@@ -141,6 +141,9 @@ public enum ConfigurationLoader {
             if let v = try limits.int("max_device_id_length", in: 1...255) { config.edge.maxDeviceIDLength = v }
             if let v = try limits.int("max_topic_aliases", in: 0...65_535) { config.edge.maxTopicAliases = v }
             if let v = try limits.int("batch_size", in: 1...65_536) { config.edge.maxBatchSize = v }
+            if let v = try limits.int("buffer_arena_slots", in: 0...BufferArena.maximumSlots) {
+                config.edge.bufferArenaSlots = v
+            }
         }
 
         // compression

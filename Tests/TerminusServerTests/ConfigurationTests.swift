@@ -31,6 +31,7 @@ struct ConfigurationTests {
         #expect(config.edge.keepaliveDefault == 240)
         #expect(config.edge.keepaliveMax < 900, "below Tencent CLB's idle timeout")
         #expect(!config.maxConnectionsConfigured)
+        #expect(config.edge.bufferArenaSlots == nil, "sized from max_connections")
     }
 
     @Test("every documented key is read")
@@ -60,6 +61,7 @@ struct ConfigurationTests {
               max_device_id_length: 64
               max_topic_aliases: 4
               batch_size: 512
+              buffer_arena_slots: 120000
             compression:
               max_inflated_size: 65536
               max_inflate_ratio: 50
@@ -104,6 +106,7 @@ struct ConfigurationTests {
         #expect(config.edge.maxDeviceIDLength == 64)
         #expect(config.edge.maxTopicAliases == 4)
         #expect(config.edge.maxBatchSize == 512)
+        #expect(config.edge.bufferArenaSlots == 120_000)
         #expect(config.edge.inflateLimits == .init(maxInflatedSize: 65536, maxRatio: 50, ratioFloor: 1024))
         #expect(config.dictionaries == [.init(id: 1, file: "/etc/terminus/dict/payments-v1.bin")])
         #expect(config.edge.handshakeTimeout == .seconds(5))
@@ -127,6 +130,7 @@ struct ConfigurationTests {
             (Self.minimal + "\nlimits:\n  max_inflight: 0\n", "limits.max_inflight"),
             (Self.minimal + "\nlimits:\n  max_frame_size: big\n", "limits.max_frame_size"),
             (Self.minimal + "\nlimits:\n  max_frames: 1\n", "limits.max_frames"),
+            (Self.minimal + "\nlimits:\n  buffer_arena_slots: -1\n", "limits.buffer_arena_slots"),
             (Self.minimal + "\ntimeouts:\n  hello: soon\n", "timeouts.hello"),
             (Self.minimal + "\nkeepalive:\n  default: 1000s\n", "keepalive"),
             (Self.minimal + "\nunknown_section: {}\n", "unknown_section"),
