@@ -89,7 +89,8 @@ enum AckServer {
         host: String,
         port: Int,
         certificateChain: String?,
-        privateKey: String?
+        privateKey: String?,
+        bufferArena: Bool = false
     ) async throws
         -> any Channel
     {
@@ -105,7 +106,12 @@ enum AckServer {
             context = nil
         }
         let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
+        // With --buffer-arena, the gateway's allocator for device channels (large TLS buffers
+        // from a BufferArena): the memory breakdown then separates the arena's saving from the
+        // gateway's session state.
+        let allocator = bufferArena ? SessionBufferAllocator.allocator : ByteBufferAllocator()
         return try await ServerBootstrap(group: group)
+            .childChannelOption(.allocator, value: allocator)
             .serverChannelOption(.backlog, value: 4096)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)

@@ -203,6 +203,9 @@ struct Sinks: AsyncParsableCommand {
     @Option(name: .long, help: "Private key (PEM) for --ack.")
     var privateKey: String?
 
+    @Flag(name: .long, help: "--ack allocates its large TLS buffers from the gateway's buffer arena.")
+    var bufferArena = false
+
     func run() async throws {
         if let ack = self.ack {
             let address = try HostPort(ack, option: "--ack")
@@ -213,7 +216,8 @@ struct Sinks: AsyncParsableCommand {
                 host: address.host,
                 port: address.port,
                 certificateChain: self.certificateChain,
-                privateKey: self.privateKey
+                privateKey: self.privateKey,
+                bufferArena: self.bufferArena
             )
             print("ACK server listening on \(channel.localAddress!)")
         }
