@@ -15,7 +15,7 @@ import Darwin
 /// idle device touches only their first pages. From the malloc heap such a buffer is resident
 /// well beyond what was touched (it reuses memory freed by earlier handshakes, and shares pages
 /// with small objects); measured here, serving these buffers from untouched pages saves about
-/// 2.2 KiB per idle TLS session (see docs/benchmarks.md). glibc can do that itself
+/// 2.1 KiB per idle TLS session (see docs/benchmarks.md). glibc can do that itself
 /// (`mmap_threshold`), but it gives up after 65,536 mappings and each costs a kernel map entry;
 /// this arena is one mapping.
 ///
@@ -103,7 +103,8 @@ public final class BufferArena: Sendable {
     /// Every connection touches the first page of its buffers (the handshake flight, the first
     /// records), so keeping it saves the next owner a page fault, and `madvise` over pages that
     /// were never touched unmaps nothing and needs no TLB shootdown across the event-loop
-    /// threads: measured, dropping the whole slot cost 12–30 µs per connection on this machine.
+    /// threads: measured, dropping the whole slot cost 12.5–30 µs per connection on this machine,
+    /// keeping the first 0–12.5 µs.
     public func release(_ pointer: UnsafeMutableRawPointer) {
         let offset = UInt(bitPattern: pointer) - self.base
         precondition(offset % UInt(self.slotSize) == 0, "not the start of a slot")
