@@ -12,8 +12,10 @@ final class EdgeLoopContext {
     let deflater: Deflater
     let wheel: TimerWheel
     let batcher: UplinkBatcher
-    /// For the sessions' outgoing frames and payload copies: the channels use the default
-    /// allocator too, and reading it here saves a trip through the pipeline per frame.
+    /// For the sessions' outgoing frames and payload copies: plain `malloc`, read here to save a
+    /// trip through the pipeline per frame. Not the channels' `SessionBufferAllocator`: these
+    /// buffers are short-lived, and a 16–32 KiB payload copy would take an arena slot whose
+    /// release returns touched pages to the kernel on every message.
     let allocator = ByteBufferAllocator()
     var draining = false
     var drainReconnectWindowMilliseconds: UInt32 = 0
