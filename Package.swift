@@ -104,6 +104,15 @@ let package = Package(
             name: "TerminusRouting",
             swiftSettings: swiftSettings
         ),
+        // What the internal listeners (backend API, admin) share: connection caps and idle timeouts.
+        .target(
+            name: "TerminusListeners",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // Code generated from Protos/ by scripts/generate-protos.sh (committed; not built by a plugin).
         .target(
             name: "TerminusAPI",
@@ -117,6 +126,7 @@ let package = Package(
             name: "TerminusBackend",
             dependencies: [
                 "TerminusAPI",
+                "TerminusListeners",
                 "TerminusRouting",
                 "TerminusSessions",
                 "TerminusProtocol",
@@ -153,6 +163,7 @@ let package = Package(
         .target(
             name: "TerminusAdmin",
             dependencies: [
+                "TerminusListeners",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -164,6 +175,7 @@ let package = Package(
             name: "TerminusServer",
             dependencies: [
                 "TerminusAdmin",
+                "TerminusListeners",
                 "TerminusBackend",
                 "TerminusRouting",
                 "TerminusEdge",

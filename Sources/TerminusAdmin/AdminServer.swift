@@ -3,6 +3,7 @@ public import NIOCore
 internal import NIOHTTP1
 internal import NIOPosix
 internal import Synchronization
+public import TerminusListeners
 
 /// The admin HTTP listener: liveness and readiness for Kubernetes probes.
 ///
@@ -18,14 +19,20 @@ public final class AdminServer: Sendable {
     private let logger: Logger
     private let ready: @Sendable () -> Bool
     private let channel = Mutex<(any Channel)?>(nil)
+    /// Caps connections and closes idle ones: probes and scrapes are short.
+    public let connectionGuard: ConnectionGuard
+
+    public static let defaultLimits = ConnectionGuard.Limits(maxConnections: 64, idleTimeout: .seconds(30))
 
     public init(
         group: any EventLoopGroup,
         host: String,
         port: Int,
+        limits: ConnectionGuard.Limits = AdminServer.defaultLimits,
         logger: Logger,
         ready: @escaping @Sendable () -> Bool
     ) {
+        self.connectionGuard = ConnectionGuard(name: "admin", limits: limits, logger: logger)
         self.group = group
         self.host = host
         self.port = port
@@ -35,10 +42,17 @@ public final class AdminServer: Sendable {
 
     public func start() async throws -> SocketAddress {
         let ready = self.ready
+        let connectionGuard = self.connectionGuard
         let channel = try await ServerBootstrap(group: self.group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .serverChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(AcceptBackoffHandler(shouldForwardIOErrorCaught: false))
+                }
+            }
             .childChannelInitializer { channel in
                 do {
+                    guard try connectionGuard.admit(channel) else { return channel.eventLoop.makeSucceededVoidFuture() }
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
                     try channel.pipeline.syncOperations.addHandler(AdminHandler(ready: ready))
                     return channel.eventLoop.makeSucceededVoidFuture()

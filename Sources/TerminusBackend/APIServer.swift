@@ -1,7 +1,9 @@
 internal import GRPCCore
 internal import GRPCNIOTransportHTTP2
 public import Logging
+internal import NIOCore
 internal import Synchronization
+public import TerminusListeners
 public import TerminusSessions
 
 /// How the API listener is secured and who it admits.
@@ -25,7 +27,13 @@ public final class APIServer: Sendable {
     private let server: GRPCServer<HTTP2ServerTransport.Posix>
     private let task = Mutex<Task<Void, any Error>?>(nil)
     private let logger: Logger
+    /// Caps connections and closes idle ones (`api.max_connections`, `api.idle_timeout`).
+    public let connectionGuard: ConnectionGuard
 
+    /// `api.max_connections` and `api.idle_timeout` defaults: backends keep a few long-lived
+    /// HTTP/2 connections each; a connection silent for five minutes is closed (gRPC clients
+    /// reconnect on their own), so stalled connections cannot pile up.
+    public static let defaultLimits = ConnectionGuard.Limits(maxConnections: 1_024, idleTimeout: .seconds(300))
     public init(
         host: String,
         port: Int,
@@ -35,8 +43,11 @@ public final class APIServer: Sendable {
         gatewayInstance: String,
         defaultTTLMilliseconds: UInt32 = 10_000,
         maxPayloadSize: Int = 256 * 1024,
+        limits: ConnectionGuard.Limits = APIServer.defaultLimits,
         logger: Logger
     ) {
+        let connectionGuard = ConnectionGuard(name: "api", limits: limits, logger: logger)
+        self.connectionGuard = connectionGuard
         let service = GatewayAPIService(
             directory: directory,
             gatewayInstance: gatewayInstance,
@@ -62,7 +73,14 @@ public final class APIServer: Sendable {
         self.server = GRPCServer(
             transport: HTTP2ServerTransport.Posix(
                 address: .ipv4(host: host, port: port),
-                transportSecurity: transportSecurity
+                transportSecurity: transportSecurity,
+                config: .defaults { config in
+                    // Idle connections (no RPC) end with an HTTP/2 GOAWAY before the guard would cut them.
+                    config.connection.maxIdleTime = .nanoseconds(limits.idleTimeout.nanoseconds / 2)
+                    config.channelDebuggingCallbacks.onAcceptTCPConnection = { channel in
+                        channel.eventLoop.makeCompletedFuture { _ = try connectionGuard.admit(channel) }
+                    }
+                }
             ),
             services: [service],
             interceptors: [

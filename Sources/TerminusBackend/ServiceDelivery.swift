@@ -374,7 +374,10 @@ public struct UplinkEncoder: Sendable {
         proto.receivedAtUnixMs = message.receivedAt
         proto.clientAddress = message.clientAddress
         proto.gatewayInstance = self.gatewayInstance
-        proto.deliveryID = "\(self.gatewayInstance)/\(message.connectionID)/\(message.messageID)"
+        // Unique per message: the listener's random epoch (base 36, 13 characters at most, so
+        // a small string without an allocation), the connection, and the message's place in it.
+        proto.deliveryID =
+            "\(self.gatewayInstance)/\(String(message.epoch, radix: 36))/\(message.connectionID)/\(message.sequence)"
         return proto
     }
 }

@@ -9,10 +9,25 @@ public struct DeviceAuthenticator: Sendable {
     public var requireCertificate: Bool
     /// Clock in Unix seconds (tests inject one).
     public var now: @Sendable () -> Int64
+    /// `auth.max_token_lifetime`: a token whose expiry lies further ahead than this many seconds
+    /// is refused (`TOKEN_LIFETIME_EXCEEDED`); 0 accepts any expiry.
+    public var maxTokenLifetimeSeconds: Int64
+    /// Checked in place of a missing device's secret, so that an unknown device id costs the
+    /// same HMAC as a known one with a wrong token (ids cannot be enumerated by timing).
+    private let decoySecret: [UInt8] = (0..<32).map { _ in UInt8.random(in: 0...255) }
 
-    public init(secrets: SecretStore, requireCertificate: Bool = false, now: @escaping @Sendable () -> Int64) {
+    /// One year: long enough for tokens provisioned at manufacturing and renewed yearly.
+    public static let defaultMaxTokenLifetimeSeconds: Int64 = 366 * 86_400
+
+    public init(
+        secrets: SecretStore,
+        requireCertificate: Bool = false,
+        maxTokenLifetimeSeconds: Int64 = DeviceAuthenticator.defaultMaxTokenLifetimeSeconds,
+        now: @escaping @Sendable () -> Int64
+    ) {
         self.secrets = secrets
         self.requireCertificate = requireCertificate
+        self.maxTokenLifetimeSeconds = maxTokenLifetimeSeconds
         self.now = now
     }
 
@@ -42,13 +57,26 @@ public struct DeviceAuthenticator: Sendable {
         guard hello.authMethod == .token else {
             throw ProtocolError(.authenticationFailed, "no certificate and no token")
         }
-        guard let secret = self.secrets.secret(for: hello.deviceID) else {
-            // Same code as a bad token: do not reveal which device ids exist.
-            throw ProtocolError(.authenticationFailed, "invalid token")
-        }
+        // An unknown device is checked against the decoy secret and refused like a bad token:
+        // same code, same work, so neither the answer nor its timing tells which ids exist.
+        let secret = self.secrets.secret(for: hello.deviceID)
         let token = hello.credential.readableBytesView
-        switch DeviceToken.verify(token: Array(token), deviceID: hello.deviceID, secret: secret, now: self.now()) {
-        case .valid:
+        let now = self.now()
+        let verdict = DeviceToken.verify(
+            token: Array(token),
+            deviceID: hello.deviceID,
+            secret: secret ?? self.decoySecret,
+            now: now
+        )
+        guard secret != nil else { throw ProtocolError(.authenticationFailed, "invalid token") }
+        switch verdict {
+        case .valid(let expiresAt):
+            if self.maxTokenLifetimeSeconds > 0 && expiresAt - now > self.maxTokenLifetimeSeconds {
+                throw ProtocolError(
+                    .tokenLifetimeExceeded,
+                    "token expires at \(expiresAt), more than \(self.maxTokenLifetimeSeconds) s ahead"
+                )
+            }
             return hello.deviceID
         case .expired(let at):
             throw ProtocolError(.tokenExpired, "token expired at \(at)")

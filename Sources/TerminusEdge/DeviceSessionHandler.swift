@@ -1,3 +1,8 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 internal import Logging
 internal import NIOCore
 internal import NIOSSL
@@ -37,6 +42,12 @@ final class DeviceSessionHandler: ChannelDuplexHandler, TimerWheelTarget, Delive
     private var pendingPushes: [UInt32: (promise: EventLoopPromise<PushOutcome>, timeout: Scheduled<Void>)]?
     private var nextPushID: UInt32 = 0
     private var deviceCapabilities: Capabilities = []
+    /// The largest PUSH frame this device accepts (HELLO's announcement, else the gateway's).
+    private var maxPushFrameSize: UInt32 = 0
+    /// Numbers what this connection hands to the sink (events and messages), for `delivery_id`.
+    private var sequence: UInt32 = 0
+    /// The disconnected event waits for the connection's last uplink outcome.
+    private var disconnectedEventCode: String?
     private var frameDecoder: FrameDecoder
     /// Bytes of a frame not complete yet; nil between frames (the usual idle state).
     private var partialFrame: ByteBuffer?
@@ -51,10 +62,10 @@ final class DeviceSessionHandler: ChannelDuplexHandler, TimerWheelTarget, Delive
         self.machine = DeviceSessionStateMachine(
             usesTLS: shared.usesTLS,
             now: now,
-            handshakeTimeout: settings.handshakeTimeout,
-            helloTimeout: settings.helloTimeout,
-            closeGrace: settings.closeGrace,
-            maxInflight: settings.maxInflight
+            timeouts: settings.sessionTimeouts,
+            maxInflight: settings.maxInflight,
+            maxPending: settings.maxPending,
+            rateLimits: settings.rateLimits
         )
     }
 
@@ -73,8 +84,13 @@ final class DeviceSessionHandler: ChannelDuplexHandler, TimerWheelTarget, Delive
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        if self.closeCode == nil && self.machine.state != .closed {
+            // The device went away without GOAWAY: in the middle of a frame it is unclean.
+            self.closeCode = self.partialFrame == nil ? nil : .uncleanShutdown
+        }
         self.machine.closed()
         self.aliases = nil
+        self.partialFrame = nil
         if let pending = self.pendingPushes {
             self.pendingPushes = nil
             for (_, entry) in pending {
@@ -84,22 +100,25 @@ final class DeviceSessionHandler: ChannelDuplexHandler, TimerWheelTarget, Delive
         }
         if let handle = self.handle {
             self.shared.directory.unregister(handle)
+            let code = self.closeCode?.name ?? "PEER_CLOSED"
             self.shared.logger.info(
                 "device disconnected",
-                metadata: [
-                    "device": "\(handle.deviceID)", "client": "\(self.clientAddress)",
-                    "code": "\(self.closeCode?.name ?? "PEER_CLOSED")",
-                ]
+                metadata: ["device": "\(handle.deviceID)", "client": "\(self.clientAddress)", "code": "\(code)"]
             )
-            self.publishEvent(
-                DeviceEvents.disconnected,
-                handle: handle,
-                extra: #","code":"\#(self.closeCode?.name ?? "PEER_CLOSED")""#
-            )
-            // The handle's control refers back to this handler: drop it to break the cycle.
-            self.handle = nil
+            // Backends see the disconnected event after every message of the connection: it
+            // waits for the last outcome (the handle stays until then, released after).
+            self.disconnectedEventCode = code
+            if self.machine.pending == 0 { self.publishDisconnectedEvent() }
         }
         context.fireChannelInactive()
+    }
+
+    private func publishDisconnectedEvent() {
+        guard let handle = self.handle, let code = self.disconnectedEventCode else { return }
+        self.disconnectedEventCode = nil
+        self.publishEvent(DeviceEvents.disconnected, handle: handle, extra: #","code":"\#(code)""#)
+        // The handle's control refers back to this handler: drop it to break the cycle.
+        self.handle = nil
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
@@ -130,10 +149,42 @@ final class DeviceSessionHandler: ChannelDuplexHandler, TimerWheelTarget, Delive
         }
     }
 
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        let now = NIODeadline.now()
+        switch self.machine.writabilityChanged(writable: context.channel.isWritable, now: now) {
+        case .pause:
+            self.shared.outputStalls.wrappingAdd(1, ordering: .relaxed)
+            self.loop.wheel.schedule(self, at: self.machine.deadline, now: now)
+        case .resume:
+            self.resumeReading(context: context)
+        case .none:
+            break
+        }
+        context.fireChannelWritabilityChanged()
+    }
+
+    /// Reading may go on: first the bytes held back while it was paused, then the socket.
+    private func resumeReading(context: ChannelHandlerContext) {
+        let now = NIODeadline.now()
+        self.machine.partialFrame(false, now: now)  // the frame timeout restarts
+        if let held = self.partialFrame {
+            self.partialFrame = nil
+            self.decode(held, context: context)
+        }
+        if self.pendingRead && !self.machine.readsPaused && self.machine.state != .closed {
+            self.pendingRead = false
+            context.read()
+        }
+    }
+
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         switch error {
         case let error as ProtocolError:
             self.closeSession(error.code, message: error.message)
+        case NIOSSLError.uncleanShutdown:
+            self.closeForTransport(.uncleanShutdown, "closed without TLS close_notify")
+        case let error as IOError where error.errnoCode == ECONNRESET || error.errnoCode == EPIPE:
+            self.closeForTransport(.connectionReset, "\(error)")
         case let error as NIOSSLError:
             self.closeForTransport(.tlsFailed, "\(error)")
         case let error as BoringSSLError:
@@ -150,7 +201,14 @@ final class DeviceSessionHandler: ChannelDuplexHandler, TimerWheelTarget, Delive
             partial.writeBuffer(&buffer)
             buffer = partial
         }
-        while self.machine.state != .closed {
+        self.decode(buffer, context: context)
+    }
+
+    /// Decodes and handles every complete frame in `buffer`, unless decoding is held (then the
+    /// bytes wait, at most one read's worth, since reading is paused too); keeps the rest.
+    private func decode(_ input: ByteBuffer, context: ChannelHandlerContext) {
+        var buffer = input
+        while self.machine.state != .closed && !self.machine.decodingHeld {
             let frame: Frame?
             do {
                 frame = try self.frameDecoder.decode(buffer: &buffer)
@@ -164,11 +222,21 @@ final class DeviceSessionHandler: ChannelDuplexHandler, TimerWheelTarget, Delive
             guard let frame else { break }
             self.frameReceived(frame, context: context)
         }
-        if buffer.readableBytes > 0 && self.machine.state != .closed {
-            // Keep only the unfinished frame's bytes.
+        guard self.machine.state != .closed else { return }
+        let buffered = buffer.readableBytes > 0
+        if buffered {
+            // Keep only the bytes not handled yet.
             if buffer.readerIndex > 0 { buffer.discardReadBytes() }
             self.partialFrame = buffer
         }
+        let now = NIODeadline.now()
+        self.machine.partialFrame(buffered, now: now)
+        if buffered { self.loop.wheel.schedule(self, at: self.machine.deadline, now: now) }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        self.flushAcks()
+        context.fireChannelReadComplete()
     }
 
     private func frameReceived(_ frame: Frame, context: ChannelHandlerContext) {
@@ -181,8 +249,9 @@ final class DeviceSessionHandler: ChannelDuplexHandler, TimerWheelTarget, Delive
             case (.established, .publish(let message)):
                 try self.handlePublish(message)
             case (.established, .ping(let opaque)):
+                // Flushed once per read (channelReadComplete): a burst of PINGs costs one write.
                 self.write(.pong(opaque), context: context)
-                context.flush()
+                self.needsFlush = true
             case (.established, .ack(let ack)):
                 self.pushAcknowledged(ack)
             case (.awaitingHello, .goAway), (.established, .goAway):
@@ -194,7 +263,9 @@ final class DeviceSessionHandler: ChannelDuplexHandler, TimerWheelTarget, Delive
                 throw ProtocolError(.unexpectedFrame, "\(frame.type) is not valid in state \(self.machine.state)")
             }
         } catch {
-            self.closeSession(error.code, message: error.message)
+            // A device closed for its rate should not come straight back.
+            let reconnectAfter: UInt32 = error.code == .rateLimited ? 10_000 : 0
+            self.closeSession(error.code, reconnectAfterMilliseconds: reconnectAfter, message: error.message)
         }
     }
 
@@ -210,13 +281,29 @@ final class DeviceSessionHandler: ChannelDuplexHandler, TimerWheelTarget, Delive
             return
         }
         let settings = self.shared.settings
-        let deviceID = try self.shared.authenticator.authenticate(
-            hello,
-            certificateDeviceID: self.certificateDeviceID,
-            maxDeviceIDLength: settings.maxDeviceIDLength
-        )
+        if let wait = self.shared.authThrottle.refusal(for: self.clientAddress, now: now) {
+            self.closeSession(
+                .authenticationThrottled,
+                reconnectAfterMilliseconds: wait,
+                message: "too many failed authentications from this address"
+            )
+            return
+        }
+        let deviceID: String
+        do {
+            deviceID = try self.shared.authenticator.authenticate(
+                hello,
+                certificateDeviceID: self.certificateDeviceID,
+                maxDeviceIDLength: settings.maxDeviceIDLength
+            )
+        } catch {
+            self.shared.authThrottle.failed(self.clientAddress, now: now)
+            throw error
+        }
         let keepalive = settings.negotiatedKeepalive(requested: hello.keepaliveSeconds)
         self.deviceCapabilities = hello.capabilities
+        let gatewayLimit = UInt32(clamping: settings.maxPushFrameSize ?? settings.maxFrameSize)
+        self.maxPushFrameSize = hello.maxReceiveFrameSize.map { min($0, gatewayLimit) } ?? gatewayLimit
         self.machine.established(keepalive: keepalive, now: now)
         let handle = SessionHandle(
             deviceID: deviceID,
@@ -254,12 +341,14 @@ final class DeviceSessionHandler: ChannelDuplexHandler, TimerWheelTarget, Delive
     }
 
     /// Hands a connect/disconnect event to the sink as an ordinary QoS 0 message on a reserved
-    /// topic, so that backends subscribe to it like to any other topic.
+    /// topic, so that backends subscribe to it like to any other topic. The connected event
+    /// holds the device's messages until its outcome (see `connectedEventPublished`).
     private func publishEvent(_ topic: String, handle: SessionHandle, extra: String) {
         guard self.shared.settings.publishEvents else { return }
         let json =
-            #"{"device_id":"\#(DeviceEvents.jsonEscaped(handle.deviceID))","client_address":"\#(handle.clientAddress)","#
-            + #""gateway_instance":"\#(self.shared.settings.gatewayID)","at_unix_ms":\#(WallClock.nowMilliseconds())\#(extra)}"#
+            #"{"device_id":"\#(DeviceEvents.jsonEscaped(handle.deviceID))","client_address":"\#(DeviceEvents.jsonEscaped(handle.clientAddress))","#
+            + #""gateway_instance":"\#(DeviceEvents.jsonEscaped(self.shared.settings.gatewayID))","at_unix_ms":\#(WallClock.nowMilliseconds())\#(extra)}"#
+        self.sequence &+= 1
         let event = UplinkMessage(
             deviceID: handle.deviceID,
             topic: topic,
@@ -268,9 +357,16 @@ final class DeviceSessionHandler: ChannelDuplexHandler, TimerWheelTarget, Delive
             payload: ByteBuffer(string: json),
             receivedAt: WallClock.nowMilliseconds(),
             clientAddress: handle.clientAddress,
-            connectionID: handle.connectionID
+            connectionID: handle.connectionID,
+            epoch: self.shared.epoch,
+            sequence: self.sequence
         )
-        self.loop.batcher.enqueue(event, waiter: nil)
+        if topic == DeviceEvents.connected {
+            self.machine.connectedEventPublished()
+            self.loop.batcher.enqueue(event, waiter: self, kind: .connectedEvent)
+        } else {
+            self.loop.batcher.enqueue(event, waiter: nil, kind: .atMostOnce)
+        }
     }
 
     // MARK: PUBLISH
@@ -302,19 +398,34 @@ final class DeviceSessionHandler: ChannelDuplexHandler, TimerWheelTarget, Delive
             copy.writeImmutableBuffer(payload)
             payload = copy
         }
-        let waiter: (any DeliveryWaiter)?
-        if message.qos == .atLeastOnce {
-            if try self.machine.publishAccepted() == .pause {
+        switch try self.machine.publishReceived(
+            qos: message.qos,
+            payloadBytes: payload.readableBytes,
+            limits: settings.rateLimits,
+            now: .now()
+        ) {
+        case .deliver(let pause):
+            if pause {
                 self.shared.readPauses.wrappingAdd(1, ordering: .relaxed)
                 self.shared.logger.debug(
-                    "inflight limit reached; reads paused",
+                    "pending limit reached; reads paused",
                     metadata: ["device": "\(self.deviceID ?? "?")"]
                 )
             }
-            waiter = self
-        } else {
-            waiter = nil
+        case .refuse(let seconds):
+            self.shared.rateLimited.wrappingAdd(1, ordering: .relaxed)
+            if message.qos == .atLeastOnce, let context = self.context {
+                let ack = Ack(messageID: message.messageID, status: .rateLimited, retryAfterSeconds: seconds)
+                self.write(.ack(ack), context: context)
+                self.needsFlush = true
+                self.flushAcks()
+            }
+            return
+        case .drop:
+            self.shared.droppedQoS0.wrappingAdd(1, ordering: .relaxed)
+            return
         }
+        self.sequence &+= 1
         let uplink = UplinkMessage(
             deviceID: self.handle!.deviceID,
             topic: topic,
@@ -323,9 +434,11 @@ final class DeviceSessionHandler: ChannelDuplexHandler, TimerWheelTarget, Delive
             payload: payload,
             receivedAt: WallClock.nowMilliseconds(),
             clientAddress: self.clientAddress,
-            connectionID: self.connectionID
+            connectionID: self.connectionID,
+            epoch: self.shared.epoch,
+            sequence: self.sequence
         )
-        self.loop.batcher.enqueue(uplink, waiter: waiter)
+        self.loop.batcher.enqueue(uplink, waiter: self, kind: message.qos == .atLeastOnce ? .atLeastOnce : .atMostOnce)
     }
 
     private func resolveTopic(_ message: Message) throws(ProtocolError) -> String {
@@ -351,6 +464,10 @@ final class DeviceSessionHandler: ChannelDuplexHandler, TimerWheelTarget, Delive
         guard let context = self.context, self.machine.state == .established else {
             return self.loop.eventLoop.makeSucceededFuture(.connectionClosed)
         }
+        guard self.machine.acceptsPushes else {
+            // The device does not read what it is sent: nothing more is queued toward it.
+            return self.loop.eventLoop.makeSucceededFuture(.rejected(.slowConsumer))
+        }
         var body = payload
         var compressed = false
         let threshold = self.shared.settings.pushCompressionThreshold
@@ -364,6 +481,11 @@ final class DeviceSessionHandler: ChannelDuplexHandler, TimerWheelTarget, Delive
         repeat { self.nextPushID &+= 1 } while self.nextPushID == 0 || self.pendingPushes?[self.nextPushID] != nil
         let id = qos == .atLeastOnce ? self.nextPushID : 0
         let message = Message(messageID: id, qos: qos, compressed: compressed, topic: topic, payload: body)
+        // length prefix, type, flags, message id, topic length, topic, payload
+        let frameSize = 4 + 2 + 4 + 2 + topic.utf8.count + body.readableBytes
+        guard frameSize - 4 <= Int(self.maxPushFrameSize) else {
+            return context.eventLoop.makeSucceededFuture(.rejected(.frameTooLarge))
+        }
         self.write(.push(message), context: context)
         context.flush()
         guard qos == .atLeastOnce else { return context.eventLoop.makeSucceededFuture(.delivered) }
@@ -390,15 +512,24 @@ final class DeviceSessionHandler: ChannelDuplexHandler, TimerWheelTarget, Delive
 
     // MARK: Outcomes
 
-    func deliveryCompleted(messageID: UInt32, outcome: DeliveryOutcome) {
-        guard let context = self.context, self.machine.state != .closed else { return }
-        let (read, closeNow) = self.machine.deliveryCompleted()
-        self.write(.ack(outcome.ack(for: messageID)), context: context)
-        self.needsFlush = true
-        if read == .resume && self.pendingRead {
-            self.pendingRead = false
-            context.read()
+    func deliveryCompleted(messageID: UInt32, kind: DeliveryKind, outcome: DeliveryOutcome) {
+        let read: DeviceSessionStateMachine.ReadAction
+        var closeNow = false
+        switch kind {
+        case .connectedEvent:
+            read = self.machine.connectedEventCompleted()
+        case .atMostOnce:
+            (read, closeNow) = self.machine.deliveryCompleted(qos: .atMostOnce)
+        case .atLeastOnce:
+            (read, closeNow) = self.machine.deliveryCompleted(qos: .atLeastOnce)
         }
+        if self.disconnectedEventCode != nil && self.machine.pending == 0 { self.publishDisconnectedEvent() }
+        guard let context = self.context, self.machine.state != .closed else { return }
+        if kind == .atLeastOnce {
+            self.write(.ack(outcome.ack(for: messageID)), context: context)
+            self.needsFlush = true
+        }
+        if read == .resume { self.resumeReading(context: context) }
         if closeNow {
             self.flushAcks()
             context.close(promise: nil)
@@ -461,8 +592,16 @@ final class DeviceSessionHandler: ChannelDuplexHandler, TimerWheelTarget, Delive
         ]
         if let device = self.deviceID { metadata["device"] = "\(device)" }
         if !message.isEmpty { metadata["reason"] = "\(message)" }
-        let orderly = code == .ok || code == .shuttingDown || code == .replaced || code == .kicked
-        self.shared.logger.log(level: orderly ? .info : .notice, "closing device connection", metadata: metadata)
+        if code.isOrderlyClose {
+            self.shared.logger.info("closing device connection", metadata: metadata)
+            return
+        }
+        // Failures come in floods (a scanner, a fuzzer, a network blip resetting thousands of
+        // devices): at most 20 such lines a second, then a count of those held back.
+        let (log, suppressed) = self.shared.transportLog.admit(nowSeconds: NIODeadline.now().uptimeNanoseconds / 1_000_000_000)
+        guard log else { return }
+        if suppressed > 0 { metadata["suppressed_before"] = "\(suppressed)" }
+        self.shared.logger.notice("closing device connection", metadata: metadata)
     }
 
     private func drainDelay() -> UInt32 {

@@ -91,6 +91,26 @@ public final class EdgeServer: Sendable {
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelOption(.recvAllocator, value: Self.readBuffers)
+            // Output toward a device that does not read: above `high` the channel is not
+            // writable, and the session stops reading from the device until it drains.
+            .childChannelOption(
+                .writeBufferWaterMark,
+                value: .init(
+                    low: max(1, shared.settings.outboundBufferBytes / 2),
+                    high: max(2, shared.settings.outboundBufferBytes)
+                )
+            )
+            .serverChannelInitializer { channel in
+                // The future-based bind adds no accept backoff: at the open-file limit, accept
+                // fails at once, the socket stays readable, and the loop would spin.
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(
+                        AcceptBackoffHandler(shouldForwardIOErrorCaught: false) { error in
+                            shared.acceptFailed(error)
+                        }
+                    )
+                }
+            }
             .childChannelInitializer { channel in
                 do {
                     try Self.initialize(channel: channel, shared: shared, listener: listener)
@@ -186,6 +206,18 @@ public final class EdgeServer: Sendable {
         let loop = shared.contexts.context(for: channel.eventLoop)
         try sync.addHandler(DeviceSessionHandler(shared: shared, loop: loop))
     }
+
+    /// Accepts that failed (e.g. out of file descriptors) since start.
+    public var acceptFailures: Int { self.shared.acceptFailures.load(ordering: .relaxed) }
+
+    /// Messages refused for their device's rate since start.
+    public var rateLimitedMessages: Int { self.shared.rateLimited.load(ordering: .relaxed) }
+
+    /// QoS 0 messages dropped since start because their device had `max_pending` waiting.
+    public var droppedQoS0Messages: Int { self.shared.droppedQoS0.load(ordering: .relaxed) }
+
+    /// Times since start that a device stopped reading its output and was paused.
+    public var outputStalls: Int { self.shared.outputStalls.load(ordering: .relaxed) }
 
     /// Connections currently open on this listener (authenticated or not).
     public var openConnections: Int { self.shared.openConnections.load(ordering: .relaxed) }

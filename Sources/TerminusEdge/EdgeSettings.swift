@@ -11,10 +11,27 @@ public struct EdgeSettings: Sendable {
     /// `limits.buffer_arena_slots`: 32 KiB slots reserved (address space only) for the large
     /// per-connection TLS buffers; nil sizes it from `maxConnections`, 0 turns the arena off.
     public var bufferArenaSlots: Int? = nil
+    /// `limits.accept_backoff`: how long the listener waits before accepting again after an
+    /// accept failed (out of file descriptors or memory).
+    public var acceptBackoff: TimeAmount = .milliseconds(250)
+    /// `auth.throttle`: failed authentications per client address before it is refused.
+    public var authThrottle = AuthenticationThrottle.Settings()
     /// `limits.max_frame_size`: the largest length prefix accepted.
     public var maxFrameSize: Int = 64 * 1024
     /// `limits.max_inflight`: unacknowledged QoS 1 PUBLISH frames per device.
     public var maxInflight: Int = 32
+    /// `limits.max_pending`: uplinks of either QoS per device waiting for their backends; reading
+    /// pauses at this count (QoS 0 counts too, so a QoS 0 flood cannot queue without bound).
+    /// nil: twice `maxInflight`.
+    public var maxPending: Int? = nil
+    /// `limits.rate`: per-device message and byte rates (token buckets).
+    public var rateLimits = UplinkRateLimits()
+    /// `limits.outbound_buffer`: bytes queued toward one device (after TLS) above which the
+    /// gateway stops reading from it until the device reads; it resumes at half.
+    public var outboundBufferBytes: Int = 64 * 1024
+    /// `limits.max_push_frame`: the largest PUSH frame sent to a device that did not announce a
+    /// smaller limit in HELLO (nil: the WELCOME's `max_frame_size`).
+    public var maxPushFrameSize: Int? = nil
     /// `limits.max_topic_length` in bytes.
     public var maxTopicLength: Int = 256
     /// `limits.max_device_id_length` in bytes (at most 255).
@@ -29,6 +46,12 @@ public struct EdgeSettings: Sendable {
     public var helloTimeout: TimeAmount = .seconds(10)
     /// `timeouts.close_grace`: how long a closing session may take to flush before it is cut.
     public var closeGrace: TimeAmount = .seconds(5)
+    /// `timeouts.frame`: from the first bytes of a frame until its last (while the gateway
+    /// reads); a frame that trickles in slower is `FRAME_TIMEOUT`.
+    public var frameTimeout: TimeAmount = .seconds(30)
+    /// `timeouts.write_stall`: how long output toward a device may stay above
+    /// `outboundBufferBytes` before the connection is closed (`SLOW_CONSUMER`).
+    public var writeStallTimeout: TimeAmount = .seconds(30)
     /// `keepalive.default`, `keepalive.min`, `keepalive.max` in seconds. A session is closed
     /// when nothing arrives for 1.5 × the negotiated value. Defaults stay well under a cloud
     /// load balancer's idle timeout (Tencent CLB: 900 s).
@@ -51,6 +74,17 @@ public struct EdgeSettings: Sendable {
     /// plaintext and an outbound buffer) plus 1,024 for transient large reads.
     public var effectiveBufferArenaSlots: Int {
         self.bufferArenaSlots ?? (2 * self.maxConnections + 1_024)
+    }
+
+    /// The per-session timeouts, for `DeviceSessionStateMachine`.
+    public var sessionTimeouts: DeviceSessionStateMachine.Timeouts {
+        .init(
+            handshake: self.handshakeTimeout,
+            hello: self.helloTimeout,
+            closeGrace: self.closeGrace,
+            frame: self.frameTimeout,
+            writeStall: self.writeStallTimeout
+        )
     }
 
     /// The keepalive a session gets for a HELLO asking for `requested` seconds (0: default).

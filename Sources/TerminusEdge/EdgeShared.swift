@@ -1,4 +1,5 @@
 internal import Logging
+internal import NIOCore
 internal import Synchronization
 internal import TerminusSessions
 
@@ -13,9 +14,24 @@ final class EdgeShared: Sendable {
     /// Client certificates are verified, so a presented certificate names the device.
     let readsClientCertificates: Bool
     private let nextConnectionID = Atomic<UInt64>(1)
+    /// Drawn when the listener is made: with the connection id and the connection's sequence
+    /// it makes each message's `delivery_id` unique across processes and restarts.
+    let epoch = UInt64.random(in: 1...UInt64.max)
     let openConnections = Atomic<Int>(0)
     /// Times a device's reads were paused because its inflight window was full.
     let readPauses = Atomic<Int>(0)
+    /// Messages refused for a device's rate (QoS 1 answered `RATE_LIMITED`, QoS 0 dropped).
+    let rateLimited = Atomic<Int>(0)
+    /// QoS 0 messages dropped because their device already had `max_pending` uplinks waiting.
+    let droppedQoS0 = Atomic<Int>(0)
+    /// Times a device's output stopped draining (its reads were paused).
+    let outputStalls = Atomic<Int>(0)
+    /// Transport-level close lines (resets, TLS failures, timeouts before HELLO): one flood of
+    /// them must not drown the log.
+    let transportLog = LogThrottle(linesPerSecond: 20)
+    let acceptFailures = Atomic<Int>(0)
+    let authThrottle: AuthenticationThrottle
+    private let acceptLog = LogThrottle(linesPerSecond: 1)
 
     init(
         settings: EdgeSettings,
@@ -33,6 +49,25 @@ final class EdgeShared: Sendable {
         self.contexts = contexts
         self.usesTLS = usesTLS
         self.readsClientCertificates = readsClientCertificates
+        self.authThrottle = AuthenticationThrottle(settings: settings.authThrottle)
+    }
+
+    /// An accept failed: count it, log at most once a second, and back off before the next
+    /// accept (`limits.accept_backoff`). Called on the listener's event loop.
+    func acceptFailed(_ error: IOError) -> TimeAmount? {
+        let failures = self.acceptFailures.wrappingAdd(1, ordering: .relaxed).newValue
+        let (log, suppressed) = self.acceptLog.admit(nowSeconds: NIODeadline.now().uptimeNanoseconds / 1_000_000_000)
+        if log {
+            self.logger.error(
+                "accepting a device connection failed; backing off",
+                metadata: [
+                    "error": "\(error)", "backoff_ms": "\(self.settings.acceptBackoff.nanoseconds / 1_000_000)",
+                    "open_connections": "\(self.openConnections.load(ordering: .relaxed))",
+                    "failures_total": "\(failures)", "suppressed_before": "\(suppressed)",
+                ]
+            )
+        }
+        return self.settings.acceptBackoff
     }
 
     func makeConnectionID() -> UInt64 {

@@ -124,7 +124,7 @@ public final class BufferArena: Sendable {
     /// Allocates like `malloc`, from a slot when the size fits one.
     func allocateAnywhere(_ size: Int) -> UnsafeMutableRawPointer {
         if let slot = self.allocate(size) { return slot }
-        return malloc(size)!
+        return checkedMalloc(size)
     }
 
     func deallocateAnywhere(_ pointer: UnsafeMutableRawPointer) {
@@ -134,9 +134,9 @@ public final class BufferArena: Sendable {
     func reallocateAnywhere(_ pointer: UnsafeMutableRawPointer?, oldSize: Int, newSize: Int) -> UnsafeMutableRawPointer
     {
         guard let pointer else { return self.allocateAnywhere(newSize) }
-        guard self.owns(pointer) else { return realloc(pointer, newSize)! }
+        guard self.owns(pointer) else { return checkedRealloc(pointer, newSize) }
         if newSize <= self.slotSize { return pointer }
-        let moved = malloc(newSize)!
+        let moved = checkedMalloc(newSize)
         moved.copyMemory(from: pointer, byteCount: min(oldSize, newSize))
         self.release(pointer)
         return moved
@@ -178,17 +178,38 @@ public enum SessionBufferAllocator {
     public static let allocator = ByteBufferAllocator(
         allocate: { size in
             if let arena = SessionBufferAllocator.arena { return arena.allocateAnywhere(size) }
-            return malloc(size)!
+            return checkedMalloc(size)
         },
         reallocate: { pointer, oldSize, newSize in
             if let arena = SessionBufferAllocator.arena {
                 return arena.reallocateAnywhere(pointer, oldSize: oldSize, newSize: newSize)
             }
-            return realloc(pointer, newSize)!
+            return checkedRealloc(pointer, newSize)
         },
         deallocate: { pointer in
             if let arena = SessionBufferAllocator.arena { arena.deallocateAnywhere(pointer) } else { free(pointer) }
         },
         copy: { destination, source, count in destination.copyMemory(from: source, byteCount: count) }
     )
+}
+
+/// `malloc` for `ByteBuffer` storage. NIO's allocator contract has no failure path (its own
+/// default allocator traps too), so a failure here ends the process with a message naming the
+/// size; what keeps it from happening is that every buffer toward or from a device is bounded
+/// (`limits.outbound_buffer`, `max_frame_size`, `max_pending`), see docs/security.md.
+@inline(__always)
+func checkedMalloc(_ size: Int) -> UnsafeMutableRawPointer {
+    guard let pointer = malloc(size) else { allocationFailed(size) }
+    return pointer
+}
+
+@inline(__always)
+func checkedRealloc(_ pointer: UnsafeMutableRawPointer?, _ size: Int) -> UnsafeMutableRawPointer {
+    guard let moved = realloc(pointer, size) else { allocationFailed(size) }
+    return moved
+}
+
+@inline(never)
+func allocationFailed(_ size: Int) -> Never {
+    fatalError("out of memory: a ByteBuffer of \(size) bytes could not be allocated")
 }

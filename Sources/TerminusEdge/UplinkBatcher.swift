@@ -2,10 +2,17 @@ internal import NIOCore
 internal import TerminusProtocol
 internal import TerminusSessions
 
+/// What a waiter waits for: the outcome of a QoS 0 or QoS 1 message, or of its connected event.
+enum DeliveryKind: UInt8 {
+    case atMostOnce
+    case atLeastOnce
+    case connectedEvent
+}
+
 /// Who waits for a message's outcome.
 protocol DeliveryWaiter: AnyObject {
     /// Called on the event loop with the outcome of message `messageID`.
-    func deliveryCompleted(messageID: UInt32, outcome: DeliveryOutcome)
+    func deliveryCompleted(messageID: UInt32, kind: DeliveryKind, outcome: DeliveryOutcome)
     /// Called once after a batch's outcomes were handed out, to flush coalesced ACKs.
     func flushAcks()
 }
@@ -20,7 +27,7 @@ final class UplinkBatcher {
     private let sink: any UplinkSink
     private let maxBatchSize: Int
     private var messages: [UplinkMessage] = []
-    private var waiters: [((any DeliveryWaiter)?, UInt32)] = []
+    private var waiters: [((any DeliveryWaiter)?, UInt32, DeliveryKind)] = []
     private var flushScheduled = false
 
     init(eventLoop: any EventLoop, sink: any UplinkSink, maxBatchSize: Int) {
@@ -29,10 +36,10 @@ final class UplinkBatcher {
         self.maxBatchSize = max(1, maxBatchSize)
     }
 
-    /// - Parameter waiter: the session to tell the outcome, nil for QoS 0.
-    func enqueue(_ message: UplinkMessage, waiter: (any DeliveryWaiter)?) {
+    /// - Parameter waiter: the session to tell the outcome, if any.
+    func enqueue(_ message: UplinkMessage, waiter: (any DeliveryWaiter)?, kind: DeliveryKind) {
         self.messages.append(message)
-        self.waiters.append((waiter, message.messageID))
+        self.waiters.append((waiter, message.messageID, kind))
         if self.messages.count >= self.maxBatchSize {
             self.flush()
         } else if !self.flushScheduled {
@@ -67,9 +74,9 @@ final class UplinkBatcher {
                 // flushed when the next message is another session's. A session seen again later
                 // gets another flush then; flushAcks does nothing when nothing is pending.
                 for position in waiters.indices {
-                    let (waiter, id) = waiters[position]
+                    let (waiter, id, kind) = waiters[position]
                     guard let waiter else { continue }
-                    waiter.deliveryCompleted(messageID: id, outcome: outcomes[position])
+                    waiter.deliveryCompleted(messageID: id, kind: kind, outcome: outcomes[position])
                     let next = position + 1 < waiters.count ? waiters[position + 1].0 : nil
                     if next !== waiter { waiter.flushAcks() }
                 }

@@ -79,13 +79,25 @@ extension Frame {
         guard let credential = body.readSlice(length: Int(credentialLength)) else {
             throw ProtocolError(.malformedFrame, "HELLO credential is truncated")
         }
+        var receiveLimit: UInt32? = nil
+        if Capabilities(rawValue: capabilities).contains(.receiveLimit) {
+            let limit = try body.readOrThrow(UInt32.self, "HELLO max_receive_frame")
+            guard limit >= WireProtocol.minimumReceiveFrameSize else {
+                throw ProtocolError(
+                    .malformedFrame,
+                    "HELLO max_receive_frame below \(WireProtocol.minimumReceiveFrameSize)"
+                )
+            }
+            receiveLimit = limit
+        }
         return Hello(
             version: version,
             keepaliveSeconds: keepalive,
             capabilities: Capabilities(rawValue: capabilities),
             deviceID: deviceID,
             authMethod: method,
-            credential: credential
+            credential: credential,
+            maxReceiveFrameSize: receiveLimit
         )
     }
 

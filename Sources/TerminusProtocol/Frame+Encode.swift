@@ -27,6 +27,7 @@ extension ByteBuffer {
                 written += buffer.writeInteger(hello.authMethod.rawValue)
                 written += buffer.writeInteger(UInt16(hello.credential.readableBytes))
                 written += buffer.writeImmutableBuffer(hello.credential)
+                if let limit = hello.maxReceiveFrameSize { written += buffer.writeInteger(limit) }
             case .welcome(let welcome):
                 written += buffer.writeInteger(UInt8(0))
                 written += buffer.writeInteger(welcome.version)

@@ -10,6 +10,9 @@ public struct Hello: Hashable, Sendable {
     public var deviceID: String
     public var authMethod: AuthMethod
     public var credential: ByteBuffer
+    /// The largest frame `length` the device can receive (capability `RECEIVE_LIMIT`); nil when
+    /// it did not say, and the gateway then keeps PUSH frames within its own `max_frame_size`.
+    public var maxReceiveFrameSize: UInt32?
 
     public init(
         version: UInt8 = WireProtocol.version,
@@ -17,7 +20,8 @@ public struct Hello: Hashable, Sendable {
         capabilities: Capabilities,
         deviceID: String,
         authMethod: AuthMethod,
-        credential: ByteBuffer
+        credential: ByteBuffer,
+        maxReceiveFrameSize: UInt32? = nil
     ) {
         self.version = version
         self.keepaliveSeconds = keepaliveSeconds
@@ -25,6 +29,12 @@ public struct Hello: Hashable, Sendable {
         self.deviceID = deviceID
         self.authMethod = authMethod
         self.credential = credential
+        self.maxReceiveFrameSize = maxReceiveFrameSize
+        if maxReceiveFrameSize == nil {
+            self.capabilities.remove(.receiveLimit)
+        } else {
+            self.capabilities.insert(.receiveLimit)
+        }
     }
 }
 

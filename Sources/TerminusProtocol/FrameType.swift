@@ -20,6 +20,8 @@ public enum WireProtocol {
     public static let typeAndFlagsSize = 2
     /// PING and PONG carry at most this many opaque bytes.
     public static let maxPingBodySize = 8
+    /// The smallest `max_receive_frame` a HELLO may announce: room for GOAWAY with its message.
+    public static let minimumReceiveFrameSize: UInt32 = 512
     /// GOAWAY `reconnect_after` value meaning "do not reconnect".
     public static let doNotReconnect: UInt32 = .max
 }
@@ -50,6 +52,9 @@ public struct Capabilities: OptionSet, Hashable, Sendable {
     public static let compressedPush = Capabilities(rawValue: 0x0000_0001)
     /// The peer supports topic aliases on PUBLISH.
     public static let topicAliases = Capabilities(rawValue: 0x0000_0002)
+    /// HELLO only: a `max_receive_frame` (u32) follows the credential; the gateway sends no
+    /// frame (PUSH) longer than it.
+    public static let receiveLimit = Capabilities(rawValue: 0x0000_0004)
 }
 
 /// Delivery guarantee of one message.

@@ -21,6 +21,9 @@ public struct TerminusCode: Hashable, Sendable, CustomStringConvertible {
     public static let rejected = TerminusCode(rawValue: 2)
     /// ACK: not accepted now; resend after the ACK's retry-after hint.
     public static let retryLater = TerminusCode(rawValue: 3)
+    /// ACK: the device exceeded its message or byte rate; resend after the hint. GOAWAY: it kept
+    /// sending while refused.
+    public static let rateLimited = TerminusCode(rawValue: 4)
 
     // MARK: Session (GOAWAY)
 
@@ -38,6 +41,15 @@ public struct TerminusCode: Hashable, Sendable, CustomStringConvertible {
     public static let serverBusy = TerminusCode(rawValue: 105)
     /// The TLS handshake did not finish in time (logged only: no frame can be sent).
     public static let handshakeTimeout = TerminusCode(rawValue: 106)
+    /// The device did not read what the gateway sent for longer than the write-stall timeout
+    /// (logged only: nothing more can be sent).
+    public static let slowConsumer = TerminusCode(rawValue: 107)
+    /// A frame whose first bytes arrived was not complete within the frame timeout.
+    public static let frameTimeout = TerminusCode(rawValue: 108)
+    /// The peer reset the TCP connection (logged only).
+    public static let connectionReset = TerminusCode(rawValue: 109)
+    /// The connection ended without TLS close_notify, or in the middle of a frame (logged only).
+    public static let uncleanShutdown = TerminusCode(rawValue: 110)
 
     // MARK: Protocol errors (GOAWAY)
 
@@ -76,6 +88,10 @@ public struct TerminusCode: Hashable, Sendable, CustomStringConvertible {
     /// The listener requires a client certificate naming the device, and there was none or
     /// it names another device.
     public static let certificateRequired = TerminusCode(rawValue: 402)
+    /// The token's expiry lies further ahead than the gateway's maximum token lifetime.
+    public static let tokenLifetimeExceeded = TerminusCode(rawValue: 403)
+    /// Too many failed authentications from this client address; retry after the hint.
+    public static let authenticationThrottled = TerminusCode(rawValue: 404)
 
     // MARK: Gateway
 
@@ -83,14 +99,15 @@ public struct TerminusCode: Hashable, Sendable, CustomStringConvertible {
 
     /// Every code this version defines, in numeric order.
     public static let allDefined: [TerminusCode] = [
-        .ok, .noRoute, .rejected, .retryLater,
+        .ok, .noRoute, .rejected, .retryLater, .rateLimited,
         .shuttingDown, .replaced, .kicked, .keepaliveTimeout, .helloTimeout, .serverBusy,
-        .handshakeTimeout,
+        .handshakeTimeout, .slowConsumer, .frameTimeout, .connectionReset, .uncleanShutdown,
         .malformedFrame, .frameTooLarge, .unknownFrameType, .badFlags, .unsupportedVersion,
         .invalidTopic, .unexpectedFrame, .inflightExceeded, .invalidDeviceID, .unknownTopicAlias,
         .proxyHeaderInvalid, .tlsFailed,
         .decompressionFailed, .inflateLimitExceeded, .unknownDictionary,
-        .authenticationFailed, .tokenExpired, .certificateRequired,
+        .authenticationFailed, .tokenExpired, .certificateRequired, .tokenLifetimeExceeded,
+        .authenticationThrottled,
         .internalError,
     ]
 
@@ -101,6 +118,7 @@ public struct TerminusCode: Hashable, Sendable, CustomStringConvertible {
         case 1: "NO_ROUTE"
         case 2: "REJECTED"
         case 3: "RETRY_LATER"
+        case 4: "RATE_LIMITED"
         case 100: "SHUTTING_DOWN"
         case 101: "REPLACED"
         case 102: "KICKED"
@@ -108,6 +126,10 @@ public struct TerminusCode: Hashable, Sendable, CustomStringConvertible {
         case 104: "HELLO_TIMEOUT"
         case 105: "SERVER_BUSY"
         case 106: "HANDSHAKE_TIMEOUT"
+        case 107: "SLOW_CONSUMER"
+        case 108: "FRAME_TIMEOUT"
+        case 109: "CONNECTION_RESET"
+        case 110: "UNCLEAN_SHUTDOWN"
         case 200: "MALFORMED_FRAME"
         case 201: "FRAME_TOO_LARGE"
         case 202: "UNKNOWN_FRAME_TYPE"
@@ -126,6 +148,8 @@ public struct TerminusCode: Hashable, Sendable, CustomStringConvertible {
         case 400: "AUTHENTICATION_FAILED"
         case 401: "TOKEN_EXPIRED"
         case 402: "CERTIFICATE_REQUIRED"
+        case 403: "TOKEN_LIFETIME_EXCEEDED"
+        case 404: "AUTHENTICATION_THROTTLED"
         case 500: "INTERNAL_ERROR"
         default: "UNKNOWN(\(self.rawValue))"
         }

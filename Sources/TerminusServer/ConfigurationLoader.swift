@@ -4,6 +4,7 @@ internal import NIOCore
 internal import TerminusBackend
 internal import TerminusCompression
 internal import TerminusEdge
+internal import TerminusListeners
 internal import TerminusRouting
 internal import Yams
 
@@ -115,8 +116,21 @@ public enum ConfigurationLoader {
 
         // auth
         if let auth = try root.section("auth") {
-            try auth.allow(["secrets_file"])
+            try auth.allow(["secrets_file", "max_token_lifetime", "throttle"])
             config.secretsFile = try auth.string("secrets_file").map { Self.resolve($0, base) }
+            if try auth.string("max_token_lifetime") == "0" {
+                config.maxTokenLifetimeSeconds = 0
+            } else if let v = try auth.duration("max_token_lifetime") {
+                config.maxTokenLifetimeSeconds = v.nanoseconds / 1_000_000_000
+            }
+            if let throttle = try auth.section("throttle") {
+                try throttle.allow(["failures", "window", "max_addresses"])
+                if let v = try throttle.int("failures", in: 0...1_000_000) { config.edge.authThrottle.failures = v }
+                if let v = try throttle.duration("window") { config.edge.authThrottle.window = v }
+                if let v = try throttle.int("max_addresses", in: 1...10_000_000) {
+                    config.edge.authThrottle.maxAddresses = v
+                }
+            }
         }
         if config.secretsFile == nil && config.tls?.clientAuth != .required {
             throw ConfigurationError(
@@ -129,7 +143,8 @@ public enum ConfigurationLoader {
         if let limits = try root.section("limits") {
             try limits.allow([
                 "max_connections", "max_frame_size", "max_inflight", "max_topic_length", "max_device_id_length",
-                "max_topic_aliases", "batch_size", "buffer_arena_slots",
+                "max_topic_aliases", "batch_size", "buffer_arena_slots", "max_pending", "outbound_buffer",
+                "max_push_frame", "accept_backoff", "rate",
             ])
             if let v = try limits.int("max_connections", in: 1...10_000_000) {
                 config.edge.maxConnections = v
@@ -143,6 +158,22 @@ public enum ConfigurationLoader {
             if let v = try limits.int("batch_size", in: 1...65_536) { config.edge.maxBatchSize = v }
             if let v = try limits.int("buffer_arena_slots", in: 0...BufferArena.maximumSlots) {
                 config.edge.bufferArenaSlots = v
+            }
+            if let v = try limits.int("max_pending", in: 1...1_000_000) { config.edge.maxPending = v }
+            if let v = try limits.int("outbound_buffer", in: 1024...(64 * 1024 * 1024)) {
+                config.edge.outboundBufferBytes = v
+            }
+            if let v = try limits.int("max_push_frame", in: 512...16_777_216) { config.edge.maxPushFrameSize = v }
+            if let v = try limits.duration("accept_backoff") { config.edge.acceptBackoff = v }
+            if let rate = try limits.section("rate") {
+                try rate.allow(["messages_per_second", "message_burst", "bytes_per_second", "byte_burst", "close_after"])
+                var limits = config.edge.rateLimits
+                if let v = try rate.int("messages_per_second", in: 0...10_000_000) { limits.messagesPerSecond = Double(v) }
+                if let v = try rate.int("message_burst", in: 1...10_000_000) { limits.messageBurst = Double(v) }
+                if let v = try rate.int("bytes_per_second", in: 0...(1 << 40)) { limits.bytesPerSecond = Double(v) }
+                if let v = try rate.int("byte_burst", in: 1...(1 << 40)) { limits.byteBurst = Double(v) }
+                if let v = try rate.int("close_after", in: 0...1_000_000) { limits.refusalsBeforeClose = v }
+                config.edge.rateLimits = limits
             }
         }
 
@@ -175,7 +206,9 @@ public enum ConfigurationLoader {
 
         // timeouts and keepalive
         if let timeouts = try root.section("timeouts") {
-            try timeouts.allow(["handshake", "hello", "close_grace"])
+            try timeouts.allow(["handshake", "hello", "close_grace", "frame", "write_stall"])
+            if let v = try timeouts.duration("frame") { config.edge.frameTimeout = v }
+            if let v = try timeouts.duration("write_stall") { config.edge.writeStallTimeout = v }
             if let v = try timeouts.duration("handshake") { config.edge.handshakeTimeout = v }
             if let v = try timeouts.duration("hello") { config.edge.helloTimeout = v }
             if let v = try timeouts.duration("close_grace") { config.edge.closeGrace = v }
@@ -215,7 +248,11 @@ public enum ConfigurationLoader {
             }
         }
         if let api = try root.section("api") {
-            try api.allow(["listen", "tokens_file", "tls", "send_timeout", "compress_push_above"])
+            try api.allow([
+                "listen", "tokens_file", "tls", "send_timeout", "compress_push_above", "max_connections", "idle_timeout",
+            ])
+            if let v = try api.int("max_connections", in: 1...1_000_000) { config.apiLimits.maxConnections = v }
+            if let v = try api.duration("idle_timeout") { config.apiLimits.idleTimeout = v }
             if let tls = try api.section("tls") {
                 try tls.allow(["certificate_chain", "private_key", "client_ca"])
                 guard let chain = try tls.string("certificate_chain") else {
@@ -262,7 +299,9 @@ public enum ConfigurationLoader {
             }
         }
         if let admin = try root.section("admin") {
-            try admin.allow(["listen"])
+            try admin.allow(["listen", "max_connections", "idle_timeout"])
+            if let v = try admin.int("max_connections", in: 1...1_000_000) { config.adminLimits.maxConnections = v }
+            if let v = try admin.duration("idle_timeout") { config.adminLimits.idleTimeout = v }
             if let listen = try admin.string("listen") {
                 guard let parsed = GatewayConfiguration.HostPort(parsing: listen) else {
                     throw ConfigurationError(key: "admin.listen", "must be HOST:PORT")

@@ -54,6 +54,7 @@ public final class Gateway: Service, Sendable {
             let authenticator = DeviceAuthenticator(
                 secrets: secrets,
                 requireCertificate: configuration.tls?.clientAuth == .required,
+                maxTokenLifetimeSeconds: configuration.maxTokenLifetimeSeconds,
                 now: clock
             )
             let router: BackendRouter?
@@ -81,6 +82,7 @@ public final class Gateway: Service, Sendable {
                     gatewayInstance: configuration.instanceID,
                     defaultTTLMilliseconds: configuration.apiSendTimeoutMilliseconds,
                     maxPayloadSize: configuration.edge.inflateLimits.maxInflatedSize,
+                    limits: configuration.apiLimits,
                     logger: logger
                 )
             } else {
@@ -106,6 +108,7 @@ public final class Gateway: Service, Sendable {
                 group: self.group,
                 host: listen.host,
                 port: listen.port,
+                limits: configuration.adminLimits,
                 logger: logger,
                 ready: { ready.isReady }
             )
@@ -220,6 +223,13 @@ public final class Gateway: Service, Sendable {
 
     /// Times a device's reads were paused because its inflight window was full (since start).
     public var readPauses: Int { self.edge.readPauses }
+
+    /// The device listener's protection counters since start (rate limits, dropped QoS 0,
+    /// stalled outputs, failed accepts).
+    public var rateLimitedMessages: Int { self.edge.rateLimitedMessages }
+    public var droppedQoS0Messages: Int { self.edge.droppedQoS0Messages }
+    public var outputStalls: Int { self.edge.outputStalls }
+    public var acceptFailures: Int { self.edge.acceptFailures }
 
     /// Uplink messages inside backend delivery (sent and unanswered, or waiting for a
     /// service's window or linger), counted once per service.

@@ -1,7 +1,9 @@
 public import Logging
 public import NIOCore
+public import TerminusAdmin
 public import TerminusBackend
 public import TerminusEdge
+public import TerminusListeners
 
 /// Everything `terminus run` needs, resolved from defaults, the YAML file and flags, in that
 /// order of precedence (flags win). `docs/configuration.md` documents each YAML key.
@@ -87,11 +89,17 @@ public struct GatewayConfiguration: Sendable {
     /// False when `limits.max_connections` is absent: the run command then uses the
     /// open-file capacity it finds at start.
     public var maxConnectionsConfigured = false
+    /// `auth.max_token_lifetime` in seconds (0: any expiry is accepted).
+    public var maxTokenLifetimeSeconds: Int64 = DeviceAuthenticator.defaultMaxTokenLifetimeSeconds
 
     public var drainGrace: TimeAmount = .seconds(30)
     public var drainReconnectWindow: TimeAmount = .seconds(60)
 
     public var adminListen: HostPort?
+    /// `admin.max_connections`, `admin.idle_timeout`.
+    public var adminLimits: ConnectionGuard.Limits = AdminServer.defaultLimits
+    /// `api.max_connections`, `api.idle_timeout`.
+    public var apiLimits: ConnectionGuard.Limits = APIServer.defaultLimits
 
     /// The backend API listener (`api.listen`, `--api-listen`); nil: not served.
     public var apiListen: HostPort?

@@ -16,7 +16,9 @@ public protocol DeviceSessionControl: AnyObject, Sendable {
 public enum PushOutcome: Hashable, Sendable {
     /// QoS 1: the device acknowledged with OK. QoS 0: written.
     case delivered
-    /// The device answered with another status.
+    /// The device answered with another status, or the gateway refused to send: `FRAME_TOO_LARGE`
+    /// (above the device's receive limit), `SLOW_CONSUMER` (the device is not reading),
+    /// `INVALID_TOPIC`.
     case rejected(TerminusCode)
     /// No ACK in time.
     case timeout

@@ -13,9 +13,14 @@ public struct UplinkMessage: Sendable {
     public var receivedAt: Int64
     /// The real client address (from PROXY protocol when configured).
     public var clientAddress: String
-    /// The gateway's id for the device's connection: with `messageID` it identifies one
-    /// message across redeliveries to the backends.
+    /// The gateway's id for the device's connection, unique within `epoch`.
     public var connectionID: UInt64
+    /// A random value drawn when the device listener started: with `connectionID` and
+    /// `sequence` it makes every message's `delivery_id` unique across processes and restarts.
+    public var epoch: UInt64
+    /// The message's place among everything this connection handed to the sink: 1 is the
+    /// connected event, then the device's messages, then the disconnected event.
+    public var sequence: UInt32
 
     public init(
         deviceID: String,
@@ -25,7 +30,9 @@ public struct UplinkMessage: Sendable {
         payload: ByteBuffer,
         receivedAt: Int64,
         clientAddress: String,
-        connectionID: UInt64 = 0
+        connectionID: UInt64 = 0,
+        epoch: UInt64 = 0,
+        sequence: UInt32 = 0
     ) {
         self.deviceID = deviceID
         self.topic = topic
@@ -35,6 +42,8 @@ public struct UplinkMessage: Sendable {
         self.receivedAt = receivedAt
         self.clientAddress = clientAddress
         self.connectionID = connectionID
+        self.epoch = epoch
+        self.sequence = sequence
     }
 }
 

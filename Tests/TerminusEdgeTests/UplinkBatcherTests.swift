@@ -34,7 +34,7 @@ struct UplinkBatcherTests {
             self.log = log
         }
 
-        func deliveryCompleted(messageID: UInt32, outcome: DeliveryOutcome) {
+        func deliveryCompleted(messageID: UInt32, kind: DeliveryKind, outcome: DeliveryOutcome) {
             self.pending += 1
             self.log.entries.append("\(self.name)\(messageID):\(outcome == .accepted ? "ok" : "retry")")
         }
@@ -82,11 +82,11 @@ struct UplinkBatcherTests {
     func flushesPerRun() throws {
         let f = Fixture(maxBatchSize: 100)
         let (loop, sink, batcher, log, a, b) = (f.loop, f.sink, f.batcher, f.log, f.a, f.b)
-        batcher.enqueue(Self.message(1), waiter: a)
-        batcher.enqueue(Self.message(2), waiter: a)
-        batcher.enqueue(Self.message(3), waiter: b)
-        batcher.enqueue(Self.message(4), waiter: nil)  // QoS 0: nobody waits
-        batcher.enqueue(Self.message(5), waiter: a)
+        batcher.enqueue(Self.message(1), waiter: a, kind: .atLeastOnce)
+        batcher.enqueue(Self.message(2), waiter: a, kind: .atLeastOnce)
+        batcher.enqueue(Self.message(3), waiter: b, kind: .atLeastOnce)
+        batcher.enqueue(Self.message(4), waiter: nil, kind: .atLeastOnce)  // QoS 0: nobody waits
+        batcher.enqueue(Self.message(5), waiter: a, kind: .atLeastOnce)
         #expect(sink.batches.isEmpty, "the batch goes at the end of the tick")
         loop.run()
         try #require(sink.batches.count == 1)
@@ -103,8 +103,8 @@ struct UplinkBatcherTests {
         struct SinkDown: Error {}
         let f = Fixture(maxBatchSize: 2)
         let (loop, sink, batcher, log, a, b) = (f.loop, f.sink, f.batcher, f.log, f.a, f.b)
-        batcher.enqueue(Self.message(1), waiter: a)
-        batcher.enqueue(Self.message(2), waiter: b)  // the second message fills the batch
+        batcher.enqueue(Self.message(1), waiter: a, kind: .atLeastOnce)
+        batcher.enqueue(Self.message(2), waiter: b, kind: .atLeastOnce)  // the second message fills the batch
         #expect(sink.batches.count == 1, "a full batch goes at once")
         sink.promises[0].fail(SinkDown())
         loop.run()

@@ -149,11 +149,12 @@ let benchmarks: @Sendable () -> Void = {
             maxInflight: 32
         )
         machine.established(keepalive: 240, now: now)
+        let limits = UplinkRateLimits.unlimited
         benchmark.startMeasurement()
         for _ in benchmark.scaledIterations {
             machine.frameReceived(now: now)
-            blackHole(try machine.publishAccepted())
-            blackHole(machine.deliveryCompleted())
+            blackHole(try machine.publishReceived(qos: .atLeastOnce, payloadBytes: 200, limits: limits, now: now))
+            blackHole(machine.deliveryCompleted(qos: .atLeastOnce))
             blackHole(machine.timerFired(now: now))
         }
     }

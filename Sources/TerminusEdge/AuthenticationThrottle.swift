@@ -1,0 +1,82 @@
+public import NIOCore
+internal import Synchronization
+
+/// Counts failed authentications per client address (the real one, from PROXY protocol when
+/// configured) and refuses further attempts from an address that failed too often, until its
+/// window ends (`auth.throttle`).
+///
+/// Shared by the listener's event loops; taken on every HELLO (connections, not messages) under
+/// one lock. Bounded: at most `maxAddresses` addresses are tracked; when the table is full,
+/// expired entries are dropped, and if none is expired a new address is not tracked (the
+/// throttle fails open rather than growing).
+public final class AuthenticationThrottle: Sendable {
+    public struct Settings: Hashable, Sendable {
+        /// Failures within `window` after which an address is refused; 0 turns throttling off.
+        public var failures: Int
+        public var window: TimeAmount
+        public var maxAddresses: Int
+
+        public init(failures: Int = 10, window: TimeAmount = .seconds(60), maxAddresses: Int = 65_536) {
+            self.failures = failures
+            self.window = window
+            self.maxAddresses = maxAddresses
+        }
+    }
+
+    private struct Entry {
+        var failures: Int
+        var windowEnds: NIODeadline
+    }
+
+    let settings: Settings
+    private let entries = Mutex<[String: Entry]>([:])
+
+    public init(settings: Settings) {
+        self.settings = settings
+    }
+
+    /// The address part of `host:port` or `[v6]:port` (devices reconnect from new ports).
+    static func key(_ clientAddress: String) -> String {
+        if clientAddress.hasPrefix("["), let end = clientAddress.firstIndex(of: "]") {
+            return String(clientAddress[clientAddress.index(after: clientAddress.startIndex)..<end])
+        }
+        if let colon = clientAddress.lastIndex(of: ":") { return String(clientAddress[..<colon]) }
+        return clientAddress
+    }
+
+    /// Milliseconds until `clientAddress` may try again, or nil when it may try now.
+    public func refusal(for clientAddress: String, now: NIODeadline) -> UInt32? {
+        guard self.settings.failures > 0 else { return nil }
+        let key = Self.key(clientAddress)
+        return self.entries.withLock { entries -> UInt32? in
+            guard let entry = entries[key] else { return nil }
+            if entry.windowEnds <= now {
+                entries[key] = nil
+                return nil
+            }
+            guard entry.failures >= self.settings.failures else { return nil }
+            return UInt32(clamping: (entry.windowEnds - now).nanoseconds / 1_000_000)
+        }
+    }
+
+    /// Records a failed authentication from `clientAddress`.
+    public func failed(_ clientAddress: String, now: NIODeadline) {
+        guard self.settings.failures > 0 else { return }
+        let key = Self.key(clientAddress)
+        self.entries.withLock { entries in
+            if var entry = entries[key], entry.windowEnds > now {
+                entry.failures += 1
+                entries[key] = entry
+                return
+            }
+            if entries.count >= self.settings.maxAddresses {
+                entries = entries.filter { $0.value.windowEnds > now }
+                guard entries.count < self.settings.maxAddresses else { return }
+            }
+            entries[key] = Entry(failures: 1, windowEnds: now + self.settings.window)
+        }
+    }
+
+    /// Addresses tracked now (tests, diagnostics).
+    public var trackedAddresses: Int { self.entries.withLock { $0.count } }
+}

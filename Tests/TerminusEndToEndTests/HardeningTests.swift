@@ -1,0 +1,210 @@
+import Foundation
+import NIOCore
+import TerminusClient
+import TerminusEdge
+import TerminusProtocol
+import TerminusServer
+import TerminusSessions
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What one authenticated device can cost the gateway (issue: "no single device can exhaust a
+/// gateway"). Each test failed before its bound existed.
+@Suite("Hardening: bounded cost per device", .serialized)
+struct HardeningTests {
+    /// A plaintext device socket that the test writes to without ever reading, with a small
+    /// receive buffer so that the gateway's output backs up quickly.
+    final class NonReadingSocket {
+        let fd: Int32
+
+        init(port: Int) throws {
+            self.fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            guard self.fd >= 0 else { throw POSIXError(.EIO) }
+            var small: Int32 = 4096
+            setsockopt(self.fd, SOL_SOCKET, SO_RCVBUF, &small, socklen_t(MemoryLayout<Int32>.size))
+            var address = sockaddr_in()
+            address.sin_family = sa_family_t(AF_INET)
+            address.sin_port = in_port_t(UInt16(port).bigEndian)
+            address.sin_addr.s_addr = inet_addr("127.0.0.1")
+            let connected = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    connect(self.fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+                }
+            }
+            guard connected == 0 else { throw POSIXError(.ECONNREFUSED) }
+            _ = fcntl(self.fd, F_SETFL, fcntl(self.fd, F_GETFL) | O_NONBLOCK)
+        }
+
+        deinit { close(self.fd) }
+
+        enum Result: Equatable {
+            case wrote(Int)
+            case wouldBlock
+            case closed
+        }
+
+        func write(_ bytes: [UInt8]) -> Result {
+            let n = bytes.withUnsafeBytes { send(self.fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            if n >= 0 { return .wrote(n) }
+            return errno == EAGAIN || errno == EWOULDBLOCK ? .wouldBlock : .closed
+        }
+    }
+
+    static func bytes(_ frame: Frame) -> [UInt8] {
+        var buffer = ByteBuffer()
+        buffer.writeFrame(frame)
+        return Array(buffer.readableBytesView)
+    }
+
+    @Test("a device that never reads: reading from it stops, and it is closed (SLOW_CONSUMER) after the write stall")
+    func neverReads() async throws {
+        let gateway = try await TestGateway.start {
+            $0.transport = .plaintext
+            $0.tls = nil
+            $0.edge.outboundBufferBytes = 4096
+            $0.edge.writeStallTimeout = .seconds(1)
+            $0.edge.rateLimits = .unlimited
+        }
+        defer { Task { await gateway.stop() } }
+        let device = try NonReadingSocket(port: gateway.port)
+        guard case .wrote = device.write(Self.bytes(TestGateway.hello("never-reads"))) else {
+            Issue.record("HELLO not sent")
+            return
+        }
+        // PINGs as fast as the socket takes them, for at most 15 s: each asks for a PONG that the
+        // device never reads. Before the bound, the gateway read every PING and queued every PONG
+        // (7.8 GB in 20 s); now it stops reading once 4 KiB wait, then closes the connection.
+        var ping: [UInt8] = []
+        for _ in 0..<512 { ping += Self.bytes(.ping(ByteBuffer(bytes: [1, 2, 3, 4, 5, 6, 7, 8]))) }
+        var written = 0
+        var closed = false
+        var pending = ArraySlice(ping)
+        let deadline = Date().addingTimeInterval(15)
+        while Date() < deadline && !closed {
+            switch device.write(Array(pending)) {
+            case .wrote(let n):
+                written += n
+                pending = pending.dropFirst(n)
+                if pending.isEmpty { pending = ArraySlice(ping) }
+            case .wouldBlock:
+                try await Task.sleep(for: .milliseconds(2))
+            case .closed:
+                closed = true
+            }
+        }
+        #expect(closed, "the gateway must close a device whose output does not drain (\(written) bytes written)")
+        #expect(written < 64 * 1024 * 1024, "the gateway stopped reading: \(written) bytes got in")
+        #expect(gateway.gateway.outputStalls >= 1)
+        #expect(await RawClient.poll(3) { gateway.gateway.openConnections == 0 })
+    }
+
+    @Test("a QoS 0 flood with a stalled backend: at most max_pending reach the sink, the rest wait or are dropped")
+    func qos0Flood() async throws {
+        let sink = InMemorySink()
+        let gateway = try await TestGateway.start(sink: sink) {
+            $0.edge.maxInflight = 4
+            $0.edge.maxPending = 8
+            $0.edge.rateLimits = .unlimited
+        }
+        defer { Task { await gateway.stop() } }
+        sink.startHolding()
+        let flood = try await RawClient.connect(port: gateway.port, tls: true)
+        #expect(try await flood.handshake("qos0-flood") != nil)
+        var burst: [UInt8] = []
+        for index in 0..<2_000 {
+            burst += Self.bytes(
+                .publish(Message(messageID: 0, qos: .atMostOnce, topic: "f", payload: ByteBuffer(string: "\(index)")))
+            )
+        }
+        for _ in 0..<5 { try await flood.send(burst) }
+        try await Task.sleep(for: .milliseconds(500))
+        // Before: all 10,000 were queued toward the stalled backend.
+        #expect(sink.messages.count <= 8, "\(sink.messages.count) QoS 0 messages queued for a stalled backend")
+        #expect(gateway.gateway.readPauses >= 1)
+        // A well-behaved device on the same gateway is unaffected once the backend answers.
+        sink.release()
+        let good = try await gateway.connect("well-behaved")
+        #expect(try await good.publish(topic: "g", payload: ByteBuffer(string: "ok")).status == .ok)
+        await good.close()
+        await flood.close()
+    }
+
+    @Test("rate limit: messages above the rate get ACK(RATE_LIMITED); a device that keeps going is closed")
+    func rateLimited() async throws {
+        let gateway = try await TestGateway.start {
+            $0.edge.maxInflight = 64
+            // 5 messages at once, then one a second; closed after 3 refusals in a row.
+            $0.edge.rateLimits = UplinkRateLimits(
+                messagesPerSecond: 1,
+                messageBurst: 5,
+                bytesPerSecond: 0,
+                byteBurst: 0,
+                refusalsBeforeClose: 3
+            )
+        }
+        defer { Task { await gateway.stop() } }
+        let device = try await RawClient.connect(port: gateway.port, tls: true)
+        #expect(try await device.handshake("rate-1") != nil)
+        var burst: [UInt8] = []
+        for id in 1...10 {
+            burst += Self.bytes(.publish(Message(messageID: UInt32(id), qos: .atLeastOnce, topic: "r", payload: ByteBuffer())))
+        }
+        try await device.send(burst)
+        let goAway = await device.goAwayOnClose()
+        let statuses = device.frames.compactMap { frame -> TerminusCode? in
+            if case .ack(let ack) = frame { return ack.status }
+            return nil
+        }
+        // Burst of 5 accepted, then 3 refusals in a row close the connection.
+        #expect(statuses.filter { $0 == .ok }.count == 5)
+        #expect(statuses.filter { $0 == .rateLimited }.count == 2)
+        #expect(goAway?.code == .rateLimited)
+        #expect(goAway.map { $0.reconnectAfterMilliseconds > 0 } == true)
+        #expect(gateway.gateway.rateLimitedMessages >= 2)
+    }
+
+    @Test("a frame that trickles in is closed with FRAME_TIMEOUT")
+    func frameTimeout() async throws {
+        let gateway = try await TestGateway.start { $0.edge.frameTimeout = .milliseconds(500) }
+        defer { Task { await gateway.stop() } }
+        let device = try await RawClient.connect(port: gateway.port, tls: true)
+        #expect(try await device.handshake("trickle-1", keepalive: 600) != nil)
+        try await device.send([0x00, 0x00, 0x01])  // three bytes of a length prefix, then nothing
+        #expect(await device.goAwayOnClose(within: 5)?.code == .frameTimeout)
+    }
+
+    @Test("an unknown device and a known one with a wrong token are refused alike; repeated failures are throttled")
+    func authenticationThrottle() async throws {
+        let gateway = try await TestGateway.start {
+            $0.edge.authThrottle.failures = 3
+            $0.edge.authThrottle.window = .seconds(30)
+        }
+        defer { Task { await gateway.stop() } }
+        var codes: [TerminusCode?] = []
+        for attempt in 0..<4 {
+            let device = try await RawClient.connect(port: gateway.port, tls: true)
+            try await device.send(TestGateway.hello("throttled-\(attempt)", secret: "not-the-secret-0123456789"))
+            codes.append(await device.goAwayOnClose()?.code)
+        }
+        #expect(Array(codes.prefix(3)) == [.authenticationFailed, .authenticationFailed, .authenticationFailed])
+        #expect(codes.last == .authenticationThrottled)
+        // A correct token from the same address is refused too until the window ends.
+        let good = try await RawClient.connect(port: gateway.port, tls: true)
+        try await good.send(TestGateway.hello("throttled-good"))
+        #expect(await good.goAwayOnClose()?.code == .authenticationThrottled)
+    }
+
+    @Test("a token valid for longer than auth.max_token_lifetime is refused")
+    func tokenLifetime() async throws {
+        let gateway = try await TestGateway.start { $0.maxTokenLifetimeSeconds = 3_600 }
+        defer { Task { await gateway.stop() } }
+        let device = try await RawClient.connect(port: gateway.port, tls: true)
+        try await device.send(TestGateway.hello("long-lived", expiresIn: 9_000_000_000))
+        #expect(await device.goAwayOnClose()?.code == .tokenLifetimeExceeded)
+        let ok = try await RawClient.connect(port: gateway.port, tls: true)
+        #expect(try await ok.handshake("short-lived") != nil)
+    }
+}
