@@ -293,6 +293,7 @@ let package = Package(
             name: "TerminusEndToEndTests",
             dependencies: [
                 "TerminusServer",
+                "TerminusListeners",
                 "TerminusAPI",
                 "TerminusBackend",
                 "TerminusRouting",

@@ -43,6 +43,7 @@ public final class APIServer: Sendable {
         gatewayInstance: String,
         defaultTTLMilliseconds: UInt32 = 10_000,
         maxPayloadSize: Int = 256 * 1024,
+        maxTopicLength: Int = 256,
         limits: ConnectionGuard.Limits = APIServer.defaultLimits,
         logger: Logger
     ) {
@@ -52,7 +53,8 @@ public final class APIServer: Sendable {
             directory: directory,
             gatewayInstance: gatewayInstance,
             defaultTTLMilliseconds: defaultTTLMilliseconds,
-            maxPayloadSize: maxPayloadSize
+            maxPayloadSize: maxPayloadSize,
+            maxTopicLength: maxTopicLength
         )
         let transportSecurity: HTTP2ServerTransport.Posix.TransportSecurity
         switch security {

@@ -13,20 +13,18 @@ struct GatewayAPIService: Terminus_V1_Gateway.SimpleServiceProtocol {
     /// Used when a Send asks for no particular ttl.
     let defaultTTLMilliseconds: UInt32
     let maxPayloadSize: Int
+    let maxTopicLength: Int
 
     func send(request: Terminus_V1_SendRequest, context: ServerContext) async throws -> Terminus_V1_SendResponse {
-        guard !request.deviceID.isEmpty else {
-            throw RPCError(code: .invalidArgument, message: "device_id is required")
-        }
-        guard !request.topic.isEmpty, request.topic.utf8.count <= 65_535 else {
-            throw RPCError(code: .invalidArgument, message: "topic must be 1…65535 bytes")
-        }
-        guard request.payload.count <= self.maxPayloadSize else {
-            throw RPCError(code: .invalidArgument, message: "payload above \(self.maxPayloadSize) bytes")
-        }
-        guard request.qos <= 1 else { throw RPCError(code: .invalidArgument, message: "qos must be 0 or 1") }
         var response = Terminus_V1_SendResponse()
         response.gatewayInstance = self.gatewayInstance
+        // The proto promises REJECTED for an invalid message, with the reason's code in
+        // device_status; the same topic rules as for PUBLISH (docs/protocol.md).
+        if let code = self.invalid(request) {
+            response.outcome = .rejected
+            response.deviceStatus = UInt32(code.rawValue)
+            return response
+        }
         guard let session = self.directory.lookup(request.deviceID) else {
             response.outcome = .offline
             return response
@@ -50,6 +48,23 @@ struct GatewayAPIService: Terminus_V1_Gateway.SimpleServiceProtocol {
             response.outcome = .offline
         }
         return response
+    }
+
+    /// Why `request` cannot be sent, or nil when it can.
+    func invalid(_ request: Terminus_V1_SendRequest) -> TerminusCode? {
+        do {
+            try Topic.validateDeviceID(request.deviceID, maxLength: 255)
+        } catch {
+            return .invalidDeviceID
+        }
+        do {
+            try Topic.validatePublishTopic(request.topic, maxLength: self.maxTopicLength)
+        } catch {
+            return .invalidTopic
+        }
+        if request.payload.count > self.maxPayloadSize { return .frameTooLarge }
+        if request.qos > 1 { return .malformedFrame }
+        return nil
     }
 
     func kick(request: Terminus_V1_KickRequest, context: ServerContext) async throws -> Terminus_V1_KickResponse {

@@ -378,6 +378,8 @@ public struct UplinkEncoder: Sendable {
         // a small string without an allocation), the connection, and the message's place in it.
         proto.deliveryID =
             "\(self.gatewayInstance)/\(String(message.epoch, radix: 36))/\(message.connectionID)/\(message.sequence)"
+        proto.sequence = message.sequence
+        if let key = message.idempotencyKey { proto.idempotencyKey = Data(key.readableBytesView) }
         return proto
     }
 }

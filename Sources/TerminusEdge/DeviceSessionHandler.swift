@@ -76,7 +76,19 @@ final class DeviceSessionHandler: ChannelDuplexHandler, TimerWheelTarget, Delive
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         if let remote = context.channel.remoteAddress { self.clientAddress = Self.format(remote) }
-        self.loop.wheel.schedule(self, at: self.machine.deadline, now: .now())
+        let now = NIODeadline.now()
+        self.loop.wheel.schedule(self, at: self.machine.deadline, now: now)
+        self.loop.trackUnauthenticated(self, now: now)
+    }
+
+    /// Not authenticated yet (TLS handshake or HELLO pending).
+    var isAwaitingAuthentication: Bool {
+        self.machine.state == .awaitingHandshake || self.machine.state == .awaitingHello
+    }
+
+    /// Closed to make room for a new connection at the connection cap.
+    func evict() {
+        self.closeSession(.serverBusy, reconnectAfterMilliseconds: 5_000, message: "evicted: not authenticated in time")
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
@@ -436,7 +448,13 @@ final class DeviceSessionHandler: ChannelDuplexHandler, TimerWheelTarget, Delive
             clientAddress: self.clientAddress,
             connectionID: self.connectionID,
             epoch: self.shared.epoch,
-            sequence: self.sequence
+            sequence: self.sequence,
+            idempotencyKey: message.idempotencyKey.map { key in
+                // An exact copy: a slice would pin the whole read buffer (see the payload above).
+                var copy = self.loop.allocator.buffer(capacity: key.readableBytes)
+                copy.writeImmutableBuffer(key)
+                return copy
+            }
         )
         self.loop.batcher.enqueue(uplink, waiter: self, kind: message.qos == .atLeastOnce ? .atLeastOnce : .atMostOnce)
     }

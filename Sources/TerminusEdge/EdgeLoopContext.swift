@@ -19,6 +19,10 @@ final class EdgeLoopContext {
     let allocator = ByteBufferAllocator()
     var draining = false
     var drainReconnectWindowMilliseconds: UInt32 = 0
+    /// Connections of this loop that have not authenticated yet, oldest first. Entries of
+    /// sessions that authenticated or closed since are skipped lazily, so the buffer holds at
+    /// most the accepts of the last handshake + HELLO timeout.
+    private var unauthenticated = CircularBuffer<(session: DeviceSessionHandler, since: NIODeadline)>()
 
     init(
         eventLoop: any EventLoop,
@@ -33,6 +37,30 @@ final class EdgeLoopContext {
         self.deflater = try Deflater(level: 6, dictionaries: dictionaries)
         self.wheel = TimerWheel(tick: settings.timerTick)
         self.batcher = UplinkBatcher(eventLoop: eventLoop, sink: sink, maxBatchSize: settings.maxBatchSize)
+    }
+}
+
+extension EdgeLoopContext {
+    func trackUnauthenticated(_ session: DeviceSessionHandler, now: NIODeadline) {
+        self.dropSettled()
+        self.unauthenticated.append((session, now))
+    }
+
+    /// At the connection cap, makes room for a new connection by closing this loop's oldest
+    /// connection that has not authenticated within `age` (a flood of idle or slow handshakes
+    /// must not lock real devices out). Returns false when there is none.
+    func evictOldestUnauthenticated(olderThan age: TimeAmount, now: NIODeadline) -> Bool {
+        self.dropSettled()
+        guard let oldest = self.unauthenticated.first, oldest.since + age <= now else { return false }
+        self.unauthenticated.removeFirst()
+        oldest.session.evict()
+        return true
+    }
+
+    private func dropSettled() {
+        while let first = self.unauthenticated.first, !first.session.isAwaitingAuthentication {
+            self.unauthenticated.removeFirst()
+        }
     }
 }
 

@@ -181,11 +181,24 @@ public final class EdgeServer: Sendable {
         channel.closeFuture.whenComplete { _ in
             shared.openConnections.wrappingSubtract(1, ordering: .relaxed)
         }
-        if open > shared.settings.maxConnections {
-            shared.logger.warning(
-                "connection refused: maximum connections reached",
-                metadata: ["code": "\(TerminusCode.serverBusy.name)", "max": "\(shared.settings.maxConnections)"]
+        if open > shared.settings.maxConnections
+            && !shared.contexts.context(for: channel.eventLoop).evictOldestUnauthenticated(
+                olderThan: shared.settings.unauthenticatedEvictionAge,
+                now: .now()
             )
+        {
+            let (log, suppressed) = shared.transportLog.admit(
+                nowSeconds: NIODeadline.now().uptimeNanoseconds / 1_000_000_000
+            )
+            if log {
+                shared.logger.warning(
+                    "connection refused: maximum connections reached",
+                    metadata: [
+                        "code": "\(TerminusCode.serverBusy.name)", "max": "\(shared.settings.maxConnections)",
+                        "suppressed_before": "\(suppressed)",
+                    ]
+                )
+            }
             if case .plaintext = listener.security, listener.proxyProtocol == .off {
                 var buffer = channel.allocator.buffer(capacity: 16)
                 buffer.writeFrame(.goAway(GoAway(code: .serverBusy, reconnectAfterMilliseconds: 5000)))

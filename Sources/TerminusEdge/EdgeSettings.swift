@@ -11,6 +11,10 @@ public struct EdgeSettings: Sendable {
     /// `limits.buffer_arena_slots`: 32 KiB slots reserved (address space only) for the large
     /// per-connection TLS buffers; nil sizes it from `maxConnections`, 0 turns the arena off.
     public var bufferArenaSlots: Int? = nil
+    /// `limits.evict_unauthenticated_after`: at the connection cap, a new connection closes the
+    /// oldest connection on its event loop that has not authenticated for this long, instead of
+    /// being refused (a flood of idle handshakes cannot lock real devices out).
+    public var unauthenticatedEvictionAge: TimeAmount = .seconds(2)
     /// `limits.accept_backoff`: how long the listener waits before accepting again after an
     /// accept failed (out of file descriptors or memory).
     public var acceptBackoff: TimeAmount = .milliseconds(250)

@@ -80,6 +80,7 @@ public struct ProxyHeaderParser: Sendable {
             else {
                 throw Invalid(reason: "bad address in PROXY v1 line")
             }
+            if ip == "0.0.0.0" || ip == "::" { return Header(source: nil, length: lineEnd + 1) }  // no client: like UNKNOWN
             return Header(source: isV6 ? "[\(ip)]:\(port)" : "\(ip):\(port)", length: lineEnd + 1)
         default:
             throw Invalid(reason: "unknown PROXY v1 protocol \(fields[1])")
@@ -118,6 +119,8 @@ public struct ProxyHeaderParser: Sendable {
             let a = body.startIndex
             let ip = "\(body[a]).\(body[a + 1]).\(body[a + 2]).\(body[a + 3])"
             let port = Int(body[a + 8]) << 8 | Int(body[a + 9])
+            // 0.0.0.0 names no client (some balancers' health checks): like LOCAL.
+            if body[a..<(a + 4)].allSatisfy({ $0 == 0 }) { return Header(source: nil, length: total) }
             return Header(source: "\(ip):\(port)", length: total)
         case 0x21:  // TCP over IPv6
             guard length >= 36 else { throw Invalid(reason: "PROXY v2 IPv6 block too short") }
@@ -127,6 +130,8 @@ public struct ProxyHeaderParser: Sendable {
                 groups.append(String(Int(body[a + i]) << 8 | Int(body[a + i + 1]), radix: 16))
             }
             let port = Int(body[a + 32]) << 8 | Int(body[a + 33])
+            // :: names no client: like LOCAL.
+            if body[a..<(a + 16)].allSatisfy({ $0 == 0 }) { return Header(source: nil, length: total) }
             return Header(source: "[\(groups.joined(separator: ":"))]:\(port)", length: total)
         case 0x00:  // UNSPEC
             return Header(source: nil, length: total)

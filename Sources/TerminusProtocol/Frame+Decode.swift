@@ -136,6 +136,9 @@ extension Frame {
         if flags.contains(.topicAlias) && type == .push {
             throw ProtocolError(.badFlags, "PUSH does not use topic aliases")
         }
+        if flags.contains(.idempotencyKey) && type == .push {
+            throw ProtocolError(.badFlags, "PUSH does not carry an idempotency key")
+        }
         let messageID = try body.readOrThrow(UInt32.self, "\(type) message_id")
         var alias: UInt16? = nil
         if flags.contains(.topicAlias) {
@@ -151,6 +154,17 @@ extension Frame {
         if flags.contains(.dictionary) {
             dictionaryID = try body.readOrThrow(UInt16.self, "\(type) dictionary_id")
         }
+        var idempotencyKey: ByteBuffer? = nil
+        if flags.contains(.idempotencyKey) {
+            let length = Int(try body.readOrThrow(UInt8.self, "\(type) idempotency_key length"))
+            guard length >= 1, length <= WireProtocol.maxIdempotencyKeySize else {
+                throw ProtocolError(.malformedFrame, "idempotency key of \(length) bytes (1…64)")
+            }
+            guard let key = body.readSlice(length: length) else {
+                throw ProtocolError(.malformedFrame, "\(type) idempotency_key is truncated")
+            }
+            idempotencyKey = key
+        }
         let payload = body.readSlice(length: body.readableBytes)!
         return Message(
             messageID: messageID,
@@ -159,7 +173,8 @@ extension Frame {
             dictionaryID: dictionaryID,
             topicAlias: alias,
             topic: topic,
-            payload: payload
+            payload: payload,
+            idempotencyKey: idempotencyKey
         )
     }
 }

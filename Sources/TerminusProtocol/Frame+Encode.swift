@@ -45,6 +45,10 @@ extension ByteBuffer {
                 if let alias = message.topicAlias { written += buffer.writeInteger(alias) }
                 written += buffer.writeShortString(message.topic, as: UInt16.self)
                 if let dictionary = message.dictionaryID { written += buffer.writeInteger(dictionary) }
+                if let key = message.idempotencyKey {
+                    written += buffer.writeInteger(UInt8(truncatingIfNeeded: key.readableBytes))
+                    written += buffer.writeImmutableBuffer(key)
+                }
                 written += buffer.writeImmutableBuffer(message.payload)
             case .ack(let ack):
                 written += buffer.writeInteger(UInt8(0))

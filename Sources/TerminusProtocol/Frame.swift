@@ -86,6 +86,9 @@ public struct Message: Hashable, Sendable {
     public var topic: String
     /// As sent: deflated when `compressed` is set.
     public var payload: ByteBuffer
+    /// PUBLISH only: a key the device keeps with the message and sends again on every resend of
+    /// it, so that backends can recognise the resend (1…64 bytes).
+    public var idempotencyKey: ByteBuffer?
 
     public init(
         messageID: UInt32,
@@ -94,8 +97,10 @@ public struct Message: Hashable, Sendable {
         dictionaryID: UInt16? = nil,
         topicAlias: UInt16? = nil,
         topic: String,
-        payload: ByteBuffer
+        payload: ByteBuffer,
+        idempotencyKey: ByteBuffer? = nil
     ) {
+        self.idempotencyKey = idempotencyKey
         self.messageID = messageID
         self.qos = qos
         self.compressed = compressed
@@ -111,6 +116,7 @@ public struct Message: Hashable, Sendable {
         if self.compressed { flags.insert(.compressed) }
         if self.dictionaryID != nil { flags.insert(.dictionary) }
         if self.topicAlias != nil { flags.insert(.topicAlias) }
+        if self.idempotencyKey != nil { flags.insert(.idempotencyKey) }
         return flags
     }
 }

@@ -20,6 +20,8 @@ public enum WireProtocol {
     public static let typeAndFlagsSize = 2
     /// PING and PONG carry at most this many opaque bytes.
     public static let maxPingBodySize = 8
+    /// A PUBLISH idempotency key has 1…64 bytes.
+    public static let maxIdempotencyKeySize = 64
     /// The smallest `max_receive_frame` a HELLO may announce: room for GOAWAY with its message.
     public static let minimumReceiveFrameSize: UInt32 = 512
     /// GOAWAY `reconnect_after` value meaning "do not reconnect".
@@ -39,8 +41,10 @@ public struct PublishFlags: OptionSet, Hashable, Sendable {
     public static let dictionary = PublishFlags(rawValue: 0x04)
     /// A topic alias follows the message id (PUBLISH only).
     public static let topicAlias = PublishFlags(rawValue: 0x08)
+    /// An idempotency key (`bytes8`, 1…64 bytes) follows the dictionary id (PUBLISH only).
+    public static let idempotencyKey = PublishFlags(rawValue: 0x10)
 
-    public static let allDefined: PublishFlags = [.qos1, .compressed, .dictionary, .topicAlias]
+    public static let allDefined: PublishFlags = [.qos1, .compressed, .dictionary, .topicAlias, .idempotencyKey]
 }
 
 /// Capability bits announced in HELLO (device) and WELCOME (gateway).

@@ -14,8 +14,17 @@ public enum Topic {
         guard utf8.first != UInt8(ascii: "$") else {
             throw ProtocolError(.invalidTopic, "topics starting with '$' are reserved")
         }
-        for byte in utf8 where byte == UInt8(ascii: "+") || byte == UInt8(ascii: "#") || byte == 0 {
-            throw ProtocolError(.invalidTopic, "topic contains a wildcard or NUL")
+        // Control characters (C0, DEL, C1) would forge lines and escape sequences in logs and in
+        // every consumer that prints topics: they are not valid in a topic.
+        var previous: UInt8 = 0
+        for byte in utf8 {
+            if byte == UInt8(ascii: "+") || byte == UInt8(ascii: "#") {
+                throw ProtocolError(.invalidTopic, "topic contains a wildcard")
+            }
+            if byte < 0x20 || byte == 0x7F || (previous == 0xC2 && byte >= 0x80 && byte <= 0x9F) {
+                throw ProtocolError(.invalidTopic, "topic contains a control character")
+            }
+            previous = byte
         }
     }
 

@@ -144,7 +144,7 @@ public enum ConfigurationLoader {
             try limits.allow([
                 "max_connections", "max_frame_size", "max_inflight", "max_topic_length", "max_device_id_length",
                 "max_topic_aliases", "batch_size", "buffer_arena_slots", "max_pending", "outbound_buffer",
-                "max_push_frame", "accept_backoff", "rate",
+                "max_push_frame", "accept_backoff", "rate", "evict_unauthenticated_after", "reserved_descriptors",
             ])
             if let v = try limits.int("max_connections", in: 1...10_000_000) {
                 config.edge.maxConnections = v
@@ -165,6 +165,8 @@ public enum ConfigurationLoader {
             }
             if let v = try limits.int("max_push_frame", in: 512...16_777_216) { config.edge.maxPushFrameSize = v }
             if let v = try limits.duration("accept_backoff") { config.edge.acceptBackoff = v }
+            if let v = try limits.int("reserved_descriptors", in: 0...1_000_000) { config.reservedDescriptors = v }
+            if let v = try limits.duration("evict_unauthenticated_after") { config.edge.unauthenticatedEvictionAge = v }
             if let rate = try limits.section("rate") {
                 try rate.allow(["messages_per_second", "message_burst", "bytes_per_second", "byte_burst", "close_after"])
                 var limits = config.edge.rateLimits

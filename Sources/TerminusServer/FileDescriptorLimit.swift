@@ -6,7 +6,8 @@ internal import Darwin
 
 /// Raises the process's open-file soft limit to its hard limit; each connection needs one.
 public enum FileDescriptorLimit {
-    /// Descriptors kept back for listeners, files, logs and backend connections.
+    /// Descriptors kept back for listeners, files, logs, health probes and backend connections
+    /// (`limits.reserved_descriptors`).
     public static let reserved = 256
 
     /// - Returns: (previous soft limit, new soft limit), or nil when the limit cannot be read.
@@ -25,7 +26,7 @@ public enum FileDescriptorLimit {
     }
 
     /// How many device connections a soft limit of `limit` leaves room for.
-    public static func connectionCapacity(softLimit limit: UInt64) -> Int {
-        max(0, Int(min(limit, UInt64(Int.max))) - Self.reserved)
+    public static func connectionCapacity(softLimit limit: UInt64, reserved: Int = Self.reserved) -> Int {
+        max(0, Int(min(limit, UInt64(Int.max))) - reserved)
     }
 }

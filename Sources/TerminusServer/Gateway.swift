@@ -82,6 +82,7 @@ public final class Gateway: Service, Sendable {
                     gatewayInstance: configuration.instanceID,
                     defaultTTLMilliseconds: configuration.apiSendTimeoutMilliseconds,
                     maxPayloadSize: configuration.edge.inflateLimits.maxInflatedSize,
+                    maxTopicLength: configuration.edge.maxTopicLength,
                     limits: configuration.apiLimits,
                     logger: logger
                 )

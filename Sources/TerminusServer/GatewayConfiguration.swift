@@ -89,6 +89,8 @@ public struct GatewayConfiguration: Sendable {
     /// False when `limits.max_connections` is absent: the run command then uses the
     /// open-file capacity it finds at start.
     public var maxConnectionsConfigured = false
+    /// `limits.reserved_descriptors`: open files kept back from device connections.
+    public var reservedDescriptors = FileDescriptorLimit.reserved
     /// `auth.max_token_lifetime` in seconds (0: any expiry is accepted).
     public var maxTokenLifetimeSeconds: Int64 = DeviceAuthenticator.defaultMaxTokenLifetimeSeconds
 

@@ -32,12 +32,13 @@ public struct LoggingSink: UplinkSink {
         return eventLoop.makeSucceededFuture(Array(repeating: .accepted, count: batch.count))
     }
 
-    /// UTF-8 text when the payload is printable, hex otherwise; cut at `limit` bytes.
+    /// UTF-8 text when the payload is printable (no control characters at all: a newline or an
+    /// escape sequence would forge log lines), hex otherwise; cut at `limit` bytes.
     static func preview(_ payload: ByteBuffer, limit: Int) -> String {
         let bytes = payload.readableBytesView.prefix(limit)
         let suffix = payload.readableBytes > limit ? "…" : ""
         if let text = String(validating: Array(bytes), as: UTF8.self),
-            text.unicodeScalars.allSatisfy({ $0.value >= 0x20 || $0 == "\n" || $0 == "\t" })
+            text.unicodeScalars.allSatisfy({ $0.value >= 0x20 && !(0x7F...0x9F).contains($0.value) })
         {
             return text + suffix
         }

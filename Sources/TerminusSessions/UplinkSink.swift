@@ -21,6 +21,8 @@ public struct UplinkMessage: Sendable {
     /// The message's place among everything this connection handed to the sink: 1 is the
     /// connected event, then the device's messages, then the disconnected event.
     public var sequence: UInt32
+    /// The device's idempotency key for this message (PUBLISH `IDEMPOTENCY_KEY`), if any.
+    public var idempotencyKey: ByteBuffer?
 
     public init(
         deviceID: String,
@@ -32,8 +34,10 @@ public struct UplinkMessage: Sendable {
         clientAddress: String,
         connectionID: UInt64 = 0,
         epoch: UInt64 = 0,
-        sequence: UInt32 = 0
+        sequence: UInt32 = 0,
+        idempotencyKey: ByteBuffer? = nil
     ) {
+        self.idempotencyKey = idempotencyKey
         self.deviceID = deviceID
         self.topic = topic
         self.messageID = messageID

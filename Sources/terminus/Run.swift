@@ -97,22 +97,27 @@ struct Run: AsyncParsableCommand {
             logger.warning("cannot read the open-file limit")
             return
         }
-        let capacity = FileDescriptorLimit.connectionCapacity(softLimit: after)
-        if !configuration.maxConnectionsConfigured {
-            configuration.edge.maxConnections = max(1, capacity)
-        }
+        let capacity = FileDescriptorLimit.connectionCapacity(
+            softLimit: after,
+            reserved: configuration.reservedDescriptors
+        )
+        let configured = configuration.edge.maxConnections
+        // Connections beyond the capacity could only fail at accept (EMFILE), and would take the
+        // descriptors that health probes, the API and backends need: the cap never exceeds it.
+        configuration.edge.maxConnections = max(1, configuration.maxConnectionsConfigured ? min(configured, capacity) : capacity)
         logger.info(
             "open-file limit",
             metadata: [
                 "soft_before": "\(before)", "soft_now": "\(after)",
+                "reserved": "\(configuration.reservedDescriptors)",
                 "connection_capacity": "\(capacity)",
                 "max_connections": "\(configuration.edge.maxConnections)",
             ]
         )
-        if capacity < configuration.edge.maxConnections {
+        if configuration.maxConnectionsConfigured && capacity < configured {
             logger.warning(
-                "limits.max_connections is above what the open-file limit allows; connections beyond the capacity will fail at accept",
-                metadata: ["connection_capacity": "\(capacity)"]
+                "limits.max_connections is above what the open-file limit allows; using the capacity instead",
+                metadata: ["configured": "\(configured)", "connection_capacity": "\(capacity)"]
             )
         }
     }

@@ -25,6 +25,17 @@ struct ProxyHeaderParserTests {
         #expect(unknown.source == nil)
     }
 
+    @Test("an unspecified source (0.0.0.0, ::) names no client: the socket peer is used, as for LOCAL")
+    func unspecifiedSource() throws {
+        let v2 = ProxyHeaderParser(mode: .v2)
+        #expect(try v2.parse(ByteBuffer(bytes: Self.v2IPv4(source: [0, 0, 0, 0], port: 0)))?.source == nil)
+        var six = Self.v2Signature + [0x21, 0x21, 0x00, 36]
+        six += Array(repeating: 0, count: 32) + [0x00, 0x00, 0x1E, 0xCB]
+        #expect(try v2.parse(ByteBuffer(bytes: six))?.source == nil)
+        let v1 = ProxyHeaderParser(mode: .v1)
+        #expect(try v1.parse(ByteBuffer(string: "PROXY TCP4 0.0.0.0 10.0.0.1 0 7883\r\n"))?.source == nil)
+    }
+
     @Test("v2 IPv4 with TLVs, IPv6 and LOCAL")
     func v2() throws {
         let parser = ProxyHeaderParser(mode: .v2)

@@ -58,10 +58,58 @@ struct BackendRoutingTests {
         #expect(message.gatewayInstance == "gw-test")
         #expect(message.clientAddress.hasPrefix("127.0.0.1:"))
         #expect(message.deliveryID.hasPrefix("gw-test/"))
-        #expect(message.deliveryID.hasSuffix("/\(ack.messageID)"))
+        #expect(message.deliveryID.hasSuffix("/1"))  // the connection's first message (no events here)
+        #expect(message.sequence == 1)
         #expect(abs(message.receivedAtUnixMs - Int64(Date().timeIntervalSince1970 * 1000)) < 60_000)
         await device.close()
         await gateway.stop()
+        await backend.stop()
+    }
+
+    @Test("delivery_id is unique per message (reused message ids, events, restarts); idempotency keys pass through; events frame the connection's messages")
+    func deliveryIdentity() async throws {
+        let backend = try await TestBackend.start()
+        let service = try Self.service("all", port: backend.port, topics: ["#", "$terminus/events/+"])
+        var seen: [String] = []
+        for round in 0..<2 {
+            // A new gateway each round: what a restart gives the device.
+            let gateway = try await TestGateway.start(routed: true) {
+                $0.services = [service]
+                $0.edge.publishEvents = true
+            }
+            let device = try await RawClient.connect(port: gateway.port, tls: true)
+            #expect(try await device.handshake("ident-1") != nil)
+            // The same message id twice (each acked before the next: ids are reused), with a key.
+            for _ in 0..<2 {
+                let before = device.frames.count
+                try await device.send(
+                    .publish(
+                        Message(
+                            messageID: 7,
+                            qos: .atLeastOnce,
+                            topic: "ident/x",
+                            payload: ByteBuffer(string: "r\(round)"),
+                            idempotencyKey: ByteBuffer(string: "order-42")
+                        )
+                    )
+                )
+                #expect(await device.waitUntil(5) { device.frames.count == before + 1 })
+            }
+            await device.close()
+            #expect(await RawClient.poll(5) { backend.receiver.messages.count == 4 * (round + 1) })
+            await gateway.stop()
+            let messages = Array(backend.receiver.messages.suffix(4))
+            #expect(messages.map(\.topic) == ["$terminus/events/connected", "ident/x", "ident/x", "$terminus/events/disconnected"])
+            #expect(messages.map(\.sequence) == [1, 2, 3, 4])
+            #expect(messages[1].idempotencyKey == Data("order-42".utf8))
+            #expect(messages[2].idempotencyKey == Data("order-42".utf8))
+            #expect(messages[0].idempotencyKey.isEmpty)
+            // One connection: every id shares the prefix before the sequence.
+            let prefixes = Set(messages.map { $0.deliveryID.split(separator: "/").dropLast().joined(separator: "/") })
+            #expect(prefixes.count == 1)
+            seen += messages.map(\.deliveryID)
+        }
+        #expect(Set(seen).count == seen.count, "every delivery_id is unique: \(seen)")
         await backend.stop()
     }
 

@@ -53,6 +53,48 @@ struct DownlinkAPITests {
         return request
     }
 
+    @Test("invalid Sends are REJECTED with a code; PUSH frames never exceed the device's announced receive limit")
+    func sendValidation() async throws {
+        let gateway = try await Self.gateway()
+        defer { Task { await gateway.stop() } }
+        // A device that can receive frames of at most 1,024 bytes says so in HELLO.
+        let device = try await RawClient.connect(port: gateway.port, tls: true)
+        let token = TerminusAuthTestSupport.token(deviceID: "small-1", secret: TestGateway.secret, expiresIn: 600)
+        try await device.send(
+            .hello(
+                Hello(
+                    keepaliveSeconds: 0,
+                    capabilities: [],
+                    deviceID: "small-1",
+                    authMethod: .token,
+                    credential: ByteBuffer(string: token),
+                    maxReceiveFrameSize: 1024
+                )
+            )
+        )
+        #expect(await device.waitUntil(5) { device.frames.count == 1 })
+        let results = try await Self.withAPI(gateway) { api, metadata in
+            var forged = Self.send("small-1", "x", qos: 0)
+            forged.topic = "a/#\n+"
+            var escape = Self.send("small-1", "x", qos: 0)
+            escape.topic = "cmd/\u{1B}[2J"
+            let fits = Self.send("small-1", String(repeating: "a", count: 900), qos: 0)
+            let tooLarge = Self.send("small-1", String(repeating: "a", count: 2000), qos: 0)
+            let badQoS = Self.send("small-1", "x", qos: 7)
+            return try await [forged, escape, fits, tooLarge, badQoS].asyncMap {
+                try await api.send($0, metadata: metadata)
+            }
+        }
+        #expect(results.map(\.outcome) == [.rejected, .rejected, .delivered, .rejected, .rejected])
+        #expect(results.map(\.deviceStatus) == [205, 205, 0, 201, 200])
+        // Only the message that fits reached the device.
+        #expect(await device.waitUntil(2) { device.frames.count == 2 })
+        try await Task.sleep(for: .milliseconds(200))
+        let pushes = device.frames.filter { if case .push = $0 { true } else { false } }
+        #expect(pushes.count == 1)
+        await device.close()
+    }
+
     @Test("Send to an online device: PUSH, device ACK, DELIVERED; large payloads travel deflated")
     func sendOnline() async throws {
         let gateway = try await Self.gateway()
@@ -285,5 +327,13 @@ struct DownlinkAPITests {
             try await Self.presence($0, $1)
         }
         #expect(answer.devices.count == 1)
+    }
+}
+
+extension Array {
+    func asyncMap<T>(_ transform: (Element) async throws -> T) async rethrows -> [T] {
+        var results: [T] = []
+        for element in self { results.append(try await transform(element)) }
+        return results
     }
 }

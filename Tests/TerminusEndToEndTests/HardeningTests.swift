@@ -2,6 +2,7 @@ import Foundation
 import NIOCore
 import TerminusClient
 import TerminusEdge
+import TerminusListeners
 import TerminusProtocol
 import TerminusServer
 import TerminusSessions
@@ -206,5 +207,114 @@ struct HardeningTests {
         #expect(await device.goAwayOnClose()?.code == .tokenLifetimeExceeded)
         let ok = try await RawClient.connect(port: gateway.port, tls: true)
         #expect(try await ok.handshake("short-lived") != nil)
+    }
+
+    @Test("at the connection cap, idle unauthenticated connections make room for real devices; authenticated ones never do")
+    func capacityUnderFlood() async throws {
+        let gateway = try await TestGateway.start {
+            $0.edge.maxConnections = 10
+            $0.edge.unauthenticatedEvictionAge = .milliseconds(300)
+            $0.edge.handshakeTimeout = .seconds(30)
+        }
+        defer { Task { await gateway.stop() } }
+        // Ten connections that open TCP to the TLS port and send nothing.
+        var flood: [RawClient] = []
+        for _ in 0..<10 { flood.append(try await RawClient.connect(port: gateway.port, tls: false)) }
+        #expect(await RawClient.poll(3) { gateway.gateway.openConnections == 10 })
+        try await Task.sleep(for: .milliseconds(500))
+        // Before: every new device was refused while the flood held the slots.
+        var devices: [TerminusConnection] = []
+        for index in 0..<5 { devices.append(try await gateway.connect("real-\(index)")) }
+        #expect(devices.count == 5)
+        #expect(await RawClient.poll(3) { flood.filter(\.isClosed).count == 5 })
+        // Fill the rest with real devices: now a new connection is refused, nobody is evicted.
+        for index in 5..<10 { devices.append(try await gateway.connect("real-\(index)")) }
+        let refused = try await RawClient.connect(port: gateway.port, tls: true)
+        #expect(await refused.waitUntil(3) { refused.isClosed })
+        let active = devices.filter { $0.isActive }.count
+        #expect(active == 10)
+        for device in devices { await device.close() }
+        for connection in flood { await connection.close() }
+    }
+
+    @Test("API and admin listeners: connections above the cap are closed at accept, idle ones after the idle timeout")
+    func internalListeners() async throws {
+        let gateway = try await TestGateway.start {
+            $0.apiListen = .init(host: "127.0.0.1", port: 0)
+            $0.apiTokens = ["hardening-api-token-0123456789"]
+            $0.apiLimits = .init(maxConnections: 2, idleTimeout: .milliseconds(600))
+            $0.adminListen = .init(host: "127.0.0.1", port: 0)
+            $0.adminLimits = .init(maxConnections: 2, idleTimeout: .milliseconds(600))
+        }
+        defer { Task { await gateway.stop() } }
+        let apiPort = try #require(gateway.gateway.boundAPIPort)
+        let adminPort = try #require(gateway.gateway.boundAdminAddress?.port)
+        for port in [apiPort, adminPort] {
+            let first = try await RawClient.connect(port: port, tls: false)
+            let second = try await RawClient.connect(port: port, tls: false)
+            let third = try await RawClient.connect(port: port, tls: false)
+            #expect(await third.waitUntil(2) { third.isClosed }, "port \(port): the third connection is over the cap")
+            #expect(!first.isClosed && !second.isClosed)
+            // Stalled connections (they never send a byte) are closed after the idle timeout.
+            #expect(await first.waitUntil(3) { first.isClosed && second.isClosed }, "port \(port): idle connections stay")
+            // And the listener serves again.
+            let fresh = try await RawClient.connect(port: port, tls: false)
+            #expect(!fresh.isClosed)
+            await fresh.close()
+        }
+    }
+
+    @Test("a TCP reset and a close without TLS close_notify are reported with their own codes")
+    func transportCloseCodes() async throws {
+        let sink = InMemorySink()
+        let gateway = try await TestGateway.start(sink: sink) { $0.edge.publishEvents = true }
+        defer { Task { await gateway.stop() } }
+        func disconnectCode(_ device: String) async -> String? {
+            guard await RawClient.poll(5, { sink.messages.contains { $0.topic == "$terminus/events/disconnected" && $0.deviceID == device } }) else {
+                return nil
+            }
+            let event = sink.messages.last { $0.topic == "$terminus/events/disconnected" && $0.deviceID == device }!
+            let json = try? JSONSerialization.jsonObject(with: Data(event.payload.readableBytesView)) as? [String: Any]
+            return json?["code"] as? String
+        }
+        // Reset: a plaintext listener's device closes with SO_LINGER 0 (RST, no FIN).
+        let plain = try await TestGateway.start(sink: sink) {
+            $0.edge.publishEvents = true
+            $0.transport = .plaintext
+            $0.tls = nil
+        }
+        defer { Task { await plain.stop() } }
+        do {
+            let device = try NonReadingSocket(port: plain.port)
+            #expect(device.write(Self.bytes(TestGateway.hello("reset-1"))) != .closed)
+            #expect(await RawClient.poll(3) { plain.gateway.directory.lookup("reset-1") != nil })
+            var hard = linger(l_onoff: 1, l_linger: 0)
+            setsockopt(device.fd, SOL_SOCKET, SO_LINGER, &hard, socklen_t(MemoryLayout<linger>.size))
+        }  // closed here
+        #expect(await disconnectCode("reset-1") == "CONNECTION_RESET")
+        // TCP FIN without close_notify.
+        let unclean = try await RawClient.connect(port: gateway.port, tls: true)
+        #expect(try await unclean.handshake("unclean-1") != nil)
+        try await unclean.channel.pipeline.removeHandler(name: RawClient.tlsHandlerName)
+        await unclean.close()
+        #expect(await disconnectCode("unclean-1") == "UNCLEAN_SHUTDOWN")
+        // An orderly GOAWAY(OK) close.
+        let orderly = try await RawClient.connect(port: gateway.port, tls: true)
+        #expect(try await orderly.handshake("orderly-1") != nil)
+        try await orderly.send(.goAway(GoAway(code: .ok)))
+        #expect(await disconnectCode("orderly-1") == "OK")
+    }
+
+    @Test("PUBLISH topics with control characters are INVALID_TOPIC")
+    func controlCharacters() async throws {
+        let gateway = try await TestGateway.start()
+        defer { Task { await gateway.stop() } }
+        for topic in ["a\nb", "log\r\nINFO forged", "x\u{1B}[31m", "c1\u{85}"] {
+            let device = try await RawClient.connect(port: gateway.port, tls: true)
+            #expect(try await device.handshake("ctl-1") != nil)
+            try await device.send(.publish(Message(messageID: 1, qos: .atLeastOnce, topic: topic, payload: ByteBuffer())))
+            #expect(await device.goAwayOnClose()?.code == .invalidTopic, "topic \(topic.debugDescription)")
+        }
+        #expect(gateway.sink.messages.isEmpty)
     }
 }

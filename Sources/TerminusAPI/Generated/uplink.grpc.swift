@@ -3,8 +3,10 @@
 /// The gateway opens long-lived Deliver streams (one per pooled HTTP/2 connection) and sends
 /// batches of uplink messages from devices on them, for the topics the backend's subscription
 /// names. It acknowledges each device message only after every subscribed backend accepted it.
-/// Delivery is at least once: a message can arrive again (same delivery_id) after a timeout, a
-/// broken stream or a gateway restart; deduplicate on delivery_id.
+/// Delivery is at least once. A batch the gateway retries (timeout, broken stream) brings its
+/// messages again with the same delivery_id. A device that resends a message (its ACK was lost,
+/// the connection or the gateway went away) hands the gateway a new message with a new
+/// delivery_id: deduplicate those on (device_id, idempotency_key) when the device sets a key.
 
 // DO NOT EDIT.
 // swift-format-ignore-file

@@ -13,8 +13,10 @@
 /// The gateway opens long-lived Deliver streams (one per pooled HTTP/2 connection) and sends
 /// batches of uplink messages from devices on them, for the topics the backend's subscription
 /// names. It acknowledges each device message only after every subscribed backend accepted it.
-/// Delivery is at least once: a message can arrive again (same delivery_id) after a timeout, a
-/// broken stream or a gateway restart; deduplicate on delivery_id.
+/// Delivery is at least once. A batch the gateway retries (timeout, broken stream) brings its
+/// messages again with the same delivery_id. A device that resends a message (its ACK was lost,
+/// the connection or the gateway went away) hands the gateway a new message with a new
+/// delivery_id: deduplicate those on (device_id, idempotency_key) when the device sets a key.
 
 #if canImport(FoundationEssentials)
 import FoundationEssentials
@@ -95,8 +97,21 @@ public nonisolated struct Terminus_V1_UplinkMessage: Sendable {
   /// The gateway instance that received the message.
   public var gatewayInstance: String = String()
 
-  /// Stable across redeliveries of this message: "<gateway_instance>/<connection_id>/<message_id>".
+  /// Unique for every message a gateway receives, across processes and restarts, and the same
+  /// when the gateway redelivers it: "<gateway_instance>/<epoch>/<connection>/<sequence>", where
+  /// epoch is drawn at random when the listener starts. Everything before the last "/" names the
+  /// device connection (its events and messages share it).
   public var deliveryID: String = String()
+
+  /// The message's place among what its connection handed to the backends: 1 is the connected
+  /// event (when events are enabled), then the device's messages in the order they arrived, then
+  /// the disconnected event.
+  public var sequence: UInt32 = 0
+
+  /// The key the device gave this message (PUBLISH flag IDEMPOTENCY_KEY, 1-64 bytes): the same on
+  /// every resend of the message, also after a reconnect to another gateway. Empty when the device
+  /// gave none.
+  public var idempotencyKey: Data = Data()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -202,7 +217,7 @@ nonisolated extension Terminus_V1_QoS: SwiftProtobuf._ProtoNameProviding {
 
 nonisolated extension Terminus_V1_UplinkMessage: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".UplinkMessage"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}device_id\0\u{1}topic\0\u{3}message_id\0\u{1}payload\0\u{1}qos\0\u{3}received_at_unix_ms\0\u{3}client_address\0\u{3}gateway_instance\0\u{3}delivery_id\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}device_id\0\u{1}topic\0\u{3}message_id\0\u{1}payload\0\u{1}qos\0\u{3}received_at_unix_ms\0\u{3}client_address\0\u{3}gateway_instance\0\u{3}delivery_id\0\u{1}sequence\0\u{3}idempotency_key\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -219,6 +234,8 @@ nonisolated extension Terminus_V1_UplinkMessage: SwiftProtobuf.Message, SwiftPro
       case 7: try { try decoder.decodeSingularStringField(value: &self.clientAddress) }()
       case 8: try { try decoder.decodeSingularStringField(value: &self.gatewayInstance) }()
       case 9: try { try decoder.decodeSingularStringField(value: &self.deliveryID) }()
+      case 10: try { try decoder.decodeSingularUInt32Field(value: &self.sequence) }()
+      case 11: try { try decoder.decodeSingularBytesField(value: &self.idempotencyKey) }()
       default: break
       }
     }
@@ -252,6 +269,12 @@ nonisolated extension Terminus_V1_UplinkMessage: SwiftProtobuf.Message, SwiftPro
     if !self.deliveryID.isEmpty {
       try visitor.visitSingularStringField(value: self.deliveryID, fieldNumber: 9)
     }
+    if self.sequence != 0 {
+      try visitor.visitSingularUInt32Field(value: self.sequence, fieldNumber: 10)
+    }
+    if !self.idempotencyKey.isEmpty {
+      try visitor.visitSingularBytesField(value: self.idempotencyKey, fieldNumber: 11)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -265,6 +288,8 @@ nonisolated extension Terminus_V1_UplinkMessage: SwiftProtobuf.Message, SwiftPro
     if lhs.clientAddress != rhs.clientAddress {return false}
     if lhs.gatewayInstance != rhs.gatewayInstance {return false}
     if lhs.deliveryID != rhs.deliveryID {return false}
+    if lhs.sequence != rhs.sequence {return false}
+    if lhs.idempotencyKey != rhs.idempotencyKey {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

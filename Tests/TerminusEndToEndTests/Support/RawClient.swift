@@ -40,6 +40,8 @@ final class RawClient: Sendable {
 
     let channel: any Channel
     let collector: Collector
+    /// The client's TLS handler; removing it lets a test close without close_notify.
+    static let tlsHandlerName = "raw-client-tls"
 
     private init(channel: any Channel, collector: Collector) {
         self.channel = channel
@@ -54,7 +56,8 @@ final class RawClient: Sendable {
                 do {
                     if let sslContext {
                         try channel.pipeline.syncOperations.addHandler(
-                            try NIOSSLClientHandler(context: sslContext, serverHostname: "localhost")
+                            try NIOSSLClientHandler(context: sslContext, serverHostname: "localhost"),
+                            name: RawClient.tlsHandlerName
                         )
                     }
                     try channel.pipeline.syncOperations.addHandler(collector)
