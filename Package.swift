@@ -317,3 +317,16 @@ let package = Package(
         ),
     ]
 )
+
+// `TERMINUS_CORE_ONLY=1` keeps only the modules below the server and their tests, for the
+// sanitizer runs in .ci/run (`swift test --sanitize=address`): the gRPC and server targets
+// would double the instrumented build for code the end-to-end suite covers uninstrumented.
+if Context.environment["TERMINUS_CORE_ONLY"] == "1" {
+    let core: Set<String> = [
+        "CTerminusZlib", "TerminusProtocol", "TerminusCompression", "TerminusRouting", "TerminusAuth",
+        "TerminusSessions", "TerminusEdge", "TerminusProtocolTests", "TerminusCompressionTests",
+        "TerminusRoutingTests", "TerminusEdgeTests",
+    ]
+    package.targets = package.targets.filter { core.contains($0.name) }
+    package.products = package.products.filter { core.contains($0.name) }
+}

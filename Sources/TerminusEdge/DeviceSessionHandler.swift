@@ -241,6 +241,8 @@ final class DeviceSessionHandler: ChannelDuplexHandler, TimerWheelTarget, Delive
             if buffer.readerIndex > 0 { buffer.discardReadBytes() }
             self.partialFrame = buffer
         }
+        // The usual read ends on a frame boundary with no frame pending: no clock read.
+        guard buffered || self.machine.hasPartialFrame else { return }
         let now = NIODeadline.now()
         self.machine.partialFrame(buffered, now: now)
         if buffered { self.loop.wheel.schedule(self, at: self.machine.deadline, now: now) }
@@ -259,7 +261,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, TimerWheelTarget, Delive
             case (.awaitingHello, .hello(let hello)):
                 try self.handleHello(hello, context: context, now: now)
             case (.established, .publish(let message)):
-                try self.handlePublish(message)
+                try self.handlePublish(message, now: now)
             case (.established, .ping(let opaque)):
                 // Flushed once per read (channelReadComplete): a burst of PINGs costs one write.
                 self.write(.pong(opaque), context: context)
@@ -383,7 +385,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, TimerWheelTarget, Delive
 
     // MARK: PUBLISH
 
-    private func handlePublish(_ message: Message) throws(ProtocolError) {
+    private func handlePublish(_ message: Message, now: NIODeadline) throws(ProtocolError) {
         let settings = self.shared.settings
         let topic = try self.resolveTopic(message)
         try Topic.validatePublishTopic(topic, maxLength: settings.maxTopicLength)
@@ -414,7 +416,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, TimerWheelTarget, Delive
             qos: message.qos,
             payloadBytes: payload.readableBytes,
             limits: settings.rateLimits,
-            now: .now()
+            now: now
         ) {
         case .deliver(let pause):
             if pause {

@@ -177,6 +177,9 @@ public struct DeviceSessionStateMachine: Sendable {
         if self.state == .established { self.stateDeadline = self.idleDeadline(now) }
     }
 
+    /// Whether the frame timeout is running (bytes of an unfinished frame are buffered).
+    public var hasPartialFrame: Bool { self.frameStartedAt != nil }
+
     /// After decoding what arrived: whether an unfinished frame's bytes are buffered. The frame
     /// timeout runs from the read that brought its first bytes, and restarts when reading
     /// resumes after a pause (the gateway, not the device, held it up).

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import TerminusAuth
+import TerminusEdge
 import TerminusServer
 
 struct Token: ParsableCommand {
@@ -22,6 +23,15 @@ struct Token: ParsableCommand {
             throw ValidationError("--secret is not valid text, hex:… or base64:…")
         }
         guard self.ttl > 0 else { throw ValidationError("--ttl must be positive") }
+        let lifetime = DeviceAuthenticator.defaultMaxTokenLifetimeSeconds
+        if self.ttl > lifetime {
+            FileHandle.standardError.write(
+                Data(
+                    "warning: gateways refuse tokens valid for more than auth.max_token_lifetime (default \(lifetime) s) with TOKEN_LIFETIME_EXCEEDED\n"
+                        .utf8
+                )
+            )
+        }
         let expiry = Int64(Date().timeIntervalSince1970) + self.ttl
         print(DeviceToken.make(deviceID: self.device, secret: key, expiresAt: expiry))
     }

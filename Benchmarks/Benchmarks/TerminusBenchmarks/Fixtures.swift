@@ -136,6 +136,14 @@ final class EmbeddedSession {
         self.sink = RoutingSink(router: router)
         var settings = EdgeSettings()
         settings.publishEvents = false
+        // The limiter runs as in production, with limits no benchmark loop reaches.
+        settings.rateLimits = UplinkRateLimits(
+            messagesPerSecond: 1e9,
+            messageBurst: 1e9,
+            bytesPerSecond: 1e12,
+            byteBurst: 1e12,
+            refusalsBeforeClose: 0
+        )
         self.server = try EdgeServer(
             group: self.loop,
             listener: DeviceListener(host: "127.0.0.1", port: 0, security: .plaintext),

@@ -4,6 +4,7 @@ import Logging
 import NIOCore
 import NIOEmbedded
 import NIOSSL
+import TerminusAuth
 import TerminusBackend
 import TerminusCompression
 import TerminusEdge
@@ -156,6 +157,29 @@ let benchmarks: @Sendable () -> Void = {
             blackHole(try machine.publishReceived(qos: .atLeastOnce, payloadBytes: 200, limits: limits, now: now))
             blackHole(machine.deliveryCompleted(qos: .atLeastOnce))
             blackHole(machine.timerFired(now: now))
+        }
+    }
+
+    // MARK: Authentication refusals: an unknown id and a wrong token for a known id must cost
+    // the same (one HMAC each), or device ids could be enumerated by timing. Compare their
+    // cpuTotal with TERMINUS_BENCH_TIMING=1.
+
+    for (name, deviceID) in [("AuthRefusalUnknownDevice", "ghost-1"), ("AuthRefusalWrongToken", "spk-1")] {
+        Benchmark(name) { benchmark in
+            let secret = Array("bench-device-secret-0123456789".utf8)
+            let authenticator = DeviceAuthenticator(secrets: SecretStore(prefixes: ["spk-": secret]), now: { 1_000 })
+            let forged = DeviceToken.make(deviceID: deviceID, secret: Array("a guess".utf8), expiresAt: 2_000)
+            let hello = Hello(
+                keepaliveSeconds: 0,
+                capabilities: [],
+                deviceID: deviceID,
+                authMethod: .token,
+                credential: ByteBuffer(string: forged)
+            )
+            benchmark.startMeasurement()
+            for _ in benchmark.scaledIterations {
+                blackHole(try? authenticator.authenticate(hello, certificateDeviceID: nil, maxDeviceIDLength: 128))
+            }
         }
     }
 

@@ -6,9 +6,29 @@ final class PythonBackend: @unchecked Sendable {
     static let repository = URL(fileURLWithPath: #filePath)
         .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
 
+    /// Installs grpcio and grpcio-tools with pip when they are missing (the README's
+    /// `swift test` must pass on a fresh machine, where only `.ci/run` would otherwise add them).
+    /// Once per process.
+    static let installed: Bool = {
+        func run(_ arguments: [String]) -> Int32 {
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+            process.arguments = arguments
+            process.standardOutput = FileHandle.nullDevice
+            process.standardError = FileHandle.nullDevice
+            guard (try? process.run()) != nil else { return -1 }
+            process.waitUntilExit()
+            return process.terminationStatus
+        }
+        if run(["python3", "-c", "import grpc, grpc_tools"]) == 0 { return true }
+        _ = run(["python3", "-m", "pip", "install", "-q", "grpcio", "grpcio-tools"])
+        return run(["python3", "-c", "import grpc, grpc_tools"]) == 0
+    }()
+
     /// Generates the Python stubs (the step documented in docs/backend.md) into a temporary
-    /// directory; returns it, or nil when grpcio-tools is missing.
+    /// directory; returns it, or nil when grpcio-tools is missing and cannot be installed.
     static func generateStubs() throws -> String? {
+        guard Self.installed else { return nil }
         let work = NSTemporaryDirectory() + "terminus-python-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
         let protos = Self.repository.appendingPathComponent("Protos").path

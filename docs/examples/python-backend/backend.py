@@ -32,9 +32,9 @@ class Receiver(uplink_pb2_grpc.UplinkReceiverServicer):
         async for batch in request_iterator:
             results = []
             for message in batch.messages:
-                # Deduplicate on message.delivery_id if duplicates matter to you: delivery is at
-                # least once, so a message can arrive again after a timeout, a broken stream or
-                # a gateway restart.
+                # Deduplicate on message.delivery_id (the gateway's retries) and on
+                # (message.device_id, message.idempotency_key) (the device's resends) if
+                # duplicates matter to you: delivery is at least once.
                 sys.stdout.write(
                     "RECEIVED %s %s %s\n"
                     % (message.delivery_id, message.topic, message.payload.decode("utf-8", "replace"))
