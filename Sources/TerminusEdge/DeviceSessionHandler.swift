@@ -1,8 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 internal import Logging
 internal import NIOCore
 internal import NIOSSL
@@ -11,6 +6,12 @@ internal import Synchronization
 internal import TerminusCompression
 internal import TerminusProtocol
 internal import TerminusSessions
+
+#if canImport(Glibc)
+internal import Glibc
+#elseif canImport(Darwin)
+internal import Darwin
+#endif
 
 /// Drives one device connection: HELLO and authentication, PUBLISH validation and inflation,
 /// ACKs from sink outcomes, keepalive, GOAWAY. Sits last in the pipeline, after TLS, and
@@ -618,7 +619,9 @@ final class DeviceSessionHandler: ChannelDuplexHandler, TimerWheelTarget, Delive
         }
         // Failures come in floods (a scanner, a fuzzer, a network blip resetting thousands of
         // devices): at most 20 such lines a second, then a count of those held back.
-        let (log, suppressed) = self.shared.transportLog.admit(nowSeconds: NIODeadline.now().uptimeNanoseconds / 1_000_000_000)
+        let (log, suppressed) = self.shared.transportLog.admit(
+            nowSeconds: NIODeadline.now().uptimeNanoseconds / 1_000_000_000
+        )
         guard log else { return }
         if suppressed > 0 { metadata["suppressed_before"] = "\(suppressed)" }
         self.shared.logger.notice("closing device connection", metadata: metadata)

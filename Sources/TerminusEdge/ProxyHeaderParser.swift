@@ -80,7 +80,8 @@ public struct ProxyHeaderParser: Sendable {
             else {
                 throw Invalid(reason: "bad address in PROXY v1 line")
             }
-            if ip == "0.0.0.0" || ip == "::" { return Header(source: nil, length: lineEnd + 1) }  // no client: like UNKNOWN
+            // An unspecified source names no client: like UNKNOWN.
+            if ip == "0.0.0.0" || ip == "::" { return Header(source: nil, length: lineEnd + 1) }
             return Header(source: isV6 ? "[\(ip)]:\(port)" : "\(ip):\(port)", length: lineEnd + 1)
         default:
             throw Invalid(reason: "unknown PROXY v1 protocol \(fields[1])")

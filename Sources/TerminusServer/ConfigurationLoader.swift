@@ -168,9 +168,13 @@ public enum ConfigurationLoader {
             if let v = try limits.int("reserved_descriptors", in: 0...1_000_000) { config.reservedDescriptors = v }
             if let v = try limits.duration("evict_unauthenticated_after") { config.edge.unauthenticatedEvictionAge = v }
             if let rate = try limits.section("rate") {
-                try rate.allow(["messages_per_second", "message_burst", "bytes_per_second", "byte_burst", "close_after"])
+                try rate.allow([
+                    "messages_per_second", "message_burst", "bytes_per_second", "byte_burst", "close_after",
+                ])
                 var limits = config.edge.rateLimits
-                if let v = try rate.int("messages_per_second", in: 0...10_000_000) { limits.messagesPerSecond = Double(v) }
+                if let v = try rate.int("messages_per_second", in: 0...10_000_000) {
+                    limits.messagesPerSecond = Double(v)
+                }
                 if let v = try rate.int("message_burst", in: 1...10_000_000) { limits.messageBurst = Double(v) }
                 if let v = try rate.int("bytes_per_second", in: 0...(1 << 40)) { limits.bytesPerSecond = Double(v) }
                 if let v = try rate.int("byte_burst", in: 1...(1 << 40)) { limits.byteBurst = Double(v) }
@@ -251,7 +255,8 @@ public enum ConfigurationLoader {
         }
         if let api = try root.section("api") {
             try api.allow([
-                "listen", "tokens_file", "tls", "send_timeout", "compress_push_above", "max_connections", "idle_timeout",
+                "listen", "tokens_file", "tls", "send_timeout", "compress_push_above", "max_connections",
+                "idle_timeout",
             ])
             if let v = try api.int("max_connections", in: 1...1_000_000) { config.apiLimits.maxConnections = v }
             if let v = try api.duration("idle_timeout") { config.apiLimits.idleTimeout = v }

@@ -37,7 +37,9 @@ struct EchoBackend: AsyncParsableCommand {
                 address: .ipv4(host: host, port: port),
                 transportSecurity: .plaintext
             ),
-            services: [EchoReceiver(logger: logger, quiet: self.quiet, failEvery: max(0, self.failEvery), counter: counter)]
+            services: [
+                EchoReceiver(logger: logger, quiet: self.quiet, failEvery: max(0, self.failEvery), counter: counter)
+            ]
         )
         logger.info("listening", metadata: ["address": "\(self.listen)"])
         try await withThrowingDiscardingTaskGroup { group in
@@ -46,7 +48,10 @@ struct EchoBackend: AsyncParsableCommand {
                 group.addTask {
                     while !Task.isCancelled {
                         try await Task.sleep(for: .seconds(10))
-                        logger.info("received", metadata: ["messages_total": "\(counter.value.load(ordering: .relaxed))"])
+                        logger.info(
+                            "received",
+                            metadata: ["messages_total": "\(counter.value.load(ordering: .relaxed))"]
+                        )
                     }
                 }
             }

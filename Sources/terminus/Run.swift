@@ -104,7 +104,10 @@ struct Run: AsyncParsableCommand {
         let configured = configuration.edge.maxConnections
         // Connections beyond the capacity could only fail at accept (EMFILE), and would take the
         // descriptors that health probes, the API and backends need: the cap never exceeds it.
-        configuration.edge.maxConnections = max(1, configuration.maxConnectionsConfigured ? min(configured, capacity) : capacity)
+        configuration.edge.maxConnections = max(
+            1,
+            configuration.maxConnectionsConfigured ? min(configured, capacity) : capacity
+        )
         logger.info(
             "open-file limit",
             metadata: [

@@ -84,7 +84,9 @@ struct AuthTests {
         }
     }
 
-    @Test("a token valid for longer than the maximum lifetime is refused; an unknown device is refused like a bad token")
+    @Test(
+        "a token valid for longer than the maximum lifetime is refused; an unknown device is refused like a bad token"
+    )
     func lifetimeAndUnknown() throws {
         let auth = DeviceAuthenticator(
             secrets: SecretStore(prefixes: ["spk-": self.secret]),
@@ -93,13 +95,21 @@ struct AuthTests {
         )
         let withinLifetime = DeviceToken.make(deviceID: "spk-1", secret: self.secret, expiresAt: 4_600)
         #expect(
-            try auth.authenticate(self.hello("spk-1", token: withinLifetime), certificateDeviceID: nil, maxDeviceIDLength: 64)
+            try auth.authenticate(
+                self.hello("spk-1", token: withinLifetime),
+                certificateDeviceID: nil,
+                maxDeviceIDLength: 64
+            )
                 == "spk-1"
         )
         let tooLong = DeviceToken.make(deviceID: "spk-1", secret: self.secret, expiresAt: 4_601)
         #expect(
             self.code {
-                try auth.authenticate(self.hello("spk-1", token: tooLong), certificateDeviceID: nil, maxDeviceIDLength: 64)
+                try auth.authenticate(
+                    self.hello("spk-1", token: tooLong),
+                    certificateDeviceID: nil,
+                    maxDeviceIDLength: 64
+                )
             } == .tokenLifetimeExceeded
         )
         // A forged token for an unknown id and for a known one: the same answer (and the same
@@ -107,13 +117,21 @@ struct AuthTests {
         let forged = DeviceToken.make(deviceID: "ghost-1", secret: Array("guess".utf8), expiresAt: 2_000)
         #expect(
             self.code {
-                try auth.authenticate(self.hello("ghost-1", token: forged), certificateDeviceID: nil, maxDeviceIDLength: 64)
+                try auth.authenticate(
+                    self.hello("ghost-1", token: forged),
+                    certificateDeviceID: nil,
+                    maxDeviceIDLength: 64
+                )
             } == .authenticationFailed
         )
         let forgedKnown = DeviceToken.make(deviceID: "spk-2", secret: Array("guess".utf8), expiresAt: 2_000)
         #expect(
             self.code {
-                try auth.authenticate(self.hello("spk-2", token: forgedKnown), certificateDeviceID: nil, maxDeviceIDLength: 64)
+                try auth.authenticate(
+                    self.hello("spk-2", token: forgedKnown),
+                    certificateDeviceID: nil,
+                    maxDeviceIDLength: 64
+                )
             } == .authenticationFailed
         )
         // Lifetime 0 accepts any expiry.
@@ -124,7 +142,11 @@ struct AuthTests {
         )
         let year2286 = DeviceToken.make(deviceID: "spk-1", secret: self.secret, expiresAt: 9_999_999_999)
         #expect(
-            try unlimited.authenticate(self.hello("spk-1", token: year2286), certificateDeviceID: nil, maxDeviceIDLength: 64)
+            try unlimited.authenticate(
+                self.hello("spk-1", token: year2286),
+                certificateDeviceID: nil,
+                maxDeviceIDLength: 64
+            )
                 == "spk-1"
         )
     }

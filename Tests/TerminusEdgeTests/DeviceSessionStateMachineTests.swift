@@ -132,7 +132,14 @@ struct DeviceSessionStateMachineTests {
         #expect(try self.publish(&m, rate: rate) == .refuse(retryAfterSeconds: 1))
         #expect(m.refusalsInARow == 1)
         // Half a second later one message token is back.
-        #expect(try m.publishReceived(qos: .atLeastOnce, payloadBytes: 1, limits: rate, now: self.start + .milliseconds(500)) == .deliver(pause: false))
+        #expect(
+            try m.publishReceived(
+                qos: .atLeastOnce,
+                payloadBytes: 1,
+                limits: rate,
+                now: self.start + .milliseconds(500)
+            ) == .deliver(pause: false)
+        )
         #expect(m.refusalsInARow == 0)
         // Bytes: a 900-byte message after 2 s leaves too little for another 900 (retry in 1 s).
         #expect(try self.publish(&m, bytes: 900, rate: rate, at: 2) == .deliver(pause: false))

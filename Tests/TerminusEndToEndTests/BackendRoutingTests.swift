@@ -66,7 +66,9 @@ struct BackendRoutingTests {
         await backend.stop()
     }
 
-    @Test("delivery_id is unique per message (reused message ids, events, restarts); idempotency keys pass through; events frame the connection's messages")
+    @Test(
+        "delivery_id is unique per message (reused message ids, events, restarts); idempotency keys pass through; events frame the connection's messages"
+    )
     func deliveryIdentity() async throws {
         let backend = try await TestBackend.start()
         let service = try Self.service("all", port: backend.port, topics: ["#", "$terminus/events/+"])
@@ -99,7 +101,11 @@ struct BackendRoutingTests {
             #expect(await RawClient.poll(5) { backend.receiver.messages.count == 4 * (round + 1) })
             await gateway.stop()
             let messages = Array(backend.receiver.messages.suffix(4))
-            #expect(messages.map(\.topic) == ["$terminus/events/connected", "ident/x", "ident/x", "$terminus/events/disconnected"])
+            #expect(
+                messages.map(\.topic) == [
+                    "$terminus/events/connected", "ident/x", "ident/x", "$terminus/events/disconnected",
+                ]
+            )
             #expect(messages.map(\.sequence) == [1, 2, 3, 4])
             #expect(messages[1].idempotencyKey == Data("order-42".utf8))
             #expect(messages[2].idempotencyKey == Data("order-42".utf8))

@@ -24,7 +24,9 @@ struct DescriptorExhaustionTests {
         address.sin_family = sa_family_t(AF_INET)
         address.sin_addr.s_addr = inet_addr("127.0.0.1")
         _ = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
         }
         var length = socklen_t(MemoryLayout<sockaddr_in>.size)
         _ = withUnsafeMutablePointer(to: &address) {
@@ -42,7 +44,9 @@ struct DescriptorExhaustionTests {
         address.sin_port = in_port_t(UInt16(port).bigEndian)
         address.sin_addr.s_addr = inet_addr("127.0.0.1")
         let result = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
         }
         if result != 0 {
             close(fd)
@@ -67,7 +71,8 @@ struct DescriptorExhaustionTests {
         var timeout = timeval(tv_sec: 2, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         let request = Array("GET \(path) HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".utf8)
-        guard request.withUnsafeBytes({ send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }) == request.count else {
+        guard request.withUnsafeBytes({ send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }) == request.count
+        else {
             return nil
         }
         var response: [UInt8] = []
@@ -161,7 +166,9 @@ struct DescriptorExhaustionTests {
         (0..<count).compactMap { _ in Self.connectTCP(port) }
     }
 
-    @Test("max_connections above the open-file capacity is lowered: a flood is refused at the cap, health keeps answering")
+    @Test(
+        "max_connections above the open-file capacity is lowered: a flood is refused at the cap, health keeps answering"
+    )
     func capacityClamp() async throws {
         #expect(FileManager.default.isExecutableFile(atPath: Self.binary), "build the terminus product: \(Self.binary)")
         let directory = NSTemporaryDirectory() + "terminus-fd-cap-\(getpid())"
@@ -172,7 +179,10 @@ struct DescriptorExhaustionTests {
         let held = Self.flood(gateway.devicePort, count: 400)
         defer { for fd in held { close(fd) } }
         try await Task.sleep(for: .milliseconds(500))
-        #expect(Self.httpGet(gateway.adminPort, "/healthz")?.contains("200 OK") == true, "health answers under the flood")
+        #expect(
+            Self.httpGet(gateway.adminPort, "/healthz")?.contains("200 OK") == true,
+            "health answers under the flood"
+        )
         let cpuBefore = Self.cpuSeconds(gateway.process.processIdentifier) ?? 0
         try await Task.sleep(for: .seconds(1))
         let cpuAfter = Self.cpuSeconds(gateway.process.processIdentifier) ?? 0
@@ -195,7 +205,9 @@ struct DescriptorExhaustionTests {
         let cpuAfter = Self.cpuSeconds(gateway.process.processIdentifier) ?? 0
         // Without the backoff the event loop spun at 100% of a core here.
         #expect(cpuAfter - cpuBefore < 0.5, "gateway CPU at the descriptor limit: \(cpuAfter - cpuBefore) s in 2 s")
-        let lines = gateway.logText.split(separator: "\n").filter { $0.contains("accepting a device connection failed") }
+        let lines = gateway.logText.split(separator: "\n").filter {
+            $0.contains("accepting a device connection failed")
+        }
         #expect(!lines.isEmpty, "failed accepts must be logged")
         #expect(lines.count <= 10, "failed accepts are logged at most once a second: \(lines.count) lines")
         for fd in held { close(fd) }

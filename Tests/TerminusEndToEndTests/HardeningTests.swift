@@ -151,7 +151,9 @@ struct HardeningTests {
         #expect(try await device.handshake("rate-1") != nil)
         var burst: [UInt8] = []
         for id in 1...10 {
-            burst += Self.bytes(.publish(Message(messageID: UInt32(id), qos: .atLeastOnce, topic: "r", payload: ByteBuffer())))
+            burst += Self.bytes(
+                .publish(Message(messageID: UInt32(id), qos: .atLeastOnce, topic: "r", payload: ByteBuffer()))
+            )
         }
         try await device.send(burst)
         let goAway = await device.goAwayOnClose()
@@ -209,7 +211,9 @@ struct HardeningTests {
         #expect(try await ok.handshake("short-lived") != nil)
     }
 
-    @Test("at the connection cap, idle unauthenticated connections make room for real devices; authenticated ones never do")
+    @Test(
+        "at the connection cap, idle unauthenticated connections make room for real devices; authenticated ones never do"
+    )
     func capacityUnderFlood() async throws {
         let gateway = try await TestGateway.start {
             $0.edge.maxConnections = 10
@@ -256,7 +260,10 @@ struct HardeningTests {
             #expect(await third.waitUntil(2) { third.isClosed }, "port \(port): the third connection is over the cap")
             #expect(!first.isClosed && !second.isClosed)
             // Stalled connections (they never send a byte) are closed after the idle timeout.
-            #expect(await first.waitUntil(3) { first.isClosed && second.isClosed }, "port \(port): idle connections stay")
+            #expect(
+                await first.waitUntil(3) { first.isClosed && second.isClosed },
+                "port \(port): idle connections stay"
+            )
             // And the listener serves again.
             let fresh = try await RawClient.connect(port: port, tls: false)
             #expect(!fresh.isClosed)
@@ -270,7 +277,12 @@ struct HardeningTests {
         let gateway = try await TestGateway.start(sink: sink) { $0.edge.publishEvents = true }
         defer { Task { await gateway.stop() } }
         func disconnectCode(_ device: String) async -> String? {
-            guard await RawClient.poll(5, { sink.messages.contains { $0.topic == "$terminus/events/disconnected" && $0.deviceID == device } }) else {
+            guard
+                await RawClient.poll(
+                    5,
+                    { sink.messages.contains { $0.topic == "$terminus/events/disconnected" && $0.deviceID == device } }
+                )
+            else {
                 return nil
             }
             let event = sink.messages.last { $0.topic == "$terminus/events/disconnected" && $0.deviceID == device }!
@@ -312,7 +324,9 @@ struct HardeningTests {
         for topic in ["a\nb", "log\r\nINFO forged", "x\u{1B}[31m", "c1\u{85}"] {
             let device = try await RawClient.connect(port: gateway.port, tls: true)
             #expect(try await device.handshake("ctl-1") != nil)
-            try await device.send(.publish(Message(messageID: 1, qos: .atLeastOnce, topic: topic, payload: ByteBuffer())))
+            try await device.send(
+                .publish(Message(messageID: 1, qos: .atLeastOnce, topic: topic, payload: ByteBuffer()))
+            )
             #expect(await device.goAwayOnClose()?.code == .invalidTopic, "topic \(topic.debugDescription)")
         }
         #expect(gateway.sink.messages.isEmpty)
