@@ -279,6 +279,7 @@ let package = Package(
             name: "TerminusServerTests",
             dependencies: [
                 "TerminusServer",
+                "TerminusListeners",
                 "TerminusBackend",
                 "TerminusRouting",
                 "TerminusEdge",

@@ -351,14 +351,19 @@ def make_workspace(directory: Path):
 
 
 def main():
+    global BIN
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=15)
     parser.add_argument("--no-build", action="store_true")
+    parser.add_argument("--bin", type=Path, default=BIN,
+                        help="where the release binaries are (default .build/release)")
     parser.add_argument("--out", type=Path, default=ROOT / "Benchmarks" / "results" / "chaos")
     args = parser.parse_args()
+    BIN = args.bin
     if not args.no_build:
         for product in ["terminus", "terminus-echo-backend"]:
-            subprocess.run(["swift", "build", "-c", "release", "--package-path", ROOT, "--product", product], check=True)
+            subprocess.run(["swift", "build", "-c", "release", "--package-path", ROOT, "--product", product],
+                           check=True)
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="terminus-chaos-") as directory:
         ws = Path(directory)

@@ -57,6 +57,13 @@ extension EdgeLoopContext {
         return true
     }
 
+    /// Stops the timer wheel and lets go of every session this loop still refers to (they refer
+    /// back to the listener: without this a stopped listener would keep itself alive).
+    func shutdown() {
+        self.wheel.stop()
+        self.unauthenticated.removeAll()
+    }
+
     private func dropSettled() {
         while let first = self.unauthenticated.first, !first.session.isAwaitingAuthentication {
             self.unauthenticated.removeFirst()

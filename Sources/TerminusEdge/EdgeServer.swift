@@ -274,7 +274,7 @@ public final class EdgeServer: Sendable {
         try? await channel?.close()
         let contexts = self.shared.contexts
         for loop in contexts.loops {
-            try? await loop.submit { contexts.context(for: loop).wheel.stop() }.get()
+            try? await loop.submit { contexts.context(for: loop).shutdown() }.get()
         }
     }
 }

@@ -16,16 +16,28 @@ public struct TopicFilter: Hashable, Sendable, CustomStringConvertible {
     public init(_ text: String) throws(Invalid) {
         guard !text.isEmpty else { throw Invalid(filter: text, reason: "empty") }
         guard text.utf8.count <= 65_535 else { throw Invalid(filter: text, reason: "too long") }
-        let levels = text.split(separator: "/", omittingEmptySubsequences: false)
+        // Levels and wildcards are found by their bytes, as `RouteTable.match` walks topics: a
+        // '/' or '#' followed by a combining mark is still a separator or a wildcard (found by
+        // fuzzing: splitting by Characters kept "a/\u{301}b" whole and accepted "#\u{301}").
+        var levels: [Substring] = []
+        var rest = text[...]
+        while let slash = rest.utf8.firstIndex(of: UInt8(ascii: "/")) {
+            levels.append(rest[..<slash])
+            rest = rest[rest.utf8.index(after: slash)...]
+        }
+        levels.append(rest)
         for (index, level) in levels.enumerated() {
-            if level == "#" {
+            let bytes = level.utf8
+            if bytes.elementsEqual("#".utf8) {
                 guard index == levels.count - 1 else {
                     throw Invalid(filter: text, reason: "'#' must be the last level")
                 }
-            } else if level != "+" && (level.contains("+") || level.contains("#")) {
+            } else if !bytes.elementsEqual("+".utf8)
+                && bytes.contains(where: { $0 == UInt8(ascii: "+") || $0 == UInt8(ascii: "#") })
+            {
                 throw Invalid(filter: text, reason: "'+' and '#' must occupy a whole level")
             }
-            if level.contains("\u{0}") { throw Invalid(filter: text, reason: "NUL") }
+            if bytes.contains(0) { throw Invalid(filter: text, reason: "NUL") }
         }
         self.text = text
         self.levels = levels

@@ -534,11 +534,16 @@ struct Section {
         let units: [(String, Int64)] = [
             ("ms", 1_000_000), ("s", 1_000_000_000), ("m", 60_000_000_000), ("h", 3_600_000_000_000),
         ]
+        // Overflowing values are refused, not trapped on (found by fuzzing the loader).
+        func scaled(_ value: Int64, _ scale: Int64) -> TimeAmount? {
+            let (nanoseconds, overflow) = value.multipliedReportingOverflow(by: scale)
+            return overflow ? nil : .nanoseconds(nanoseconds)
+        }
         for (suffix, scale) in units where text.hasSuffix(suffix) {
             guard let value = Int64(text.dropLast(suffix.count)), value >= 0 else { return nil }
-            return .nanoseconds(value * scale)
+            return scaled(value, scale)
         }
         guard let seconds = Int64(text), seconds >= 0 else { return nil }
-        return .seconds(seconds)
+        return scaled(seconds, 1_000_000_000)
     }
 }

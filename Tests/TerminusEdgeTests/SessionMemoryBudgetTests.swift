@@ -107,6 +107,7 @@ struct SessionMemoryBudgetTests {
             "payload pins \(received.payload.storageCapacity) bytes of read buffer"
         )
         _ = try channel.finish()
+        contexts.context(for: loop).shutdown()  // the wheel and the loop's lists refer to the handler
     }
 }
 #endif

@@ -243,31 +243,44 @@ struct HardeningTests {
 
     @Test("API and admin listeners: connections above the cap are closed at accept, idle ones after the idle timeout")
     func internalListeners() async throws {
-        let gateway = try await TestGateway.start {
-            $0.apiListen = .init(host: "127.0.0.1", port: 0)
-            $0.apiTokens = ["hardening-api-token-0123456789"]
-            $0.apiLimits = .init(maxConnections: 2, idleTimeout: .milliseconds(600))
-            $0.adminListen = .init(host: "127.0.0.1", port: 0)
-            $0.adminLimits = .init(maxConnections: 2, idleTimeout: .milliseconds(600))
+        func gateway(_ limits: ConnectionGuard.Limits) async throws -> (TestGateway, [Int]) {
+            let gateway = try await TestGateway.start {
+                $0.apiListen = .init(host: "127.0.0.1", port: 0)
+                $0.apiTokens = ["hardening-api-token-0123456789"]
+                $0.apiLimits = limits
+                $0.adminListen = .init(host: "127.0.0.1", port: 0)
+                $0.adminLimits = limits
+            }
+            return (
+                gateway,
+                [try #require(gateway.gateway.boundAPIPort), try #require(gateway.gateway.boundAdminAddress?.port)]
+            )
         }
-        defer { Task { await gateway.stop() } }
-        let apiPort = try #require(gateway.gateway.boundAPIPort)
-        let adminPort = try #require(gateway.gateway.boundAdminAddress?.port)
-        for port in [apiPort, adminPort] {
+        // The cap (a long idle timeout, so that only the cap closes anything).
+        let (capped, cappedPorts) = try await gateway(.init(maxConnections: 2, idleTimeout: .seconds(60)))
+        for port in cappedPorts {
             let first = try await RawClient.connect(port: port, tls: false)
             let second = try await RawClient.connect(port: port, tls: false)
             let third = try await RawClient.connect(port: port, tls: false)
-            #expect(await third.waitUntil(2) { third.isClosed }, "port \(port): the third connection is over the cap")
+            #expect(await third.waitUntil(3) { third.isClosed }, "port \(port): the third connection is over the cap")
             #expect(!first.isClosed && !second.isClosed)
-            // Stalled connections (they never send a byte) are closed after the idle timeout.
-            #expect(
-                await first.waitUntil(3) { first.isClosed && second.isClosed },
-                "port \(port): idle connections stay"
-            )
-            // And the listener serves again.
-            let fresh = try await RawClient.connect(port: port, tls: false)
-            #expect(!fresh.isClosed)
-            await fresh.close()
+            await first.close()
+            // Room again once one leaves.
+            #expect(await RawClient.poll(3) { capped.gateway.boundAPIPort != nil })
+            try await Task.sleep(for: .milliseconds(200))
+            let fourth = try await RawClient.connect(port: port, tls: false)
+            try await Task.sleep(for: .milliseconds(300))
+            #expect(!fourth.isClosed, "port \(port): a slot freed by a closed connection is reused")
+            await second.close()
+            await fourth.close()
+        }
+        await capped.stop()
+        // The idle timeout: connections that never send a byte are closed.
+        let (idle, idlePorts) = try await gateway(.init(maxConnections: 100, idleTimeout: .milliseconds(500)))
+        defer { Task { await idle.stop() } }
+        for port in idlePorts {
+            let silent = try await RawClient.connect(port: port, tls: false)
+            #expect(await silent.waitUntil(5) { silent.isClosed }, "port \(port): an idle connection stays open")
         }
     }
 

@@ -48,6 +48,19 @@ struct RouteTableTests {
         }
     }
 
+    @Test("fuzz regressions: a '/' or '#' followed by a combining mark is still a separator or a wildcard")
+    func combiningMarks() throws {
+        // Fuzz/Regressions/fuzz-topic-filter/hash-with-combining-mark
+        #expect(throws: TopicFilter.Invalid.self) { try TopicFilter("#\u{301}") }
+        #expect(throws: TopicFilter.Invalid.self) { try TopicFilter("a/+\u{301}") }
+        // Fuzz/Regressions/fuzz-topic-filter/slash-before-combining-mark
+        let filter = try TopicFilter("a/\u{301}b")
+        #expect(filter.matches("a/\u{301}b"))
+        #expect(!filter.matches("a"))
+        let plus = try TopicFilter("a/+")
+        #expect(plus.matches("a/\u{301}b"))
+    }
+
     @Test("invalid filters are refused", arguments: ["", "a/#/b", "a+/b", "a/b#", "a/\u{0}"])
     func invalid(filter: String) {
         #expect(throws: TopicFilter.Invalid.self) { _ = try TopicFilter(filter) }

@@ -5,6 +5,7 @@ import TerminusAuth
 import TerminusBackend
 import TerminusCompression
 import TerminusEdge
+import TerminusListeners
 import TerminusRouting
 import TerminusServer
 import Testing
@@ -154,6 +155,73 @@ struct ConfigurationTests {
             #expect(error.key == key, "\(error)")
         } catch {
             Issue.record("unexpected error \(error)")
+        }
+    }
+
+    @Test("fuzz regression: a duration that overflows is refused, not trapped on")
+    func durationOverflow() {
+        // Fuzz/Regressions/fuzz-config/duration-overflow
+        let yaml = """
+            device: {transport: plaintext}
+            auth: {secrets_file: s}
+            timeouts: {hello: 9223372036854775807h}
+            """
+        #expect(throws: ConfigurationError.self) { _ = try ConfigurationLoader.load(yaml: yaml) }
+    }
+
+    @Test("the hardening keys load: rate, pending, outbound buffer, timeouts, throttle, listener limits")
+    func hardeningKeys() throws {
+        let yaml = """
+            device:
+              transport: plaintext
+            limits:
+              max_pending: 10
+              outbound_buffer: 8192
+              max_push_frame: 4096
+              accept_backoff: 100ms
+              evict_unauthenticated_after: 3s
+              reserved_descriptors: 64
+              rate:
+                messages_per_second: 5
+                message_burst: 7
+                bytes_per_second: 0
+                byte_burst: 100
+                close_after: 2
+            timeouts:
+              frame: 4s
+              write_stall: 6s
+            auth:
+              secrets_file: /etc/terminus/devices.yaml
+              max_token_lifetime: 720h
+              throttle: {failures: 3, window: 2m, max_addresses: 9}
+            api: {max_connections: 5, idle_timeout: 1m}
+            admin: {max_connections: 2, idle_timeout: 5s}
+            """
+        let config = try ConfigurationLoader.load(yaml: yaml)
+        #expect(config.edge.maxPending == 10)
+        #expect(config.edge.outboundBufferBytes == 8192)
+        #expect(config.edge.maxPushFrameSize == 4096)
+        #expect(config.edge.acceptBackoff == .milliseconds(100))
+        #expect(config.edge.unauthenticatedEvictionAge == .seconds(3))
+        #expect(config.reservedDescriptors == 64)
+        #expect(
+            config.edge.rateLimits
+                == UplinkRateLimits(
+                    messagesPerSecond: 5,
+                    messageBurst: 7,
+                    bytesPerSecond: 0,
+                    byteBurst: 100,
+                    refusalsBeforeClose: 2
+                )
+        )
+        #expect(config.edge.frameTimeout == .seconds(4))
+        #expect(config.edge.writeStallTimeout == .seconds(6))
+        #expect(config.maxTokenLifetimeSeconds == 720 * 3600)
+        #expect(config.edge.authThrottle == .init(failures: 3, window: .seconds(120), maxAddresses: 9))
+        #expect(config.apiLimits == .init(maxConnections: 5, idleTimeout: .seconds(60)))
+        #expect(config.adminLimits == .init(maxConnections: 2, idleTimeout: .seconds(5)))
+        #expect(throws: ConfigurationError.self) {
+            _ = try ConfigurationLoader.load(yaml: Self.minimal + "\nlimits:\n  rate:\n    per_minute: 1\n")
         }
     }
 
