@@ -90,6 +90,7 @@ let package = Package(
                 "TerminusCompression",
                 "TerminusAuth",
                 "TerminusSessions",
+                "TerminusListeners",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
@@ -325,7 +326,7 @@ let package = Package(
 if Context.environment["TERMINUS_CORE_ONLY"] == "1" {
     let core: Set<String> = [
         "CTerminusZlib", "TerminusProtocol", "TerminusCompression", "TerminusRouting", "TerminusAuth",
-        "TerminusSessions", "TerminusEdge", "TerminusProtocolTests", "TerminusCompressionTests",
+        "TerminusSessions", "TerminusListeners", "TerminusEdge", "TerminusProtocolTests", "TerminusCompressionTests",
         "TerminusRoutingTests", "TerminusEdgeTests",
     ]
     package.targets = package.targets.filter { core.contains($0.name) }

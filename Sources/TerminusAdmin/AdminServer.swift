@@ -48,7 +48,7 @@ public final class AdminServer: Sendable {
             .serverChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(
-                        AcceptBackoffHandler(shouldForwardIOErrorCaught: false)
+                        AcceptPauseHandler(backoff: .milliseconds(250))
                     )
                 }
             }

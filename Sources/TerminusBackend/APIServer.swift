@@ -79,6 +79,15 @@ public final class APIServer: Sendable {
                 config: .defaults { config in
                     // Idle connections (no RPC) end with an HTTP/2 GOAWAY before the guard would cut them.
                     config.connection.maxIdleTime = .nanoseconds(limits.idleTimeout.nanoseconds / 2)
+                    // Out of descriptors, accept must pause rather than spin (AcceptPauseHandler).
+                    config.channelDebuggingCallbacks.onBindTCPListener = { channel in
+                        channel.eventLoop.makeCompletedFuture {
+                            try channel.pipeline.syncOperations.addHandler(
+                                AcceptPauseHandler(backoff: .milliseconds(250)),
+                                position: .first
+                            )
+                        }
+                    }
                     config.channelDebuggingCallbacks.onAcceptTCPConnection = { channel in
                         channel.eventLoop.makeCompletedFuture { _ = try connectionGuard.admit(channel) }
                     }

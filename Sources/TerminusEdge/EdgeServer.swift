@@ -4,6 +4,7 @@ internal import NIOPosix
 public import NIOSSL
 internal import Synchronization
 public import TerminusCompression
+internal import TerminusListeners
 internal import TerminusProtocol
 public import TerminusSessions
 
@@ -101,13 +102,11 @@ public final class EdgeServer: Sendable {
                 )
             )
             .serverChannelInitializer { channel in
-                // The future-based bind adds no accept backoff: at the open-file limit, accept
-                // fails at once, the socket stays readable, and the loop would spin.
+                // At the open-file limit accept fails at once and the socket stays readable: without
+                // a pause the loop spins (see AcceptPauseHandler).
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(
-                        AcceptBackoffHandler(shouldForwardIOErrorCaught: false) { error in
-                            shared.acceptFailed(error)
-                        }
+                        AcceptPauseHandler(backoff: shared.settings.acceptBackoff) { shared.acceptFailed($0) }
                     )
                 }
             }

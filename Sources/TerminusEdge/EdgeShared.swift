@@ -52,9 +52,9 @@ final class EdgeShared: Sendable {
         self.authThrottle = AuthenticationThrottle(settings: settings.authThrottle)
     }
 
-    /// An accept failed: count it, log at most once a second, and back off before the next
-    /// accept (`limits.accept_backoff`). Called on the listener's event loop.
-    func acceptFailed(_ error: IOError) -> TimeAmount? {
+    /// An accept failed: count it and log at most once a second (the listener then pauses for
+    /// `limits.accept_backoff`). Called on the listener's event loop.
+    func acceptFailed(_ error: IOError) {
         let failures = self.acceptFailures.wrappingAdd(1, ordering: .relaxed).newValue
         let (log, suppressed) = self.acceptLog.admit(nowSeconds: NIODeadline.now().uptimeNanoseconds / 1_000_000_000)
         if log {
@@ -67,7 +67,6 @@ final class EdgeShared: Sendable {
                 ]
             )
         }
-        return self.settings.acceptBackoff
     }
 
     func makeConnectionID() -> UInt64 {
