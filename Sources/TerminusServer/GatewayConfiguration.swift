@@ -1,6 +1,6 @@
 public import Logging
 public import NIOCore
-public import TerminusAdmin
+internal import TerminusAdmin
 public import TerminusBackend
 public import TerminusEdge
 public import TerminusListeners

@@ -97,7 +97,7 @@ struct DescriptorExhaustionTests {
             """
         try config.write(toFile: directory + "/terminus.yaml", atomically: true, encoding: .utf8)
         let log = directory + "/gateway.log"
-        FileManager.default.createFile(atPath: log, contents: nil)
+        _ = FileManager.default.createFile(atPath: log, contents: nil)
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/prlimit")
         process.arguments = ["--nofile=300:300", Self.binary, "run", "--config", directory + "/terminus.yaml"]
