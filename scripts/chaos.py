@@ -121,8 +121,10 @@ class Run:
         with self.lock:
             self.counts[key] += n
 
-    def connect(self, timeout=5):
-        raw = socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
+    def connect(self, timeout=5, source="127.0.0.10"):
+        # Attackers connect from their own loopback addresses (127.0.0.2-5), well-behaved devices
+        # from 127.0.0.10: per-address limits (auth throttle) must hit the attacker, not everyone.
+        raw = socket.create_connection(("127.0.0.1", self.port), timeout=timeout, source_address=(source, 0))
         return self.context.wrap_socket(raw, server_hostname="localhost")
 
     # -- processes ---------------------------------------------------------------------------
@@ -170,7 +172,7 @@ class Run:
         held = []
         while self.alive():
             try:
-                sock = self.connect()
+                sock = self.connect(source="127.0.0.2")
                 sock.sendall(hello(f"never-reads-{random.randrange(1000)}"))
                 sock.setblocking(False)
                 for _ in range(2000):
@@ -193,7 +195,7 @@ class Run:
         batch = b"".join(publish(0, "flood/x", b"x" * 64, qos=0) for _ in range(500))
         while self.alive():
             try:
-                sock = self.connect()
+                sock = self.connect(source="127.0.0.3")
                 sock.sendall(hello("qos0-flood"))
                 sock.settimeout(2)
                 while self.alive():
@@ -206,7 +208,7 @@ class Run:
         while self.alive():
             try:
                 while len(sockets) < 50:
-                    sock = self.connect()
+                    sock = self.connect(source="127.0.0.4")
                     sock.sendall(hello(f"trickle-{len(sockets)}"))
                     sock.sendall(b"\x00\x00")
                     sockets.append(sock)
@@ -225,7 +227,7 @@ class Run:
     def bad_tokens(self):
         while self.alive():
             try:
-                sock = self.connect(timeout=2)
+                sock = self.connect(timeout=2, source="127.0.0.5")
                 sock.sendall(hello("bad-token", secret="not-the-secret-0123456789"))
                 read_frame(sock)
                 sock.close()
@@ -236,7 +238,7 @@ class Run:
     def reconnect_loop(self):
         while self.alive():
             try:
-                sock = self.connect(timeout=2)
+                sock = self.connect(timeout=2, source="127.0.0.6")
                 sock.sendall(hello("reconnects"))
                 read_frame(sock)
                 sock.close()
@@ -359,7 +361,7 @@ def main():
                         help="where the release binaries are (default .build/release)")
     parser.add_argument("--out", type=Path, default=ROOT / "Benchmarks" / "results" / "chaos")
     args = parser.parse_args()
-    BIN = args.bin
+    BIN = args.bin.resolve()
     if not args.no_build:
         for product in ["terminus", "terminus-echo-backend"]:
             subprocess.run(["swift", "build", "-c", "release", "--package-path", ROOT, "--product", product],
