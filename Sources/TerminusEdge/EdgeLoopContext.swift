@@ -23,6 +23,7 @@ final class EdgeLoopContext {
     /// sessions that authenticated or closed since are skipped lazily, so the buffer holds at
     /// most the accepts of the last handshake + HELLO timeout.
     private var unauthenticated = CircularBuffer<(session: DeviceSessionHandler, since: NIODeadline)>()
+    private let maxTracked: Int
 
     init(
         eventLoop: any EventLoop,
@@ -37,12 +38,16 @@ final class EdgeLoopContext {
         self.deflater = try Deflater(level: 6, dictionaries: dictionaries)
         self.wheel = TimerWheel(tick: settings.timerTick)
         self.batcher = UplinkBatcher(eventLoop: eventLoop, sink: sink, maxBatchSize: settings.maxBatchSize)
+        self.maxTracked = max(1, settings.maxConnections)
     }
 }
 
 extension EdgeLoopContext {
+    /// Bounded by `max_connections` (a loop never holds more unauthenticated connections than
+    /// that); beyond it the oldest entry is forgotten, which only loses an eviction candidate.
     func trackUnauthenticated(_ session: DeviceSessionHandler, now: NIODeadline) {
         self.dropSettled()
+        if self.unauthenticated.count >= self.maxTracked { self.unauthenticated.removeFirst() }
         self.unauthenticated.append((session, now))
     }
 
