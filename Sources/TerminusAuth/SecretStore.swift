@@ -1,7 +1,7 @@
 /// Device secrets: one per device id, or one per device-id prefix (a device class).
 ///
-/// Lookup takes the exact id first, then the longest matching prefix. Immutable; swap a new
-/// store in on reload.
+/// Lookup takes the exact id first, then the longest matching prefix. Immutable: the gateway
+/// builds it once at start (secrets are not reloaded while running).
 public struct SecretStore: Sendable {
     private let exact: [String: [UInt8]]
     /// Sorted longest first.

@@ -40,7 +40,7 @@ public final class APIServer: Sendable {
         tokens: [String],
         security: APISecurity = .plaintext,
         directory: any SessionDirectory,
-        gatewayInstance: String,
+        instanceID: String,
         defaultTTLMilliseconds: UInt32 = 10_000,
         maxPayloadSize: Int = 256 * 1024,
         maxTopicLength: Int = 256,
@@ -51,7 +51,7 @@ public final class APIServer: Sendable {
         self.connectionGuard = connectionGuard
         let service = GatewayAPIService(
             directory: directory,
-            gatewayInstance: gatewayInstance,
+            instanceID: instanceID,
             defaultTTLMilliseconds: defaultTTLMilliseconds,
             maxPayloadSize: maxPayloadSize,
             maxTopicLength: maxTopicLength
@@ -74,7 +74,8 @@ public final class APIServer: Sendable {
         }
         self.server = GRPCServer(
             transport: HTTP2ServerTransport.Posix(
-                address: .ipv4(host: host, port: port),
+                // `api.listen` accepts `[::]:PORT` and other IPv6 hosts as well as IPv4 ones.
+                address: host.contains(":") ? .ipv6(host: host, port: port) : .ipv4(host: host, port: port),
                 transportSecurity: transportSecurity,
                 config: .defaults { config in
                     // Idle connections (no RPC) end with an HTTP/2 GOAWAY before the guard would cut them.

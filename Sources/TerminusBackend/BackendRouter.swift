@@ -14,8 +14,8 @@ public import TerminusSessions
 ///   accepted it see a duplicate with the same `delivery_id`). No match: `noRoute`.
 /// - The route table is an immutable snapshot.
 public final class BackendRouter: UplinkSink, Sendable {
-    /// At most this many services (the route table's service set is 64 bits).
-    public static let maxServices = 64
+    /// At most this many services: the route table's service set is one 64-bit word.
+    public static let maxServices = ServiceSet.capacity
 
     private let table: RouteTable
     private let services: [ServiceDelivery]
@@ -24,7 +24,7 @@ public final class BackendRouter: UplinkSink, Sendable {
 
     public init(
         subscriptions: [Subscription],
-        gatewayInstance: String,
+        instanceID: String,
         group: any EventLoopGroup,
         logger: Logger
     ) throws {
@@ -37,7 +37,7 @@ public final class BackendRouter: UplinkSink, Sendable {
         }
         self.table = RouteTable(routes: routes)
         self.services = subscriptions.map {
-            ServiceDelivery(subscription: $0, gatewayInstance: gatewayInstance, group: group, logger: logger)
+            ServiceDelivery(subscription: $0, instanceID: instanceID, group: group, logger: logger)
         }
         self.logger = logger
     }
@@ -70,11 +70,6 @@ public final class BackendRouter: UplinkSink, Sendable {
     /// How often the services' senders came back from waiting for work: with `linger`, once
     /// per batch rather than once per edge batch (diagnostics and tests).
     public var senderWakeUps: Int { self.services.reduce(0) { $0 + $1.senderWakeUps } }
-
-    /// The services matching `topic`, by name (for tests and diagnostics).
-    public func services(for topic: String) -> [String] {
-        self.table.match(topic).map { self.services[$0].subscription.name }
-    }
 
     /// Which messages of an edge batch go to which service: the synchronous part of `deliver`.
     public func plan(_ batch: [UplinkMessage]) -> RoutingPlan {

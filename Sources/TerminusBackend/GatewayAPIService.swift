@@ -9,7 +9,7 @@ internal import TerminusSessions
 /// The gateway's own gRPC service for backends: Send, Kick, Presence.
 struct GatewayAPIService: Terminus_V1_Gateway.SimpleServiceProtocol {
     let directory: any SessionDirectory
-    let gatewayInstance: String
+    let instanceID: String
     /// Used when a Send asks for no particular ttl.
     let defaultTTLMilliseconds: UInt32
     let maxPayloadSize: Int
@@ -17,7 +17,7 @@ struct GatewayAPIService: Terminus_V1_Gateway.SimpleServiceProtocol {
 
     func send(request: Terminus_V1_SendRequest, context: ServerContext) async throws -> Terminus_V1_SendResponse {
         var response = Terminus_V1_SendResponse()
-        response.gatewayInstance = self.gatewayInstance
+        response.gatewayInstance = self.instanceID
         // The proto promises REJECTED for an invalid message, with the reason's code in
         // device_status; the same topic rules as for PUBLISH (docs/protocol.md).
         if let code = self.invalid(request) {
@@ -92,7 +92,7 @@ struct GatewayAPIService: Terminus_V1_Gateway.SimpleServiceProtocol {
                 presence.online = true
                 presence.sinceUnixMs = session.connectedAt
                 presence.clientAddress = session.clientAddress
-                presence.gatewayInstance = self.gatewayInstance
+                presence.gatewayInstance = self.instanceID
             }
             return presence
         }

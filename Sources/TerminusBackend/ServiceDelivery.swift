@@ -79,9 +79,9 @@ final class ServiceDelivery: Sendable {
     private let wakeUps = Atomic<Int>(0)
     private let sender = Mutex<Task<Void, Never>?>(nil)
 
-    init(subscription: Subscription, gatewayInstance: String, group: any EventLoopGroup, logger: Logger) {
+    init(subscription: Subscription, instanceID: String, group: any EventLoopGroup, logger: Logger) {
         self.subscription = subscription
-        self.encoder = UplinkEncoder(gatewayInstance: gatewayInstance)
+        self.encoder = UplinkEncoder(instanceID: instanceID)
         self.logger = logger
         self.pool = ClientPool(subscription: subscription, group: group, logger: logger)
         self.window = AsyncWindow(capacity: subscription.window)
@@ -358,10 +358,10 @@ final class ServiceDelivery: Sendable {
 
 /// Turns an uplink message into the `terminus.v1.UplinkMessage` a backend receives.
 public struct UplinkEncoder: Sendable {
-    public let gatewayInstance: String
+    public let instanceID: String
 
-    public init(gatewayInstance: String) {
-        self.gatewayInstance = gatewayInstance
+    public init(instanceID: String) {
+        self.instanceID = instanceID
     }
 
     public func encode(_ message: UplinkMessage) -> Terminus_V1_UplinkMessage {
@@ -373,11 +373,11 @@ public struct UplinkEncoder: Sendable {
         proto.qos = message.qos == .atLeastOnce ? .atLeastOnce : .atMostOnce
         proto.receivedAtUnixMs = message.receivedAt
         proto.clientAddress = message.clientAddress
-        proto.gatewayInstance = self.gatewayInstance
+        proto.gatewayInstance = self.instanceID
         // Unique per message: the listener's random epoch (base 36, 13 characters at most, so
         // a small string without an allocation), the connection, and the message's place in it.
         proto.deliveryID =
-            "\(self.gatewayInstance)/\(String(message.epoch, radix: 36))/\(message.connectionID)/\(message.sequence)"
+            "\(self.instanceID)/\(String(message.epoch, radix: 36))/\(message.connectionID)/\(message.sequence)"
         proto.sequence = message.sequence
         if let key = message.idempotencyKey { proto.idempotencyKey = Data(key.readableBytesView) }
         return proto

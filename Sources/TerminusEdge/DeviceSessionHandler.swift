@@ -340,7 +340,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, TimerWheelTarget, Delive
             maxTopicAliases: UInt16(clamping: settings.maxTopicAliases),
             capabilities: settings.maxTopicAliases > 0 ? [.topicAliases] : [],
             deviceID: deviceID,
-            gatewayID: settings.gatewayID
+            gatewayID: settings.instanceID
         )
         self.write(.welcome(welcome), context: context)
         context.flush()
@@ -362,7 +362,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, TimerWheelTarget, Delive
         guard self.shared.settings.publishEvents else { return }
         let json =
             #"{"device_id":"\#(DeviceEvents.jsonEscaped(handle.deviceID))","client_address":"\#(DeviceEvents.jsonEscaped(handle.clientAddress))","#
-            + #""gateway_instance":"\#(DeviceEvents.jsonEscaped(self.shared.settings.gatewayID))","at_unix_ms":\#(WallClock.nowMilliseconds())\#(extra)}"#
+            + #""gateway_instance":"\#(DeviceEvents.jsonEscaped(self.shared.settings.instanceID))","at_unix_ms":\#(WallClock.nowMilliseconds())\#(extra)}"#
         self.sequence &+= 1
         let event = UplinkMessage(
             deviceID: handle.deviceID,
@@ -630,11 +630,6 @@ final class DeviceSessionHandler: ChannelDuplexHandler, TimerWheelTarget, Delive
     private func drainDelay() -> UInt32 {
         let window = self.loop.drainReconnectWindowMilliseconds
         return window == 0 ? 0 : UInt32.random(in: 0...window)
-    }
-
-    /// Called on the loop by `EdgeServer.drain`.
-    func drain() {
-        self.closeSession(.shuttingDown, reconnectAfterMilliseconds: self.drainDelay(), message: "gateway is draining")
     }
 
     // MARK: Timer wheel

@@ -40,7 +40,7 @@ public struct DeviceListener: Sendable {
 }
 
 /// The device edge: accepts connections, runs the per-connection pipeline
-/// `[PROXY] → [TLS] → frame decoder → DeviceSessionHandler`, and drains on request.
+/// `[PROXY] → [TLS] → DeviceSessionHandler` (which decodes frames itself), and drains on request.
 public final class EdgeServer: Sendable {
     private let group: any EventLoopGroup
     private let listener: DeviceListener

@@ -4,8 +4,9 @@ public import TerminusCompression
 /// The device-side limits and timeouts of one gateway. Every field has a safe default;
 /// `docs/configuration.md` documents each under its YAML key.
 public struct EdgeSettings: Sendable {
-    /// The gateway instance name reported in WELCOME and in events.
-    public var gatewayID: String = "terminus"
+    /// `instance_id`: this gateway's name. One value under one name in the code; on the wire it
+    /// is WELCOME's `gateway_id` and the `gateway_instance` of events and `UplinkMessage`.
+    public var instanceID: String = "terminus"
     /// `limits.max_connections`: connections above this are closed at accept.
     public var maxConnections: Int = 100_000
     /// `limits.buffer_arena_slots`: 32 KiB slots reserved (address space only) for the large

@@ -3,8 +3,9 @@ public import NIOCore
 /// Splits a byte stream into frames, rejecting an oversize length prefix before allocating or
 /// waiting for the body.
 ///
-/// Use inside a `ByteToMessageHandler`. Throws `ProtocolError` for every malformed input;
-/// the handler then answers with GOAWAY and closes.
+/// The gateway's session handler calls `decode(buffer:)` on its own read buffer; the client
+/// library uses it inside a `ByteToMessageHandler`. Throws `ProtocolError` for every malformed
+/// input; the gateway then answers with GOAWAY and closes.
 public struct FrameDecoder: NIOSingleStepByteToMessageDecoder, Sendable {
     public typealias InboundOut = Frame
 

@@ -63,7 +63,7 @@ public struct ServiceSet: Hashable, Sendable, Sequence {
     public var isEmpty: Bool { self.bits == 0 }
     public var count: Int { self.bits.nonzeroBitCount }
 
-    public func contains(_ index: Int) -> Bool { index < 64 && self.bits & (1 << UInt64(index)) != 0 }
+    public func contains(_ index: Int) -> Bool { index >= 0 && index < Self.capacity && self.bits & (1 << UInt64(index)) != 0 }
 
     public mutating func insert(_ index: Int) {
         precondition(index >= 0 && index < Self.capacity)
@@ -74,12 +74,18 @@ public struct ServiceSet: Hashable, Sendable, Sequence {
         self.bits |= other.bits
     }
 
-    public func makeIterator() -> AnyIterator<Int> {
-        var remaining = self.bits
-        return AnyIterator {
-            guard remaining != 0 else { return nil }
-            let index = remaining.trailingZeroBitCount
-            remaining &= remaining - 1
+    public func makeIterator() -> Iterator {
+        Iterator(remaining: self.bits)
+    }
+
+    /// Walks the set bits lowest first; a plain struct, so iterating allocates nothing.
+    public struct Iterator: IteratorProtocol, Sendable {
+        var remaining: UInt64
+
+        public mutating func next() -> Int? {
+            guard self.remaining != 0 else { return nil }
+            let index = self.remaining.trailingZeroBitCount
+            self.remaining &= self.remaining - 1
             return index
         }
     }

@@ -1,6 +1,6 @@
 internal import Foundation
 internal import Logging
-internal import NIOCore
+public import NIOCore
 internal import TerminusBackend
 internal import TerminusCompression
 internal import TerminusEdge
@@ -11,6 +11,12 @@ internal import Yams
 /// Reads the YAML configuration file. Unknown keys, wrong types and out-of-range values are
 /// errors that name the key; nothing is silently ignored or defaulted from development mode.
 public enum ConfigurationLoader {
+    /// Parses a duration as the configuration file writes it: `250ms`, `30s`, `5m`, `1h`, or a
+    /// bare number of seconds. Nil for anything else, negative values and overflow.
+    public static func parseDuration(_ text: String) -> TimeAmount? {
+        Section.parseDuration(text)
+    }
+
     public static func load(file path: String) throws -> GatewayConfiguration {
         guard let data = FileManager.default.contents(atPath: path) else {
             throw ConfigurationError(key: "", "cannot read configuration file \(path)")
@@ -38,7 +44,7 @@ public enum ConfigurationLoader {
         } else {
             config.instanceID = ProcessInfo.processInfo.hostName
         }
-        config.edge.gatewayID = config.instanceID
+        config.edge.instanceID = config.instanceID
         if let level = try root.string("log_level") {
             guard let parsed = Logger.Level(rawValue: level) else {
                 throw ConfigurationError(
@@ -391,8 +397,8 @@ public enum ConfigurationLoader {
             }
             services.append(service)
         }
-        guard services.count <= ServiceSet.capacity else {
-            throw ConfigurationError(key: "services", "at most \(ServiceSet.capacity) services")
+        guard services.count <= BackendRouter.maxServices else {
+            throw ConfigurationError(key: "services", "at most \(BackendRouter.maxServices) services")
         }
         return services
     }

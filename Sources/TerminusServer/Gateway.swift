@@ -61,7 +61,7 @@ public final class Gateway: Service, Sendable {
             if sink == nil && !configuration.services.isEmpty {
                 router = try BackendRouter(
                     subscriptions: configuration.services,
-                    gatewayInstance: configuration.instanceID,
+                    instanceID: configuration.instanceID,
                     group: self.group,
                     logger: logger
                 )
@@ -79,7 +79,7 @@ public final class Gateway: Service, Sendable {
                         .tls(certificateChain: $0.certificateChain, privateKey: $0.privateKey, clientCA: $0.clientCA)
                     } ?? .plaintext,
                     directory: directory,
-                    gatewayInstance: configuration.instanceID,
+                    instanceID: configuration.instanceID,
                     defaultTTLMilliseconds: configuration.apiSendTimeoutMilliseconds,
                     maxPayloadSize: configuration.edge.inflateLimits.maxInflatedSize,
                     maxTopicLength: configuration.edge.maxTopicLength,

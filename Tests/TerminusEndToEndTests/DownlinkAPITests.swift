@@ -23,11 +23,12 @@ struct DownlinkAPITests {
     static func withAPI<R: Sendable>(
         _ gateway: TestGateway,
         token: String? = Self.token,
+        ipv6: Bool = false,
         _ body: @Sendable (Terminus_V1_Gateway.Client<HTTP2ClientTransport.Posix>, Metadata) async throws -> R
     ) async throws -> R {
         let port = try #require(gateway.gateway.boundAPIPort)
         let transport = try HTTP2ClientTransport.Posix(
-            target: .ipv4(address: "127.0.0.1", port: port),
+            target: ipv6 ? .ipv6(address: "::1", port: port) : .ipv4(address: "127.0.0.1", port: port),
             transportSecurity: .plaintext
         )
         var metadata: Metadata = [:]
@@ -126,7 +127,7 @@ struct DownlinkAPITests {
         let gateway = try await Self.gateway()
         defer { Task { await gateway.stop() } }
         let silent = try await RawClient.connect(port: gateway.port, tls: true)
-        _ = try await silent.handshake("silent-speaker")
+        try await silent.handshake("silent-speaker")
         let (offline, timeout, qos0) = try await Self.withAPI(gateway) { api, metadata in
             (
                 try await api.send(Self.send("nobody-home", "x"), metadata: metadata).outcome,
@@ -250,6 +251,23 @@ struct DownlinkAPITests {
         var options = CallOptions.defaults
         options.timeout = .seconds(5)
         return try await api.presence(request, metadata: metadata, options: options)
+    }
+
+    @Test("api.listen on an IPv6 address ([::1]:0) binds IPv6 and serves")
+    func ipv6Listener() async throws {
+        let gateway = try await TestGateway.start {
+            $0.apiListen = .init(host: "::1", port: 0)
+            $0.apiTokens = [Self.token]
+        }
+        defer { Task { await gateway.stop() } }
+        let device = try await gateway.connect("speaker-v6")
+        let answer = try await Self.withAPI(gateway, ipv6: true) { api, metadata in
+            var request = Terminus_V1_PresenceRequest()
+            request.deviceIds = ["speaker-v6"]
+            return try await api.presence(request, metadata: metadata)
+        }
+        #expect(answer.devices.first?.online == true)
+        await device.close()
     }
 
     @Test("mTLS API listener: a certificate from the client CA is admitted; none, or another CA's, is refused")

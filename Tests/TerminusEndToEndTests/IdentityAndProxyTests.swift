@@ -104,7 +104,7 @@ struct IdentityAndProxyTests {
             tls: false,
             preamble: Array("PROXY TCP4 198.51.100.20 10.0.0.1 40001 7883\r\n".utf8)
         )
-        #expect(try await raw.handshake("proxied-v1") != nil)
+        try await raw.handshake("proxied-v1")
         #expect(gateway.gateway.directory.lookup("proxied-v1")?.clientAddress == "198.51.100.20:40001")
     }
 

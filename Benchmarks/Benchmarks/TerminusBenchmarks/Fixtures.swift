@@ -97,7 +97,7 @@ enum Fixtures {
 final class RoutingSink: UplinkSink, @unchecked Sendable {
     // Only touched on the embedded loop.
     let router: BackendRouter
-    let encoder = UplinkEncoder(gatewayInstance: "gw-bench-0")
+    let encoder = UplinkEncoder(instanceID: "gw-bench-0")
     var pending: [Terminus_V1_UplinkMessage] = []
     var routed = 0
 
@@ -129,7 +129,7 @@ final class EmbeddedSession {
         let secret = Array("bench-secret-0123456789abcdef".utf8)
         let router = try BackendRouter(
             subscriptions: routes,
-            gatewayInstance: "gw-bench-0",
+            instanceID: "gw-bench-0",
             group: self.loop,
             logger: Logger(label: "bench", factory: { _ in SwiftLogNoOpLogHandler() })
         )

@@ -109,12 +109,24 @@ final class RawClient: Sendable {
         return condition()
     }
 
-    /// Sends a valid HELLO and waits for WELCOME.
-    func handshake(_ deviceID: String, keepalive: UInt16 = 0) async throws -> Welcome? {
+    /// Sends a valid HELLO and waits for WELCOME; throws when anything else comes back.
+    @discardableResult
+    func handshake(_ deviceID: String, keepalive: UInt16 = 0) async throws -> Welcome {
         try await self.send(TestGateway.hello(deviceID, keepalive: keepalive))
         _ = await self.waitUntil(5) { !self.frames.isEmpty || self.isClosed }
-        if case .welcome(let welcome) = self.frames.first { return welcome }
-        return nil
+        guard case .welcome(let welcome) = self.frames.first else {
+            throw HandshakeFailed(deviceID: deviceID, received: self.frames.first, closed: self.isClosed)
+        }
+        return welcome
+    }
+
+    struct HandshakeFailed: Error, CustomStringConvertible {
+        let deviceID: String
+        let received: Frame?
+        let closed: Bool
+        var description: String {
+            "HELLO for \(self.deviceID) got \(self.received.map { "\($0)" } ?? "no frame")\(self.closed ? ", closed" : "")"
+        }
     }
 
     /// Waits for the connection to close and returns the GOAWAY it got, if any.

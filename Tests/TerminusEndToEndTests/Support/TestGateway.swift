@@ -84,7 +84,7 @@ final class TestGateway: Sendable {
         let pki = TestPKI.shared
         var configuration = GatewayConfiguration()
         configuration.instanceID = "gw-test"
-        configuration.edge.gatewayID = "gw-test"
+        configuration.edge.instanceID = "gw-test"
         configuration.eventLoopThreads = 2
         configuration.deviceListen = .init(host: "127.0.0.1", port: port)
         configuration.transport = .tls
