@@ -4,12 +4,15 @@ internal import TerminusEdge
 
 /// The embedded defaults of `terminus run` without a configuration file: loopback only, a
 /// development CA and server certificate made at first start, a generated device secret that
-/// any device id may use, and the logging sink. Never used when a file is given.
+/// any device id may use, a generated API token (used when `--api-listen` turns the backend
+/// API on), and the logging sink. Never used when a file is given.
 public enum DevelopmentMode {
     public struct Material: Sendable {
         public var directory: String
         public var caFile: String
         public var deviceSecret: String
+        /// The bearer token the development API listener admits (`api-token.txt`).
+        public var apiToken: String
         /// True when this call created the files (first start).
         public var created: Bool
     }
@@ -38,9 +41,7 @@ public enum DevelopmentMode {
                 dnsNames: ["localhost"],
                 ipAddresses: [[127, 0, 0, 1], [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]]
             )
-            var random = SystemRandomNumberGenerator()
-            let secret = (0..<24).map { _ in String(format: "%02x", UInt8.random(in: 0...255, using: &random)) }
-                .joined()
+            let secret = Self.randomHex(bytes: 24)
             try Self.write(ca.certificatePEM, to: caFile, mode: 0o644)
             try Self.write(ca.privateKeyPEM, to: directory + "/ca-key.pem", mode: 0o600)
             try Self.write(server.certificatePEM, to: directory + "/server.pem", mode: 0o644)
@@ -49,11 +50,36 @@ public enum DevelopmentMode {
             try Self.write("prefixes:\n  \"\": \"\(secret)\"\n", to: directory + "/devices.yaml", mode: 0o600)
             created = true
         }
-        guard let secretData = fm.contents(atPath: secretFile) else {
-            throw ConfigurationError(key: "", "cannot read \(secretFile)")
+        // Directories made before the API token existed get one on their next start.
+        let tokenFile = directory + "/api-token.txt"
+        if !fm.fileExists(atPath: tokenFile) {
+            try Self.write(Self.randomHex(bytes: 24) + "\n", to: tokenFile, mode: 0o600)
         }
-        let secret = String(decoding: secretData, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-        return Material(directory: directory, caFile: caFile, deviceSecret: secret, created: created)
+        return Material(
+            directory: directory,
+            caFile: caFile,
+            deviceSecret: try Self.readLine(secretFile),
+            apiToken: try Self.readLine(tokenFile),
+            created: created
+        )
+    }
+
+    /// Turns the backend API on at `listen`, admitting the development token.
+    public static func enableAPI(_ config: inout GatewayConfiguration, material: Material, listen: GatewayConfiguration.HostPort) {
+        config.apiListen = listen
+        config.apiTokens = [material.apiToken]
+    }
+
+    private static func readLine(_ path: String) throws -> String {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw ConfigurationError(key: "", "cannot read \(path)")
+        }
+        return String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    private static func randomHex(bytes: Int) -> String {
+        var random = SystemRandomNumberGenerator()
+        return (0..<bytes).map { _ in String(format: "%02x", UInt8.random(in: 0...255, using: &random)) }.joined()
     }
 
     /// The configuration development mode runs with.
@@ -61,7 +87,7 @@ public enum DevelopmentMode {
         var config = GatewayConfiguration()
         config.developmentMode = true
         config.instanceID = "terminus-dev"
-        config.edge.gatewayID = config.instanceID
+        config.edge.instanceID = config.instanceID
         config.deviceListen = .init(host: "127.0.0.1", port: Self.defaultPort)
         config.transport = .tls
         config.tls = .init(

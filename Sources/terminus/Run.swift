@@ -51,12 +51,17 @@ struct Run: AsyncParsableCommand {
             guard let parsed = GatewayConfiguration.HostPort(parsing: apiListen) else {
                 throw ValidationError("--api-listen must be HOST:PORT")
             }
-            guard !configuration.apiTokens.isEmpty else {
-                throw ValidationError(
-                    "--api-listen needs api.tokens_file in the configuration (callers must authenticate)"
-                )
+            if let material {
+                // Development mode: callers authenticate with the generated token.
+                DevelopmentMode.enableAPI(&configuration, material: material, listen: parsed)
+            } else {
+                guard !configuration.apiTokens.isEmpty || configuration.apiTLS?.clientCA != nil else {
+                    throw ValidationError(
+                        "--api-listen needs api.tokens_file or api.tls.client_ca in the configuration (callers must authenticate)"
+                    )
+                }
+                configuration.apiListen = parsed
             }
-            configuration.apiListen = parsed
         }
         if let adminListen {
             guard let parsed = GatewayConfiguration.HostPort(parsing: adminListen) else {
@@ -144,7 +149,7 @@ struct Run: AsyncParsableCommand {
         let line =
             "\(executable) device publish --gateway \(configuration.deviceListen) --ca \(material.caFile)"
             + " --device demo-device-1 --secret \(material.deviceSecret) --topic demo/hello --message 'hello, terminus'"
-        let banner = """
+        var banner = """
 
             Terminus is running in development mode.
               devices connect to  \(configuration.deviceListen) over TLS (CA: \(material.caFile))
@@ -153,8 +158,25 @@ struct Run: AsyncParsableCommand {
 
               \(line)
 
-
             """
+        if let api = configuration.apiListen {
+            let listen =
+                "\(executable) device listen --gateway \(configuration.deviceListen) --ca \(material.caFile)"
+                + " --device demo-device-1 --secret \(material.deviceSecret)"
+            let send =
+                "\(executable) send --api \(api) --token \(material.apiToken)"
+                + " --device demo-device-1 --topic demo/command --message 'hello, device'"
+            banner += """
+
+                Backend API (Send, Kick, Presence) on \(api), plaintext, bearer token \(material.apiToken)
+                Keep a device connected in one terminal, push to it from another:
+
+                  \(listen)
+                  \(send)
+
+                """
+        }
+        banner += "\n"
         FileHandle.standardError.write(Data(banner.utf8))
     }
 }

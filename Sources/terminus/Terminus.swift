@@ -8,6 +8,6 @@ struct Terminus: AsyncParsableCommand {
         commandName: "terminus",
         abstract: "Terminus: a device message gateway.",
         version: Self.version,
-        subcommands: [Run.self, CheckConfig.self, Token.self, Device.self]
+        subcommands: [Run.self, CheckConfig.self, Token.self, Device.self, Send.self]
     )
 }

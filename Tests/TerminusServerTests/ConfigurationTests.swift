@@ -88,7 +88,7 @@ struct ConfigurationTests {
             """
         let config = try ConfigurationLoader.load(yaml: yaml, baseDirectory: "/etc/terminus")
         #expect(config.instanceID == "gw-7")
-        #expect(config.edge.gatewayID == "gw-7")
+        #expect(config.edge.instanceID == "gw-7")
         #expect(config.logLevel == .debug)
         #expect(config.eventLoopThreads == 4)
         #expect(config.deviceListen == .init(host: "::", port: 8883))
@@ -262,14 +262,27 @@ struct ConfigurationTests {
         let second = try DevelopmentMode.prepare(directory: directory)
         #expect(!second.created)
         #expect(second.deviceSecret == first.deviceSecret)
-        let config = DevelopmentMode.configuration(material: second)
+        #expect(first.apiToken.count == 48 && second.apiToken == first.apiToken)
+        #expect(first.apiToken != first.deviceSecret)
+        var config = DevelopmentMode.configuration(material: second)
+        #expect(config.apiListen == nil, "the API listens only when asked (--api-listen)")
         #expect(config.developmentMode)
         #expect(config.deviceListen.host == "127.0.0.1", "development mode listens on loopback only")
         #expect(
             try SecretsFile.load(path: config.secretsFile!).secret(for: "any-device") == Array(first.deviceSecret.utf8)
         )
-        let attributes = try FileManager.default.attributesOfItem(atPath: directory + "/server-key.pem")
-        #expect((attributes[.posixPermissions] as? Int) == 0o600)
+        for secretFile in ["server-key.pem", "api-token.txt", "device-secret.txt"] {
+            let attributes = try FileManager.default.attributesOfItem(atPath: directory + "/" + secretFile)
+            #expect((attributes[.posixPermissions] as? Int) == 0o600, "\(secretFile)")
+        }
+        DevelopmentMode.enableAPI(&config, material: second, listen: .init(host: "127.0.0.1", port: 7884))
+        #expect(config.apiListen == .init(host: "127.0.0.1", port: 7884))
+        #expect(config.apiTokens == [first.apiToken])
+        // A directory from before the API token existed gets one, and keeps its secret.
+        try FileManager.default.removeItem(atPath: directory + "/api-token.txt")
+        let upgraded = try DevelopmentMode.prepare(directory: directory)
+        #expect(!upgraded.created && upgraded.deviceSecret == first.deviceSecret)
+        #expect(upgraded.apiToken.count == 48 && upgraded.apiToken != first.apiToken)
     }
 
     @Test("services, api and events are read; their errors name the key")
