@@ -31,57 +31,72 @@ public struct DeviceAuthenticator: Sendable {
         self.now = now
     }
 
-    /// Decides whether `hello` may open a session, and as which device.
-    ///
-    /// - Parameter certificateDeviceID: the device id named by a verified client certificate.
+    /// Decides whether `credential` may open a session, and as which device.
     /// - Returns: the session's device id.
     public func authenticate(
-        _ hello: Hello,
-        certificateDeviceID: String?,
+        _ credential: DeviceCredential,
         maxDeviceIDLength: Int
-    )
-        throws(ProtocolError) -> String
-    {
-        if let certificateDeviceID {
-            // mTLS: the certificate names the device; HELLO may repeat the id but not change it.
-            guard hello.deviceID.isEmpty || hello.deviceID == certificateDeviceID else {
-                throw ProtocolError(.certificateRequired, "HELLO device id differs from the certificate's")
+    ) throws(AuthenticationFailure) -> String {
+        if let certificateDeviceID = credential.certificateDeviceID {
+            // mTLS: the certificate names the device; the credential may repeat the id but not
+            // change it.
+            guard credential.deviceID.isEmpty || credential.deviceID == certificateDeviceID else {
+                throw .certificateRequired
             }
-            try Topic.validateDeviceID(certificateDeviceID, maxLength: maxDeviceIDLength)
+            try Self.validate(certificateDeviceID, maxLength: maxDeviceIDLength)
             return certificateDeviceID
         }
-        if self.requireCertificate {
-            throw ProtocolError(.certificateRequired, "this listener requires a client certificate")
-        }
-        try Topic.validateDeviceID(hello.deviceID, maxLength: maxDeviceIDLength)
-        guard hello.authMethod == .token else {
-            throw ProtocolError(.authenticationFailed, "no certificate and no token")
-        }
+        if self.requireCertificate { throw .certificateRequired }
+        try Self.validate(credential.deviceID, maxLength: maxDeviceIDLength)
+        guard let token = credential.token else { throw .invalidCredential }
         // An unknown device is checked against the decoy secret and refused like a bad token:
         // same code, same work, so neither the answer nor its timing tells which ids exist.
-        let secret = self.secrets.secret(for: hello.deviceID)
-        let token = hello.credential.readableBytesView
+        let secret = self.secrets.secret(for: credential.deviceID)
         let now = self.now()
         let verdict = DeviceToken.verify(
-            token: Array(token),
-            deviceID: hello.deviceID,
+            token: token,
+            deviceID: credential.deviceID,
             secret: secret ?? self.decoySecret,
             now: now
         )
-        guard secret != nil else { throw ProtocolError(.authenticationFailed, "invalid token") }
+        guard secret != nil else { throw .invalidCredential }
         switch verdict {
         case .valid(let expiresAt):
             if self.maxTokenLifetimeSeconds > 0 && expiresAt - now > self.maxTokenLifetimeSeconds {
-                throw ProtocolError(
-                    .tokenLifetimeExceeded,
-                    "token expires at \(expiresAt), more than \(self.maxTokenLifetimeSeconds) s ahead"
-                )
+                throw .lifetimeExceeded
             }
-            return hello.deviceID
-        case .expired(let at):
-            throw ProtocolError(.tokenExpired, "token expired at \(at)")
+            return credential.deviceID
+        case .expired:
+            throw .expired
         case .invalid:
-            throw ProtocolError(.authenticationFailed, "invalid token")
+            throw .invalidCredential
+        }
+    }
+
+    private static func validate(_ deviceID: String, maxLength: Int) throws(AuthenticationFailure) {
+        do {
+            try Topic.validateDeviceID(deviceID, maxLength: maxLength)
+        } catch {
+            throw .invalidDeviceID
+        }
+    }
+}
+
+extension DeviceAuthenticator {
+    /// Wire protocol v1: authenticates a HELLO; refusals carry their v1 code.
+    public func authenticate(
+        _ hello: Hello,
+        certificateDeviceID: String?,
+        clientAddress: String = "",
+        maxDeviceIDLength: Int
+    ) throws(ProtocolError) -> String {
+        do {
+            return try self.authenticate(
+                DeviceCredential(hello: hello, certificateDeviceID: certificateDeviceID, clientAddress: clientAddress),
+                maxDeviceIDLength: maxDeviceIDLength
+            )
+        } catch {
+            throw ProtocolError(TerminusCode(.authentication(error)), error.message)
         }
     }
 }

@@ -216,7 +216,7 @@ public final class EdgeServer: Sendable {
             try sync.addHandler(NIOSSLServerHandler(context: context))
         }
         let loop = shared.contexts.context(for: channel.eventLoop)
-        try sync.addHandler(DeviceSessionHandler(shared: shared, loop: loop))
+        try sync.addHandler(DeviceSessionHandler(shared: shared, loop: loop, now: loop.eventLoop.now))
     }
 
     /// Accepts that failed (e.g. out of file descriptors) since start.

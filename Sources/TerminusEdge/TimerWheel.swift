@@ -33,7 +33,7 @@ final class TimerWheel {
         let loop = eventLoop.assumeIsolated()
         let bound = NIOLoopBound(self, eventLoop: eventLoop)
         self.task = loop.nonisolated().scheduleRepeatedTask(initialDelay: self.tick, delay: self.tick) { _ in
-            bound.value.advance(now: .now())
+            bound.value.advance(now: eventLoop.now)  // virtual under EmbeddedEventLoop
         }
     }
 

@@ -63,7 +63,9 @@ public struct ServiceSet: Hashable, Sendable, Sequence {
     public var isEmpty: Bool { self.bits == 0 }
     public var count: Int { self.bits.nonzeroBitCount }
 
-    public func contains(_ index: Int) -> Bool { index >= 0 && index < Self.capacity && self.bits & (1 << UInt64(index)) != 0 }
+    public func contains(_ index: Int) -> Bool {
+        index >= 0 && index < Self.capacity && self.bits & (1 << UInt64(index)) != 0
+    }
 
     public mutating func insert(_ index: Int) {
         precondition(index >= 0 && index < Self.capacity)

@@ -65,7 +65,11 @@ public enum DevelopmentMode {
     }
 
     /// Turns the backend API on at `listen`, admitting the development token.
-    public static func enableAPI(_ config: inout GatewayConfiguration, material: Material, listen: GatewayConfiguration.HostPort) {
+    public static func enableAPI(
+        _ config: inout GatewayConfiguration,
+        material: Material,
+        listen: GatewayConfiguration.HostPort
+    ) {
         config.apiListen = listen
         config.apiTokens = [material.apiToken]
     }

@@ -61,7 +61,9 @@ struct Send: AsyncParsableCommand {
     var timeout: String = "10s"
 
     func validate() throws {
-        guard GatewayConfiguration.HostPort(parsing: self.api) != nil else { throw ValidationError("--api must be HOST:PORT") }
+        guard GatewayConfiguration.HostPort(parsing: self.api) != nil else {
+            throw ValidationError("--api must be HOST:PORT")
+        }
         guard self.qos <= 1 else { throw ValidationError("--qos must be 0 or 1") }
         guard (self.message == nil) != (self.file == nil) else { throw ValidationError("give --message or --file") }
         guard let timeout = ConfigurationLoader.parseDuration(self.timeout), timeout.nanoseconds >= 1_000_000,
@@ -70,7 +72,9 @@ struct Send: AsyncParsableCommand {
             throw ValidationError("--timeout must be a duration such as 250ms or 10s")
         }
         if (self.cert == nil) != (self.key == nil) { throw ValidationError("--cert and --key go together") }
-        if !self.tls && (self.ca != nil || self.cert != nil) { throw ValidationError("--ca, --cert and --key need --tls") }
+        if !self.tls && (self.ca != nil || self.cert != nil) {
+            throw ValidationError("--ca, --cert and --key need --tls")
+        }
     }
 
     func run() async throws {

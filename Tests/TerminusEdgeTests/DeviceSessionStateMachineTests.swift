@@ -5,6 +5,7 @@ import Testing
 
 @Suite("Device session state machine")
 struct DeviceSessionStateMachineTests {
+    typealias Machine = DeviceSessionStateMachine
     let start = NIODeadline.uptimeNanoseconds(1_000_000_000)
 
     func machine(
@@ -12,8 +13,8 @@ struct DeviceSessionStateMachineTests {
         maxInflight: Int = 2,
         maxPending: Int? = nil,
         rate: UplinkRateLimits = .unlimited
-    ) -> DeviceSessionStateMachine {
-        DeviceSessionStateMachine(
+    ) -> Machine {
+        Machine(
             usesTLS: tls,
             now: self.start,
             timeouts: .init(
@@ -29,95 +30,167 @@ struct DeviceSessionStateMachineTests {
         )
     }
 
-    /// A QoS 1 PUBLISH of `bytes` at `start + seconds`, without rate limits.
+    /// An established session (plaintext: no handshake), keepalive 60 s.
+    func established(maxInflight: Int = 2, maxPending: Int? = nil, rate: UplinkRateLimits = .unlimited) -> Machine {
+        var m = self.machine(tls: false, maxInflight: maxInflight, maxPending: maxPending, rate: rate)
+        #expect(m.receivedCredential(now: self.start) == .authenticate)
+        m.authenticated(deviceID: "dev-1", keepaliveSeconds: 60, now: self.start)
+        return m
+    }
+
+    func at(_ seconds: Int64) -> NIODeadline { self.start + .seconds(seconds) }
+
     func publish(
-        _ m: inout DeviceSessionStateMachine,
+        _ m: inout Machine,
         qos: QoS = .atLeastOnce,
         bytes: Int = 10,
-        rate: UplinkRateLimits = .unlimited,
         at seconds: Int64 = 0
-    ) throws -> DeviceSessionStateMachine.OnReceivedPublish {
-        try m.publishReceived(qos: qos, payloadBytes: bytes, limits: rate, now: self.start + .seconds(seconds))
+    ) -> Machine.OnReceivedPublish {
+        m.receivedPublish(qos: qos, payloadBytes: bytes, now: self.at(seconds))
     }
 
-    @Test("handshake timeout closes silently, HELLO timeout with GOAWAY")
+    @Test("handshake timeout closes silently, credential timeout with a close frame")
     func timeouts() {
         var m = self.machine()
-        #expect(m.timerFired(now: self.start + .seconds(4)) == nil)
-        #expect(m.timerFired(now: self.start + .seconds(5)) == .handshakeTimeout)
-        #expect(m.close(.handshakeTimeout, now: self.start).action == .closeSilently(.handshakeTimeout))
+        #expect(m.timerFired(now: self.at(4)) == .rearm(self.at(5)))
+        #expect(m.timerFired(now: self.at(5)) == .close(.closeSilently(.handshakeTimeout)))
+        #expect(m.phase == .closing)
+        #expect(m.timerFired(now: self.at(6)) == .rearm(self.at(7)))  // the close grace
+        #expect(m.timerFired(now: self.at(7)) == .forceClose)
 
         var h = self.machine()
-        h.handshakeCompleted(now: self.start + .seconds(1))
-        #expect(h.state == .awaitingHello)
-        #expect(h.timerFired(now: self.start + .seconds(3)) == nil)
-        #expect(h.timerFired(now: self.start + .seconds(4)) == .helloTimeout)
-        let (action, closeNow) = h.close(.helloTimeout, now: self.start + .seconds(4))
-        #expect(action == .goAway(GoAway(code: .helloTimeout)))
-        #expect(closeNow)
+        h.handshakeCompleted(now: self.at(1))
+        #expect(h.phase == .awaitingCredential)
+        #expect(h.timerFired(now: self.at(3)) == .rearm(self.at(4)))
+        #expect(
+            h.timerFired(now: self.at(4))
+                == .close(.goAway(.credentialTimeout, reconnectAfterMilliseconds: 0, closeNow: true))
+        )
+        #expect(h.closeReason == .credentialTimeout)
     }
 
-    @Test("keepalive: 1.5 × negotiated value after the last frame")
+    @Test("keepalive: 1.5 × negotiated value after the last message of any kind")
     func keepalive() {
         var m = self.machine(tls: false)
-        m.established(keepalive: 10, now: self.start)
-        #expect(m.timerFired(now: self.start + .seconds(14)) == nil)
-        m.frameReceived(now: self.start + .seconds(14))
-        #expect(m.timerFired(now: self.start + .seconds(28)) == nil)
-        #expect(m.timerFired(now: self.start + .seconds(29)) == .keepaliveTimeout)
+        _ = m.receivedCredential(now: self.start)
+        m.authenticated(deviceID: "dev-1", keepaliveSeconds: 10, now: self.start)
+        #expect(m.keepaliveSeconds == 10)
+        #expect(m.timerFired(now: self.at(14)) == .rearm(self.at(15)))
+        #expect(m.receivedControl(now: self.at(14)) == .handle)
+        #expect(m.timerFired(now: self.at(28)) == .rearm(self.at(29)))
+        #expect(
+            m.timerFired(now: self.at(29))
+                == .close(.goAway(.keepaliveTimeout, reconnectAfterMilliseconds: 0, closeNow: true))
+        )
     }
 
-    @Test("reads pause at the inflight limit and resume below it; one more is a protocol error")
-    func inflight() throws {
-        var m = self.machine(tls: false, maxInflight: 2)
-        m.established(keepalive: 60, now: self.start)
-        #expect(try self.publish(&m) == .deliver(pause: false))
-        #expect(try self.publish(&m) == .deliver(pause: true))
-        #expect(m.readsPaused)
-        #expect(throws: ProtocolError.self) { _ = try self.publish(&m) }
-        #expect(m.deliveryCompleted(qos: .atLeastOnce).read == .resume)
-        #expect(!m.readsPaused)
-        #expect(m.deliveryCompleted(qos: .atLeastOnce).read == .none)
-        #expect(m.inflight == 0)
-    }
-
-    @Test("an orderly GOAWAY waits for inflight outcomes; a protocol error does not")
-    func orderlyClose() throws {
+    @Test("which message is valid in which state")
+    func legality() {
+        // Before the credential: only the credential and goodbye.
         var m = self.machine(tls: false)
-        m.established(keepalive: 60, now: self.start)
-        _ = try self.publish(&m)
-        let drain = m.close(.shuttingDown, reconnectAfterMilliseconds: 500, now: self.start)
-        #expect(drain.action == .goAway(GoAway(code: .shuttingDown, reconnectAfterMilliseconds: 500)))
-        #expect(!drain.closeNow)
-        #expect(m.close(.replaced, now: self.start).action == .none)  // only once
-        #expect(m.deliveryCompleted(qos: .atLeastOnce).closeNow)
-        #expect(m.timerFired(now: self.start + .seconds(2)) == .internalError)  // grace over
+        #expect(self.publish(&m) == .close(.goAway(.unexpectedMessage, reconnectAfterMilliseconds: 0, closeNow: true)))
+        var p = self.machine(tls: false)
+        #expect(
+            p.receivedControl(now: self.start)
+                == .close(.goAway(.unexpectedMessage, reconnectAfterMilliseconds: 0, closeNow: true))
+        )
+        var g = self.machine(tls: false)
+        #expect(g.receivedGoodbye(now: self.start) == .closeNow)
+        #expect(g.closeReason == .normal)
+        // Established: a second credential is a protocol error.
+        var e = self.established()
+        #expect(
+            e.receivedCredential(now: self.start)
+                == .close(.goAway(.unexpectedMessage, reconnectAfterMilliseconds: 0, closeNow: true))
+        )
+        // Closing: the device's messages no longer matter, and nothing closes twice.
+        #expect(e.phase == .closing && !e.isReading)
+        #expect(self.publish(&e) == .ignore)
+        #expect(e.receivedControl(now: self.start) == .ignore)
+        #expect(e.receivedGoodbye(now: self.start) == .ignore)
+        #expect(e.receivedCredential(now: self.start) == .ignore)
+        #expect(e.close(.kicked, now: self.start) == .none)
+    }
 
-        var e = self.machine(tls: false)
-        e.established(keepalive: 60, now: self.start)
-        _ = try self.publish(&e)
-        #expect(e.close(.malformedFrame, now: self.start).closeNow)
+    @Test("a credential is refused before any work while draining or throttled, and after it fails")
+    func credentialRefusals() {
+        var draining = self.machine(tls: false)
+        #expect(
+            draining.receivedCredential(now: self.start, draining: true, drainReconnectAfterMilliseconds: 700)
+                == .close(.goAway(.shuttingDown, reconnectAfterMilliseconds: 700, closeNow: true))
+        )
+        var throttled = self.machine(tls: false)
+        #expect(
+            throttled.receivedCredential(now: self.start, throttledForMilliseconds: 1_500)
+                == .close(.goAway(.authenticationThrottled, reconnectAfterMilliseconds: 1_500, closeNow: true))
+        )
+        var refused = self.machine(tls: false)
+        #expect(refused.receivedCredential(now: self.start) == .authenticate)
+        #expect(
+            refused.authenticationFailed(.expired, now: self.start)
+                == .goAway(.authentication(.expired), reconnectAfterMilliseconds: 0, closeNow: true)
+        )
+        #expect(refused.deviceID == nil)
+    }
+
+    @Test("reads pause at the inflight limit and resume below it; one more closes with inflightExceeded")
+    func inflight() {
+        var m = self.established(maxInflight: 2)
+        #expect(self.publish(&m) == .deliver(pause: false))
+        #expect(self.publish(&m) == .deliver(pause: true))
+        #expect(m.readsPaused)
+        var over = m
+        #expect(
+            self.publish(&over) == .close(.goAway(.inflightExceeded, reconnectAfterMilliseconds: 0, closeNow: true))
+        )
+        let first = m.deliveryCompleted(qos: .atLeastOnce)
+        #expect(first.acknowledge && first.resumeReading && !first.closeNow)
+        #expect(!m.readsPaused)
+        #expect(!m.deliveryCompleted(qos: .atLeastOnce).resumeReading)
+        #expect(m.inflight == 0 && m.pending == 0)
+    }
+
+    @Test("an orderly close waits for the outcomes owed (bounded by the grace); a protocol error does not")
+    func orderlyClose() {
+        var m = self.established()
+        _ = self.publish(&m)
+        #expect(
+            m.close(.shuttingDown, reconnectAfterMilliseconds: 500, now: self.start)
+                == .goAway(.shuttingDown, reconnectAfterMilliseconds: 500, closeNow: false)
+        )
+        #expect(m.close(.replaced, now: self.start) == .none)  // only once
+        let done = m.deliveryCompleted(qos: .atLeastOnce)
+        #expect(done.acknowledge && done.closeNow)
+        #expect(m.timerFired(now: self.at(2)) == .forceClose)  // grace over, whatever happened
+
+        var e = self.established()
+        _ = self.publish(&e)
+        #expect(
+            e.protocolViolation(code: TerminusCode.malformedFrame.rawValue, now: self.start)
+                == .goAway(.protocolViolation(code: 200), reconnectAfterMilliseconds: 0, closeNow: true)
+        )
+        #expect(!e.deliveryCompleted(qos: .atLeastOnce).acknowledge, "no ACK after the close frame")
     }
 
     @Test("QoS 0 counts against max_pending: reads pause there, and QoS 0 decoded beyond it is dropped")
-    func qos0Window() throws {
-        var m = self.machine(tls: false, maxInflight: 2, maxPending: 3)
-        m.established(keepalive: 60, now: self.start)
-        #expect(try self.publish(&m, qos: .atMostOnce) == .deliver(pause: false))
-        #expect(try self.publish(&m, qos: .atMostOnce) == .deliver(pause: false))
-        #expect(try self.publish(&m, qos: .atMostOnce) == .deliver(pause: true))
+    func qos0Window() {
+        var m = self.established(maxInflight: 2, maxPending: 3)
+        #expect(self.publish(&m, qos: .atMostOnce) == .deliver(pause: false))
+        #expect(self.publish(&m, qos: .atMostOnce) == .deliver(pause: false))
+        #expect(self.publish(&m, qos: .atMostOnce) == .deliver(pause: true))
         #expect(m.readsPaused && m.pending == 3 && m.inflight == 0)
         // Bytes already read still decode: QoS 0 is dropped, QoS 1 (within max_inflight) is not.
-        #expect(try self.publish(&m, qos: .atMostOnce) == .drop)
-        #expect(try self.publish(&m, qos: .atLeastOnce) == .deliver(pause: false))
+        #expect(self.publish(&m, qos: .atMostOnce) == .drop)
+        #expect(self.publish(&m, qos: .atLeastOnce) == .deliver(pause: false))
         #expect(m.pending == 4 && m.inflight == 1)
-        #expect(m.deliveryCompleted(qos: .atMostOnce).read == .none)  // 3 pending: still at the limit
-        #expect(m.deliveryCompleted(qos: .atMostOnce).read == .resume)
+        let first = m.deliveryCompleted(qos: .atMostOnce)
+        #expect(!first.resumeReading && !first.acknowledge)  // 3 pending: still at the limit
+        #expect(m.deliveryCompleted(qos: .atMostOnce).resumeReading)
         #expect(!m.readsPaused)
     }
 
     @Test("rate limit: refusals with a retry hint, admitted again after the refill, closed after close_after in a row")
-    func rateLimit() throws {
+    func rateLimit() {
         let rate = UplinkRateLimits(
             messagesPerSecond: 2,
             messageBurst: 2,
@@ -125,80 +198,106 @@ struct DeviceSessionStateMachineTests {
             byteBurst: 1000,
             refusalsBeforeClose: 3
         )
-        var m = self.machine(tls: false, maxInflight: 100, rate: rate)
-        m.established(keepalive: 60, now: self.start)
-        #expect(try self.publish(&m, rate: rate) == .deliver(pause: false))
-        #expect(try self.publish(&m, rate: rate) == .deliver(pause: false))
-        #expect(try self.publish(&m, rate: rate) == .refuse(retryAfterSeconds: 1))
-        #expect(m.refusalsInARow == 1)
+        var m = self.established(maxInflight: 100, rate: rate)
+        #expect(self.publish(&m) == .deliver(pause: false))
+        #expect(self.publish(&m) == .deliver(pause: false))
+        #expect(self.publish(&m) == .refuse(retryAfterSeconds: 1))
         // Half a second later one message token is back.
         #expect(
-            try m.publishReceived(
-                qos: .atLeastOnce,
-                payloadBytes: 1,
-                limits: rate,
-                now: self.start + .milliseconds(500)
-            ) == .deliver(pause: false)
+            m.receivedPublish(qos: .atLeastOnce, payloadBytes: 1, now: self.start + .milliseconds(500))
+                == .deliver(pause: false)
         )
-        #expect(m.refusalsInARow == 0)
         // Bytes: a 900-byte message after 2 s leaves too little for another 900 (retry in 1 s).
-        #expect(try self.publish(&m, bytes: 900, rate: rate, at: 2) == .deliver(pause: false))
-        #expect(try self.publish(&m, bytes: 900, rate: rate, at: 2) == .refuse(retryAfterSeconds: 1))
-        #expect(try self.publish(&m, bytes: 900, rate: rate, at: 2) == .refuse(retryAfterSeconds: 1))
-        #expect(throws: ProtocolError(.rateLimited, "3 messages in a row above the rate limit")) {
-            _ = try self.publish(&m, bytes: 900, rate: rate, at: 2)
-        }
+        #expect(self.publish(&m, bytes: 900, at: 2) == .deliver(pause: false))
+        #expect(self.publish(&m, bytes: 900, at: 2) == .refuse(retryAfterSeconds: 1))
+        #expect(self.publish(&m, bytes: 900, at: 2) == .refuse(retryAfterSeconds: 1))
+        // The third refusal in a row closes; the device is told to stay away for 10 s, and the
+        // outcomes it is owed still reach it.
+        #expect(
+            self.publish(&m, bytes: 900, at: 2)
+                == .close(.goAway(.rateLimited, reconnectAfterMilliseconds: 10_000, closeNow: false))
+        )
         // A message above the byte burst passes only with a full bucket, and empties it.
-        var big = self.machine(tls: false, maxInflight: 100, rate: rate)
-        big.established(keepalive: 60, now: self.start)
-        #expect(try self.publish(&big, bytes: 5000, rate: rate) == .deliver(pause: false))
-        #expect(try self.publish(&big, bytes: 5000, rate: rate) == .refuse(retryAfterSeconds: 1))
+        var big = self.established(maxInflight: 100, rate: rate)
+        #expect(self.publish(&big, bytes: 5000) == .deliver(pause: false))
+        #expect(self.publish(&big, bytes: 5000) == .refuse(retryAfterSeconds: 1))
     }
 
     @Test("a frame that started must complete within the frame timeout, unless the gateway paused reading")
-    func frameTimeout() throws {
-        var m = self.machine(tls: false, maxInflight: 1)
-        m.established(keepalive: 60, now: self.start)
-        m.partialFrame(true, now: self.start + .seconds(1))
-        m.partialFrame(true, now: self.start + .seconds(5))  // more bytes of the same frame: clock keeps running
-        #expect(m.deadline == self.start + .seconds(8))
-        #expect(m.timerFired(now: self.start + .seconds(7)) == nil)
-        #expect(m.timerFired(now: self.start + .seconds(8)) == .frameTimeout)
-        m.partialFrame(false, now: self.start + .seconds(8))
-        #expect(m.timerFired(now: self.start + .seconds(8)) == nil)
+    func frameTimeout() {
+        var m = self.established(maxInflight: 1)
+        m.partialFrame(true, now: self.at(1))
+        m.partialFrame(true, now: self.at(5))  // more bytes of the same frame: the clock keeps running
+        #expect(m.deadline == self.at(8))
+        #expect(m.timerFired(now: self.at(7)) == .rearm(self.at(8)))
+        var timedOut = m
+        #expect(
+            timedOut.timerFired(now: self.at(8))
+                == .close(.goAway(.frameTimeout, reconnectAfterMilliseconds: 0, closeNow: true))
+        )
+        m.partialFrame(false, now: self.at(8))
+        #expect(m.timerFired(now: self.at(8)) == .rearm(self.at(90)))
 
         // While reading is paused (the gateway's doing), the frame clock does not count.
-        m.partialFrame(true, now: self.start + .seconds(10))
-        _ = try self.publish(&m, at: 10)
+        m.partialFrame(true, now: self.at(10))
+        _ = self.publish(&m, at: 10)
         #expect(m.readsPaused)
-        #expect(m.timerFired(now: self.start + .seconds(30)) == nil)
+        #expect(m.timerFired(now: self.at(30)) == .rearm(self.at(100)))
     }
 
     @Test("output that does not drain pauses reading, refuses pushes, and closes silently after the write stall")
-    func writeStall() throws {
-        var m = self.machine(tls: false)
-        m.established(keepalive: 60, now: self.start)
-        #expect(m.acceptsPushes)
-        #expect(m.writabilityChanged(writable: false, now: self.start + .seconds(1)) == .pause)
+    func writeStall() {
+        var m = self.established()
+        #expect(m.acceptsPushes && m.pushRequested() == .write)
+        #expect(m.writabilityChanged(writable: false, now: self.at(1)) == .pause)
         #expect(m.readsPaused && m.decodingHeld && !m.acceptsPushes)
-        #expect(m.writabilityChanged(writable: false, now: self.start + .seconds(2)) == .none)
-        #expect(m.timerFired(now: self.start + .seconds(4)) == nil)
-        #expect(m.timerFired(now: self.start + .seconds(5)) == .slowConsumer)
-        #expect(m.writabilityChanged(writable: true, now: self.start + .seconds(5)) == .resume)
-        #expect(m.timerFired(now: self.start + .seconds(6)) == nil)
-        _ = m.writabilityChanged(writable: false, now: self.start + .seconds(6))
-        #expect(m.close(.slowConsumer, now: self.start + .seconds(10)) == (.closeSilently(.slowConsumer), true))
+        #expect(m.pushRequested() == .refuseSlowConsumer)
+        #expect(m.writabilityChanged(writable: false, now: self.at(2)) == .none)
+        #expect(m.timerFired(now: self.at(4)) == .rearm(self.at(5)))
+        var stalled = m
+        #expect(stalled.timerFired(now: self.at(5)) == .close(.closeSilently(.slowConsumer)))
+        #expect(m.writabilityChanged(writable: true, now: self.at(5)) == .resume)
+        #expect(m.timerFired(now: self.at(6)) == .rearm(self.at(90)))
+        _ = m.writabilityChanged(writable: false, now: self.at(6))
+        #expect(m.close(.slowConsumer, now: self.at(10)) == .closeSilently(.slowConsumer))
+        #expect(m.pushRequested() == .notConnected)
     }
 
-    @Test("the connected event holds the device's messages until its outcome")
+    @Test("the connected event holds the device's messages until its outcome, and counts as pending")
     func connectedEventFirst() {
-        var m = self.machine(tls: false)
-        m.established(keepalive: 60, now: self.start)
+        var m = self.established()
         m.connectedEventPublished()
-        #expect(m.decodingHeld && m.readsPaused)
-        #expect(m.connectedEventCompleted() == .resume)
-        #expect(!m.decodingHeld && !m.readsPaused)
-        #expect(m.connectedEventCompleted() == .none)
+        #expect(m.decodingHeld && m.readsPaused && m.pending == 1)
+        let done = m.deliveryCompleted(qos: nil)
+        #expect(done.resumeReading && !done.acknowledge)
+        #expect(!m.decodingHeld && !m.readsPaused && m.pending == 0)
+    }
+
+    @Test("the disconnected event waits for the last outcome; the reason says how the connection ended")
+    func disconnectedEvent() {
+        var m = self.established()
+        _ = self.publish(&m, qos: .atMostOnce)
+        let gone = m.channelInactive(partialFrame: false)
+        #expect(gone.wasEstablished && gone.reason == nil && !gone.publishDisconnectedEvent)
+        #expect(m.phase == .closed && m.deviceID == "dev-1")
+        let last = m.deliveryCompleted(qos: .atMostOnce)
+        #expect(last.publishDisconnectedEvent && !last.acknowledge && !last.closeNow)
+
+        var idle = self.established()
+        let cut = idle.channelInactive(partialFrame: true)
+        #expect(cut.publishDisconnectedEvent && cut.reason == .uncleanShutdown)
+
+        var reset = self.established()
+        #expect(reset.transportFailed(.connectionReset, now: self.start) == .connectionReset)
+        #expect(reset.transportFailed(.tlsFailed, now: self.start) == nil)
+        #expect(reset.channelInactive(partialFrame: false).reason == .connectionReset)
+
+        var kicked = self.established()
+        _ = kicked.close(.kicked, now: self.start)
+        #expect(kicked.channelInactive(partialFrame: false).reason == .kicked)
+
+        var anonymous = self.machine(tls: false)
+        #expect(!anonymous.channelInactive(partialFrame: false).wasEstablished)
     }
 
     @Test("keepalive negotiation clamps to the configured range")
@@ -211,5 +310,27 @@ struct DeviceSessionStateMachineTests {
         #expect(settings.negotiatedKeepalive(requested: 5) == 30)
         #expect(settings.negotiatedKeepalive(requested: 60) == 60)
         #expect(settings.negotiatedKeepalive(requested: 900) == 540)
+    }
+
+    static let allReasons: [SessionCloseReason] = [
+        .normal, .shuttingDown, .replaced, .kicked, .evicted, .handshakeTimeout, .credentialTimeout,
+        .keepaliveTimeout, .frameTimeout, .slowConsumer, .rateLimited, .inflightExceeded, .unexpectedMessage,
+        .authentication(.invalidCredential), .authentication(.expired), .authentication(.lifetimeExceeded),
+        .authentication(.certificateRequired), .authentication(.invalidDeviceID), .authenticationThrottled,
+        .connectionReset, .uncleanShutdown, .tlsFailed, .internalError,
+    ]
+
+    @Test("wire v1: every close reason has its own documented code, and the orderly ones are the orderly codes")
+    func wireV1Codes() {
+        let codes = Self.allReasons.map { TerminusCode($0) }
+        #expect(Set(codes).count == codes.count)
+        for (reason, code) in zip(Self.allReasons, codes) {
+            #expect(TerminusCode.allDefined.contains(code), "\(reason) → \(code)")
+            #expect(reason.isOrderly == [.ok, .shuttingDown, .replaced, .kicked].contains(code), "\(reason)")
+        }
+        #expect(TerminusCode(.protocolViolation(code: 205)) == .invalidTopic)
+        for code in [TerminusCode.replaced, .kicked, .shuttingDown] {
+            #expect(TerminusCode(SessionCloseReason(requested: code)) == code)
+        }
     }
 }

@@ -47,7 +47,7 @@ struct SessionMemoryBudgetTests {
             usesTLS: false,
             readsClientCertificates: false
         )
-        let handler = DeviceSessionHandler(shared: shared, loop: contexts.context(for: loop))
+        let handler = DeviceSessionHandler(shared: shared, loop: contexts.context(for: loop), now: loop.now)
         let channel = EmbeddedChannel(handlers: [handler], loop: loop)
         try channel.connect(to: .init(ipAddress: "10.1.2.3", port: 40000)).wait()
 

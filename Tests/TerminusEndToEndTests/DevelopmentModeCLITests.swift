@@ -102,7 +102,9 @@ struct DevelopmentModeCLITests {
         #expect(Self.text(pushes).contains("topic=demo/command qos=1 payload=hello, device"))
 
         // A wrong token is refused by the API, not by the device: exit status 4.
-        let refused = try await Self.shell(sendLine.replacingOccurrences(of: token, with: String(repeating: "0", count: 48)))
+        let refused = try await Self.shell(
+            sendLine.replacingOccurrences(of: token, with: String(repeating: "0", count: 48))
+        )
         #expect(refused.status == 4)
 
         gateway.terminate()

@@ -144,17 +144,14 @@ let benchmarks: @Sendable () -> Void = {
         var machine = DeviceSessionStateMachine(
             usesTLS: false,
             now: now,
-            handshakeTimeout: .seconds(10),
-            helloTimeout: .seconds(10),
-            closeGrace: .seconds(5),
+            timeouts: .init(handshake: .seconds(10), hello: .seconds(10), closeGrace: .seconds(5)),
             maxInflight: 32
         )
-        machine.established(keepalive: 240, now: now)
-        let limits = UplinkRateLimits.unlimited
+        _ = machine.receivedCredential(now: now)
+        machine.authenticated(deviceID: "bench-1", keepaliveSeconds: 240, now: now)
         benchmark.startMeasurement()
         for _ in benchmark.scaledIterations {
-            machine.frameReceived(now: now)
-            blackHole(try machine.publishReceived(qos: .atLeastOnce, payloadBytes: 200, limits: limits, now: now))
+            blackHole(machine.receivedPublish(qos: .atLeastOnce, payloadBytes: 200, now: now))
             blackHole(machine.deliveryCompleted(qos: .atLeastOnce))
             blackHole(machine.timerFired(now: now))
         }

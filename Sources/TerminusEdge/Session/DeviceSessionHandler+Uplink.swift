@@ -1,0 +1,272 @@
+internal import Logging
+internal import NIOCore
+internal import Synchronization
+internal import TerminusCompression
+internal import TerminusProtocol
+internal import TerminusSessions
+
+/// Frames from the device: HELLO, PUBLISH and their outcomes (ACK), PING, the device's GOAWAY.
+extension DeviceSessionHandler {
+    func frameReceived(_ frame: Frame, context: ChannelHandlerContext) {
+        let now = self.now
+        switch frame {
+        case .hello(let hello):
+            self.helloReceived(hello, context: context, now: now)
+        case .publish(let message):
+            self.publishReceived(message, now: now)
+        case .ping(let opaque):
+            switch self.machine.receivedControl(now: now) {
+            case .handle:
+                // Flushed once per read (channelReadComplete): a burst of PINGs costs one write.
+                self.write(.pong(opaque), context: context)
+                self.needsFlush = true
+            case .close(let action):
+                self.execute(action, message: "PING is not valid before HELLO")
+            case .ignore:
+                break
+            }
+        case .ack(let ack):
+            switch self.machine.receivedControl(now: now) {
+            case .handle: self.pushAcknowledged(ack)
+            case .close(let action): self.execute(action, message: "ACK is not valid before HELLO")
+            case .ignore: break
+            }
+        case .goAway:
+            switch self.machine.receivedGoodbye(now: now) {
+            case .closeNow: context.close(promise: nil)
+            case .close(let action): self.execute(action, message: "GOAWAY is not valid here")
+            case .ignore: break
+            }
+        case .welcome, .pong, .push:
+            // Frames only the gateway sends.
+            self.execute(
+                self.machine.close(.unexpectedMessage, now: now),
+                message: "\(frame.type) is not valid from a device"
+            )
+        }
+    }
+
+    // MARK: HELLO
+
+    private func helloReceived(_ hello: Hello, context: ChannelHandlerContext, now: NIODeadline) {
+        let action = self.machine.receivedCredential(
+            now: now,
+            draining: self.loop.draining,
+            drainReconnectAfterMilliseconds: self.loop.draining ? self.drainDelay() : 0,
+            throttledForMilliseconds: self.shared.authThrottle.refusal(for: self.clientAddress, now: now)
+        )
+        switch action {
+        case .authenticate:
+            break
+        case .close(let close):
+            self.execute(close, message: Self.refusalMessage(close))
+            return
+        case .ignore:
+            return
+        }
+        let settings = self.shared.settings
+        let deviceID: String
+        do {
+            deviceID = try self.shared.authenticator.authenticate(
+                DeviceCredential(
+                    hello: hello,
+                    certificateDeviceID: self.certificateDeviceID,
+                    clientAddress: self.clientAddress
+                ),
+                maxDeviceIDLength: settings.maxDeviceIDLength
+            )
+        } catch {
+            self.shared.authThrottle.failed(self.clientAddress, now: now)
+            self.execute(self.machine.authenticationFailed(error, now: now), message: error.message)
+            return
+        }
+        let keepalive = settings.negotiatedKeepalive(requested: hello.keepaliveSeconds)
+        self.deviceCapabilities = hello.capabilities
+        let gatewayLimit = UInt32(clamping: settings.maxPushFrameSize ?? settings.maxFrameSize)
+        self.maxPushFrameSize = hello.maxReceiveFrameSize.map { min($0, gatewayLimit) } ?? gatewayLimit
+        self.machine.authenticated(deviceID: deviceID, keepaliveSeconds: keepalive, now: now)
+        let handle = SessionHandle(
+            deviceID: deviceID,
+            connectionID: self.connectionID,
+            clientAddress: self.clientAddress,
+            connectedAt: WallClock.nowMilliseconds(),
+            eventLoop: context.eventLoop,
+            control: SessionControl(handler: self, eventLoop: context.eventLoop)
+        )
+        self.handle = handle
+        if let displaced = self.shared.directory.register(handle) {
+            displaced.control.goAway(.replaced, reconnectAfterMilliseconds: WireProtocol.doNotReconnect, message: "")
+        }
+        let welcome = Welcome(
+            keepaliveSeconds: keepalive,
+            maxFrameSize: UInt32(settings.maxFrameSize),
+            maxInflight: UInt16(clamping: settings.maxInflight),
+            maxPayloadSize: UInt32(clamping: settings.inflateLimits.maxInflatedSize),
+            maxTopicAliases: UInt16(clamping: settings.maxTopicAliases),
+            capabilities: settings.maxTopicAliases > 0 ? [.topicAliases] : [],
+            deviceID: deviceID,
+            gatewayID: settings.instanceID
+        )
+        self.write(.welcome(welcome), context: context)
+        context.flush()
+        self.loop.wheel.schedule(self, at: self.machine.deadline, now: now)
+        self.shared.logger.info(
+            "device connected",
+            metadata: [
+                "device": "\(deviceID)", "client": "\(self.clientAddress)", "keepalive": "\(keepalive)",
+                "auth": "\(self.certificateDeviceID != nil ? "certificate" : "token")",
+            ]
+        )
+        self.publishConnectedEvent(handle)
+    }
+
+    private static func refusalMessage(_ action: DeviceSessionStateMachine.CloseAction) -> String {
+        switch action {
+        case .goAway(.shuttingDown, _, _): "gateway is draining"
+        case .goAway(.authenticationThrottled, _, _): "too many failed authentications from this address"
+        default: "HELLO is not valid here"
+        }
+    }
+
+    // MARK: PUBLISH
+
+    private func publishReceived(_ message: Message, now: NIODeadline) {
+        guard self.machine.phase == .established else {
+            // Before HELLO (a protocol error) or while closing (ignored): the machine decides.
+            if case .close(let action) = self.machine.receivedPublish(qos: message.qos, payloadBytes: 0, now: now) {
+                self.execute(action, message: "PUBLISH is not valid before HELLO")
+            }
+            return
+        }
+        let payload: ByteBuffer
+        let topic: String
+        do throws(ProtocolError) {
+            topic = try self.resolveTopic(message)
+            try Topic.validatePublishTopic(topic, maxLength: self.shared.settings.maxTopicLength)
+            payload = try self.payload(of: message)
+        } catch {
+            self.execute(self.machine.protocolViolation(code: error.code.rawValue, now: now), message: error.message)
+            return
+        }
+        switch self.machine.receivedPublish(qos: message.qos, payloadBytes: payload.readableBytes, now: now) {
+        case .deliver(let pause):
+            if pause {
+                self.shared.readPauses.wrappingAdd(1, ordering: .relaxed)
+                self.shared.logger.debug(
+                    "pending limit reached; reads paused",
+                    metadata: ["device": "\(self.deviceID ?? "?")"]
+                )
+            }
+        case .refuse(let seconds):
+            self.shared.rateLimited.wrappingAdd(1, ordering: .relaxed)
+            if message.qos == .atLeastOnce, let context = self.context {
+                let ack = Ack(messageID: message.messageID, status: .rateLimited, retryAfterSeconds: seconds)
+                self.write(.ack(ack), context: context)
+                self.needsFlush = true
+                self.flushAcks()
+            }
+            return
+        case .drop:
+            self.shared.droppedQoS0.wrappingAdd(1, ordering: .relaxed)
+            return
+        case .close(let action):
+            let text =
+                switch action {
+                case .goAway(.inflightExceeded, _, _):
+                    "more than \(self.shared.settings.maxInflight) unacknowledged messages"
+                case .goAway(.rateLimited, _, _): "messages in a row above the rate limit"
+                default: "PUBLISH is not valid here"
+                }
+            self.execute(action, message: text)
+            return
+        case .ignore:
+            return
+        }
+        self.sequence &+= 1
+        let uplink = UplinkMessage(
+            deviceID: self.handle!.deviceID,
+            topic: topic,
+            messageID: message.messageID,
+            qos: message.qos,
+            payload: payload,
+            receivedAt: WallClock.nowMilliseconds(),
+            clientAddress: self.clientAddress,
+            connectionID: self.connectionID,
+            epoch: self.shared.epoch,
+            sequence: self.sequence,
+            idempotencyKey: message.idempotencyKey.map { key in
+                // An exact copy: a slice would pin the whole read buffer (see `payload(of:)`).
+                var copy = self.loop.allocator.buffer(capacity: key.readableBytes)
+                copy.writeImmutableBuffer(key)
+                return copy
+            }
+        )
+        self.loop.batcher.enqueue(uplink, waiter: self, kind: message.qos == .atLeastOnce ? .atLeastOnce : .atMostOnce)
+    }
+
+    /// The message's payload, inflated, and never a slice of the read buffer.
+    private func payload(of message: Message) throws(ProtocolError) -> ByteBuffer {
+        if message.compressed {
+            do {
+                return try self.loop.inflater.inflate(
+                    message.payload,
+                    dictionaryID: message.dictionaryID,
+                    allocator: self.loop.allocator
+                )
+            } catch {
+                switch error.kind {
+                case .limitExceeded: throw ProtocolError(.inflateLimitExceeded, error.message)
+                case .unknownDictionary: throw ProtocolError(.unknownDictionary, error.message)
+                case .corrupt, .zlib: throw ProtocolError(.decompressionFailed, error.message)
+                }
+            }
+        }
+        let payload = message.payload
+        guard payload.storageCapacity > 2 * payload.readableBytes + 256 else { return payload }
+        // A slice of the read buffer would keep the whole buffer (often 16 KiB or more) alive
+        // for as long as the message waits for its backends, which under a slow backend is
+        // seconds, for thousands of messages. An exact copy is ~100 ns.
+        var copy = self.loop.allocator.buffer(capacity: payload.readableBytes)
+        copy.writeImmutableBuffer(payload)
+        return copy
+    }
+
+    private func resolveTopic(_ message: Message) throws(ProtocolError) -> String {
+        guard let alias = message.topicAlias else { return message.topic }
+        guard Int(alias) <= self.shared.settings.maxTopicAliases else {
+            throw ProtocolError(.unknownTopicAlias, "topic alias \(alias) above the maximum")
+        }
+        if message.topic.isEmpty {
+            guard let topic = self.aliases?[alias] else {
+                throw ProtocolError(.unknownTopicAlias, "topic alias \(alias) is not bound")
+            }
+            return topic
+        }
+        if self.aliases == nil { self.aliases = [:] }
+        self.aliases![alias] = message.topic
+        return message.topic
+    }
+
+    // MARK: Outcomes
+
+    func deliveryCompleted(messageID: UInt32, kind: DeliveryKind, outcome: DeliveryOutcome) {
+        let qos: QoS? =
+            switch kind {
+            case .connectedEvent: nil
+            case .atMostOnce: .atMostOnce
+            case .atLeastOnce: .atLeastOnce
+            }
+        let action = self.machine.deliveryCompleted(qos: qos)
+        if action.publishDisconnectedEvent { self.publishDisconnectedEvent() }
+        guard let context = self.context else { return }
+        if action.acknowledge {
+            self.write(.ack(outcome.ack(for: messageID)), context: context)
+            self.needsFlush = true
+        }
+        if action.resumeReading { self.resumeReading(context: context) }
+        if action.closeNow {
+            self.flushAcks()
+            context.close(promise: nil)
+        }
+    }
+}
