@@ -277,7 +277,13 @@ let package = Package(
         ),
         .testTarget(
             name: "TerminusBackendTests",
-            dependencies: ["TerminusBackend"],
+            dependencies: [
+                "TerminusBackend",
+                "TerminusProtocol",
+                "TerminusSessions",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
             swiftSettings: swiftSettings
         ),
         .testTarget(
@@ -290,6 +296,7 @@ let package = Package(
                 "TerminusEdge",
                 "TerminusAuth",
                 "TerminusCompression",
+                "TerminusProtocol",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ],

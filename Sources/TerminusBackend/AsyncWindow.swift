@@ -65,6 +65,19 @@ final class AsyncWindow: Sendable {
         if ready { then() }
     }
 
+    /// Like `acquire(_:then:)`, but `then` always runs on `eventLoop`: at once when the permits
+    /// are free (the caller is on that loop), otherwise submitted to it by the `release` that
+    /// frees them, so that one loop's work never runs on another loop or a gRPC thread.
+    func acquire(_ count: Int, on eventLoop: any EventLoop, then: @escaping @Sendable () -> Void) {
+        self.acquire(count) {
+            if eventLoop.inEventLoop {
+                then()
+            } else {
+                eventLoop.execute(then)
+            }
+        }
+    }
+
     /// Gives `count` permits back and runs the waiters that now fit, in order, on this thread.
     /// A waiter's closure may release permits again (a batch refused at once); that release
     /// leaves its waiters to the loop already running here instead of nesting.

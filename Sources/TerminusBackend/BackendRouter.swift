@@ -92,52 +92,16 @@ public final class BackendRouter: UplinkSink, Sendable {
         if plan.isEmpty { return eventLoop.makeSucceededFuture(plan.outcomes) }
         let promise = eventLoop.makePromise(of: [DeliveryOutcome].self)
         let matching = plan.groups.indices.filter { !plan.groups[$0].isEmpty }
-        let answers = Answers(outcomes: plan.outcomes, services: matching.count) { promise.succeed($0) }
+        let answers = OutcomeAggregator(
+            outcomes: plan.outcomes,
+            answers: matching.reduce(0) { $0 + plan.groups[$1].count }
+        ) { promise.succeed($0) }
         for service in matching {
             let indices = plan.groups[service]
             let messages = indices.count == batch.count ? batch : indices.map { batch[$0] }
-            self.services[service].deliver(messages) { results in answers.add(results, at: indices) }
+            self.services[service].deliver(messages, on: eventLoop) { results in answers.add(results, at: indices) }
         }
         return promise.futureResult
-    }
-
-    /// Collects the services' answers for one edge batch.
-    private final class Answers: Sendable {
-        private struct State {
-            var outcomes: [DeliveryOutcome]
-            var remaining: Int
-        }
-
-        private let state: Mutex<State>
-        private let completion: @Sendable ([DeliveryOutcome]) -> Void
-
-        init(outcomes: [DeliveryOutcome], services: Int, completion: @escaping @Sendable ([DeliveryOutcome]) -> Void) {
-            self.state = Mutex(State(outcomes: outcomes, remaining: services))
-            self.completion = completion
-        }
-
-        func add(_ results: [DeliveryOutcome], at indices: [Int]) {
-            let finished = self.state.withLock { state -> [DeliveryOutcome]? in
-                for (index, result) in zip(indices, results) {
-                    state.outcomes[index] = BackendRouter.combine(state.outcomes[index], result)
-                }
-                state.remaining -= 1
-                return state.remaining == 0 ? state.outcomes : nil
-            }
-            if let finished { self.completion(finished) }
-        }
-    }
-
-    /// Accepted only if every service accepted; a permanent refusal wins over a retry.
-    static func combine(_ current: DeliveryOutcome, _ next: DeliveryOutcome) -> DeliveryOutcome {
-        switch (current, next) {
-        case (.rejected, _): current
-        case (_, .rejected): next
-        case (.retryLater(let a), .retryLater(let b)): .retryLater(afterSeconds: max(a, b))
-        case (.retryLater, _): current
-        case (_, .retryLater): next
-        default: current
-        }
     }
 }
 

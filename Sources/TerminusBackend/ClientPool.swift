@@ -5,6 +5,7 @@ internal import Logging
 internal import NIOCore
 internal import Synchronization
 internal import TerminusAPI
+internal import TerminusProtocol
 
 /// Several HTTP/2 connections (one `GRPCClient` each) to one service address, each carrying
 /// one long-lived Deliver stream.
@@ -83,7 +84,20 @@ final class ClientPool: Sendable {
         if case .tls(_, _, _, let serverName?) = self.subscription.security {
             config.http2.authority = serverName
         }
-        config.backoff = .init(initial: .milliseconds(200), max: .seconds(5), multiplier: 1.6, jitter: 0.2)
+        // The transport reconnects by the same policy as the Deliver streams.
+        let reconnect = self.subscription.reconnect
+        let jitter: Double =
+            switch reconnect.jitter {
+            case .none: 0
+            case .full: 1
+            case .proportional(let fraction): fraction
+            }
+        config.backoff = .init(
+            initial: reconnect.initialBackoff,
+            max: reconnect.maxBackoff,
+            multiplier: reconnect.multiplier,
+            jitter: jitter
+        )
         let transport = try HTTP2ClientTransport.Posix(
             target: .dns(host: self.subscription.host, port: self.subscription.port),
             transportSecurity: security,

@@ -3,6 +3,7 @@ internal import GRPCNIOTransportHTTP2
 internal import Logging
 internal import Synchronization
 internal import TerminusAPI
+internal import TerminusProtocol
 
 /// Why a batch sent on a `DeliveryStream` got no answer.
 enum DeliveryStreamFailure: Error, CustomStringConvertible {
@@ -59,6 +60,8 @@ final class DeliveryStream: Sendable {
     private let state = Mutex(State())
     private let sweepInterval: Duration
     private let credits: AsyncWindow
+    /// How a stream that cannot open is re-opened (`Subscription.reconnect`).
+    private let reconnect: TerminusProtocol.RetryPolicy
 
     init(client: Client, subscription: Subscription, logger: Logger) {
         self.client = client
@@ -67,6 +70,7 @@ final class DeliveryStream: Sendable {
         let quarter = max(10, min(250, subscription.deadlineMilliseconds / 4))
         self.sweepInterval = .milliseconds(quarter)
         self.credits = AsyncWindow(capacity: subscription.batchesInFlight)
+        self.reconnect = subscription.reconnect
     }
 
     /// Batches written or waiting to be written on this stream (to pick the least loaded).
@@ -154,9 +158,9 @@ final class DeliveryStream: Sendable {
             if self.state.withLock({ $0.closed }) { break }
             failures = self.state.withLock { $0.answered } ? 0 : failures + 1
             // A stream that broke after working is re-opened at once; one that cannot open
-            // backs off exponentially (50 ms … 2 s).
+            // backs off by the service's reconnect policy.
             if failures > 0 {
-                try? await Task.sleep(for: .milliseconds(min(2000, 50 << min(failures - 1, 6))))
+                try? await Task.sleep(for: self.reconnect.delay(afterFailures: failures))
             }
         }
         self.endInput()

@@ -15,59 +15,24 @@ public import TerminusSessions
 /// `linger` it waits up to that long for a full batch. At most `window` messages are queued or
 /// in flight (edge batches wait for room, and their devices stop being read). A message whose
 /// batch failed (stream broken, deadline passed) or that the backend refused as retryable goes
-/// back into the queue after an exponential backoff with full jitter, until `maxAttempts`;
-/// then it is `retryLater`.
+/// back into the queue after the service's `retry` policy's backoff, until its attempts are
+/// spent; then it is `retryLater`.
 final class ServiceDelivery: Sendable {
-    /// The callers of one `deliver`: outcomes by position, handed to `completion` when the last
-    /// one is known.
-    private final class Ticket: Sendable {
-        private struct State {
-            var outcomes: [DeliveryOutcome]
-            var remaining: Int
-            var completion: (@Sendable ([DeliveryOutcome]) -> Void)?
-        }
-
-        private let state: Mutex<State>
-
-        init(count: Int, completion: @escaping @Sendable ([DeliveryOutcome]) -> Void) {
-            self.state = Mutex(
-                State(outcomes: Array(repeating: .accepted, count: count), remaining: count, completion: completion)
-            )
-        }
-
-        func complete(_ index: Int, _ outcome: DeliveryOutcome) {
-            let finished = self.state.withLock {
-                state -> ([DeliveryOutcome], @Sendable ([DeliveryOutcome]) -> Void)? in
-                state.outcomes[index] = outcome
-                state.remaining -= 1
-                guard state.remaining == 0, let completion = state.completion else { return nil }
-                state.completion = nil
-                return (state.outcomes, completion)
-            }
-            if let (outcomes, completion) = finished { completion(outcomes) }
-        }
-    }
-
     private struct Entry: Sendable {
         var message: Terminus_V1_UplinkMessage
-        var ticket: Ticket
+        var ticket: OutcomeAggregator
         var index: Int
         var attempt = 0
-        /// Queued at (fresh entries: for linger) or not to be sent before (retries: backoff).
-        var time: ContinuousClock.Instant
     }
 
+    /// The queue (pure: what goes when) and the sender's wake-up (the I/O around it).
     private struct Queue {
-        var fresh = CircularBuffer<Entry>()
-        var retries: [Entry] = []
+        var entries: DeliveryQueue<Entry>
         /// The sender waits here for work (or for the end of a linger or backoff).
         var wakeUp: CheckedContinuation<Void, Never>?
         /// The sender waits for a lingering batch to fill: new messages wake it only once the
         /// batch is full (its linger timer wakes it otherwise), not once per edge batch.
         var lingering = false
-        var stopped = false
-        /// Bumped whenever entries are added: a sender about to wait sees it missed a wake-up.
-        var generation = 0
     }
 
     let subscription: Subscription
@@ -75,7 +40,7 @@ final class ServiceDelivery: Sendable {
     private let window: AsyncWindow
     private let encoder: UplinkEncoder
     private let logger: Logger
-    private let queue = Mutex(Queue())
+    private let queue: Mutex<Queue>
     private let wakeUps = Atomic<Int>(0)
     private let sender = Mutex<Task<Void, Never>?>(nil)
 
@@ -85,6 +50,14 @@ final class ServiceDelivery: Sendable {
         self.logger = logger
         self.pool = ClientPool(subscription: subscription, group: group, logger: logger)
         self.window = AsyncWindow(capacity: subscription.window)
+        self.queue = Mutex(
+            Queue(
+                entries: DeliveryQueue(
+                    batchSize: subscription.batchSize,
+                    linger: .milliseconds(Int64(subscription.lingerMilliseconds))
+                )
+            )
+        )
     }
 
     func start() throws {
@@ -100,16 +73,11 @@ final class ServiceDelivery: Sendable {
     /// Stops sending: what is still queued is answered `retryLater`; then the streams close.
     func shutdown() async {
         let (entries, wakeUp) = self.queue.withLock { queue in
-            queue.stopped = true
-            defer {
-                queue.fresh.removeAll()
-                queue.retries.removeAll()
-                (queue.wakeUp, queue.lingering) = (nil, false)
-            }
-            return (Array(queue.fresh) + queue.retries, queue.wakeUp)
+            defer { (queue.wakeUp, queue.lingering) = (nil, false) }
+            return (queue.entries.stop(), queue.wakeUp)
         }
         wakeUp?.resume()
-        for entry in entries { entry.ticket.complete(entry.index, self.notAccepted) }
+        for entry in entries { entry.ticket.add(self.notAccepted, at: entry.index) }
         await self.sender.withLock { $0 }?.value
         await self.pool.shutdown()
     }
@@ -125,24 +93,28 @@ final class ServiceDelivery: Sendable {
     /// Delivers `messages`; `completion` gets one outcome per message, in order, on whichever
     /// thread settles the last one.
     ///
-    /// Called on an event loop, and no task is started: when the window has room (and nobody
+    /// Called on `eventLoop`, and no task is started: when the window has room (and nobody
     /// waits before), the messages are encoded and queued right here; otherwise they wait in
-    /// the window and are queued by the `release` that makes room. More than a whole window
-    /// goes in window-sized parts, each admitted on its own.
-    func deliver(_ messages: [UplinkMessage], completion: @escaping @Sendable ([DeliveryOutcome]) -> Void) {
+    /// the window, and the `release` that makes room hands them back to `eventLoop` to be
+    /// encoded and queued there (never on the thread that released, which serves another
+    /// loop's or a backend's answers). More than a whole window goes in window-sized parts,
+    /// each admitted on its own.
+    func deliver(
+        _ messages: [UplinkMessage],
+        on eventLoop: any EventLoop,
+        completion: @escaping @Sendable ([DeliveryOutcome]) -> Void
+    ) {
         guard !messages.isEmpty else { return completion([]) }
         let size = self.window.capacity
         if messages.count <= size {
-            self.window.acquire(messages.count) { self.enqueue(messages[...], completion: completion) }
+            self.window.acquire(messages.count, on: eventLoop) { self.enqueue(messages[...], completion: completion) }
             return
         }
-        let whole = Ticket(count: messages.count, completion: completion)
+        let whole = OutcomeAggregator(count: messages.count, completion: completion)
         for start in stride(from: 0, to: messages.count, by: size) {
             let range = start..<min(start + size, messages.count)
-            self.window.acquire(range.count) {
-                self.enqueue(messages[range]) { part in
-                    for (index, outcome) in zip(range, part) { whole.complete(index, outcome) }
-                }
+            self.window.acquire(range.count, on: eventLoop) {
+                self.enqueue(messages[range]) { part in whole.add(part, at: range) }
             }
         }
     }
@@ -154,80 +126,28 @@ final class ServiceDelivery: Sendable {
     ) {
         let window = self.window
         let count = messages.count
-        let ticket = Ticket(count: count) { outcomes in
+        let ticket = OutcomeAggregator(count: count) { outcomes in
             window.release(count)
             completion(outcomes)
         }
         let now = ContinuousClock.now
         // Encoded outside the lock: the sender takes batches under it.
         let entries = zip(0..., messages).map { index, message in
-            Entry(message: self.encoder.encode(message), ticket: ticket, index: index, time: now)
+            Entry(message: self.encoder.encode(message), ticket: ticket, index: index)
         }
-        let batchSize = max(1, self.subscription.batchSize)
         let (accepted, wakeUp) = self.queue.withLock { queue -> (Bool, CheckedContinuation<Void, Never>?) in
-            guard !queue.stopped else { return (false, nil) }
-            queue.fresh.append(contentsOf: entries)
-            queue.generation &+= 1
-            if queue.lingering && queue.fresh.count < batchSize { return (true, nil) }
+            guard queue.entries.append(contentsOf: entries, now: now) else { return (false, nil) }
+            if queue.lingering && queue.entries.freshCount < queue.entries.batchSize { return (true, nil) }
             defer { (queue.wakeUp, queue.lingering) = (nil, false) }
             return (true, queue.wakeUp)
         }
         if !accepted {
-            for index in 0..<count { ticket.complete(index, self.notAccepted) }
+            for index in 0..<count { ticket.add(self.notAccepted, at: index) }
         }
         wakeUp?.resume()
     }
 
     // MARK: Sending
-
-    private enum Readiness {
-        case ready
-        /// `lingering`: waiting for a started batch to fill (see `Queue.lingering`).
-        case wait(until: ContinuousClock.Instant?, generation: Int, lingering: Bool)
-        case stop
-    }
-
-    /// Whether a batch can go now: a retry whose backoff ended, or fresh messages (with a
-    /// linger, only a full batch or one whose oldest message has lingered long enough).
-    private func readiness(now: ContinuousClock.Instant) -> Readiness {
-        self.queue.withLock { queue in
-            if queue.stopped { return .stop }
-            let earliestRetry = queue.retries.lazy.map(\.time).min()
-            if let earliestRetry, earliestRetry <= now { return .ready }
-            guard let oldest = queue.fresh.first else {
-                return .wait(until: earliestRetry, generation: queue.generation, lingering: false)
-            }
-            let linger = Duration.milliseconds(Int64(self.subscription.lingerMilliseconds))
-            let lingerEnds = oldest.time + linger
-            if queue.fresh.count < max(1, self.subscription.batchSize) && lingerEnds > now {
-                return .wait(
-                    until: min(lingerEnds, earliestRetry ?? lingerEnds),
-                    generation: queue.generation,
-                    lingering: true
-                )
-            }
-            return .ready
-        }
-    }
-
-    /// Up to `batchSize` entries: retries whose backoff ended first, then fresh messages.
-    private func takeBatch(now: ContinuousClock.Instant) -> [Entry] {
-        self.queue.withLock { queue in
-            guard !queue.stopped else { return [] }
-            let size = max(1, self.subscription.batchSize)
-            var batch: [Entry] = []
-            var index = 0
-            while index < queue.retries.count && batch.count < size {
-                if queue.retries[index].time <= now {
-                    batch.append(queue.retries.remove(at: index))
-                } else {
-                    index += 1
-                }
-            }
-            while batch.count < size, let entry = queue.fresh.popFirst() { batch.append(entry) }
-            return batch
-        }
-    }
 
     private func waitForWork(until deadline: ContinuousClock.Instant?, generation: Int, lingering: Bool) async {
         let timer = deadline.map { deadline in
@@ -240,7 +160,7 @@ final class ServiceDelivery: Sendable {
             let resumeNow = self.queue.withLock { queue -> Bool in
                 // Work arrived between deciding to wait and getting here, or the timer already
                 // fired (it fires at the deadline, under this lock): look again at once.
-                if queue.stopped || queue.generation != generation { return true }
+                if queue.entries.isStopped || queue.entries.generation != generation { return true }
                 if let deadline, deadline <= .now { return true }
                 queue.wakeUp = continuation
                 queue.lingering = lingering
@@ -263,10 +183,13 @@ final class ServiceDelivery: Sendable {
     private func sendLoop() async {
         await withDiscardingTaskGroup { group in
             while true {
-                switch self.readiness(now: .now) {
-                case .stop:
+                let (readiness, generation) = self.queue.withLock {
+                    ($0.entries.readiness(now: .now), $0.entries.generation)
+                }
+                switch readiness {
+                case .stopped:
                     return
-                case .wait(let until, let generation, let lingering):
+                case .wait(let until, let lingering):
                     await self.waitForWork(until: until, generation: generation, lingering: lingering)
                     continue
                 case .ready:
@@ -275,7 +198,7 @@ final class ServiceDelivery: Sendable {
                 // Wait for a stream that can take one more batch, then take the batch: while
                 // the backend is busy the queue fills, and the next batch is bigger.
                 let stream = try? await self.pool.reserve()
-                let batch = self.takeBatch(now: .now)
+                let batch = self.queue.withLock { $0.entries.takeBatch(now: .now) }
                 guard !batch.isEmpty else {
                     stream?.releaseCredit()
                     continue
@@ -314,45 +237,33 @@ final class ServiceDelivery: Sendable {
                 )
             }
         }
-        var retry: [Entry] = []
+        var retry: [(Entry, ContinuousClock.Instant)] = []
         for (position, entry) in batch.enumerated() {
             switch answers?[position] {
             case .some(let result) where result.status == .accepted:
-                entry.ticket.complete(entry.index, .accepted)
+                entry.ticket.add(.accepted, at: entry.index)
             case .some(let result) where result.status == .rejected && !result.retryable:
-                entry.ticket.complete(entry.index, .rejected(reason: result.reason))
+                entry.ticket.add(.rejected(reason: result.reason), at: entry.index)
             default:
                 var again = entry
                 again.attempt += 1
-                if again.attempt >= max(1, self.subscription.maxAttempts) {
-                    entry.ticket.complete(entry.index, self.notAccepted)
+                if !self.subscription.retry.allows(attempt: again.attempt + 1) {
+                    entry.ticket.add(self.notAccepted, at: entry.index)
                 } else {
-                    again.time = .now + .milliseconds(Int64(self.backoff(attempt: again.attempt)))
-                    retry.append(again)
+                    retry.append((again, .now + self.subscription.retry.delay(afterFailures: again.attempt)))
                 }
             }
         }
         guard !retry.isEmpty else { return }
         let (requeued, wakeUp) = self.queue.withLock { queue -> (Bool, CheckedContinuation<Void, Never>?) in
-            guard !queue.stopped else { return (false, nil) }
-            queue.retries += retry
-            queue.generation &+= 1
+            guard queue.entries.retry(retry) else { return (false, nil) }
             defer { (queue.wakeUp, queue.lingering) = (nil, false) }
             return (true, queue.wakeUp)
         }
         if !requeued {
-            for entry in retry { entry.ticket.complete(entry.index, self.notAccepted) }
+            for (entry, _) in retry { entry.ticket.add(self.notAccepted, at: entry.index) }
         }
         wakeUp?.resume()
-    }
-
-    /// Full jitter: uniform in [0, min(max, initial × 2^(attempt-1))].
-    private func backoff(attempt: Int) -> UInt64 {
-        let ceiling = min(
-            self.subscription.maxBackoffMilliseconds,
-            self.subscription.initialBackoffMilliseconds << UInt64(min(attempt - 1, 20))
-        )
-        return UInt64.random(in: 0...max(1, ceiling))
     }
 }
 

@@ -1,3 +1,4 @@
+public import TerminusProtocol
 public import TerminusRouting
 
 /// One backend service and what it subscribes to (`services[]` in the configuration).
@@ -25,10 +26,11 @@ public struct Subscription: Sendable {
     public var window: Int = 8192
     /// How long to wait for a batch's answer, in milliseconds.
     public var deadlineMilliseconds: Int64 = 5000
-    /// Attempts per batch (1 = no retry), with exponential backoff and full jitter between them.
-    public var maxAttempts: Int = 3
-    public var initialBackoffMilliseconds: UInt64 = 100
-    public var maxBackoffMilliseconds: UInt64 = 2000
+    /// Attempts per batch (`retry.attempts`, 1 = no retry) and the backoff between them
+    /// (`retry.initial_backoff`, `retry.max_backoff`; full jitter).
+    public var retry: RetryPolicy = .backendBatch
+    /// How the service's Deliver streams are re-opened and its connections re-made.
+    public var reconnect: RetryPolicy = .backendReconnect
     /// The retry-after hint (seconds) devices get when every attempt failed.
     public var retryAfterSeconds: UInt16 = 5
     /// HTTP/2 connections held to the service; a Service behind one virtual IP is balanced

@@ -1,28 +1,36 @@
-/// Exponential backoff with full jitter (AWS architecture blog, "Exponential Backoff And
-/// Jitter"): attempt n waits a uniform random time in [0, min(cap, base × 2ⁿ)], so a fleet
-/// that lost its gateway at the same instant does not come back in lockstep.
+public import TerminusProtocol
+
+/// A device's reconnect backoff: a cursor over a `RetryPolicy` (the one implementation of
+/// backoff in Terminus), full jitter by default ("Exponential Backoff And Jitter"): attempt n
+/// waits a uniform random time in [0, min(cap, base × 2ⁿ)], so a fleet that lost its gateway
+/// at the same instant does not come back in lockstep.
 public struct Backoff: Sendable {
-    public var baseMilliseconds: UInt64
-    public var capMilliseconds: UInt64
+    public var policy: RetryPolicy
     public private(set) var attempt: Int = 0
 
-    public init(baseMilliseconds: UInt64 = 500, capMilliseconds: UInt64 = 60_000) {
-        self.baseMilliseconds = max(1, baseMilliseconds)
-        self.capMilliseconds = max(self.baseMilliseconds, capMilliseconds)
+    public init(policy: RetryPolicy = .deviceReconnect) {
+        self.policy = policy
+    }
+
+    public init(baseMilliseconds: UInt64, capMilliseconds: UInt64) {
+        self.init(
+            policy: RetryPolicy(
+                maxAttempts: nil,
+                initialBackoff: .milliseconds(Int64(clamping: max(1, baseMilliseconds))),
+                maxBackoff: .milliseconds(Int64(clamping: capMilliseconds))
+            )
+        )
     }
 
     /// The ceiling for the next delay (before jitter).
     public var currentCeilingMilliseconds: UInt64 {
-        let shift = min(self.attempt, 30)
-        let (value, overflow) = self.baseMilliseconds.multipliedReportingOverflow(by: UInt64(1) << UInt64(shift))
-        return overflow ? self.capMilliseconds : min(value, self.capMilliseconds)
+        Self.milliseconds(self.policy.ceiling(afterFailures: self.attempt + 1))
     }
 
-    /// The next delay; each call doubles the ceiling up to the cap.
+    /// The next delay; each call raises the ceiling by the policy's multiplier, up to the cap.
     public mutating func nextDelayMilliseconds<G: RandomNumberGenerator>(using generator: inout G) -> UInt64 {
-        let ceiling = self.currentCeilingMilliseconds
         self.attempt += 1
-        return UInt64.random(in: 0...ceiling, using: &generator)
+        return Self.milliseconds(self.policy.delay(afterFailures: self.attempt, using: &generator))
     }
 
     public mutating func nextDelayMilliseconds() -> UInt64 {
@@ -33,5 +41,10 @@ public struct Backoff: Sendable {
     /// Call after a connection succeeded.
     public mutating func reset() {
         self.attempt = 0
+    }
+
+    private static func milliseconds(_ duration: Duration) -> UInt64 {
+        let (seconds, attoseconds) = duration.components
+        return UInt64(max(0, seconds)) * 1_000 + UInt64(max(0, attoseconds) / 1_000_000_000_000_000)
     }
 }

@@ -5,6 +5,7 @@ internal import TerminusBackend
 internal import TerminusCompression
 internal import TerminusEdge
 internal import TerminusListeners
+internal import TerminusProtocol
 internal import TerminusRouting
 internal import Yams
 
@@ -386,12 +387,13 @@ public enum ConfigurationLoader {
             if let v = try entry.duration("rebalance") { service.rebalanceSeconds = Int(v.nanoseconds / 1_000_000_000) }
             if let retry = try entry.section("retry") {
                 try retry.allow(["attempts", "initial_backoff", "max_backoff", "retry_after"])
-                if let v = try retry.int("attempts", in: 1...20) { service.maxAttempts = v }
+                if let v = try retry.int("attempts", in: 1...20) { service.retry.maxAttempts = v }
                 if let v = try retry.duration("initial_backoff") {
-                    service.initialBackoffMilliseconds = UInt64(v.nanoseconds / 1_000_000)
+                    service.retry.initialBackoff = .nanoseconds(v.nanoseconds)
                 }
-                if let v = try retry.duration("max_backoff") {
-                    service.maxBackoffMilliseconds = UInt64(v.nanoseconds / 1_000_000)
+                if let v = try retry.duration("max_backoff") { service.retry.maxBackoff = .nanoseconds(v.nanoseconds) }
+                guard service.retry.maxBackoff >= service.retry.initialBackoff else {
+                    throw ConfigurationError(key: "\(retry.path).max_backoff", "must not be below initial_backoff")
                 }
                 if let v = try retry.seconds("retry_after") { service.retryAfterSeconds = v }
             }

@@ -28,8 +28,8 @@ struct BackendRoutingTests {
             filters: try topics.map { try TopicFilter($0) }
         )
         subscription.deadlineMilliseconds = 2000
-        subscription.initialBackoffMilliseconds = 20
-        subscription.maxBackoffMilliseconds = 100
+        subscription.retry.initialBackoff = .milliseconds(20)
+        subscription.retry.maxBackoff = .milliseconds(100)
         subscription.retryAfterSeconds = 2
         configure(&subscription)
         return subscription
@@ -341,7 +341,7 @@ struct BackendRoutingTests {
             try Self.service("stalling", port: backend.port, topics: ["pay/#"]) {
                 $0.connections = 1
                 $0.deadlineMilliseconds = 250
-                $0.maxAttempts = 2
+                $0.retry.maxAttempts = 2
             }
         ])
         let device = try await gateway.connect("stall-1")
@@ -402,7 +402,7 @@ struct BackendRoutingTests {
                 $0.batchSize = 2
                 $0.batchesInFlight = 2
                 $0.deadlineMilliseconds = 300
-                $0.maxAttempts = 1
+                $0.retry.maxAttempts = 1
             }
         ])
         let devices = try await withThrowingTaskGroup(of: TerminusConnection.self) { group in

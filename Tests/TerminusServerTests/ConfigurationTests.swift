@@ -6,6 +6,7 @@ import TerminusBackend
 import TerminusCompression
 import TerminusEdge
 import TerminusListeners
+import TerminusProtocol
 import TerminusRouting
 import TerminusServer
 import Testing
@@ -330,8 +331,8 @@ struct ConfigurationTests {
         #expect(billing.lingerMilliseconds == 20)
         #expect(config.services.last?.lingerMilliseconds == 0)
         #expect(
-            billing.maxAttempts == 5 && billing.initialBackoffMilliseconds == 50
-                && billing.maxBackoffMilliseconds == 1000
+            billing.retry.maxAttempts == 5 && billing.retry.initialBackoff == .milliseconds(50)
+                && billing.retry.maxBackoff == .seconds(1)
         )
         #expect(billing.retryAfterSeconds == 7 && billing.connections == 3 && billing.rebalanceSeconds == 600)
         #expect(billing.batchesInFlight == 4 && config.services.last?.batchesInFlight == 16)

@@ -1,0 +1,96 @@
+internal import Synchronization
+internal import TerminusSessions
+
+/// Collects the outcomes of a set of messages as answers arrive, from any thread, and hands
+/// them over in order once the last expected answer is in. The one aggregator of delivery: a
+/// service's batch parts, a batch's messages settled one by one (retries), and the services of
+/// an edge batch all answer into one of these.
+///
+/// Answers for the same message combine (`DeliveryOutcome.combined(with:)`): accepted only if
+/// every answer accepted it; a permanent refusal wins over a retry.
+final class OutcomeAggregator: Sendable {
+    private struct State {
+        var outcomes: [DeliveryOutcome]
+        var remaining: Int
+        var completion: (@Sendable ([DeliveryOutcome]) -> Void)?
+    }
+
+    private let state: Mutex<State>
+
+    /// - Parameters:
+    ///   - outcomes: the starting outcome of each message (`accepted` unless known otherwise).
+    ///   - answers: how many single-message answers will arrive in all (an `add` of n indices
+    ///     counts n). With none expected, `completion` runs at once.
+    init(
+        outcomes: [DeliveryOutcome],
+        answers: Int,
+        completion: @escaping @Sendable ([DeliveryOutcome]) -> Void
+    ) {
+        if answers <= 0 {
+            self.state = Mutex(State(outcomes: outcomes, remaining: 0, completion: nil))
+            completion(outcomes)
+        } else {
+            self.state = Mutex(State(outcomes: outcomes, remaining: answers, completion: completion))
+        }
+    }
+
+    /// `count` messages, each answered once.
+    convenience init(count: Int, completion: @escaping @Sendable ([DeliveryOutcome]) -> Void) {
+        self.init(outcomes: Array(repeating: .accepted, count: count), answers: count, completion: completion)
+    }
+
+    /// One answer for message `index`.
+    func add(_ outcome: DeliveryOutcome, at index: Int) {
+        self.finish(
+            self.state.withLock { state in
+                state.outcomes[index] = state.outcomes[index].combined(with: outcome)
+                state.remaining -= 1
+                return Self.takeIfDone(&state)
+            }
+        )
+    }
+
+    /// One answer each for the messages at `indices`, in order.
+    func add<Outcomes: Collection<DeliveryOutcome>, Indices: Collection<Int>>(
+        _ outcomes: Outcomes,
+        at indices: Indices
+    ) {
+        self.finish(
+            self.state.withLock { state in
+                for (index, outcome) in zip(indices, outcomes) {
+                    state.outcomes[index] = state.outcomes[index].combined(with: outcome)
+                    state.remaining -= 1
+                }
+                return Self.takeIfDone(&state)
+            }
+        )
+    }
+
+    private static func takeIfDone(_ state: inout State) -> ([DeliveryOutcome], @Sendable ([DeliveryOutcome]) -> Void)?
+    {
+        guard state.remaining <= 0, let completion = state.completion else { return nil }
+        state.completion = nil
+        return (state.outcomes, completion)
+    }
+
+    /// Outside the lock: the completion may take other locks (the window, a promise).
+    private func finish(_ done: ([DeliveryOutcome], @Sendable ([DeliveryOutcome]) -> Void)?) {
+        if let (outcomes, completion) = done { completion(outcomes) }
+    }
+}
+
+extension DeliveryOutcome {
+    /// Two answers for one message: accepted only if both accepted; a permanent refusal wins
+    /// over a retry; of two retries the longer hint wins; `noRoute` stands only alone.
+    func combined(with other: DeliveryOutcome) -> DeliveryOutcome {
+        switch (self, other) {
+        case (.rejected, _): self
+        case (_, .rejected): other
+        case (.retryLater(let a), .retryLater(let b)): .retryLater(afterSeconds: max(a, b))
+        case (.retryLater, _): self
+        case (_, .retryLater): other
+        case (.accepted, _): other
+        default: self
+        }
+    }
+}
