@@ -11,6 +11,12 @@ internal import Yams
 
 /// Reads the YAML configuration file. Unknown keys, wrong types and out-of-range values are
 /// errors that name the key; nothing is silently ignored or defaulted from development mode.
+///
+/// The file is read section by section (`device`, `auth`, `limits`, `services`, …). Each
+/// section has one enum of its keys (`SectionKeys`); it reads values only through those keys,
+/// and a key in the file that is not a case of the enum is an unknown key, so the names are
+/// written once. `schema` lists the sections; `knownKeys` (every key the loader reads) is
+/// checked against `docs/configuration.md` by a test.
 public enum ConfigurationLoader {
     /// Parses a duration as the configuration file writes it: `250ms`, `30s`, `5m`, `1h`, or a
     /// bare number of seconds. Nil for anything else, negative values and overflow.
@@ -28,16 +34,72 @@ public enum ConfigurationLoader {
     /// - Parameter baseDirectory: relative file paths in the configuration resolve against it.
     public static func load(yaml: String, baseDirectory: String = ".") throws -> GatewayConfiguration {
         let root = try Section.parse(yaml: yaml, errorKey: "", what: "the configuration file")
-        return try Self.build(root, base: baseDirectory)
+        var config = GatewayConfiguration()
+        try Self.decodeRoot(Keyed(root), into: &config, base: baseDirectory)
+        return config
     }
 
-    private static func build(_ root: Section, base: String) throws -> GatewayConfiguration {
-        var config = GatewayConfiguration()
-        try root.allow([
-            "instance_id", "log_level", "event_loop_threads", "device", "auth", "limits", "compression",
-            "timeouts", "keepalive", "drain", "sink", "admin", "services", "api", "events",
-        ])
-        if let id = try root.string("instance_id") {
+    /// Every section of the file: its key path (`[]` for each list entry) and its keys.
+    static let schema: [(path: String, keys: any SectionKeys.Type)] = [
+        ("", RootKey.self),
+        ("device", DeviceKey.self),
+        ("device.tls", DeviceTLSKey.self),
+        ("auth", AuthKey.self),
+        ("auth.throttle", ThrottleKey.self),
+        ("limits", LimitsKey.self),
+        ("limits.rate", RateKey.self),
+        ("compression", CompressionKey.self),
+        ("compression.dictionaries[]", DictionaryKey.self),
+        ("timeouts", TimeoutsKey.self),
+        ("keepalive", KeepaliveKey.self),
+        ("drain", DrainKey.self),
+        ("sink", SinkKey.self),
+        ("events", EventsKey.self),
+        ("services[]", ServiceKey.self),
+        ("services[].tls", ServiceTLSKey.self),
+        ("services[].retry", ServiceRetryKey.self),
+        ("api", APIKey.self),
+        ("api.tls", APITLSKey.self),
+        ("admin", AdminKey.self),
+    ]
+
+    /// Every key the loader reads, as a dotted path (`services[].retry.attempts`); keys that
+    /// hold a section are not listed themselves, their keys are.
+    public static var knownKeys: Set<String> {
+        let sections = Set(Self.schema.map(\.path))
+        var keys = Set<String>()
+        for (path, type) in Self.schema {
+            for name in type.names {
+                let full = path.isEmpty ? name : "\(path).\(name)"
+                if !sections.contains(full) && !sections.contains(full + "[]") { keys.insert(full) }
+            }
+        }
+        return keys
+    }
+
+    // MARK: Top level
+
+    enum RootKey: String, SectionKeys {
+        case instanceID = "instance_id"
+        case logLevel = "log_level"
+        case eventLoopThreads = "event_loop_threads"
+        case device
+        case auth
+        case limits
+        case compression
+        case timeouts
+        case keepalive
+        case drain
+        case sink
+        case events
+        case services
+        case api
+        case admin
+    }
+
+    private static func decodeRoot(_ root: Keyed<RootKey>, into config: inout GatewayConfiguration, base: String) throws
+    {
+        if let id = try root.string(.instanceID) {
             guard !id.isEmpty, id.utf8.count <= 255 else {
                 throw ConfigurationError(key: "instance_id", "must be 1…255 bytes")
             }
@@ -46,7 +108,7 @@ public enum ConfigurationLoader {
             config.instanceID = ProcessInfo.processInfo.hostName
         }
         config.edge.instanceID = config.instanceID
-        if let level = try root.string("log_level") {
+        if let level = try root.string(.logLevel) {
             guard let parsed = Logger.Level(rawValue: level) else {
                 throw ConfigurationError(
                     key: "log_level",
@@ -55,86 +117,154 @@ public enum ConfigurationLoader {
             }
             config.logLevel = parsed
         }
-        if let threads = try root.int("event_loop_threads", in: 0...1024) { config.eventLoopThreads = threads }
-
-        // device
-        guard let device = try root.section("device") else {
+        if let threads = try root.int(.eventLoopThreads, in: 0...1024) { config.eventLoopThreads = threads }
+        guard let device = try root.section(.device, DeviceKey.self) else {
             throw ConfigurationError(key: "device", "is required (listen address and transport)")
         }
-        try device.allow(["listen", "transport", "tls", "proxy_protocol", "proxy_header_max_size"])
-        if let listen = try device.string("listen") {
+        try Self.decodeDevice(device, into: &config, base: base)
+        try Self.decodeAuth(root.section(.auth, AuthKey.self), into: &config, base: base)
+        if let limits = try root.section(.limits, LimitsKey.self) { try Self.decodeLimits(limits, into: &config) }
+        if let compression = try root.section(.compression, CompressionKey.self) {
+            try Self.decodeCompression(compression, into: &config, base: base)
+        }
+        if let timeouts = try root.section(.timeouts, TimeoutsKey.self) {
+            try Self.decodeTimeouts(timeouts, into: &config)
+        }
+        if let keepalive = try root.section(.keepalive, KeepaliveKey.self) {
+            try Self.decodeKeepalive(keepalive, into: &config)
+        }
+        if let drain = try root.section(.drain, DrainKey.self) {
+            if let v = try drain.duration(.grace) { config.drainGrace = v }
+            if let v = try drain.duration(.reconnectWindow) { config.drainReconnectWindow = v }
+        }
+        if let sink = try root.section(.sink, SinkKey.self), let type = try sink.string(.type), type != "log" {
+            throw ConfigurationError(key: "sink.type", "must be log (backend routing is configured under services)")
+        }
+        config.services = try Self.services(root.list(.services, ServiceKey.self), base: base)
+        if let events = try root.section(.events, EventsKey.self), let enabled = try events.string(.enabled) {
+            guard let value = Bool(enabled) else {
+                throw ConfigurationError(key: "events.enabled", "must be true or false")
+            }
+            config.edge.publishEvents = value
+        }
+        if let api = try root.section(.api, APIKey.self) { try Self.decodeAPI(api, into: &config, base: base) }
+        if let admin = try root.section(.admin, AdminKey.self) { try Self.decodeAdmin(admin, into: &config) }
+    }
+
+    // MARK: device
+
+    enum DeviceKey: String, SectionKeys {
+        case listen
+        case transport
+        case tls
+        case proxyProtocol = "proxy_protocol"
+        case proxyHeaderMaxSize = "proxy_header_max_size"
+    }
+
+    enum DeviceTLSKey: String, SectionKeys {
+        case certificateChain = "certificate_chain"
+        case privateKey = "private_key"
+        case clientCA = "client_ca"
+        case clientAuth = "client_auth"
+        case minVersion = "min_version"
+    }
+
+    private static func decodeDevice(
+        _ device: Keyed<DeviceKey>,
+        into config: inout GatewayConfiguration,
+        base: String
+    ) throws {
+        if let listen = try device.string(.listen) {
             guard let parsed = GatewayConfiguration.HostPort(parsing: listen) else {
                 throw ConfigurationError(key: "device.listen", "must be HOST:PORT")
             }
             config.deviceListen = parsed
         }
-        guard let transport = try device.string("transport") else {
+        guard let transport = try device.string(.transport) else {
             throw ConfigurationError(key: "device.transport", "is required: tls or plaintext")
         }
         guard let parsedTransport = GatewayConfiguration.Transport(rawValue: transport) else {
             throw ConfigurationError(key: "device.transport", "must be tls or plaintext")
         }
         config.transport = parsedTransport
-        if let proxy = try device.string("proxy_protocol") {
+        if let proxy = try device.string(.proxyProtocol) {
             guard let mode = ProxyProtocolMode(rawValue: proxy) else {
                 throw ConfigurationError(key: "device.proxy_protocol", "must be off, v1, v2 or any")
             }
             config.proxyProtocol = mode
         }
-        if let size = try device.int("proxy_header_max_size", in: 232...65_551) { config.proxyHeaderMaxSize = size }
-        if let tls = try device.section("tls") {
-            guard parsedTransport == .tls else {
-                throw ConfigurationError(key: "device.tls", "is only valid with transport: tls")
+        if let size = try device.int(.proxyHeaderMaxSize, in: 232...65_551) { config.proxyHeaderMaxSize = size }
+        guard let tls = try device.section(.tls, DeviceTLSKey.self) else {
+            if parsedTransport == .tls {
+                throw ConfigurationError(key: "device.tls", "is required with transport: tls")
             }
-            try tls.allow(["certificate_chain", "private_key", "client_ca", "client_auth", "min_version"])
-            guard let chain = try tls.string("certificate_chain") else {
-                throw ConfigurationError(key: "device.tls.certificate_chain", "is required")
-            }
-            guard let key = try tls.string("private_key") else {
-                throw ConfigurationError(key: "device.tls.private_key", "is required")
-            }
-            var files = GatewayConfiguration.TLSFiles(
-                certificateChain: Self.resolve(chain, base),
-                privateKey: Self.resolve(key, base)
-            )
-            files.clientCA = try tls.string("client_ca").map { Self.resolve($0, base) }
-            if let auth = try tls.string("client_auth") {
-                guard let parsed = GatewayConfiguration.ClientAuth(rawValue: auth) else {
-                    throw ConfigurationError(key: "device.tls.client_auth", "must be none, optional or required")
-                }
-                files.clientAuth = parsed
-            }
-            if files.clientAuth != .none && files.clientCA == nil {
-                throw ConfigurationError(
-                    key: "device.tls.client_ca",
-                    "is required when client_auth is \(files.clientAuth.rawValue)"
-                )
-            }
-            if let version = try tls.string("min_version") {
-                guard version == "1.2" || version == "1.3" else {
-                    throw ConfigurationError(key: "device.tls.min_version", "must be \"1.2\" or \"1.3\"")
-                }
-                files.minimumVersion = version
-            }
-            config.tls = files
-        } else if parsedTransport == .tls {
-            throw ConfigurationError(key: "device.tls", "is required with transport: tls")
+            return
         }
+        guard parsedTransport == .tls else {
+            throw ConfigurationError(key: "device.tls", "is only valid with transport: tls")
+        }
+        guard let chain = try tls.string(.certificateChain) else {
+            throw ConfigurationError(key: "device.tls.certificate_chain", "is required")
+        }
+        guard let key = try tls.string(.privateKey) else {
+            throw ConfigurationError(key: "device.tls.private_key", "is required")
+        }
+        var files = GatewayConfiguration.TLSFiles(
+            certificateChain: Self.resolve(chain, base),
+            privateKey: Self.resolve(key, base)
+        )
+        files.clientCA = try tls.string(.clientCA).map { Self.resolve($0, base) }
+        if let auth = try tls.string(.clientAuth) {
+            guard let parsed = GatewayConfiguration.ClientAuth(rawValue: auth) else {
+                throw ConfigurationError(key: "device.tls.client_auth", "must be none, optional or required")
+            }
+            files.clientAuth = parsed
+        }
+        if files.clientAuth != .none && files.clientCA == nil {
+            throw ConfigurationError(
+                key: "device.tls.client_ca",
+                "is required when client_auth is \(files.clientAuth.rawValue)"
+            )
+        }
+        if let version = try tls.string(.minVersion) {
+            guard version == "1.2" || version == "1.3" else {
+                throw ConfigurationError(key: "device.tls.min_version", "must be \"1.2\" or \"1.3\"")
+            }
+            files.minimumVersion = version
+        }
+        config.tls = files
+    }
 
-        // auth
-        if let auth = try root.section("auth") {
-            try auth.allow(["secrets_file", "max_token_lifetime", "throttle"])
-            config.secretsFile = try auth.string("secrets_file").map { Self.resolve($0, base) }
-            if try auth.string("max_token_lifetime") == "0" {
+    // MARK: auth
+
+    enum AuthKey: String, SectionKeys {
+        case secretsFile = "secrets_file"
+        case maxTokenLifetime = "max_token_lifetime"
+        case throttle
+    }
+
+    enum ThrottleKey: String, SectionKeys {
+        case failures
+        case window
+        case maxAddresses = "max_addresses"
+    }
+
+    private static func decodeAuth(
+        _ auth: Keyed<AuthKey>?,
+        into config: inout GatewayConfiguration,
+        base: String
+    ) throws {
+        if let auth {
+            config.secretsFile = try auth.string(.secretsFile).map { Self.resolve($0, base) }
+            if try auth.string(.maxTokenLifetime) == "0" {
                 config.maxTokenLifetimeSeconds = 0
-            } else if let v = try auth.duration("max_token_lifetime") {
+            } else if let v = try auth.duration(.maxTokenLifetime) {
                 config.maxTokenLifetimeSeconds = v.nanoseconds / 1_000_000_000
             }
-            if let throttle = try auth.section("throttle") {
-                try throttle.allow(["failures", "window", "max_addresses"])
-                if let v = try throttle.int("failures", in: 0...1_000_000) { config.edge.authThrottle.failures = v }
-                if let v = try throttle.duration("window") { config.edge.authThrottle.window = v }
-                if let v = try throttle.int("max_addresses", in: 1...10_000_000) {
+            if let throttle = try auth.section(.throttle, ThrottleKey.self) {
+                if let v = try throttle.int(.failures, in: 0...1_000_000) { config.edge.authThrottle.failures = v }
+                if let v = try throttle.duration(.window) { config.edge.authThrottle.window = v }
+                if let v = try throttle.int(.maxAddresses, in: 1...10_000_000) {
                     config.edge.authThrottle.maxAddresses = v
                 }
             }
@@ -145,208 +275,286 @@ public enum ConfigurationLoader {
                 "is required unless device.tls.client_auth is required (devices would have no way to authenticate)"
             )
         }
-
-        // limits
-        if let limits = try root.section("limits") {
-            try limits.allow([
-                "max_connections", "max_frame_size", "max_inflight", "max_topic_length", "max_device_id_length",
-                "max_topic_aliases", "batch_size", "buffer_arena_slots", "max_pending", "outbound_buffer",
-                "max_push_frame", "accept_backoff", "rate", "evict_unauthenticated_after", "reserved_descriptors",
-            ])
-            if let v = try limits.int("max_connections", in: 1...10_000_000) {
-                config.edge.maxConnections = v
-                config.maxConnectionsConfigured = true
-            }
-            if let v = try limits.int("max_frame_size", in: 64...16_777_216) { config.edge.maxFrameSize = v }
-            if let v = try limits.int("max_inflight", in: 1...65_535) { config.edge.maxInflight = v }
-            if let v = try limits.int("max_topic_length", in: 1...65_535) { config.edge.maxTopicLength = v }
-            if let v = try limits.int("max_device_id_length", in: 1...255) { config.edge.maxDeviceIDLength = v }
-            if let v = try limits.int("max_topic_aliases", in: 0...65_535) { config.edge.maxTopicAliases = v }
-            if let v = try limits.int("batch_size", in: 1...65_536) { config.edge.maxBatchSize = v }
-            if let v = try limits.int("buffer_arena_slots", in: 0...BufferArena.maximumSlots) {
-                config.edge.bufferArenaSlots = v
-            }
-            if let v = try limits.int("max_pending", in: 1...1_000_000) { config.edge.maxPending = v }
-            if let v = try limits.int("outbound_buffer", in: 1024...(64 * 1024 * 1024)) {
-                config.edge.outboundBufferBytes = v
-            }
-            if let v = try limits.int("max_push_frame", in: 512...16_777_216) { config.edge.maxPushFrameSize = v }
-            if let v = try limits.duration("accept_backoff") { config.edge.acceptBackoff = v }
-            if let v = try limits.int("reserved_descriptors", in: 0...1_000_000) { config.reservedDescriptors = v }
-            if let v = try limits.duration("evict_unauthenticated_after") { config.edge.unauthenticatedEvictionAge = v }
-            if let rate = try limits.section("rate") {
-                try rate.allow([
-                    "messages_per_second", "message_burst", "bytes_per_second", "byte_burst", "close_after",
-                ])
-                var limits = config.edge.rateLimits
-                if let v = try rate.int("messages_per_second", in: 0...10_000_000) {
-                    limits.messagesPerSecond = Double(v)
-                }
-                if let v = try rate.int("message_burst", in: 1...10_000_000) { limits.messageBurst = Double(v) }
-                if let v = try rate.int("bytes_per_second", in: 0...(1 << 40)) { limits.bytesPerSecond = Double(v) }
-                if let v = try rate.int("byte_burst", in: 1...(1 << 40)) { limits.byteBurst = Double(v) }
-                if let v = try rate.int("close_after", in: 0...1_000_000) { limits.refusalsBeforeClose = v }
-                config.edge.rateLimits = limits
-            }
-        }
-
-        // compression
-        if let compression = try root.section("compression") {
-            try compression.allow(["max_inflated_size", "max_inflate_ratio", "ratio_floor", "dictionaries"])
-            if let v = try compression.int("max_inflated_size", in: 64...(64 * 1024 * 1024)) {
-                config.edge.inflateLimits.maxInflatedSize = v
-            }
-            if let v = try compression.int("max_inflate_ratio", in: 1...100_000) {
-                config.edge.inflateLimits.maxRatio = v
-            }
-            if let v = try compression.int("ratio_floor", in: 0...(64 * 1024 * 1024)) {
-                config.edge.inflateLimits.ratioFloor = v
-            }
-            for (index, entry) in try compression.list("dictionaries").enumerated() {
-                try entry.allow(["id", "file"])
-                guard let id = try entry.int("id", in: 1...65_535) else {
-                    throw ConfigurationError(key: "compression.dictionaries[\(index)].id", "is required")
-                }
-                guard let file = try entry.string("file") else {
-                    throw ConfigurationError(key: "compression.dictionaries[\(index)].file", "is required")
-                }
-                if config.dictionaries.contains(where: { $0.id == UInt16(id) }) {
-                    throw ConfigurationError(key: "compression.dictionaries[\(index)].id", "\(id) is listed twice")
-                }
-                config.dictionaries.append(.init(id: UInt16(id), file: Self.resolve(file, base)))
-            }
-        }
-
-        // timeouts and keepalive
-        if let timeouts = try root.section("timeouts") {
-            try timeouts.allow(["handshake", "hello", "close_grace", "frame", "write_stall"])
-            if let v = try timeouts.duration("frame") { config.edge.frameTimeout = v }
-            if let v = try timeouts.duration("write_stall") { config.edge.writeStallTimeout = v }
-            if let v = try timeouts.duration("handshake") { config.edge.handshakeTimeout = v }
-            if let v = try timeouts.duration("hello") { config.edge.helloTimeout = v }
-            if let v = try timeouts.duration("close_grace") { config.edge.closeGrace = v }
-        }
-        if let keepalive = try root.section("keepalive") {
-            try keepalive.allow(["default", "min", "max"])
-            if let v = try keepalive.seconds("default") { config.edge.keepaliveDefault = v }
-            if let v = try keepalive.seconds("min") { config.edge.keepaliveMin = v }
-            if let v = try keepalive.seconds("max") { config.edge.keepaliveMax = v }
-            let edge = config.edge
-            guard edge.keepaliveMin <= edge.keepaliveDefault, edge.keepaliveDefault <= edge.keepaliveMax else {
-                throw ConfigurationError(key: "keepalive", "must satisfy min <= default <= max")
-            }
-        }
-        if let drain = try root.section("drain") {
-            try drain.allow(["grace", "reconnect_window"])
-            if let v = try drain.duration("grace") { config.drainGrace = v }
-            if let v = try drain.duration("reconnect_window") { config.drainReconnectWindow = v }
-        }
-        if let sink = try root.section("sink") {
-            try sink.allow(["type"])
-            if let type = try sink.string("type"), type != "log" {
-                throw ConfigurationError(
-                    key: "sink.type",
-                    "must be log (backend routing is configured under services)"
-                )
-            }
-        }
-        config.services = try Self.services(root.list("services"), base: base)
-        if let events = try root.section("events") {
-            try events.allow(["enabled"])
-            if let enabled = try events.string("enabled") {
-                guard let value = Bool(enabled) else {
-                    throw ConfigurationError(key: "events.enabled", "must be true or false")
-                }
-                config.edge.publishEvents = value
-            }
-        }
-        if let api = try root.section("api") {
-            try api.allow([
-                "listen", "tokens_file", "tls", "send_timeout", "compress_push_above", "max_connections",
-                "idle_timeout",
-            ])
-            if let v = try api.int("max_connections", in: 1...1_000_000) { config.apiLimits.maxConnections = v }
-            if let v = try api.duration("idle_timeout") { config.apiLimits.idleTimeout = v }
-            if let tls = try api.section("tls") {
-                try tls.allow(["certificate_chain", "private_key", "client_ca"])
-                guard let chain = try tls.string("certificate_chain") else {
-                    throw ConfigurationError(key: "api.tls.certificate_chain", "is required")
-                }
-                guard let key = try tls.string("private_key") else {
-                    throw ConfigurationError(key: "api.tls.private_key", "is required")
-                }
-                config.apiTLS = .init(
-                    certificateChain: Self.resolve(chain, base),
-                    privateKey: Self.resolve(key, base),
-                    clientCA: try tls.string("client_ca").map { Self.resolve($0, base) }
-                )
-            }
-            if let listen = try api.string("listen") {
-                guard let parsed = GatewayConfiguration.HostPort(parsing: listen) else {
-                    throw ConfigurationError(key: "api.listen", "must be HOST:PORT")
-                }
-                config.apiListen = parsed
-            }
-            if let file = try api.string("tokens_file") {
-                let path = Self.resolve(file, base)
-                guard let data = FileManager.default.contents(atPath: path) else {
-                    throw ConfigurationError(key: "api.tokens_file", "cannot read \(path)")
-                }
-                config.apiTokens = String(decoding: data, as: UTF8.self).split(whereSeparator: \.isNewline)
-                    .map { $0.trimmingCharacters(in: .whitespaces) }
-                    .filter { !$0.isEmpty && !$0.hasPrefix("#") }
-                guard config.apiTokens.allSatisfy({ $0.utf8.count >= 16 }) else {
-                    throw ConfigurationError(key: "api.tokens_file", "every token must be at least 16 characters")
-                }
-            }
-            if let v = try api.duration("send_timeout") {
-                config.apiSendTimeoutMilliseconds = UInt32(clamping: v.nanoseconds / 1_000_000)
-            }
-            if let v = try api.int("compress_push_above", in: 0...16_777_216) {
-                config.edge.pushCompressionThreshold = v
-            }
-            if config.apiListen != nil && config.apiTokens.isEmpty && config.apiTLS?.clientCA == nil {
-                throw ConfigurationError(
-                    key: "api.tokens_file",
-                    "is required with api.listen unless api.tls.client_ca is set (callers must authenticate)"
-                )
-            }
-        }
-        if let admin = try root.section("admin") {
-            try admin.allow(["listen", "max_connections", "idle_timeout"])
-            if let v = try admin.int("max_connections", in: 1...1_000_000) { config.adminLimits.maxConnections = v }
-            if let v = try admin.duration("idle_timeout") { config.adminLimits.idleTimeout = v }
-            if let listen = try admin.string("listen") {
-                guard let parsed = GatewayConfiguration.HostPort(parsing: listen) else {
-                    throw ConfigurationError(key: "admin.listen", "must be HOST:PORT")
-                }
-                config.adminListen = parsed
-            }
-        }
-        return config
     }
 
-    static func services(_ entries: [Section], base: String) throws -> [Subscription] {
+    // MARK: limits
+
+    enum LimitsKey: String, SectionKeys {
+        case maxConnections = "max_connections"
+        case maxFrameSize = "max_frame_size"
+        case maxInflight = "max_inflight"
+        case maxTopicLength = "max_topic_length"
+        case maxDeviceIDLength = "max_device_id_length"
+        case maxTopicAliases = "max_topic_aliases"
+        case batchSize = "batch_size"
+        case bufferArenaSlots = "buffer_arena_slots"
+        case maxPending = "max_pending"
+        case outboundBuffer = "outbound_buffer"
+        case maxPushFrame = "max_push_frame"
+        case acceptBackoff = "accept_backoff"
+        case rate
+        case evictUnauthenticatedAfter = "evict_unauthenticated_after"
+        case reservedDescriptors = "reserved_descriptors"
+    }
+
+    enum RateKey: String, SectionKeys {
+        case messagesPerSecond = "messages_per_second"
+        case messageBurst = "message_burst"
+        case bytesPerSecond = "bytes_per_second"
+        case byteBurst = "byte_burst"
+        case closeAfter = "close_after"
+    }
+
+    private static func decodeLimits(_ limits: Keyed<LimitsKey>, into config: inout GatewayConfiguration) throws {
+        if let v = try limits.int(.maxConnections, in: 1...10_000_000) {
+            config.edge.maxConnections = v
+            config.maxConnectionsConfigured = true
+        }
+        if let v = try limits.int(.maxFrameSize, in: 64...16_777_216) { config.edge.maxFrameSize = v }
+        if let v = try limits.int(.maxInflight, in: 1...65_535) { config.edge.maxInflight = v }
+        if let v = try limits.int(.maxTopicLength, in: 1...65_535) { config.edge.maxTopicLength = v }
+        if let v = try limits.int(.maxDeviceIDLength, in: 1...255) { config.edge.maxDeviceIDLength = v }
+        if let v = try limits.int(.maxTopicAliases, in: 0...65_535) { config.edge.maxTopicAliases = v }
+        if let v = try limits.int(.batchSize, in: 1...65_536) { config.edge.maxBatchSize = v }
+        if let v = try limits.int(.bufferArenaSlots, in: 0...BufferArena.maximumSlots) {
+            config.edge.bufferArenaSlots = v
+        }
+        if let v = try limits.int(.maxPending, in: 1...1_000_000) { config.edge.maxPending = v }
+        if let v = try limits.int(.outboundBuffer, in: 1024...(64 * 1024 * 1024)) {
+            config.edge.outboundBufferBytes = v
+        }
+        if let v = try limits.int(.maxPushFrame, in: 512...16_777_216) { config.edge.maxPushFrameSize = v }
+        if let v = try limits.duration(.acceptBackoff) { config.edge.acceptBackoff = v }
+        if let v = try limits.int(.reservedDescriptors, in: 0...1_000_000) { config.reservedDescriptors = v }
+        if let v = try limits.duration(.evictUnauthenticatedAfter) { config.edge.unauthenticatedEvictionAge = v }
+        if let rate = try limits.section(.rate, RateKey.self) {
+            var limits = config.edge.rateLimits
+            if let v = try rate.int(.messagesPerSecond, in: 0...10_000_000) { limits.messagesPerSecond = Double(v) }
+            if let v = try rate.int(.messageBurst, in: 1...10_000_000) { limits.messageBurst = Double(v) }
+            if let v = try rate.int(.bytesPerSecond, in: 0...(1 << 40)) { limits.bytesPerSecond = Double(v) }
+            if let v = try rate.int(.byteBurst, in: 1...(1 << 40)) { limits.byteBurst = Double(v) }
+            if let v = try rate.int(.closeAfter, in: 0...1_000_000) { limits.refusalsBeforeClose = v }
+            config.edge.rateLimits = limits
+        }
+    }
+
+    // MARK: compression, timeouts, keepalive, drain, sink, events
+
+    enum CompressionKey: String, SectionKeys {
+        case maxInflatedSize = "max_inflated_size"
+        case maxInflateRatio = "max_inflate_ratio"
+        case ratioFloor = "ratio_floor"
+        case dictionaries
+    }
+
+    enum DictionaryKey: String, SectionKeys {
+        case id
+        case file
+    }
+
+    private static func decodeCompression(
+        _ compression: Keyed<CompressionKey>,
+        into config: inout GatewayConfiguration,
+        base: String
+    ) throws {
+        if let v = try compression.int(.maxInflatedSize, in: 64...(64 * 1024 * 1024)) {
+            config.edge.inflateLimits.maxInflatedSize = v
+        }
+        if let v = try compression.int(.maxInflateRatio, in: 1...100_000) { config.edge.inflateLimits.maxRatio = v }
+        if let v = try compression.int(.ratioFloor, in: 0...(64 * 1024 * 1024)) {
+            config.edge.inflateLimits.ratioFloor = v
+        }
+        for entry in try compression.list(.dictionaries, DictionaryKey.self) {
+            guard let id = try entry.int(.id, in: 1...65_535) else {
+                throw ConfigurationError(key: "\(entry.path).id", "is required")
+            }
+            guard let file = try entry.string(.file) else {
+                throw ConfigurationError(key: "\(entry.path).file", "is required")
+            }
+            if config.dictionaries.contains(where: { $0.id == UInt16(id) }) {
+                throw ConfigurationError(key: "\(entry.path).id", "\(id) is listed twice")
+            }
+            config.dictionaries.append(.init(id: UInt16(id), file: Self.resolve(file, base)))
+        }
+    }
+
+    enum TimeoutsKey: String, SectionKeys {
+        case handshake
+        case hello
+        case closeGrace = "close_grace"
+        case frame
+        case writeStall = "write_stall"
+    }
+
+    private static func decodeTimeouts(_ timeouts: Keyed<TimeoutsKey>, into config: inout GatewayConfiguration) throws {
+        if let v = try timeouts.duration(.frame) { config.edge.frameTimeout = v }
+        if let v = try timeouts.duration(.writeStall) { config.edge.writeStallTimeout = v }
+        if let v = try timeouts.duration(.handshake) { config.edge.handshakeTimeout = v }
+        if let v = try timeouts.duration(.hello) { config.edge.helloTimeout = v }
+        if let v = try timeouts.duration(.closeGrace) { config.edge.closeGrace = v }
+    }
+
+    enum KeepaliveKey: String, SectionKeys {
+        case `default`
+        case min
+        case max
+    }
+
+    private static func decodeKeepalive(
+        _ keepalive: Keyed<KeepaliveKey>,
+        into config: inout GatewayConfiguration
+    ) throws {
+        if let v = try keepalive.seconds(.default) { config.edge.keepaliveDefault = v }
+        if let v = try keepalive.seconds(.min) { config.edge.keepaliveMin = v }
+        if let v = try keepalive.seconds(.max) { config.edge.keepaliveMax = v }
+        let edge = config.edge
+        guard edge.keepaliveMin <= edge.keepaliveDefault, edge.keepaliveDefault <= edge.keepaliveMax else {
+            throw ConfigurationError(key: "keepalive", "must satisfy min <= default <= max")
+        }
+    }
+
+    enum DrainKey: String, SectionKeys {
+        case grace
+        case reconnectWindow = "reconnect_window"
+    }
+
+    enum SinkKey: String, SectionKeys {
+        case type
+    }
+
+    enum EventsKey: String, SectionKeys {
+        case enabled
+    }
+
+    // MARK: api, admin
+
+    enum APIKey: String, SectionKeys {
+        case listen
+        case tokensFile = "tokens_file"
+        case tls
+        case sendTimeout = "send_timeout"
+        case compressPushAbove = "compress_push_above"
+        case maxConnections = "max_connections"
+        case idleTimeout = "idle_timeout"
+    }
+
+    enum APITLSKey: String, SectionKeys {
+        case certificateChain = "certificate_chain"
+        case privateKey = "private_key"
+        case clientCA = "client_ca"
+    }
+
+    private static func decodeAPI(_ api: Keyed<APIKey>, into config: inout GatewayConfiguration, base: String) throws {
+        if let v = try api.int(.maxConnections, in: 1...1_000_000) { config.apiLimits.maxConnections = v }
+        if let v = try api.duration(.idleTimeout) { config.apiLimits.idleTimeout = v }
+        if let tls = try api.section(.tls, APITLSKey.self) {
+            guard let chain = try tls.string(.certificateChain) else {
+                throw ConfigurationError(key: "api.tls.certificate_chain", "is required")
+            }
+            guard let key = try tls.string(.privateKey) else {
+                throw ConfigurationError(key: "api.tls.private_key", "is required")
+            }
+            config.apiTLS = .init(
+                certificateChain: Self.resolve(chain, base),
+                privateKey: Self.resolve(key, base),
+                clientCA: try tls.string(.clientCA).map { Self.resolve($0, base) }
+            )
+        }
+        if let listen = try api.string(.listen) {
+            guard let parsed = GatewayConfiguration.HostPort(parsing: listen) else {
+                throw ConfigurationError(key: "api.listen", "must be HOST:PORT")
+            }
+            config.apiListen = parsed
+        }
+        if let file = try api.string(.tokensFile) {
+            let path = Self.resolve(file, base)
+            guard let data = FileManager.default.contents(atPath: path) else {
+                throw ConfigurationError(key: "api.tokens_file", "cannot read \(path)")
+            }
+            config.apiTokens = String(decoding: data, as: UTF8.self).split(whereSeparator: \.isNewline)
+                .map { $0.trimmingCharacters(in: .whitespaces) }
+                .filter { !$0.isEmpty && !$0.hasPrefix("#") }
+            guard config.apiTokens.allSatisfy({ $0.utf8.count >= 16 }) else {
+                throw ConfigurationError(key: "api.tokens_file", "every token must be at least 16 characters")
+            }
+        }
+        if let v = try api.duration(.sendTimeout) {
+            config.apiSendTimeoutMilliseconds = UInt32(clamping: v.nanoseconds / 1_000_000)
+        }
+        if let v = try api.int(.compressPushAbove, in: 0...16_777_216) { config.edge.pushCompressionThreshold = v }
+        if config.apiListen != nil && config.apiTokens.isEmpty && config.apiTLS?.clientCA == nil {
+            throw ConfigurationError(
+                key: "api.tokens_file",
+                "is required with api.listen unless api.tls.client_ca is set (callers must authenticate)"
+            )
+        }
+    }
+
+    enum AdminKey: String, SectionKeys {
+        case listen
+        case maxConnections = "max_connections"
+        case idleTimeout = "idle_timeout"
+    }
+
+    private static func decodeAdmin(_ admin: Keyed<AdminKey>, into config: inout GatewayConfiguration) throws {
+        if let v = try admin.int(.maxConnections, in: 1...1_000_000) { config.adminLimits.maxConnections = v }
+        if let v = try admin.duration(.idleTimeout) { config.adminLimits.idleTimeout = v }
+        if let listen = try admin.string(.listen) {
+            guard let parsed = GatewayConfiguration.HostPort(parsing: listen) else {
+                throw ConfigurationError(key: "admin.listen", "must be HOST:PORT")
+            }
+            config.adminListen = parsed
+        }
+    }
+
+    // MARK: services
+
+    enum ServiceKey: String, SectionKeys {
+        case name
+        case target
+        case tls
+        case topics
+        case batchSize = "batch_size"
+        case linger
+        case window
+        case deadline
+        case retry
+        case connections
+        case batchesInFlight = "batches_in_flight"
+        case rebalance
+    }
+
+    enum ServiceTLSKey: String, SectionKeys {
+        case ca
+        case certificate
+        case privateKey = "private_key"
+        case serverName = "server_name"
+    }
+
+    enum ServiceRetryKey: String, SectionKeys {
+        case attempts
+        case initialBackoff = "initial_backoff"
+        case maxBackoff = "max_backoff"
+        case retryAfter = "retry_after"
+    }
+
+    static func services(_ entries: [Keyed<ServiceKey>], base: String) throws -> [Subscription] {
         var services: [Subscription] = []
         for entry in entries {
-            try entry.allow([
-                "name", "target", "tls", "topics", "batch_size", "linger", "window", "deadline", "retry",
-                "connections", "batches_in_flight", "rebalance",
-            ])
-            guard let name = try entry.string("name"), !name.isEmpty else {
+            guard let name = try entry.string(.name), !name.isEmpty else {
                 throw ConfigurationError(key: "\(entry.path).name", "is required")
             }
             if services.contains(where: { $0.name == name }) {
                 throw ConfigurationError(key: "\(entry.path).name", "'\(name)' is used twice")
             }
-            guard var target = try entry.string("target") else {
+            guard var target = try entry.string(.target) else {
                 throw ConfigurationError(key: "\(entry.path).target", "is required (HOST:PORT)")
             }
             if target.hasPrefix("dns:///") { target.removeFirst("dns:///".count) }
             guard let address = GatewayConfiguration.HostPort(parsing: target), address.port > 0 else {
                 throw ConfigurationError(key: "\(entry.path).target", "must be HOST:PORT or dns:///HOST:PORT")
             }
-            let topics = try entry.stringList("topics")
+            let topics = try entry.stringList(.topics)
             guard !topics.isEmpty else {
                 throw ConfigurationError(key: "\(entry.path).topics", "needs at least one topic filter")
             }
@@ -359,43 +567,41 @@ public enum ConfigurationLoader {
                 }
             }
             var service = Subscription(name: name, host: address.host, port: address.port, filters: filters)
-            if let tls = try entry.section("tls") {
-                try tls.allow(["ca", "certificate", "private_key", "server_name"])
-                let certificate = try tls.string("certificate").map { Self.resolve($0, base) }
-                let key = try tls.string("private_key").map { Self.resolve($0, base) }
+            if let tls = try entry.section(.tls, ServiceTLSKey.self) {
+                let certificate = try tls.string(.certificate).map { Self.resolve($0, base) }
+                let key = try tls.string(.privateKey).map { Self.resolve($0, base) }
                 if (certificate == nil) != (key == nil) {
                     throw ConfigurationError(key: "\(tls.path)", "certificate and private_key go together")
                 }
                 service.security = .tls(
-                    caFile: try tls.string("ca").map { Self.resolve($0, base) },
+                    caFile: try tls.string(.ca).map { Self.resolve($0, base) },
                     certificateFile: certificate,
                     keyFile: key,
-                    serverName: try tls.string("server_name")
+                    serverName: try tls.string(.serverName)
                 )
             }
-            if let v = try entry.int("batch_size", in: 1...65_536) { service.batchSize = v }
-            if let v = try entry.string("linger") {
+            if let v = try entry.int(.batchSize, in: 1...65_536) { service.batchSize = v }
+            if let v = try entry.string(.linger) {
                 guard let amount = Section.parseDuration(v), amount.nanoseconds <= 10_000_000_000 else {
                     throw ConfigurationError(key: "\(entry.path).linger", "must be a duration from 0ms to 10s")
                 }
                 service.lingerMilliseconds = UInt64(amount.nanoseconds / 1_000_000)
             }
-            if let v = try entry.int("window", in: 1...10_000_000) { service.window = v }
-            if let v = try entry.duration("deadline") { service.deadlineMilliseconds = v.nanoseconds / 1_000_000 }
-            if let v = try entry.int("connections", in: 1...64) { service.connections = v }
-            if let v = try entry.int("batches_in_flight", in: 1...1024) { service.batchesInFlight = v }
-            if let v = try entry.duration("rebalance") { service.rebalanceSeconds = Int(v.nanoseconds / 1_000_000_000) }
-            if let retry = try entry.section("retry") {
-                try retry.allow(["attempts", "initial_backoff", "max_backoff", "retry_after"])
-                if let v = try retry.int("attempts", in: 1...20) { service.retry.maxAttempts = v }
-                if let v = try retry.duration("initial_backoff") {
+            if let v = try entry.int(.window, in: 1...10_000_000) { service.window = v }
+            if let v = try entry.duration(.deadline) { service.deadlineMilliseconds = v.nanoseconds / 1_000_000 }
+            if let v = try entry.int(.connections, in: 1...64) { service.connections = v }
+            if let v = try entry.int(.batchesInFlight, in: 1...1024) { service.batchesInFlight = v }
+            if let v = try entry.duration(.rebalance) { service.rebalanceSeconds = Int(v.nanoseconds / 1_000_000_000) }
+            if let retry = try entry.section(.retry, ServiceRetryKey.self) {
+                if let v = try retry.int(.attempts, in: 1...20) { service.retry.maxAttempts = v }
+                if let v = try retry.duration(.initialBackoff) {
                     service.retry.initialBackoff = .nanoseconds(v.nanoseconds)
                 }
-                if let v = try retry.duration("max_backoff") { service.retry.maxBackoff = .nanoseconds(v.nanoseconds) }
+                if let v = try retry.duration(.maxBackoff) { service.retry.maxBackoff = .nanoseconds(v.nanoseconds) }
                 guard service.retry.maxBackoff >= service.retry.initialBackoff else {
                     throw ConfigurationError(key: "\(retry.path).max_backoff", "must not be below initial_backoff")
                 }
-                if let v = try retry.seconds("retry_after") { service.retryAfterSeconds = v }
+                if let v = try retry.seconds(.retryAfter) { service.retryAfterSeconds = v }
             }
             services.append(service)
         }
@@ -413,6 +619,40 @@ public enum ConfigurationLoader {
         guard let slash = path.lastIndex(of: "/") else { return "." }
         let directory = String(path[..<slash])
         return directory.isEmpty ? "/" : directory
+    }
+}
+
+/// The keys of one configuration section: the cases are the only names the section reads, and
+/// any other key in the file is refused as unknown.
+protocol SectionKeys: RawRepresentable<String>, CaseIterable, Sendable {}
+
+extension SectionKeys {
+    static var names: [String] { Self.allCases.map(\.rawValue) }
+}
+
+/// A section read through its keys. Making one checks that the file holds no other key.
+struct Keyed<Key: SectionKeys> {
+    let section: Section
+
+    init(_ section: Section) throws {
+        try section.allow(Set(Key.names))
+        self.section = section
+    }
+
+    var path: String { self.section.path }
+
+    func string(_ key: Key) throws -> String? { try self.section.string(key.rawValue) }
+    func stringList(_ key: Key) throws -> [String] { try self.section.stringList(key.rawValue) }
+    func int(_ key: Key, in range: ClosedRange<Int>) throws -> Int? { try self.section.int(key.rawValue, in: range) }
+    func duration(_ key: Key) throws -> TimeAmount? { try self.section.duration(key.rawValue) }
+    func seconds(_ key: Key) throws -> UInt16? { try self.section.seconds(key.rawValue) }
+
+    func section<Child: SectionKeys>(_ key: Key, _: Child.Type) throws -> Keyed<Child>? {
+        try self.section.section(key.rawValue).map { try Keyed<Child>($0) }
+    }
+
+    func list<Child: SectionKeys>(_ key: Key, _: Child.Type) throws -> [Keyed<Child>] {
+        try self.section.list(key.rawValue).map { try Keyed<Child>($0) }
     }
 }
 
