@@ -193,21 +193,29 @@ public final class Gateway: Service, Sendable {
         }
     }
 
-    /// Binds the listeners. Returns the device listener's address.
+    /// Binds the listeners. Returns the device listener's address. A start that fails half way
+    /// (a port taken, a backend client that cannot be made) releases what it opened, listeners
+    /// and event loops, before it throws.
     public func start() async throws -> SocketAddress {
-        try self.router?.start()
-        let address = try await self.edge.start()
-        if let admin = self.admin {
-            self.adminAddress.withLock { $0 = nil }
-            let bound = try await admin.start()
-            self.adminAddress.withLock { $0 = bound }
+        do {
+            try self.router?.start()
+            let address = try await self.edge.start()
+            if let admin = self.admin {
+                self.adminAddress.withLock { $0 = nil }
+                let bound = try await admin.start()
+                self.adminAddress.withLock { $0 = bound }
+            }
+            if let api = self.api {
+                let port = try await api.start()
+                self.apiPort.withLock { $0 = port }
+            }
+            self.readyFlag.set(true)
+            return address
+        } catch {
+            self.logger.error("start failed; releasing what was opened", metadata: ["error": "\(error)"])
+            await self.stop()
+            throw error
         }
-        if let api = self.api {
-            let port = try await api.start()
-            self.apiPort.withLock { $0 = port }
-        }
-        self.readyFlag.set(true)
-        return address
     }
 
     private let adminAddress = Mutex<SocketAddress?>(nil)
