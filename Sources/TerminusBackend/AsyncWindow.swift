@@ -13,6 +13,16 @@ final class AsyncWindow: Sendable {
     private struct Waiter {
         var count: Int
         var resume: @Sendable () -> Void
+        /// Where `resume` must run (`acquire(_:on:then:)`); nil: on the releasing thread.
+        var eventLoop: (any EventLoop)?
+
+        func run() {
+            if let eventLoop = self.eventLoop, !eventLoop.inEventLoop {
+                eventLoop.execute(self.resume)
+            } else {
+                self.resume()
+            }
+        }
     }
 
     private struct State {
@@ -24,11 +34,11 @@ final class AsyncWindow: Sendable {
         var releasing = false
 
         /// Takes the waiters at the front that now fit.
-        mutating func popReady() -> [@Sendable () -> Void] {
-            var ready: [@Sendable () -> Void] = []
+        mutating func popReady() -> [Waiter] {
+            var ready: [Waiter] = []
             while let first = self.waiters.first, first.count <= self.available {
                 self.available -= first.count
-                ready.append(first.resume)
+                ready.append(first)
                 _ = self.waiters.popFirst()
             }
             return ready
@@ -53,29 +63,29 @@ final class AsyncWindow: Sendable {
     /// Takes `count` permits (at most the capacity), then calls `then`: right here when they
     /// are free and nobody waits before us, otherwise from the `release` that frees them.
     func acquire(_ count: Int, then: @escaping @Sendable () -> Void) {
+        self.acquire(count, waiter: Waiter(count: count, resume: then, eventLoop: nil))
+    }
+
+    private func acquire(_ count: Int, waiter: Waiter) {
         let count = min(count, self.capacity)
         let ready = self.state.withLock { state -> Bool in
             if state.waiters.isEmpty && state.available >= count {
                 state.available -= count
                 return true
             }
-            state.waiters.append(Waiter(count: count, resume: then))
+            var waiter = waiter
+            waiter.count = count
+            state.waiters.append(waiter)
             return false
         }
-        if ready { then() }
+        if ready { waiter.resume() }
     }
 
     /// Like `acquire(_:then:)`, but `then` always runs on `eventLoop`: at once when the permits
     /// are free (the caller is on that loop), otherwise submitted to it by the `release` that
     /// frees them, so that one loop's work never runs on another loop or a gRPC thread.
     func acquire(_ count: Int, on eventLoop: any EventLoop, then: @escaping @Sendable () -> Void) {
-        self.acquire(count) {
-            if eventLoop.inEventLoop {
-                then()
-            } else {
-                eventLoop.execute(then)
-            }
-        }
+        self.acquire(count, waiter: Waiter(count: count, resume: then, eventLoop: eventLoop))
     }
 
     /// Gives `count` permits back and runs the waiters that now fit, in order, on this thread.
@@ -83,7 +93,7 @@ final class AsyncWindow: Sendable {
     /// leaves its waiters to the loop already running here instead of nesting.
     func release(_ count: Int) {
         let count = min(count, self.capacity)
-        var ready = self.state.withLock { state -> [@Sendable () -> Void] in
+        var ready = self.state.withLock { state -> [Waiter] in
             state.available += count
             if state.releasing { return [] }
             let ready = state.popReady()
@@ -91,7 +101,7 @@ final class AsyncWindow: Sendable {
             return ready
         }
         while !ready.isEmpty {
-            for resume in ready { resume() }
+            for waiter in ready { waiter.run() }
             ready = self.state.withLock { state in
                 let more = state.popReady()
                 if more.isEmpty { state.releasing = false }
