@@ -30,6 +30,7 @@ final class EmbeddedEdge {
     let directory = LocalSessionDirectory()
     let shared: EdgeShared
     let context: EdgeLoopContext
+    private var sessions: [EmbeddedSession] = []
 
     init(sink: InMemorySink = InMemorySink(), configure: (inout EdgeSettings) -> Void = { _ in }) throws {
         var settings = EdgeSettings()
@@ -56,7 +57,24 @@ final class EmbeddedEdge {
         let reads = ReadCounter()
         let channel = EmbeddedChannel(handlers: [reads, handler], loop: self.loop)
         try channel.connect(to: .init(ipAddress: "10.1.2.3", port: 40000)).wait()
-        return EmbeddedSession(edge: self, channel: channel, handler: handler, reads: reads)
+        let session = EmbeddedSession(edge: self, channel: channel, handler: handler, reads: reads)
+        self.sessions.append(session)
+        return session
+    }
+
+    /// Closes every connection, stops the timer wheel and the loop: sessions, the loop's
+    /// context and the listener's shared state refer to each other until then (as in
+    /// `EdgeServer.shutdown`), and LeakSanitizer in CI would report them.
+    func shutdown() {
+        self.sink.release()
+        self.loop.run()
+        for session in self.sessions where session.channel.isActive {
+            _ = try? session.channel.finish()
+        }
+        self.loop.run()
+        self.context.shutdown()
+        self.sessions.removeAll()
+        try? self.loop.syncShutdownGracefully()
     }
 
     /// Moves virtual time on; the timer wheel fires on the way.
@@ -147,6 +165,7 @@ struct SessionHandlerTests {
     @Test("frames fed one byte at a time and many frames in one read decode the same")
     func byteByByteAndCoalesced() throws {
         let edge = try EmbeddedEdge()
+        defer { edge.shutdown() }
         let session = try edge.connect()
         let hello = EmbeddedSession.bytes([EmbeddedEdge.hello("dev-bytes")])
         for index in hello.readableBytesView.indices {
@@ -180,6 +199,7 @@ struct SessionHandlerTests {
     func readPauseAndResume() throws {
         let sink = InMemorySink()
         let edge = try EmbeddedEdge(sink: sink) { $0.maxInflight = 2 }
+        defer { edge.shutdown() }
         let session = try edge.connect()
         try session.establish("dev-window")
         sink.startHolding()
@@ -199,6 +219,7 @@ struct SessionHandlerTests {
     @Test("a QoS 1 push completes with the device's ACK, or times out on the loop's clock")
     func pushAckAndTimeout() throws {
         let edge = try EmbeddedEdge()
+        defer { edge.shutdown() }
         let session = try edge.connect()
         try session.establish("dev-push")
         let acknowledged = session.handler.push(
@@ -311,6 +332,7 @@ struct SessionHandlerTests {
     @Test("every close path ends the connection with its code", arguments: Self.closePaths)
     func closePath(_ path: ClosePath) throws {
         let edge = try EmbeddedEdge { $0.maxInflight = 2 }
+        defer { edge.shutdown() }
         let session = try edge.connect()
         try path.run(edge, session)
         edge.loop.run()
@@ -325,6 +347,7 @@ struct SessionHandlerTests {
     @Test("a second connection with the same device id replaces the first (REPLACED, do not reconnect)")
     func takeover() throws {
         let edge = try EmbeddedEdge()
+        defer { edge.shutdown() }
         let first = try edge.connect()
         try first.establish("dev-twin")
         let second = try edge.connect()
@@ -341,6 +364,7 @@ struct SessionHandlerTests {
     func eventOrder() throws {
         let sink = InMemorySink()
         let edge = try EmbeddedEdge(sink: sink) { $0.publishEvents = true }
+        defer { edge.shutdown() }
         let session = try edge.connect()
         try session.establish("dev-events")
         edge.loop.run()
