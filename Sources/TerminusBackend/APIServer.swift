@@ -2,7 +2,7 @@ internal import GRPCCore
 internal import GRPCNIOTransportHTTP2
 public import Logging
 internal import NIOCore
-internal import Synchronization
+public import ServiceLifecycle
 public import TerminusListeners
 public import TerminusSessions
 
@@ -23,9 +23,11 @@ public enum APISecurity: Sendable {
 /// The listener backends call (`api.listen`): the `terminus.v1.Gateway` service. Callers
 /// authenticate with a bearer token, a client certificate (mTLS), or both when both are
 /// configured. A separate port from the device listener: devices cannot reach it.
-public final class APIServer: Sendable {
+///
+/// A `Service`: `run` binds and serves until graceful shutdown (calls in flight finish) or
+/// cancellation.
+public final class APIServer: Service, Sendable {
     private let server: GRPCServer<HTTP2ServerTransport.Posix>
-    private let task = Mutex<Task<Void, any Error>?>(nil)
     private let logger: Logger
     /// Caps connections and closes idle ones (`api.max_connections`, `api.idle_timeout`).
     public let connectionGuard: ConnectionGuard
@@ -105,22 +107,24 @@ public final class APIServer: Sendable {
         self.logger = logger
     }
 
-    /// Binds and serves in the background. Returns the bound port.
-    public func start() async throws -> Int {
-        let server = self.server
-        let task = Task { try await server.serve() }
-        self.task.withLock { $0 = task }
-        guard let address = try await server.listeningAddress, let port = address.ipv4?.port ?? address.ipv6?.port
-        else {
-            throw RouterError("the API listener did not bind")
+    /// Binds and serves until graceful shutdown or cancellation.
+    public func run() async throws {
+        try await withGracefulShutdownHandler {
+            try await self.server.serve()
+        } onGracefulShutdown: {
+            self.server.beginGracefulShutdown()
         }
-        self.logger.info("API listener started", metadata: ["port": "\(port)"])
-        return port
     }
 
-    public func shutdown() async {
-        self.server.beginGracefulShutdown()
-        let task = self.task.withLock { $0 }
-        _ = try? await task?.value
+    /// The bound port, once `run` has bound; throws if it could not.
+    public var listeningPort: Int {
+        get async throws {
+            guard let address = try await self.server.listeningAddress,
+                let port = address.ipv4?.port ?? address.ipv6?.port
+            else {
+                throw RouterError("the API listener did not bind")
+            }
+            return port
+        }
     }
 }

@@ -1,6 +1,6 @@
 public import Logging
 public import NIOCore
-internal import Synchronization
+public import ServiceLifecycle
 internal import TerminusRouting
 public import TerminusSessions
 
@@ -13,6 +13,9 @@ public import TerminusSessions
 ///   any refused it for good; otherwise `retryLater` (the device resends; services that had
 ///   accepted it see a duplicate with the same `delivery_id`). No match: `noRoute`.
 /// - The route table is an immutable snapshot.
+/// - Its work runs in `services`: one `Service` per subscribed service (its sender and
+///   connection pool) and one that re-balances the pools; run them in the gateway's
+///   `ServiceGroup`.
 public final class BackendRouter: UplinkSink, Sendable {
     /// At most this many services: the route table's service set is one 64-bit word.
     public static let maxServices = ServiceSet.capacity
@@ -20,7 +23,6 @@ public final class BackendRouter: UplinkSink, Sendable {
     private let table: RouteTable
     private let services: [ServiceDelivery]
     private let logger: Logger
-    private let rebalanceTask = Mutex<Task<Void, Never>?>(nil)
 
     public init(
         subscriptions: [Subscription],
@@ -42,25 +44,11 @@ public final class BackendRouter: UplinkSink, Sendable {
         self.logger = logger
     }
 
-    /// Opens the connection pools and starts periodic re-balancing.
-    public func start() throws {
-        for service in self.services { try service.start() }
-        let services = self.services
+    /// The router's work as services, in start order: each subscribed service's delivery,
+    /// then the re-balancing of their pools. A `ServiceGroup` stops them in reverse order.
+    public var lifecycleServices: [any Service] {
         let interval = self.services.map(\.subscription.rebalanceSeconds).min() ?? 300
-        guard !services.isEmpty, interval > 0 else { return }
-        let task = Task {
-            while !Task.isCancelled {
-                try? await Task.sleep(for: .seconds(interval))
-                if Task.isCancelled { break }
-                for service in services { service.rebalance() }
-            }
-        }
-        self.rebalanceTask.withLock { $0 = task }
-    }
-
-    public func shutdown() async {
-        self.rebalanceTask.withLock { $0?.cancel() }
-        for service in self.services { await service.shutdown() }
+        return self.services + [Rebalancer(services: self.services, intervalSeconds: interval)]
     }
 
     /// Messages inside delivery, counted once per service: in flight, waiting for a window,
@@ -114,6 +102,26 @@ public struct RoutingPlan: Sendable {
 
     /// No message goes to any service.
     public var isEmpty: Bool { self.groups.allSatisfy(\.isEmpty) }
+}
+
+/// Replaces each pool's oldest connection every `intervalSeconds` (0: never), until graceful
+/// shutdown or cancellation.
+struct Rebalancer: Service {
+    let services: [ServiceDelivery]
+    let intervalSeconds: Int
+
+    func run() async throws {
+        guard !self.services.isEmpty, self.intervalSeconds > 0 else {
+            try? await gracefulShutdown()
+            return
+        }
+        try? await cancelWhenGracefulShutdown {
+            while true {
+                try await Task.sleep(for: .seconds(self.intervalSeconds))
+                for service in self.services { service.rebalance() }
+            }
+        }
+    }
 }
 
 public struct RouterError: Error, CustomStringConvertible {

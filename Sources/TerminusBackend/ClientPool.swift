@@ -17,49 +17,92 @@ internal import TerminusProtocol
 final class ClientPool: Sendable {
     typealias Client = GRPCClient<HTTP2ClientTransport.Posix>
 
-    private struct Entry {
+    /// One client and its stream. `run` is the whole of its life: the connections, the stream,
+    /// and, once `retire` is called, the stream's half-close and the client's shutdown.
+    private struct Entry: Sendable {
         var client: Client
-        var task: Task<Void, Never>
         var stream: DeliveryStream
-        var streamTask: Task<Void, Never>
+        /// Finished by `retire()`: the signal `run` waits for.
+        var retired: AsyncStream<Never>
+        var retirement: AsyncStream<Never>.Continuation
 
-        /// Half-closes the stream, lets it finish (bounded by `grace`), then closes the connection.
-        func retire(grace: Duration) async {
-            // A stream backing off (none open) has nothing to finish: stop it at once.
-            let wasOpen = self.stream.isOpen
-            self.stream.close()
-            let streamTask = self.streamTask
-            if !wasOpen { streamTask.cancel() }
-            await withTaskGroup(of: Void.self) { group in
-                group.addTask { await streamTask.value }
-                group.addTask { try? await Task.sleep(for: grace) }
-                await group.next()
-                group.cancelAll()
-            }
-            streamTask.cancel()
-            await streamTask.value
-            self.client.beginGracefulShutdown()
-            await self.task.value
+        func retire() {
+            self.retirement.finish()
         }
+
+        /// Runs the client's connections and the stream until retired (or cancelled); then
+        /// half-closes the stream, lets it finish (bounded by `grace`) and closes the connection.
+        func run(grace: Duration, logger: Logger, name: String) async {
+            await withDiscardingTaskGroup { group in
+                group.addTask {
+                    do {
+                        try await self.client.runConnections()
+                    } catch {
+                        logger.warning("backend client stopped", metadata: ["service": "\(name)", "error": "\(error)"])
+                    }
+                }
+                await withTaskGroup(of: Void.self) { streams in
+                    streams.addTask { await self.stream.run() }
+                    for await _ in self.retired {}
+                    // A stream backing off (none open) has nothing to finish: stop it at once.
+                    let wasOpen = self.stream.isOpen
+                    self.stream.close()
+                    if !wasOpen { streams.cancelAll() }
+                    streams.addTask { try? await Task.sleep(for: grace) }
+                    await streams.next()
+                    streams.cancelAll()
+                }
+                self.client.beginGracefulShutdown()
+            }
+        }
+    }
+
+    /// The entries in use, and whether the pool still takes new ones.
+    private struct Entries {
+        var current: [Entry] = []
+        var stopped = false
     }
 
     private let subscription: Subscription
     private let group: any EventLoopGroup
     private let logger: Logger
-    private let entries = Mutex<[Entry]>([])
+    private let entries = Mutex(Entries())
     private let next = Atomic<Int>(0)
-    private let stopped = Atomic<Bool>(false)
+    /// New entries for `run` to run (from `open` and `rebalance`); finished by `shutdown`.
+    private let started: AsyncStream<Entry>
+    private let starting: AsyncStream<Entry>.Continuation
 
     init(subscription: Subscription, group: any EventLoopGroup, logger: Logger) {
         self.subscription = subscription
         self.group = group
         self.logger = logger
+        (self.started, self.starting) = AsyncStream.makeStream(of: Entry.self)
     }
 
-    func start() throws {
+    /// Makes the configured number of clients; `run` starts them.
+    func open() throws {
         let clients = try (0..<max(1, self.subscription.connections)).map { _ in try self.makeEntry() }
-        self.entries.withLock { $0 = clients }
+        self.entries.withLock { entries in
+            guard !entries.stopped else { return }
+            entries.current = clients
+            for client in clients { self.starting.yield(client) }
+        }
     }
+
+    /// Runs every client the pool makes, each in a child task, until `shutdown` (every client
+    /// retired and finished) or cancellation.
+    func run() async {
+        let grace = self.grace
+        let logger = self.logger
+        let name = self.subscription.name
+        await withDiscardingTaskGroup { group in
+            for await entry in self.started {
+                group.addTask { await entry.run(grace: grace, logger: logger, name: name) }
+            }
+        }
+    }
+
+    private var grace: Duration { .milliseconds(self.subscription.deadlineMilliseconds) }
 
     private func makeEntry() throws -> Entry {
         let security: HTTP2ClientTransport.Posix.TransportSecurity
@@ -105,25 +148,16 @@ final class ClientPool: Sendable {
             eventLoopGroup: self.group
         )
         let client = GRPCClient(transport: transport)
-        let logger = self.logger
-        let name = self.subscription.name
-        let task = Task {
-            do {
-                try await client.runConnections()
-            } catch {
-                logger.warning("backend client stopped", metadata: ["service": "\(name)", "error": "\(error)"])
-            }
-        }
         let stream = DeliveryStream(client: client, subscription: self.subscription, logger: self.logger)
-        let streamTask = Task { await stream.run() }
-        return Entry(client: client, task: task, stream: stream, streamTask: streamTask)
+        let (retired, retirement) = AsyncStream.makeStream(of: Never.self)
+        return Entry(client: client, stream: stream, retired: retired, retirement: retirement)
     }
 
     /// The least loaded open stream (ties: round robin), once it has a credit for one batch:
     /// the caller must `send` on it. Fails with `notConnected` when no stream is open.
     func reserve() async throws -> DeliveryStream {
         let start = self.next.wrappingAdd(1, ordering: .relaxed).oldValue
-        let streams = self.entries.withLock { $0.map(\.stream) }
+        let streams = self.entries.withLock { $0.current.map(\.stream) }
         var chosen: DeliveryStream?
         var lowest = Int.max
         for offset in 0..<streams.count {
@@ -140,27 +174,28 @@ final class ClientPool: Sendable {
         return chosen
     }
 
-    /// Replaces the oldest client with a fresh one (new connection, possibly to another pod).
+    /// Replaces the oldest client with a fresh one (new connection, possibly to another pod);
+    /// the old one finishes its batches in `run`.
     func rebalance() {
-        guard !self.stopped.load(ordering: .relaxed), let fresh = try? self.makeEntry() else { return }
+        guard let fresh = try? self.makeEntry() else { return }
         let old = self.entries.withLock { entries -> Entry? in
-            guard !entries.isEmpty else { return nil }
-            let old = entries.removeFirst()
-            entries.append(fresh)
+            guard !entries.stopped, !entries.current.isEmpty else { return nil }
+            let old = entries.current.removeFirst()
+            entries.current.append(fresh)
+            self.starting.yield(fresh)
             return old
         }
-        guard let old else { return }
-        let grace = Duration.milliseconds(self.subscription.deadlineMilliseconds)
-        Task { await old.retire(grace: grace) }
+        old?.retire()
     }
 
-    /// Half-closes every stream, waits up to the deadline for answers in flight, then closes.
-    func shutdown() async {
-        self.stopped.store(true, ordering: .relaxed)
-        let entries = self.entries.withLock { $0 }
-        let grace = Duration.milliseconds(self.subscription.deadlineMilliseconds)
-        await withTaskGroup(of: Void.self) { group in
-            for entry in entries { group.addTask { await entry.retire(grace: grace) } }
+    /// Retires every client (each half-closes its stream, waits up to the deadline for answers
+    /// in flight, then closes) and takes no new ones: `run` returns once they are done.
+    func shutdown() {
+        let entries = self.entries.withLock { entries in
+            entries.stopped = true
+            self.starting.finish()
+            return entries.current
         }
+        for entry in entries { entry.retire() }
     }
 }

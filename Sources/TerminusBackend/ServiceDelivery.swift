@@ -2,6 +2,7 @@ internal import Foundation
 internal import GRPCCore
 internal import Logging
 internal import NIOCore
+internal import ServiceLifecycle
 internal import Synchronization
 public import TerminusAPI
 internal import TerminusProtocol
@@ -17,7 +18,10 @@ public import TerminusSessions
 /// batch failed (stream broken, deadline passed) or that the backend refused as retryable goes
 /// back into the queue after the service's `retry` policy's backoff, until its attempts are
 /// spent; then it is `retryLater`.
-final class ServiceDelivery: Sendable {
+///
+/// A `Service`: `run` holds the sender and the pool's clients; graceful shutdown (or
+/// cancellation) stops it.
+final class ServiceDelivery: Service, Sendable {
     private struct Entry: Sendable {
         var message: Terminus_V1_UplinkMessage
         var ticket: OutcomeAggregator
@@ -42,7 +46,6 @@ final class ServiceDelivery: Sendable {
     private let logger: Logger
     private let queue: Mutex<Queue>
     private let wakeUps = Atomic<Int>(0)
-    private let sender = Mutex<Task<Void, Never>?>(nil)
 
     init(subscription: Subscription, instanceID: String, group: any EventLoopGroup, logger: Logger) {
         self.subscription = subscription
@@ -60,26 +63,35 @@ final class ServiceDelivery: Sendable {
         )
     }
 
-    func start() throws {
-        try self.pool.start()
-        let task = Task { await self.sendLoop() }
-        self.sender.withLock { $0 = task }
+    /// Opens the pool's clients and sends until graceful shutdown or cancellation; then what is
+    /// still queued is answered `retryLater`, batches in flight get their answers (or fail at
+    /// their deadline), and the streams and connections close before it returns.
+    func run() async throws {
+        try self.pool.open()
+        await withTaskCancellationOrGracefulShutdownHandler {
+            await withDiscardingTaskGroup { group in
+                group.addTask { await self.pool.run() }
+                await self.sendLoop()
+                self.pool.shutdown()
+            }
+        } onCancelOrGracefulShutdown: {
+            self.stop()
+        }
     }
 
     func rebalance() {
         self.pool.rebalance()
     }
 
-    /// Stops sending: what is still queued is answered `retryLater`; then the streams close.
-    func shutdown() async {
+    /// Stops sending: what is still queued is answered `retryLater`; the send loop ends once
+    /// its batches in flight are settled.
+    private func stop() {
         let (entries, wakeUp) = self.queue.withLock { queue in
             defer { (queue.wakeUp, queue.lingering) = (nil, false) }
             return (queue.entries.stop(), queue.wakeUp)
         }
         wakeUp?.resume()
         for entry in entries { entry.ticket.add(self.notAccepted, at: entry.index) }
-        await self.sender.withLock { $0 }?.value
-        await self.pool.shutdown()
     }
 
     /// How often the sender came back from waiting for work (diagnostics and tests).
@@ -150,12 +162,21 @@ final class ServiceDelivery: Sendable {
     // MARK: Sending
 
     private func waitForWork(until deadline: ContinuousClock.Instant?, generation: Int, lingering: Bool) async {
-        let timer = deadline.map { deadline in
-            Task {
-                try? await Task.sleep(until: deadline)
+        guard let deadline else {
+            return await self.waitForWake(until: nil, generation: generation, lingering: lingering)
+        }
+        // The deadline (linger or backoff) is a child task that wakes the sender.
+        await withDiscardingTaskGroup { group in
+            group.addTask {
+                guard (try? await Task.sleep(until: deadline)) != nil else { return }
                 self.wake()
             }
+            await self.waitForWake(until: deadline, generation: generation, lingering: lingering)
+            group.cancelAll()
         }
+    }
+
+    private func waitForWake(until deadline: ContinuousClock.Instant?, generation: Int, lingering: Bool) async {
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             let resumeNow = self.queue.withLock { queue -> Bool in
                 // Work arrived between deciding to wait and getting here, or the timer already
@@ -169,7 +190,6 @@ final class ServiceDelivery: Sendable {
             if resumeNow { continuation.resume() }
         }
         self.wakeUps.wrappingAdd(1, ordering: .relaxed)
-        timer?.cancel()
     }
 
     private func wake() {

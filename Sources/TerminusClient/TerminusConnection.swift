@@ -245,11 +245,20 @@ public final class TerminusConnection: Sendable {
 
     /// Sends GOAWAY(OK) and closes.
     public func close() async {
+        try? await self.beginClose().get()
+    }
+
+    /// Starts `close()` without waiting for it (for synchronous callers such as cancellation
+    /// handlers); the future completes when the channel is closed.
+    @discardableResult
+    public func beginClose() -> EventLoopFuture<Void> {
         let handler = self.handler
-        try? await self.channel.eventLoop.submit {
+        let channel = self.channel
+        return channel.eventLoop.submit {
             handler.value.sendFrame(.goAway(GoAway(code: .ok)))
-        }.get()
-        try? await self.channel.close()
+        }.flatMap {
+            channel.close()
+        }
     }
 
     /// Waits until the connection closes; returns the gateway's GOAWAY if it sent one.

@@ -39,7 +39,7 @@ public struct TerminusDevice: Sendable {
                 try await withTaskCancellationHandler {
                     try await session(connection)
                 } onCancel: {
-                    Task { await connection.close() }
+                    connection.beginClose()
                 }
                 let goAway = await connection.closeReason()
                 lastGoAway = goAway

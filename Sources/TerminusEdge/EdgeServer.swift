@@ -261,7 +261,8 @@ public final class EdgeServer: Sendable {
             session.control.goAway(.shuttingDown, reconnectAfterMilliseconds: delay, message: "gateway is draining")
         }
         let deadline = NIODeadline.now() + grace
-        while self.openConnections > 0 && NIODeadline.now() < deadline {
+        // Cancelled (a start that failed elsewhere, or a forced stop): no waiting.
+        while self.openConnections > 0 && NIODeadline.now() < deadline && !Task.isCancelled {
             try? await Task.sleep(for: .milliseconds(50))
         }
     }

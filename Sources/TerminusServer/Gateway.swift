@@ -24,9 +24,17 @@ public final class Gateway: Service, Sendable {
     private let edge: EdgeServer
     private let router: BackendRouter?
     private let api: APIServer?
-    private let admin: AdminServer?
     private let draining = Atomic<Bool>(false)
+    private let running = Atomic<Bool>(false)
     private let logger: Logger
+    /// Every part of the gateway as a `Service` (see `run()`).
+    private let services: ServiceGroup
+    /// The device and admin listeners' bound addresses, once bound.
+    private let deviceAddress = Latch<SocketAddress>()
+    private let adminBound: Latch<SocketAddress>?
+    /// Settled when every listener is bound, or the run failed.
+    private let startup = Latch<SocketAddress>()
+    private let runTask = Mutex<Task<Void, any Error>?>(nil)
 
     public init(
         configuration: GatewayConfiguration,
@@ -103,9 +111,11 @@ public final class Gateway: Service, Sendable {
             try? self.group.syncShutdownGracefully()
             throw error
         }
+        let ready = ReadyFlag()
+        self.readyFlag = ready
+        var parts: [any Service] = []
         if let listen = configuration.adminListen {
-            let ready = ReadyFlag()
-            self.admin = AdminServer(
+            let admin = AdminServer(
                 group: self.group,
                 host: listen.host,
                 port: listen.port,
@@ -113,11 +123,36 @@ public final class Gateway: Service, Sendable {
                 logger: logger,
                 ready: { ready.isReady }
             )
-            self.readyFlag = ready
+            let bound = Latch<SocketAddress>()
+            self.adminBound = bound
+            parts.append(
+                ListenerService(
+                    open: { try await bound.settle { try await admin.start() } },
+                    close: { await admin.shutdown() }
+                )
+            )
         } else {
-            self.admin = nil
-            self.readyFlag = ReadyFlag()
+            self.adminBound = nil
         }
+        parts += self.router?.lifecycleServices ?? []
+        if let api = self.api { parts.append(api) }
+        let edge = self.edge
+        let deviceAddress = self.deviceAddress
+        let drainWindow = configuration.drainReconnectWindow
+        let drainGrace = configuration.drainGrace
+        parts.append(
+            ListenerService(
+                open: { try await deviceAddress.settle { try await edge.start() } },
+                close: {
+                    ready.set(false)
+                    await edge.drain(reconnectWindow: drainWindow, grace: drainGrace)
+                    await edge.shutdown()
+                }
+            )
+        )
+        self.services = ServiceGroup(
+            configuration: .init(services: parts.map { .init(service: $0) }, logger: logger)
+        )
     }
 
     private let readyFlag: ReadyFlag
@@ -193,30 +228,83 @@ public final class Gateway: Service, Sendable {
         }
     }
 
-    /// Binds the listeners. Returns the device listener's address. A start that fails half way
-    /// (a port taken, a backend client that cannot be made) releases what it opened, listeners
-    /// and event loops, before it throws.
-    public func start() async throws -> SocketAddress {
+    /// Runs the gateway until graceful shutdown (SIGTERM through the `ServiceGroup` that runs
+    /// it, or `stop()`), then drains and stops. Every part is a `Service` in one inner
+    /// `ServiceGroup`, in start order: admin listener, each subscribed service's delivery, the
+    /// pools' re-balancing, API listener, device listener. Graceful shutdown runs the other
+    /// way: the device listener drains first (readiness turns false at once), then the API
+    /// finishes its calls, deliveries answer or give back what they hold, and the admin
+    /// listener goes last. When a part fails to start, the group cancels the others, each
+    /// releases what it opened, the event loops stop, and `run` throws that error.
+    public func run() async throws {
+        self.running.store(true, ordering: .relaxed)
+        defer { self.running.store(false, ordering: .relaxed) }
         do {
-            try self.router?.start()
-            let address = try await self.edge.start()
-            if let admin = self.admin {
-                self.adminAddress.withLock { $0 = nil }
-                let bound = try await admin.start()
-                self.adminAddress.withLock { $0 = bound }
+            try await withGracefulShutdownHandler {
+                try await withThrowingDiscardingTaskGroup { group in
+                    group.addTask { try await self.services.run() }
+                    do {
+                        try await self.awaitListeners()
+                    } catch is CancellationError {
+                        // A part failed to start: its error is the one the group throws.
+                    }
+                }
+            } onGracefulShutdown: {
+                self.readyFlag.set(false)
             }
-            if let api = self.api {
-                let port = try await api.start()
-                self.apiPort.withLock { $0 = port }
-            }
-            self.readyFlag.set(true)
-            return address
         } catch {
-            self.logger.error("start failed; releasing what was opened", metadata: ["error": "\(error)"])
-            await self.stop()
+            self.logger.error("gateway failed; released what it had opened", metadata: ["error": "\(error)"])
+            self.startup.fail(error)
+            try? await self.group.shutdownGracefully()
+            throw error
+        }
+        try? await self.group.shutdownGracefully()
+    }
+
+    /// Waits until every listener is bound, then reports the gateway ready and started.
+    private func awaitListeners() async throws {
+        let address = try await self.deviceAddress.value
+        if let admin = self.adminBound {
+            let bound = try await admin.value
+            self.adminAddress.withLock { $0 = bound }
+        }
+        if let api = self.api {
+            let port = try await api.listeningPort
+            self.apiPort.withLock { $0 = port }
+            self.logger.info("API listener started", metadata: ["port": "\(port)"])
+        }
+        if !self.draining.load(ordering: .relaxed) { self.readyFlag.set(true) }
+        self.startup.succeed(address)
+    }
+
+    /// Starts `run()` for callers that cannot hand the gateway to a `ServiceGroup` (embedding,
+    /// tests) and returns the device listener's bound address once every listener is bound.
+    /// A start that fails half way has released what it opened (listeners, clients, event
+    /// loops) before it throws. Pair with `stop()`, which awaits the run to its end.
+    public func start() async throws -> SocketAddress {
+        // The one stored task of the gateway: `run()` needs a task to live in, and start/stop
+        // callers have none to give it. `stop()` awaits it, so nothing outlives `stop()`.
+        let task = Task { try await self.run() }
+        self.runTask.withLock { $0 = task }
+        do {
+            return try await self.startup.value
+        } catch {
+            _ = try? await task.value
             throw error
         }
     }
+
+    /// Drains the devices and stops; returns once everything `start()` began has ended.
+    /// Safe to call more than once.
+    public func stop() async {
+        self.draining.store(true, ordering: .relaxed)
+        self.readyFlag.set(false)
+        await self.services.triggerGracefulShutdown()
+        _ = try? await self.runTask.withLock { $0 }?.value
+    }
+
+    /// True while `run()` (or the run `start()` began) has not returned.
+    public var isRunning: Bool { self.running.load(ordering: .relaxed) }
 
     private let adminAddress = Mutex<SocketAddress?>(nil)
     private let apiPort = Mutex<Int?>(nil)
@@ -247,27 +335,94 @@ public final class Gateway: Service, Sendable {
     /// How often the delivery senders came back from waiting for work (`BackendRouter.senderWakeUps`).
     public var deliverySenderWakeUps: Int { self.router?.senderWakeUps ?? 0 }
 
-    /// Drains the devices and stops. Safe to call once.
-    public func stop() async {
-        guard !self.draining.exchange(true, ordering: .relaxed) else { return }
-        self.readyFlag.set(false)
-        await self.edge.drain(
-            reconnectWindow: self.configuration.drainReconnectWindow,
-            grace: self.configuration.drainGrace
-        )
-        await self.api?.shutdown()
-        await self.edge.shutdown()
-        await self.router?.shutdown()
-        await self.admin?.shutdown()
-        try? await self.group.shutdownGracefully()
+}
+
+/// A listener as a `Service`: opened when the group starts it, closed at graceful shutdown or
+/// cancellation (a part that failed to start).
+struct ListenerService: Service {
+    let open: @Sendable () async throws -> Void
+    let close: @Sendable () async -> Void
+
+    func run() async throws {
+        try await self.open()
+        try? await gracefulShutdown()
+        await self.close()
+    }
+}
+
+/// A value settled once, awaited by any number of tasks (a waiter that is cancelled gets
+/// `CancellationError`).
+final class Latch<Value: Sendable>: Sendable {
+    private enum State {
+        case pending([UInt64: CheckedContinuation<Value, any Error>], next: UInt64)
+        case settled(Result<Value, any Error>)
     }
 
-    public func run() async throws {
-        _ = try await self.start()
-        try? await gracefulShutdown()
-        self.logger.info("graceful shutdown requested")
-        await self.stop()
-        self.logger.info("stopped")
+    private let state = Mutex(State.pending([:], next: 0))
+
+    func succeed(_ value: Value) { self.resolve(.success(value)) }
+
+    func fail(_ error: any Error) { self.resolve(.failure(error)) }
+
+    /// Settles with what `body` returns or throws, and passes that on.
+    func settle(_ body: () async throws -> Value) async throws {
+        do {
+            self.succeed(try await body())
+        } catch {
+            self.fail(error)
+            throw error
+        }
+    }
+
+    private func resolve(_ result: Result<Value, any Error>) {
+        let waiters = self.state.withLock { state -> [CheckedContinuation<Value, any Error>] in
+            guard case .pending(let waiters, _) = state else { return [] }
+            state = .settled(result)
+            return Array(waiters.values)
+        }
+        for waiter in waiters { waiter.resume(with: result) }
+    }
+
+    var value: Value {
+        get async throws {
+            let id = self.state.withLock { state -> UInt64? in
+                guard case .pending(let waiters, let next) = state else { return nil }
+                state = .pending(waiters, next: next + 1)
+                return next
+            }
+            guard let id else { return try self.settledResult!.get() }
+            return try await withTaskCancellationHandler {
+                try await withCheckedThrowingContinuation { continuation in
+                    let settled = self.state.withLock { state -> Result<Value, any Error>? in
+                        switch state {
+                        case .settled(let result):
+                            return result
+                        case .pending(var waiters, let next):
+                            guard !Task.isCancelled else { return .failure(CancellationError()) }
+                            waiters[id] = continuation
+                            state = .pending(waiters, next: next)
+                            return nil
+                        }
+                    }
+                    if let settled { continuation.resume(with: settled) }
+                }
+            } onCancel: {
+                let waiter = self.state.withLock { state -> CheckedContinuation<Value, any Error>? in
+                    guard case .pending(var waiters, let next) = state else { return nil }
+                    let waiter = waiters.removeValue(forKey: id)
+                    state = .pending(waiters, next: next)
+                    return waiter
+                }
+                waiter?.resume(throwing: CancellationError())
+            }
+        }
+    }
+
+    private var settledResult: Result<Value, any Error>? {
+        self.state.withLock { state in
+            guard case .settled(let result) = state else { return nil }
+            return result
+        }
     }
 }
 

@@ -11,7 +11,7 @@ import TerminusRouting
 import TerminusServer
 import Testing
 
-@Suite("Routing to gRPC backends", .serialized)
+@Suite("Routing to gRPC backends", .serialized, .gatewayScope)
 struct BackendRoutingTests {
     static func service(
         _ name: String,

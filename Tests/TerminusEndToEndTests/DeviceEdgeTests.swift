@@ -12,12 +12,11 @@ import Testing
 
 /// End to end over real loopback sockets with TLS. Serialized: these tests measure timeouts,
 /// and the machine has two cores.
-@Suite("Device edge end to end", .serialized)
+@Suite("Device edge end to end", .serialized, .gatewayScope)
 struct DeviceEdgeTests {
     @Test("publish plain, deflated and dictionary-deflated messages; acks come from the sink")
     func publishAndAck() async throws {
         let gateway = try await TestGateway.start()
-        defer { Task { await gateway.stop() } }
         let connection = try await gateway.connect("spk-000001")
         #expect(connection.welcome.deviceID == "spk-000001")
         #expect(connection.welcome.gatewayID == "gw-test")
@@ -55,7 +54,6 @@ struct DeviceEdgeTests {
     @Test("topic aliases bind on first use and resolve afterwards")
     func topicAliases() async throws {
         let gateway = try await TestGateway.start()
-        defer { Task { await gateway.stop() } }
         let connection = try await gateway.connect("alias-1")
         #expect(
             try await connection.publish(topic: "printer/status", payload: ByteBuffer(string: "a"), topicAlias: 3)
@@ -198,7 +196,6 @@ struct DeviceEdgeTests {
     @Test("each bad input gets its code and a closed connection; other devices keep working", arguments: Self.badInputs)
     func badInput(_ input: BadInput) async throws {
         let gateway = try await TestGateway.start()
-        defer { Task { await gateway.stop() } }
         let bystander = try await gateway.connect("bystander")
         let raw = try await RawClient.connect(port: gateway.port, tls: true)
         if input.helloFirst {
@@ -215,7 +212,6 @@ struct DeviceEdgeTests {
     @Test("no HELLO within the timeout: GOAWAY(HELLO_TIMEOUT)")
     func helloTimeout() async throws {
         let gateway = try await TestGateway.start()
-        defer { Task { await gateway.stop() } }
         let raw = try await RawClient.connect(port: gateway.port, tls: true)
         let started = Date()
         let goAway = await raw.goAwayOnClose(within: 5)
@@ -226,7 +222,6 @@ struct DeviceEdgeTests {
     @Test("a TCP connection that never starts TLS is cut at the handshake timeout")
     func handshakeTimeout() async throws {
         let gateway = try await TestGateway.start()
-        defer { Task { await gateway.stop() } }
         let raw = try await RawClient.connect(port: gateway.port, tls: false)
         #expect(await raw.waitUntil(5) { raw.isClosed })
         #expect(raw.frames.isEmpty)
@@ -235,7 +230,6 @@ struct DeviceEdgeTests {
     @Test("plain bytes on the TLS port close the connection without a frame")
     func plainBytesOnTLSPort() async throws {
         let gateway = try await TestGateway.start()
-        defer { Task { await gateway.stop() } }
         let raw = try await RawClient.connect(port: gateway.port, tls: false)
         try await raw.send(Self.frameBytes(TestGateway.hello("plain-1")))
         #expect(await raw.waitUntil(3) { raw.isClosed })
@@ -247,7 +241,6 @@ struct DeviceEdgeTests {
     @Test("a second connection with the same device id takes over; the first gets GOAWAY(REPLACED)")
     func takeover() async throws {
         let gateway = try await TestGateway.start()
-        defer { Task { await gateway.stop() } }
         let first = try await gateway.connect("dup-1")
         let second = try await gateway.connect("dup-1")
         let reason = await first.closeReason()
@@ -264,7 +257,6 @@ struct DeviceEdgeTests {
     @Test("keepalive: a silent device is closed after 1.5 × keepalive; a pinging one stays")
     func keepalive() async throws {
         let gateway = try await TestGateway.start()
-        defer { Task { await gateway.stop() } }
         let silent = try await RawClient.connect(port: gateway.port, tls: true)
         let welcome = try await silent.handshake("silent-1", keepalive: 1)
         #expect(welcome.keepaliveSeconds == 1)
@@ -282,7 +274,6 @@ struct DeviceEdgeTests {
     func inflightLimit() async throws {
         let sink = InMemorySink()
         let gateway = try await TestGateway.start(sink: sink) { $0.edge.maxInflight = 4 }
-        defer { Task { await gateway.stop() } }
         sink.startHolding()
         let connection = try await gateway.connect("window-1")
         #expect(connection.welcome.maxInflight == 4)
@@ -371,7 +362,6 @@ struct DeviceEdgeTests {
             $0.tls = nil
             $0.edge.maxConnections = 2
         }
-        defer { Task { await gateway.stop() } }
         let first = try await RawClient.connect(port: gateway.port, tls: false)
         let second = try await RawClient.connect(port: gateway.port, tls: false)
         try await first.handshake("cap-1")
@@ -385,7 +375,7 @@ struct DeviceEdgeTests {
     }
 }
 
-@Suite("Admin listener", .serialized)
+@Suite("Admin listener", .serialized, .gatewayScope)
 struct AdminListenerTests {
     func get(_ path: String, port: Int) async throws -> String {
         let raw = try await RawClient.connect(port: port, tls: false)

@@ -8,7 +8,7 @@ import TerminusProtocol
 import TerminusServer
 import Testing
 
-@Suite("Backend API: Send, Kick, Presence", .serialized)
+@Suite("Backend API: Send, Kick, Presence", .serialized, .gatewayScope)
 struct DownlinkAPITests {
     static let token = "test-api-token-0123456789"
 
@@ -57,7 +57,6 @@ struct DownlinkAPITests {
     @Test("invalid Sends are REJECTED with a code; PUSH frames never exceed the device's announced receive limit")
     func sendValidation() async throws {
         let gateway = try await Self.gateway()
-        defer { Task { await gateway.stop() } }
         // A device that can receive frames of at most 1,024 bytes says so in HELLO.
         let device = try await RawClient.connect(port: gateway.port, tls: true)
         let token = TerminusAuthTestSupport.token(deviceID: "small-1", secret: TestGateway.secret, expiresIn: 600)
@@ -99,7 +98,6 @@ struct DownlinkAPITests {
     @Test("Send to an online device: PUSH, device ACK, DELIVERED; large payloads travel deflated")
     func sendOnline() async throws {
         let gateway = try await Self.gateway()
-        defer { Task { await gateway.stop() } }
         let device = try await gateway.connect("speaker-1")
         let received = Task {
             var payloads: [String] = []
@@ -125,7 +123,6 @@ struct DownlinkAPITests {
     @Test("Send to an offline device and to one that never acknowledges")
     func offlineAndTimeout() async throws {
         let gateway = try await Self.gateway()
-        defer { Task { await gateway.stop() } }
         let silent = try await RawClient.connect(port: gateway.port, tls: true)
         try await silent.handshake("silent-speaker")
         let (offline, timeout, qos0) = try await Self.withAPI(gateway) { api, metadata in
@@ -154,7 +151,6 @@ struct DownlinkAPITests {
     @Test("Kick closes the device with GOAWAY(KICKED); Presence reports online and offline devices")
     func kickAndPresence() async throws {
         let gateway = try await Self.gateway()
-        defer { Task { await gateway.stop() } }
         let device = try await gateway.connect("printer-9")
         let presence = try await Self.withAPI(gateway) { api, metadata in
             var request = Terminus_V1_PresenceRequest()
@@ -182,7 +178,6 @@ struct DownlinkAPITests {
     @Test("calls without a valid bearer token are UNAUTHENTICATED")
     func unauthenticated() async throws {
         let gateway = try await Self.gateway()
-        defer { Task { await gateway.stop() } }
         for token in [nil, "wrong-token-but-long-enough", Self.token + "x"] as [String?] {
             await #expect(throws: RPCError.self) {
                 try await Self.withAPI(gateway, token: token) { api, metadata in
@@ -259,7 +254,6 @@ struct DownlinkAPITests {
             $0.apiListen = .init(host: "::1", port: 0)
             $0.apiTokens = [Self.token]
         }
-        defer { Task { await gateway.stop() } }
         let device = try await gateway.connect("speaker-v6")
         let answer = try await Self.withAPI(gateway, ipv6: true) { api, metadata in
             var request = Terminus_V1_PresenceRequest()
@@ -277,7 +271,6 @@ struct DownlinkAPITests {
             $0.apiListen = .init(host: "127.0.0.1", port: 0)
             $0.apiTLS = .init(certificateChain: pki.serverChain, privateKey: pki.serverKey, clientCA: pki.caFile)
         }
-        defer { Task { await gateway.stop() } }
         let device = try await gateway.connect("speaker-mtls")
         let trusted = try CertificateFactory.issueClient(ca: pki.ca, deviceID: "billing-backend")
         let answer = try await Self.withTLSAPI(gateway, clientCertificate: trusted) { try await Self.presence($0, $1) }
@@ -311,7 +304,6 @@ struct DownlinkAPITests {
             $0.apiTokens = [Self.token]
             $0.apiTLS = .init(certificateChain: pki.serverChain, privateKey: pki.serverKey, clientCA: pki.caFile)
         }
-        defer { Task { await gateway.stop() } }
         let trusted = try CertificateFactory.issueClient(ca: pki.ca, deviceID: "billing-backend")
         do {
             _ = try await Self.withTLSAPI(gateway, clientCertificate: trusted) { try await Self.presence($0, $1) }
@@ -334,7 +326,6 @@ struct DownlinkAPITests {
             $0.apiTokens = [Self.token]
             $0.apiTLS = .init(certificateChain: pki.serverChain, privateKey: pki.serverKey)
         }
-        defer { Task { await gateway.stop() } }
         do {
             _ = try await Self.withTLSAPI(gateway, clientCertificate: nil) { try await Self.presence($0, $1) }
             Issue.record("a call without a token was admitted")

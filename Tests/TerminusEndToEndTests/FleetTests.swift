@@ -8,12 +8,11 @@ import TerminusServer
 import TerminusSessions
 import Testing
 
-@Suite("Fleet behaviour", .serialized)
+@Suite("Fleet behaviour", .serialized, .gatewayScope)
 struct FleetTests {
     @Test("1000 TLS devices publish concurrently: every QoS 1 message acked exactly once and present in the sink")
     func thousandDevices() async throws {
         let gateway = try await TestGateway.start()
-        defer { Task { await gateway.stop() } }
         let deviceCount = 1000
         let messagesPerDevice = 5
         let group = MultiThreadedEventLoopGroup.singleton

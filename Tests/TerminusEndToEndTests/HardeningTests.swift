@@ -14,7 +14,7 @@ import Glibc
 
 /// What one authenticated device can cost the gateway (issue: "no single device can exhaust a
 /// gateway"). Each test failed before its bound existed.
-@Suite("Hardening: bounded cost per device", .serialized)
+@Suite("Hardening: bounded cost per device", .serialized, .gatewayScope)
 struct HardeningTests {
     /// A plaintext device socket that the test writes to without ever reading, with a small
     /// receive buffer so that the gateway's output backs up quickly.
@@ -59,7 +59,6 @@ struct HardeningTests {
             $0.edge.writeStallTimeout = .seconds(1)
             $0.edge.rateLimits = .unlimited
         }
-        defer { Task { await gateway.stop() } }
         let device = try NonReadingSocket(port: gateway.port)
         guard case .wrote = device.write(Self.bytes(TestGateway.hello("never-reads"))) else {
             Issue.record("HELLO not sent")
@@ -100,7 +99,6 @@ struct HardeningTests {
             $0.edge.maxPending = 8
             $0.edge.rateLimits = .unlimited
         }
-        defer { Task { await gateway.stop() } }
         sink.startHolding()
         let flood = try await RawClient.connect(port: gateway.port, tls: true)
         try await flood.handshake("qos0-flood")
@@ -136,7 +134,6 @@ struct HardeningTests {
                 refusalsBeforeClose: 3
             )
         }
-        defer { Task { await gateway.stop() } }
         let device = try await RawClient.connect(port: gateway.port, tls: true)
         try await device.handshake("rate-1")
         var burst: [UInt8] = []
@@ -162,7 +159,6 @@ struct HardeningTests {
     @Test("a frame that trickles in is closed with FRAME_TIMEOUT")
     func frameTimeout() async throws {
         let gateway = try await TestGateway.start { $0.edge.frameTimeout = .milliseconds(500) }
-        defer { Task { await gateway.stop() } }
         let device = try await RawClient.connect(port: gateway.port, tls: true)
         try await device.handshake("trickle-1", keepalive: 600)
         try await device.send([0x00, 0x00, 0x01])  // three bytes of a length prefix, then nothing
@@ -175,7 +171,6 @@ struct HardeningTests {
             $0.edge.authThrottle.failures = 3
             $0.edge.authThrottle.window = .seconds(30)
         }
-        defer { Task { await gateway.stop() } }
         var codes: [TerminusCode?] = []
         for attempt in 0..<4 {
             let device = try await RawClient.connect(port: gateway.port, tls: true)
@@ -193,7 +188,6 @@ struct HardeningTests {
     @Test("a token valid for longer than auth.max_token_lifetime is refused")
     func tokenLifetime() async throws {
         let gateway = try await TestGateway.start { $0.maxTokenLifetimeSeconds = 3_600 }
-        defer { Task { await gateway.stop() } }
         let device = try await RawClient.connect(port: gateway.port, tls: true)
         try await device.send(TestGateway.hello("long-lived", expiresIn: 9_000_000_000))
         #expect(await device.goAwayOnClose()?.code == .tokenLifetimeExceeded)
@@ -210,7 +204,6 @@ struct HardeningTests {
             $0.edge.unauthenticatedEvictionAge = .milliseconds(300)
             $0.edge.handshakeTimeout = .seconds(30)
         }
-        defer { Task { await gateway.stop() } }
         // Ten connections that open TCP to the TLS port and send nothing.
         var flood: [RawClient] = []
         for _ in 0..<10 { flood.append(try await RawClient.connect(port: gateway.port, tls: false)) }
@@ -271,8 +264,7 @@ struct HardeningTests {
         }
         await capped.stop()
         // The idle timeout: connections that never send a byte are closed.
-        let (idle, idlePorts) = try await gateway(.init(maxConnections: 100, idleTimeout: .milliseconds(500)))
-        defer { Task { await idle.stop() } }
+        let (_, idlePorts) = try await gateway(.init(maxConnections: 100, idleTimeout: .milliseconds(500)))
         for port in idlePorts {
             let silent = try await RawClient.connect(port: port, tls: false)
             #expect(await silent.waitUntil(5) { silent.isClosed }, "port \(port): an idle connection stays open")
@@ -283,7 +275,6 @@ struct HardeningTests {
     func transportCloseCodes() async throws {
         let sink = InMemorySink()
         let gateway = try await TestGateway.start(sink: sink) { $0.edge.publishEvents = true }
-        defer { Task { await gateway.stop() } }
         func disconnectCode(_ device: String) async -> String? {
             guard
                 await RawClient.poll(
@@ -303,7 +294,6 @@ struct HardeningTests {
             $0.transport = .plaintext
             $0.tls = nil
         }
-        defer { Task { await plain.stop() } }
         do {
             let device = try NonReadingSocket(port: plain.port)
             #expect(device.write(Self.bytes(TestGateway.hello("reset-1"))) != .closed)
@@ -328,7 +318,6 @@ struct HardeningTests {
     @Test("PUBLISH topics with control characters are INVALID_TOPIC")
     func controlCharacters() async throws {
         let gateway = try await TestGateway.start()
-        defer { Task { await gateway.stop() } }
         for topic in ["a\nb", "log\r\nINFO forged", "x\u{1B}[31m", "c1\u{85}"] {
             let device = try await RawClient.connect(port: gateway.port, tls: true)
             try await device.handshake("ctl-1")

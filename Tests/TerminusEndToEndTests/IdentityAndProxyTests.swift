@@ -9,7 +9,7 @@ import TerminusServer
 import TerminusSessions
 import Testing
 
-@Suite("mTLS identity and PROXY protocol", .serialized)
+@Suite("mTLS identity and PROXY protocol", .serialized, .gatewayScope)
 struct IdentityAndProxyTests {
     func clientCertificateTLS(deviceID: String) throws -> TLSConfiguration {
         let issued = try CertificateFactory.issueClient(ca: TestPKI.shared.ca, deviceID: deviceID)
@@ -27,7 +27,6 @@ struct IdentityAndProxyTests {
             $0.tls?.clientCA = TestPKI.shared.caFile
             $0.tls?.clientAuth = .optional
         }
-        defer { Task { await gateway.stop() } }
         var configuration = try gateway.client("")
         configuration.tls = try self.clientCertificateTLS(deviceID: "printer-cert-7")
         configuration.credential = .certificate
@@ -56,7 +55,6 @@ struct IdentityAndProxyTests {
             $0.tls?.clientCA = TestPKI.shared.caFile
             $0.tls?.clientAuth = .required
         }
-        defer { Task { await gateway.stop() } }
         do {
             _ = try await gateway.connect("no-cert")
             Issue.record("a device without a certificate connected")
@@ -78,7 +76,6 @@ struct IdentityAndProxyTests {
     @Test("PROXY v2 before TLS (as Tencent CLB sends it): the real client address reaches the sink")
     func proxyV2() async throws {
         let gateway = try await TestGateway.start { $0.proxyProtocol = .v2 }
-        defer { Task { await gateway.stop() } }
         var configuration = try gateway.client("proxied-1")
         configuration.preamble =
             Self.v2Signature + [0x21, 0x11, 0x00, 0x0C, 203, 0, 113, 9, 10, 0, 0, 5, 0x11, 0xD7, 0x1E, 0xCB]
@@ -98,7 +95,6 @@ struct IdentityAndProxyTests {
             $0.transport = .plaintext
             $0.tls = nil
         }
-        defer { Task { await gateway.stop() } }
         let raw = try await RawClient.connect(
             port: gateway.port,
             tls: false,
@@ -111,7 +107,6 @@ struct IdentityAndProxyTests {
     @Test("a PROXY listener refuses a connection whose header is missing or garbled")
     func proxyMissingOrGarbled() async throws {
         let gateway = try await TestGateway.start { $0.proxyProtocol = .v2 }
-        defer { Task { await gateway.stop() } }
         // Missing: a TLS client that starts with its ClientHello.
         await #expect(throws: TerminusClientError.self) { _ = try await gateway.connect("no-header") }
         // Garbled: a broken signature.

@@ -1,13 +1,17 @@
+import Logging
 import NIOCore
 import NIOPosix
+import ServiceLifecycle
+import TerminusProtocol
 import TerminusServer
+import TerminusSessions
 import Testing
 
 #if canImport(Glibc)
 import Glibc
 #endif
 
-@Suite("Gateway lifecycle", .serialized)
+@Suite("Gateway lifecycle", .serialized, .gatewayScope)
 struct LifecycleTests {
     @Test("a start that fails half way releases what it opened: the listeners bound before the failure are closed")
     func failedStartReleases() async throws {
@@ -31,5 +35,47 @@ struct LifecycleTests {
             if let fd { close(fd) }
         }
         try await blocker.close()
+    }
+
+    @Test("run() as a Service: a ServiceGroup's graceful shutdown turns readiness false, drains, and run() returns")
+    func runsInServiceGroup() async throws {
+        let devicePort = LoopbackSocket.freePort()
+        let configuration = TestGateway.configuration(port: devicePort) {
+            $0.adminListen = .init(host: "127.0.0.1", port: 0)
+            $0.apiListen = .init(host: "127.0.0.1", port: 0)
+            $0.apiTokens = ["lifecycle-token-0123456789"]
+        }
+        let gateway = try Gateway(configuration: configuration, sink: InMemorySink(), logger: TestGateway.logger)
+        let group = ServiceGroup(services: [gateway], logger: TestGateway.logger)
+        try await withThrowingTaskGroup { tasks in
+            tasks.addTask { try await group.run() }
+            #expect(await RawClient.poll(5) { gateway.boundAdminAddress != nil && gateway.boundAPIPort != nil })
+            let admin = try #require(gateway.boundAdminAddress?.port)
+            #expect(try await AdminListenerTests().get("/readyz", port: admin).hasPrefix("HTTP/1.1 200"))
+            #expect(gateway.isRunning)
+            // A device holds a session, so that the drain has someone to send GOAWAY to.
+            let device = try await RawClient.connect(port: devicePort, tls: true)
+            try await device.handshake("lifecycle-1")
+            await group.triggerGracefulShutdown()
+            #expect(await device.goAwayOnClose()?.code == .shuttingDown)
+            try await tasks.next()
+            #expect(!gateway.isRunning)
+            await device.close()
+            // Everything it had bound is released.
+            for port in [admin, try #require(gateway.boundAPIPort)] {
+                let fd = LoopbackSocket.connect(port: port)
+                #expect(fd == nil, "port \(port) is still open after run() returned")
+                if let fd { close(fd) }
+            }
+        }
+    }
+
+    @Test("a gateway started outside `.gatewayScope` is refused: nothing would stop it")
+    func startOutsideScope() async throws {
+        await withKnownIssue {
+            try await GatewayScope.$current.withValue(nil) {
+                _ = try await TestGateway.start()
+            }
+        }
     }
 }

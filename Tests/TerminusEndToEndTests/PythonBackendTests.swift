@@ -7,7 +7,7 @@ import Testing
 
 /// Runs the Python backend from docs/backend.md (docs/examples/python-backend/backend.py,
 /// grpcio and grpcio-tools from PyPI, installed by .ci/run) against the gateway.
-@Suite("Python backend from docs/backend.md", .serialized)
+@Suite("Python backend from docs/backend.md", .serialized, .gatewayScope)
 struct PythonBackendTests {
     @Test("the documented Python backend receives messages from the gateway")
     func pythonBackend() async throws {

@@ -11,7 +11,7 @@ import Testing
 import X509
 import _CryptoExtras
 
-@Suite("TLS versions and key types", .serialized)
+@Suite("TLS versions and key types", .serialized, .gatewayScope)
 struct TLSVersionsAndKeysTests {
     /// An RSA-2048 server certificate signed by the test CA (ECDSA), written as PEM files.
     static func rsaServerFiles() throws -> (chain: String, key: String) {
@@ -66,7 +66,6 @@ struct TLSVersionsAndKeysTests {
     @Test("min_version 1.3 refuses a TLS 1.2-only client")
     func minimumVersion() async throws {
         let gateway = try await TestGateway.start { $0.tls?.minimumVersion = "1.3" }
-        defer { Task { await gateway.stop() } }
         var configuration = try gateway.client("old-tls")
         configuration.tls?.maximumTLSVersion = .tlsv12
         await #expect(throws: TerminusClientError.self) {

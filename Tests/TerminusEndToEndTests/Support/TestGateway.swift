@@ -9,6 +9,7 @@ import TerminusEdge
 import TerminusProtocol
 import TerminusServer
 import TerminusSessions
+import Testing
 
 /// Certificates for the end-to-end tests, made once per process with swift-certificates.
 struct TestPKI: Sendable {
@@ -81,6 +82,30 @@ final class TestGateway: Sendable {
         routed: Bool = false,
         configure: (inout GatewayConfiguration) -> Void = { _ in }
     ) async throws -> TestGateway {
+        let configuration = Self.configuration(port: port, configure: configure)
+        guard let scope = GatewayScope.current else {
+            Issue.record("TestGateway.start outside a `.gatewayScope` suite: nothing would stop the gateway")
+            throw CancellationError()
+        }
+        let gateway = try Gateway(configuration: configuration, sink: routed ? nil : sink, logger: Self.logger)
+        let address = try await gateway.start()
+        let started = TestGateway(gateway: gateway, port: address.port!, sink: sink, configuration: configuration)
+        scope.add(started)
+        return started
+    }
+
+    static var logger: Logger {
+        var logger = Logger(label: "e2e")
+        logger.logLevel = ProcessInfo.processInfo.environment["TERMINUS_TEST_LOG"] == nil ? .critical : .debug
+        return logger
+    }
+
+    /// The tests' gateway configuration: TLS with the test PKI, the shared device secret, a
+    /// dictionary, short timeouts.
+    static func configuration(
+        port: Int = 0,
+        configure: (inout GatewayConfiguration) -> Void = { _ in }
+    ) -> GatewayConfiguration {
         let pki = TestPKI.shared
         var configuration = GatewayConfiguration()
         configuration.instanceID = "gw-test"
@@ -102,11 +127,7 @@ final class TestGateway: Sendable {
         configuration.drainGrace = .seconds(3)
         configuration.drainReconnectWindow = .milliseconds(500)
         configure(&configuration)
-        var logger = Logger(label: "e2e")
-        logger.logLevel = ProcessInfo.processInfo.environment["TERMINUS_TEST_LOG"] == nil ? .critical : .debug
-        let gateway = try Gateway(configuration: configuration, sink: routed ? nil : sink, logger: logger)
-        let address = try await gateway.start()
-        return TestGateway(gateway: gateway, port: address.port!, sink: sink, configuration: configuration)
+        return configuration
     }
 
     func stop() async {
