@@ -31,9 +31,11 @@ final class ClientPool: Sendable {
         }
 
         /// Runs the client's connections and the stream until retired (or cancelled); then
-        /// half-closes the stream, lets it finish (bounded by `grace`) and closes the connection.
+        /// half-closes the stream, lets it finish (bounded by `grace`) and closes the connection
+        /// (bounded by `grace` again: a client still resolving or connecting to an address that
+        /// never answers is cancelled rather than waited for).
         func run(grace: Duration, logger: Logger, name: String) async {
-            await withDiscardingTaskGroup { group in
+            await withTaskGroup(of: Void.self) { group in
                 group.addTask {
                     do {
                         try await self.client.runConnections()
@@ -41,7 +43,7 @@ final class ClientPool: Sendable {
                         logger.warning("backend client stopped", metadata: ["service": "\(name)", "error": "\(error)"])
                     }
                 }
-                await withTaskGroup(of: Void.self) { streams in
+                let wasOpen = await withTaskGroup(of: Void.self) { streams in
                     streams.addTask { await self.stream.run() }
                     for await _ in self.retired {}
                     // A stream backing off (none open) has nothing to finish: stop it at once.
@@ -51,8 +53,15 @@ final class ClientPool: Sendable {
                     streams.addTask { try? await Task.sleep(for: grace) }
                     await streams.next()
                     streams.cancelAll()
+                    return wasOpen
                 }
+                // Nothing was open (the service unreachable, or its name not resolving): no call
+                // can be in flight, so the connections stop at once.
+                guard wasOpen else { return group.cancelAll() }
                 self.client.beginGracefulShutdown()
+                group.addTask { try? await Task.sleep(for: grace) }
+                await group.next()
+                group.cancelAll()
             }
         }
     }

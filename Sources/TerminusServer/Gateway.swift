@@ -251,6 +251,7 @@ public final class Gateway: Service, Sendable {
                 }
             } onGracefulShutdown: {
                 self.readyFlag.set(false)
+                self.logger.info("graceful shutdown requested")
             }
         } catch {
             self.logger.error("gateway failed; released what it had opened", metadata: ["error": "\(error)"])
@@ -259,6 +260,7 @@ public final class Gateway: Service, Sendable {
             throw error
         }
         try? await self.group.shutdownGracefully()
+        self.logger.info("stopped")
     }
 
     /// Waits until every listener is bound, then reports the gateway ready and started.
@@ -299,6 +301,7 @@ public final class Gateway: Service, Sendable {
     public func stop() async {
         self.draining.store(true, ordering: .relaxed)
         self.readyFlag.set(false)
+        self.logger.info("stop requested")
         await self.services.triggerGracefulShutdown()
         _ = try? await self.runTask.withLock { $0 }?.value
     }

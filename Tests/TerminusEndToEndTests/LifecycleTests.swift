@@ -2,6 +2,7 @@ import Logging
 import NIOCore
 import NIOPosix
 import ServiceLifecycle
+import TerminusBackend
 import TerminusProtocol
 import TerminusServer
 import TerminusSessions
@@ -77,5 +78,21 @@ struct LifecycleTests {
                 _ = try await TestGateway.start()
             }
         }
+    }
+
+    @Test("a service whose name never resolves does not hold up stop(): nothing is in flight to it")
+    func unresolvableServiceStops() async throws {
+        var service = try BackendRoutingTests.service("nowhere", port: 50051, topics: ["#"])
+        service.host = "does-not-resolve.invalid"
+        // Longer than the bound below: stop() must not wait for it with nothing in flight.
+        service.deadlineMilliseconds = 60_000
+        let gateway = try await BackendRoutingTests.gateway([service])
+        // Let the client try (and fail) to resolve the name first.
+        try await Task.sleep(for: .milliseconds(300))
+        let started = ContinuousClock.now
+        await gateway.stop()
+        let took = ContinuousClock.now - started
+        #expect(took < .seconds(20), "stop() took \(took)")
+        #expect(!gateway.gateway.isRunning)
     }
 }
