@@ -19,17 +19,11 @@ let package = Package(
         .executable(name: "terminus", targets: ["terminus"]),
         .executable(name: "terminus-echo-backend", targets: ["terminus-echo-backend"]),
         .executable(name: "terminus-grpc-probe", targets: ["terminus-grpc-probe"]),
+        // What a device or backend written in Swift uses; every other module is `package`
+        // (the benchmarks and fuzz targets below are in this package, behind a variable).
         .library(name: "TerminusClient", targets: ["TerminusClient"]),
-        // For the benchmarks package (Benchmarks/), which links the modules it measures.
         .library(name: "TerminusProtocol", targets: ["TerminusProtocol"]),
-        .library(name: "TerminusCompression", targets: ["TerminusCompression"]),
-        .library(name: "TerminusRouting", targets: ["TerminusRouting"]),
-        .library(name: "TerminusSessions", targets: ["TerminusSessions"]),
-        .library(name: "TerminusAuth", targets: ["TerminusAuth"]),
-        .library(name: "TerminusEdge", targets: ["TerminusEdge"]),
-        .library(name: "TerminusBackend", targets: ["TerminusBackend"]),
         .library(name: "TerminusAPI", targets: ["TerminusAPI"]),
-        .library(name: "TerminusServer", targets: ["TerminusServer"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.3"),
@@ -343,4 +337,73 @@ if Context.environment["TERMINUS_CORE_ONLY"] == "1" {
     ]
     package.targets = package.targets.filter { core.contains($0.name) }
     package.products = package.products.filter { core.contains($0.name) }
+}
+
+// `TERMINUS_BENCHMARKS=1` adds the benchmarks (as Hummingbird does): package-benchmark
+// micro-benchmarks with allocation gates (thresholds in Benchmarks/Thresholds/) and the fleet
+// load generator, which Benchmarks/gate runs. Kept out of the normal build and its dependency
+// graph; in this package so that `package` declarations reach them. See docs/benchmarks.md.
+if Context.environment["TERMINUS_BENCHMARKS"] == "1" {
+    package.dependencies += [
+        .package(url: "https://github.com/ordo-one/benchmark.git", from: "1.38.1", traits: ["MallocInterposer"]),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.1.4"),
+    ]
+    package.targets += [
+        .executableTarget(
+            name: "TerminusBenchmarks",
+            dependencies: [
+                .product(name: "Benchmark", package: "benchmark"),
+                "TerminusProtocol", "TerminusCompression", "TerminusRouting", "TerminusSessions", "TerminusAuth",
+                "TerminusEdge", "TerminusBackend", "TerminusAPI", "TerminusServer",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Benchmarks/Benchmarks/TerminusBenchmarks",
+            plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
+        ),
+        .executableTarget(
+            name: "terminus-loadgen",
+            dependencies: [
+                "TerminusClient", "TerminusEdge", "TerminusProtocol", "TerminusCompression", "TerminusAuth",
+                "TerminusAPI",
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "NIOTLS", package: "swift-nio"),
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+                .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
+            ],
+            path: "Benchmarks/Sources/terminus-loadgen"
+        ),
+    ]
+    package.products += [.executable(name: "terminus-loadgen", targets: ["terminus-loadgen"])]
+}
+
+// `TERMINUS_FUZZ=1` adds the libFuzzer targets. Each defines LLVMFuzzerTestOneInput and gets
+// main() from libFuzzer, so they only link with the fuzzer flags, one product at a time:
+// scripts/fuzz.sh builds them (`--product fuzz-… --sanitize=fuzzer --sanitize=address
+// -Xswiftc -sanitize=fuzzer,address`) and runs each over a copy of Fuzz/Corpus/<target>.
+if Context.environment["TERMINUS_FUZZ"] == "1" {
+    func fuzzTarget(_ name: String, _ modules: [Target.Dependency], nio: Bool = true) -> Target {
+        .executableTarget(
+            name: name,
+            dependencies: modules + (nio ? [.product(name: "NIOCore", package: "swift-nio")] : []),
+            path: "Fuzz/Sources/\(name)"
+        )
+    }
+    let fuzzTargets = [
+        fuzzTarget("fuzz-frame-decoder", ["TerminusProtocol"]),
+        fuzzTarget("fuzz-hello-token", ["TerminusProtocol", "TerminusAuth"]),
+        fuzzTarget("fuzz-proxy-header", ["TerminusEdge"]),
+        fuzzTarget("fuzz-inflate", ["TerminusCompression"]),
+        fuzzTarget("fuzz-topic-filter", ["TerminusRouting"], nio: false),
+        fuzzTarget("fuzz-config", ["TerminusServer", "TerminusRouting", "TerminusEdge"]),
+    ]
+    package.targets += fuzzTargets
+    package.products += fuzzTargets.map { .executable(name: $0.name, targets: [$0.name]) }
 }

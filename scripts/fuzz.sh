@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds the libFuzzer targets in Fuzz/ (address sanitizer, coverage) and runs each one.
+# Builds the libFuzzer targets (Fuzz/Sources; root package, TERMINUS_FUZZ=1) with address
+# sanitizer and coverage, and runs each one.
 #
 #   scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]
 #
@@ -62,16 +63,15 @@ fi
 # hashing keeps the order, and the build incremental (and makes the targets' own Set and
 # Dictionary orders, so their crashes, reproducible).
 export SWIFT_DETERMINISTIC_HASHING=1
-build=(swift build -c debug --package-path Fuzz --scratch-path "$scratch"
+# The fuzz targets are products of the root package behind TERMINUS_FUZZ=1 (Package.swift),
+# built one product at a time: the gateway's own executables have a main() of their own.
+export TERMINUS_FUZZ=1
+build=(swift build -c debug --scratch-path "$scratch"
     --sanitize=fuzzer --sanitize=address -Xswiftc -sanitize=fuzzer,address)
 [ -n "${FUZZ_JOBS:-}" ] && build+=(--jobs "$FUZZ_JOBS")
-echo "== build: ${build[*]}"
+echo "== build: ${build[*]} --product TARGET"
 build_start=$(date +%s)
-if [ ${#targets[@]} -eq ${#all_targets[@]} ]; then
-    "${build[@]}"
-else
-    for target in "${targets[@]}"; do "${build[@]}" --product "$target"; done
-fi
+for target in "${targets[@]}"; do "${build[@]}" --product "$target"; done
 echo "== build took $(($(date +%s) - build_start)) s"
 bin=$("${build[@]}" --show-bin-path)
 

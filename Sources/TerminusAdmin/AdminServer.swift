@@ -1,9 +1,9 @@
-public import Logging
-public import NIOCore
+package import Logging
+package import NIOCore
 internal import NIOHTTP1
 internal import NIOPosix
 internal import Synchronization
-public import TerminusListeners
+package import TerminusListeners
 
 /// The admin HTTP listener: liveness and readiness for Kubernetes probes.
 ///
@@ -12,7 +12,7 @@ public import TerminusListeners
 ///
 /// Two routes do not justify a web framework; this is a plain NIOHTTP1 handler. Keep it on
 /// loopback or a cluster-internal port: it has no authentication.
-public final class AdminServer: Sendable {
+package final class AdminServer: Sendable {
     private let group: any EventLoopGroup
     private let host: String
     private let port: Int
@@ -20,11 +20,11 @@ public final class AdminServer: Sendable {
     private let ready: @Sendable () -> Bool
     private let channel = Mutex<(any Channel)?>(nil)
     /// Caps connections and closes idle ones: probes and scrapes are short.
-    public let connectionGuard: ConnectionGuard
+    package let connectionGuard: ConnectionGuard
 
-    public static let defaultLimits = ConnectionGuard.Limits(maxConnections: 64, idleTimeout: .seconds(30))
+    package static let defaultLimits = ConnectionGuard.Limits(maxConnections: 64, idleTimeout: .seconds(30))
 
-    public init(
+    package init(
         group: any EventLoopGroup,
         host: String,
         port: Int,
@@ -40,7 +40,7 @@ public final class AdminServer: Sendable {
         self.ready = ready
     }
 
-    public func start() async throws -> SocketAddress {
+    package func start() async throws -> SocketAddress {
         let ready = self.ready
         let connectionGuard = self.connectionGuard
         let channel = try await ServerBootstrap(group: self.group)
@@ -70,7 +70,7 @@ public final class AdminServer: Sendable {
         return address
     }
 
-    public func shutdown() async {
+    package func shutdown() async {
         let channel = self.channel.withLock { $0 }
         try? await channel?.close()
     }

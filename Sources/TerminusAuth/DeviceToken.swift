@@ -6,8 +6,8 @@ internal import FoundationEssentials
 /// A token is the ASCII string `v1.<expiry>.<mac>` where `expiry` is Unix seconds in decimal
 /// and `mac` is the unpadded base64url HMAC-SHA256, keyed with the device's secret, of
 /// `"terminus-token-v1\n" + deviceID + "\n" + expiry`.
-public enum DeviceToken {
-    public enum Verdict: Hashable, Sendable {
+package enum DeviceToken {
+    package enum Verdict: Hashable, Sendable {
         case valid(expiresAt: Int64)
         case invalid
         case expired(expiresAt: Int64)
@@ -16,14 +16,14 @@ public enum DeviceToken {
     static let domain = "terminus-token-v1\n"
 
     /// Makes a token for `deviceID` valid until `expiresAt` (Unix seconds).
-    public static func make(deviceID: String, secret: [UInt8], expiresAt: Int64) -> String {
+    package static func make(deviceID: String, secret: [UInt8], expiresAt: Int64) -> String {
         let mac = Self.mac(deviceID: deviceID, secret: secret, expiry: String(expiresAt))
         return "v1.\(expiresAt).\(Self.base64URL(Data(mac)))"
     }
 
     /// Checks `token` for `deviceID`. The MAC comparison is constant-time; expiry is checked
     /// only for a token whose MAC is valid, so "expired" never leaks anything about a forgery.
-    public static func verify(token: [UInt8], deviceID: String, secret: [UInt8], now: Int64) -> Verdict {
+    package static func verify(token: [UInt8], deviceID: String, secret: [UInt8], now: Int64) -> Verdict {
         let parts = token.split(separator: UInt8(ascii: "."), omittingEmptySubsequences: false)
         guard parts.count == 3, parts[0].elementsEqual("v1".utf8),
             parts[1].count <= 19, parts[1].allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }),

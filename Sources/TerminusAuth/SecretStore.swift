@@ -2,20 +2,20 @@
 ///
 /// Lookup takes the exact id first, then the longest matching prefix. Immutable: the gateway
 /// builds it once at start (secrets are not reloaded while running).
-public struct SecretStore: Sendable {
+package struct SecretStore: Sendable {
     private let exact: [String: [UInt8]]
     /// Sorted longest first.
     private let prefixes: [(prefix: String, secret: [UInt8])]
 
-    public init(devices: [String: [UInt8]] = [:], prefixes: [String: [UInt8]] = [:]) {
+    package init(devices: [String: [UInt8]] = [:], prefixes: [String: [UInt8]] = [:]) {
         self.exact = devices
         self.prefixes = prefixes.map { (prefix: $0.key, secret: $0.value) }
             .sorted { $0.prefix.utf8.count > $1.prefix.utf8.count }
     }
 
-    public var isEmpty: Bool { self.exact.isEmpty && self.prefixes.isEmpty }
+    package var isEmpty: Bool { self.exact.isEmpty && self.prefixes.isEmpty }
 
-    public func secret(for deviceID: String) -> [UInt8]? {
+    package func secret(for deviceID: String) -> [UInt8]? {
         if let secret = self.exact[deviceID] { return secret }
         for entry in self.prefixes where deviceID.utf8.starts(with: entry.prefix.utf8) {
             return entry.secret

@@ -1,13 +1,13 @@
 internal import GRPCCore
 internal import GRPCNIOTransportHTTP2
-public import Logging
+package import Logging
 internal import NIOCore
-public import ServiceLifecycle
-public import TerminusListeners
-public import TerminusSessions
+internal import ServiceLifecycle
+package import TerminusListeners
+package import TerminusSessions
 
 /// How the API listener is secured and who it admits.
-public enum APISecurity: Sendable {
+package enum APISecurity: Sendable {
     /// h2c; callers authenticate with bearer tokens only.
     case plaintext
     /// TLS with the given PEM files. With `clientCA`, mutual TLS: a caller must present a
@@ -26,17 +26,17 @@ public enum APISecurity: Sendable {
 ///
 /// A `Service`: `run` binds and serves until graceful shutdown (calls in flight finish) or
 /// cancellation.
-public final class APIServer: Service, Sendable {
+package final class APIServer: Service, Sendable {
     private let server: GRPCServer<HTTP2ServerTransport.Posix>
     private let logger: Logger
     /// Caps connections and closes idle ones (`api.max_connections`, `api.idle_timeout`).
-    public let connectionGuard: ConnectionGuard
+    package let connectionGuard: ConnectionGuard
 
     /// `api.max_connections` and `api.idle_timeout` defaults: backends keep a few long-lived
     /// HTTP/2 connections each; a connection silent for five minutes is closed (gRPC clients
     /// reconnect on their own), so stalled connections cannot pile up.
-    public static let defaultLimits = ConnectionGuard.Limits(maxConnections: 1_024, idleTimeout: .seconds(300))
-    public init(
+    package static let defaultLimits = ConnectionGuard.Limits(maxConnections: 1_024, idleTimeout: .seconds(300))
+    package init(
         host: String,
         port: Int,
         tokens: [String],
@@ -108,7 +108,7 @@ public final class APIServer: Service, Sendable {
     }
 
     /// Binds and serves until graceful shutdown or cancellation.
-    public func run() async throws {
+    package func run() async throws {
         try await withGracefulShutdownHandler {
             try await self.server.serve()
         } onGracefulShutdown: {
@@ -117,7 +117,7 @@ public final class APIServer: Service, Sendable {
     }
 
     /// The bound port, once `run` has bound; throws if it could not.
-    public var listeningPort: Int {
+    package var listeningPort: Int {
         get async throws {
             guard let address = try await self.server.listeningAddress,
                 let port = address.ipv4?.port ?? address.ipv6?.port

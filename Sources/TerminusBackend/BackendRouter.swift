@@ -1,8 +1,8 @@
-public import Logging
-public import NIOCore
-public import ServiceLifecycle
+package import Logging
+package import NIOCore
+package import ServiceLifecycle
 internal import TerminusRouting
-public import TerminusSessions
+package import TerminusSessions
 
 /// The uplink sink that routes each message to every service whose topic filters match it,
 /// over gRPC, and turns their answers into the device's ACK.
@@ -16,15 +16,15 @@ public import TerminusSessions
 /// - Its work runs in `services`: one `Service` per subscribed service (its sender and
 ///   connection pool) and one that re-balances the pools; run them in the gateway's
 ///   `ServiceGroup`.
-public final class BackendRouter: UplinkSink, Sendable {
+package final class BackendRouter: UplinkSink, Sendable {
     /// At most this many services: the route table's service set is one 64-bit word.
-    public static let maxServices = ServiceSet.capacity
+    package static let maxServices = ServiceSet.capacity
 
     private let table: RouteTable
     private let services: [ServiceDelivery]
     private let logger: Logger
 
-    public init(
+    package init(
         subscriptions: [Subscription],
         instanceID: String,
         group: any EventLoopGroup,
@@ -46,21 +46,21 @@ public final class BackendRouter: UplinkSink, Sendable {
 
     /// The router's work as services, in start order: each subscribed service's delivery,
     /// then the re-balancing of their pools. A `ServiceGroup` stops them in reverse order.
-    public var lifecycleServices: [any Service] {
+    package var lifecycleServices: [any Service] {
         let interval = self.services.map(\.subscription.rebalanceSeconds).min() ?? 300
         return self.services + [Rebalancer(services: self.services, intervalSeconds: interval)]
     }
 
     /// Messages inside delivery, counted once per service: in flight, waiting for a window,
     /// or lingering.
-    public var backlog: Int { self.services.reduce(0) { $0 + $1.backlog } }
+    package var backlog: Int { self.services.reduce(0) { $0 + $1.backlog } }
 
     /// How often the services' senders came back from waiting for work: with `linger`, once
     /// per batch rather than once per edge batch (diagnostics and tests).
-    public var senderWakeUps: Int { self.services.reduce(0) { $0 + $1.senderWakeUps } }
+    package var senderWakeUps: Int { self.services.reduce(0) { $0 + $1.senderWakeUps } }
 
     /// Which messages of an edge batch go to which service: the synchronous part of `deliver`.
-    public func plan(_ batch: [UplinkMessage]) -> RoutingPlan {
+    package func plan(_ batch: [UplinkMessage]) -> RoutingPlan {
         var plan = RoutingPlan(
             groups: [[Int]](repeating: [], count: self.services.count),
             outcomes: [DeliveryOutcome](repeating: .accepted, count: batch.count)
@@ -75,7 +75,7 @@ public final class BackendRouter: UplinkSink, Sendable {
 
     /// Hands each service its part of the batch (see `ServiceDelivery.deliver`: no task is
     /// started on the way in) and combines their answers.
-    public func deliver(_ batch: [UplinkMessage], on eventLoop: any EventLoop) -> EventLoopFuture<[DeliveryOutcome]> {
+    package func deliver(_ batch: [UplinkMessage], on eventLoop: any EventLoop) -> EventLoopFuture<[DeliveryOutcome]> {
         let plan = self.plan(batch)
         if plan.isEmpty { return eventLoop.makeSucceededFuture(plan.outcomes) }
         let promise = eventLoop.makePromise(of: [DeliveryOutcome].self)
@@ -96,12 +96,12 @@ public final class BackendRouter: UplinkSink, Sendable {
 /// The routing of one edge batch: per configured service, the indices of the messages it gets;
 /// per message, `noRoute` when no service matched (otherwise `accepted`, to be combined with
 /// the services' answers).
-public struct RoutingPlan: Sendable {
-    public var groups: [[Int]]
-    public var outcomes: [DeliveryOutcome]
+package struct RoutingPlan: Sendable {
+    package var groups: [[Int]]
+    package var outcomes: [DeliveryOutcome]
 
     /// No message goes to any service.
-    public var isEmpty: Bool { self.groups.allSatisfy(\.isEmpty) }
+    package var isEmpty: Bool { self.groups.allSatisfy(\.isEmpty) }
 }
 
 /// Replaces each pool's oldest connection every `intervalSeconds` (0: never), until graceful
@@ -124,7 +124,7 @@ struct Rebalancer: Service {
     }
 }
 
-public struct RouterError: Error, CustomStringConvertible {
-    public var description: String
+package struct RouterError: Error, CustomStringConvertible {
+    package var description: String
     init(_ description: String) { self.description = description }
 }

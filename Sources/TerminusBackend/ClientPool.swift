@@ -31,9 +31,9 @@ final class ClientPool: Sendable {
         }
 
         /// Runs the client's connections and the stream until retired (or cancelled); then
-        /// half-closes the stream, lets it finish (bounded by `grace`) and closes the connection
-        /// (bounded by `grace` again: a client still resolving or connecting to an address that
-        /// never answers is cancelled rather than waited for).
+        /// half-closes the stream and, if batches still wait for answers, lets them finish
+        /// (bounded by `grace`) and closes the connection gracefully (bounded by `grace` again);
+        /// with nothing in flight it stops both at once.
         func run(grace: Duration, logger: Logger, name: String) async {
             await withTaskGroup(of: Void.self) { group in
                 group.addTask {
@@ -43,21 +43,21 @@ final class ClientPool: Sendable {
                         logger.warning("backend client stopped", metadata: ["service": "\(name)", "error": "\(error)"])
                     }
                 }
-                let wasOpen = await withTaskGroup(of: Void.self) { streams in
+                let busy = await withTaskGroup(of: Void.self) { streams in
                     streams.addTask { await self.stream.run() }
                     for await _ in self.retired {}
-                    // A stream backing off (none open) has nothing to finish: stop it at once.
-                    let wasOpen = self.stream.isOpen
+                    // Closed first, so that no batch is written after the look at what is in flight.
                     self.stream.close()
-                    if !wasOpen { streams.cancelAll() }
+                    // With no batch waiting for an answer (a stream backing off or still opening,
+                    // the service unreachable, its name not resolving) there is nothing to finish.
+                    let busy = self.stream.hasBatchesInFlight
+                    if !busy { streams.cancelAll() }
                     streams.addTask { try? await Task.sleep(for: grace) }
                     await streams.next()
                     streams.cancelAll()
-                    return wasOpen
+                    return busy
                 }
-                // Nothing was open (the service unreachable, or its name not resolving): no call
-                // can be in flight, so the connections stop at once.
-                guard wasOpen else { return group.cancelAll() }
+                guard busy else { return group.cancelAll() }
                 self.client.beginGracefulShutdown()
                 group.addTask { try? await Task.sleep(for: grace) }
                 await group.next()

@@ -79,6 +79,9 @@ final class DeliveryStream: Sendable {
     /// Whether a stream is open and takes batches.
     var isOpen: Bool { self.state.withLock { $0.input != nil } }
 
+    /// Whether batches written on it still wait for their answers.
+    var hasBatchesInFlight: Bool { self.state.withLock { !$0.waiting.isEmpty } }
+
     /// Waits until one more batch may be written on this stream; `send` gives the credit back.
     func acquireCredit() async {
         await self.credits.acquire(1)

@@ -4,9 +4,9 @@ internal import Logging
 internal import NIOCore
 internal import ServiceLifecycle
 internal import Synchronization
-public import TerminusAPI
+package import TerminusAPI
 internal import TerminusProtocol
-public import TerminusSessions
+package import TerminusSessions
 
 /// Delivers messages to one subscribed service.
 ///
@@ -288,14 +288,14 @@ final class ServiceDelivery: Service, Sendable {
 }
 
 /// Turns an uplink message into the `terminus.v1.UplinkMessage` a backend receives.
-public struct UplinkEncoder: Sendable {
-    public let instanceID: String
+package struct UplinkEncoder: Sendable {
+    package let instanceID: String
 
-    public init(instanceID: String) {
+    package init(instanceID: String) {
         self.instanceID = instanceID
     }
 
-    public func encode(_ message: UplinkMessage) -> Terminus_V1_UplinkMessage {
+    package func encode(_ message: UplinkMessage) -> Terminus_V1_UplinkMessage {
         var proto = Terminus_V1_UplinkMessage()
         proto.deviceID = message.deviceID
         proto.topic = message.topic

@@ -1,9 +1,9 @@
-public import TerminusProtocol
-public import TerminusRouting
+package import TerminusProtocol
+package import TerminusRouting
 
 /// One backend service and what it subscribes to (`services[]` in the configuration).
-public struct Subscription: Sendable {
-    public enum Security: Sendable {
+package struct Subscription: Sendable {
+    package enum Security: Sendable {
         case plaintext
         /// TLS to the service; `caFile` nil means the system trust store. With a client
         /// certificate and key, mTLS.
@@ -11,37 +11,37 @@ public struct Subscription: Sendable {
     }
 
     /// Unique name, used in logs and in `DeliverRequest.subscription`.
-    public var name: String
+    package var name: String
     /// DNS name (or IP) and port of the service, usually a Kubernetes Service or a load balancer.
-    public var host: String
-    public var port: Int
-    public var security: Security = .plaintext
-    public var filters: [TopicFilter]
+    package var host: String
+    package var port: Int
+    package var security: Security = .plaintext
+    package var filters: [TopicFilter]
     /// Most messages in one batch on a Deliver stream.
-    public var batchSize: Int = 256
+    package var batchSize: Int = 256
     /// How long messages may wait to fill a batch (milliseconds; 0: send each edge batch at once).
-    public var lingerMilliseconds: UInt64 = 0
+    package var lingerMilliseconds: UInt64 = 0
     /// Most messages in flight to this service at once; further batches wait, and devices
     /// feeding them stop being read once their own inflight windows fill.
-    public var window: Int = 8192
+    package var window: Int = 8192
     /// How long to wait for a batch's answer, in milliseconds.
-    public var deadlineMilliseconds: Int64 = 5000
+    package var deadlineMilliseconds: Int64 = 5000
     /// Attempts per batch (`retry.attempts`, 1 = no retry) and the backoff between them
     /// (`retry.initial_backoff`, `retry.max_backoff`; full jitter).
-    public var retry: RetryPolicy = .backendBatch
+    package var retry: RetryPolicy = .backendBatch
     /// How the service's Deliver streams are re-opened and its connections re-made.
-    public var reconnect: RetryPolicy = .backendReconnect
+    package var reconnect: RetryPolicy = .backendReconnect
     /// The retry-after hint (seconds) devices get when every attempt failed.
-    public var retryAfterSeconds: UInt16 = 5
+    package var retryAfterSeconds: UInt16 = 5
     /// HTTP/2 connections held to the service; a Service behind one virtual IP is balanced
     /// by holding several and replacing the oldest every `rebalanceSeconds`.
-    public var connections: Int = 2
+    package var connections: Int = 2
     /// Batches written and unanswered at once on one connection's Deliver stream; more wait in
     /// the gateway (their deadline not started) until the backend answers one.
-    public var batchesInFlight: Int = 16
-    public var rebalanceSeconds: Int = 300
+    package var batchesInFlight: Int = 16
+    package var rebalanceSeconds: Int = 300
 
-    public init(name: String, host: String, port: Int, filters: [TopicFilter]) {
+    package init(name: String, host: String, port: Int, filters: [TopicFilter]) {
         self.name = name
         self.host = host
         self.port = port

@@ -40,7 +40,9 @@ final class ClientHandler: ChannelInboundHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        // Cancelled and dropped: the task's closure holds this handler (a cycle otherwise).
         self.keepaliveTask?.cancel()
+        self.keepaliveTask = nil
         let error = TerminusClientError(.connectionClosed, goAway: self.goAway, "connection closed")
         let refused = TerminusClientError(.refused, goAway: self.goAway, "refused by the gateway")
         self.welcomePromise.fail(self.goAway == nil ? error : refused)

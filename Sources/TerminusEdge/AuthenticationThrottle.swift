@@ -1,4 +1,4 @@
-public import NIOCore
+package import NIOCore
 internal import Synchronization
 
 /// Counts failed authentications per client address (the real one, from PROXY protocol when
@@ -9,14 +9,14 @@ internal import Synchronization
 /// one lock. Bounded: at most `maxAddresses` addresses are tracked; when the table is full,
 /// expired entries are dropped, and if none is expired a new address is not tracked (the
 /// throttle fails open rather than growing).
-public final class AuthenticationThrottle: Sendable {
-    public struct Settings: Hashable, Sendable {
+package final class AuthenticationThrottle: Sendable {
+    package struct Settings: Hashable, Sendable {
         /// Failures within `window` after which an address is refused; 0 turns throttling off.
-        public var failures: Int
-        public var window: TimeAmount
-        public var maxAddresses: Int
+        package var failures: Int
+        package var window: TimeAmount
+        package var maxAddresses: Int
 
-        public init(failures: Int = 10, window: TimeAmount = .seconds(60), maxAddresses: Int = 65_536) {
+        package init(failures: Int = 10, window: TimeAmount = .seconds(60), maxAddresses: Int = 65_536) {
             self.failures = failures
             self.window = window
             self.maxAddresses = maxAddresses
@@ -31,7 +31,7 @@ public final class AuthenticationThrottle: Sendable {
     let settings: Settings
     private let entries = Mutex<[String: Entry]>([:])
 
-    public init(settings: Settings) {
+    package init(settings: Settings) {
         self.settings = settings
     }
 
@@ -45,7 +45,7 @@ public final class AuthenticationThrottle: Sendable {
     }
 
     /// Milliseconds until `clientAddress` may try again, or nil when it may try now.
-    public func refusal(for clientAddress: String, now: NIODeadline) -> UInt32? {
+    package func refusal(for clientAddress: String, now: NIODeadline) -> UInt32? {
         guard self.settings.failures > 0 else { return nil }
         let key = Self.key(clientAddress)
         return self.entries.withLock { entries -> UInt32? in
@@ -60,7 +60,7 @@ public final class AuthenticationThrottle: Sendable {
     }
 
     /// Records a failed authentication from `clientAddress`.
-    public func failed(_ clientAddress: String, now: NIODeadline) {
+    package func failed(_ clientAddress: String, now: NIODeadline) {
         guard self.settings.failures > 0 else { return }
         let key = Self.key(clientAddress)
         self.entries.withLock { entries in
@@ -78,5 +78,5 @@ public final class AuthenticationThrottle: Sendable {
     }
 
     /// Addresses tracked now (tests, diagnostics).
-    public var trackedAddresses: Int { self.entries.withLock { $0.count } }
+    package var trackedAddresses: Int { self.entries.withLock { $0.count } }
 }

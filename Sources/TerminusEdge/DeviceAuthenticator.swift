@@ -1,25 +1,25 @@
 internal import NIOCore
-public import TerminusAuth
-public import TerminusProtocol
+package import TerminusAuth
+package import TerminusProtocol
 
 /// How the device listener authenticates devices (`auth` and `device.tls.client_auth`).
-public struct DeviceAuthenticator: Sendable {
-    public var secrets: SecretStore
+package struct DeviceAuthenticator: Sendable {
+    package var secrets: SecretStore
     /// When true, a device must present a client certificate naming it; tokens alone are refused.
-    public var requireCertificate: Bool
+    package var requireCertificate: Bool
     /// Clock in Unix seconds (tests inject one).
-    public var now: @Sendable () -> Int64
+    package var now: @Sendable () -> Int64
     /// `auth.max_token_lifetime`: a token whose expiry lies further ahead than this many seconds
     /// is refused (`TOKEN_LIFETIME_EXCEEDED`); 0 accepts any expiry.
-    public var maxTokenLifetimeSeconds: Int64
+    package var maxTokenLifetimeSeconds: Int64
     /// Checked in place of a missing device's secret, so that an unknown device id costs the
     /// same HMAC as a known one with a wrong token (ids cannot be enumerated by timing).
     private let decoySecret: [UInt8] = (0..<32).map { _ in UInt8.random(in: 0...255) }
 
     /// One year: long enough for tokens provisioned at manufacturing and renewed yearly.
-    public static let defaultMaxTokenLifetimeSeconds: Int64 = 366 * 86_400
+    package static let defaultMaxTokenLifetimeSeconds: Int64 = 366 * 86_400
 
-    public init(
+    package init(
         secrets: SecretStore,
         requireCertificate: Bool = false,
         maxTokenLifetimeSeconds: Int64 = DeviceAuthenticator.defaultMaxTokenLifetimeSeconds,
@@ -33,7 +33,7 @@ public struct DeviceAuthenticator: Sendable {
 
     /// Decides whether `credential` may open a session, and as which device.
     /// - Returns: the session's device id.
-    public func authenticate(
+    package func authenticate(
         _ credential: DeviceCredential,
         maxDeviceIDLength: Int
     ) throws(AuthenticationFailure) -> String {
@@ -84,7 +84,7 @@ public struct DeviceAuthenticator: Sendable {
 
 extension DeviceAuthenticator {
     /// Wire protocol v1: authenticates a HELLO; refusals carry their v1 code.
-    public func authenticate(
+    package func authenticate(
         _ hello: Hello,
         certificateDeviceID: String?,
         clientAddress: String = "",

@@ -2,9 +2,9 @@
 /// `device_id`, `client_address`, `gateway_instance`, `at_unix_ms`, and `code` on disconnect).
 /// Devices cannot publish to `$` topics; backends subscribe with filters that spell out
 /// `$terminus` (a leading `#` or `+` does not match them).
-public enum DeviceEvents {
-    public static let connected = "$terminus/events/connected"
-    public static let disconnected = "$terminus/events/disconnected"
+package enum DeviceEvents {
+    package static let connected = "$terminus/events/connected"
+    package static let disconnected = "$terminus/events/disconnected"
 
     /// Device ids are printable ASCII, which includes `"` and `\\`: escape them for JSON.
     static func jsonEscaped(_ text: String) -> String {

@@ -1,30 +1,30 @@
-public import Logging
-public import NIOCore
+package import Logging
+package import NIOCore
 internal import NIOPosix
-public import NIOSSL
+package import NIOSSL
 internal import Synchronization
-public import TerminusCompression
+package import TerminusCompression
 internal import TerminusListeners
 internal import TerminusProtocol
-public import TerminusSessions
+package import TerminusSessions
 
 /// One device listener: address, transport security and PROXY protocol.
-public struct DeviceListener: Sendable {
-    public enum Security: Sendable {
+package struct DeviceListener: Sendable {
+    package enum Security: Sendable {
         /// TLS terminated here with one shared context (built off the event loop).
         case tls(NIOSSLContext, verifiesClientCertificates: Bool)
         /// TLS is ended upstream; frames arrive in the clear.
         case plaintext
     }
 
-    public var host: String
-    public var port: Int
-    public var security: Security
-    public var proxyProtocol: ProxyProtocolMode
+    package var host: String
+    package var port: Int
+    package var security: Security
+    package var proxyProtocol: ProxyProtocolMode
     /// The largest PROXY v2 header accepted (with TLVs).
-    public var proxyHeaderMaxSize: Int
+    package var proxyHeaderMaxSize: Int
 
-    public init(
+    package init(
         host: String,
         port: Int,
         security: Security,
@@ -41,13 +41,13 @@ public struct DeviceListener: Sendable {
 
 /// The device edge: accepts connections, runs the per-connection pipeline
 /// `[PROXY] → [TLS] → DeviceSessionHandler` (which decodes frames itself), and drains on request.
-public final class EdgeServer: Sendable {
+package final class EdgeServer: Sendable {
     private let group: any EventLoopGroup
     private let listener: DeviceListener
     private let shared: EdgeShared
     private let serverChannel = Mutex<(any Channel)?>(nil)
 
-    public init(
+    package init(
         group: any EventLoopGroup,
         listener: DeviceListener,
         settings: EdgeSettings,
@@ -80,7 +80,7 @@ public final class EdgeServer: Sendable {
 
     /// Binds the listener and starts the per-loop timer wheels.
     /// - Returns: the bound address (useful with port 0).
-    public func start() async throws -> SocketAddress {
+    package func start() async throws -> SocketAddress {
         let contexts = self.shared.contexts
         for loop in contexts.loops {
             try await loop.submit { contexts.context(for: loop).wheel.start(on: loop) }.get()
@@ -165,13 +165,13 @@ public final class EdgeServer: Sendable {
     /// Read buffer sizes for device connections: small messages are the rule, so start at 512
     /// bytes (a TLS record with a ~250-byte message fits one read) and adapt between 64 bytes and
     /// 64 KiB. Public so that the benchmarks' bare-stack server reads the same way.
-    public static let readBuffers = AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 64 * 1024)
+    package static let readBuffers = AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 64 * 1024)
 
     /// Sets up the device pipeline (PROXY header, TLS, frame decoder, session) on a channel the
     /// caller made, exactly as the listener does for each accepted connection. The benchmarks
     /// drive whole sessions on an `EmbeddedChannel` this way. Call it on the channel's event
     /// loop, which must belong to the group this server was made with.
-    public func adopt(_ channel: any Channel) throws {
+    package func adopt(_ channel: any Channel) throws {
         try Self.initialize(channel: channel, shared: self.shared, listener: self.listener)
     }
 
@@ -220,26 +220,26 @@ public final class EdgeServer: Sendable {
     }
 
     /// Accepts that failed (e.g. out of file descriptors) since start.
-    public var acceptFailures: Int { self.shared.acceptFailures.load(ordering: .relaxed) }
+    package var acceptFailures: Int { self.shared.acceptFailures.load(ordering: .relaxed) }
 
     /// Messages refused for their device's rate since start.
-    public var rateLimitedMessages: Int { self.shared.rateLimited.load(ordering: .relaxed) }
+    package var rateLimitedMessages: Int { self.shared.rateLimited.load(ordering: .relaxed) }
 
     /// QoS 0 messages dropped since start because their device had `max_pending` waiting.
-    public var droppedQoS0Messages: Int { self.shared.droppedQoS0.load(ordering: .relaxed) }
+    package var droppedQoS0Messages: Int { self.shared.droppedQoS0.load(ordering: .relaxed) }
 
     /// Times since start that a device stopped reading its output and was paused.
-    public var outputStalls: Int { self.shared.outputStalls.load(ordering: .relaxed) }
+    package var outputStalls: Int { self.shared.outputStalls.load(ordering: .relaxed) }
 
     /// Connections currently open on this listener (authenticated or not).
-    public var openConnections: Int { self.shared.openConnections.load(ordering: .relaxed) }
+    package var openConnections: Int { self.shared.openConnections.load(ordering: .relaxed) }
 
     /// Times a device's reads were paused because its inflight window was full (since start).
-    public var readPauses: Int { self.shared.readPauses.load(ordering: .relaxed) }
+    package var readPauses: Int { self.shared.readPauses.load(ordering: .relaxed) }
 
     /// Stops accepting, sends GOAWAY(SHUTTING_DOWN) to every session with a reconnect hint
     /// spread uniformly over `reconnectWindow`, and waits up to `grace` for them to close.
-    public func drain(reconnectWindow: TimeAmount, grace: TimeAmount) async {
+    package func drain(reconnectWindow: TimeAmount, grace: TimeAmount) async {
         let channel = self.serverChannel.withLock { $0 }
         try? await channel?.close()
         let windowMilliseconds = UInt32(clamping: max(0, reconnectWindow.nanoseconds / 1_000_000))
@@ -269,7 +269,7 @@ public final class EdgeServer: Sendable {
 
     /// Closes the listener and stops the timer wheels. Open connections close with the
     /// event loop group.
-    public func shutdown() async {
+    package func shutdown() async {
         let channel = self.serverChannel.withLock { $0 }
         try? await channel?.close()
         let contexts = self.shared.contexts

@@ -1,7 +1,7 @@
-public import NIOCore
+package import NIOCore
 
 /// Which PROXY protocol header a listener expects (`device.proxy_protocol`).
-public enum ProxyProtocolMode: String, Sendable, CaseIterable {
+package enum ProxyProtocolMode: String, Sendable, CaseIterable {
     case off
     case v1
     case v2
@@ -13,33 +13,33 @@ public enum ProxyProtocolMode: String, Sendable, CaseIterable {
 ///
 /// Pure: no I/O. `parse` is called with everything received so far and either asks for more
 /// bytes, returns the header, or throws for a missing or malformed one.
-public struct ProxyHeaderParser: Sendable {
-    public struct Header: Hashable, Sendable {
+package struct ProxyHeaderParser: Sendable {
+    package struct Header: Hashable, Sendable {
         /// The original client address, or nil for `LOCAL`/`UNKNOWN` (use the socket peer).
-        public var source: String?
+        package var source: String?
         /// Bytes the header occupies; the stream after them is the client's own.
-        public var length: Int
+        package var length: Int
     }
 
-    public struct Invalid: Error, Hashable, Sendable {
-        public var reason: String
+    package struct Invalid: Error, Hashable, Sendable {
+        package var reason: String
     }
 
     static let v2Signature: [UInt8] = [0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A]
     static let v1Prefix = Array("PROXY ".utf8)
     static let v1MaxLength = 107
 
-    public var mode: ProxyProtocolMode
+    package var mode: ProxyProtocolMode
     /// The largest v2 header (with TLVs) accepted.
-    public var maxHeaderSize: Int
+    package var maxHeaderSize: Int
 
-    public init(mode: ProxyProtocolMode, maxHeaderSize: Int = 1024) {
+    package init(mode: ProxyProtocolMode, maxHeaderSize: Int = 1024) {
         self.mode = mode
         self.maxHeaderSize = maxHeaderSize
     }
 
     /// - Returns: nil when more bytes are needed.
-    public func parse(_ buffer: ByteBuffer) throws(Invalid) -> Header? {
+    package func parse(_ buffer: ByteBuffer) throws(Invalid) -> Header? {
         guard let first = buffer.getInteger(at: buffer.readerIndex, as: UInt8.self) else { return nil }
         let wantsV1 = first == UInt8(ascii: "P") && self.mode != .v2
         let wantsV2 = first == 0x0D && self.mode != .v1

@@ -3,9 +3,9 @@ internal import NIOCore
 internal import TerminusProtocol
 
 /// Fired inbound once the PROXY header is parsed, before any client bytes.
-public struct ProxyHeaderReceived: Sendable {
+package struct ProxyHeaderReceived: Sendable {
     /// The real client address, or nil when the header carried none (LOCAL/UNKNOWN).
-    public var source: String?
+    package var source: String?
 }
 
 /// Reads the PROXY protocol header at the start of a connection, announces the real client

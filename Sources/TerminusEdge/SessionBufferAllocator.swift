@@ -1,4 +1,4 @@
-@_spi(CustomByteBufferAllocator) public import NIOCore
+@_spi(CustomByteBufferAllocator) package import NIOCore
 internal import Synchronization
 
 #if canImport(Glibc)
@@ -23,13 +23,13 @@ import Darwin
 /// else (and every request once all slots are taken) goes to `malloc`. A released slot's pages
 /// after the first are returned to the kernel (`MADV_DONTNEED`), so a slot that once held a
 /// large record does not stay resident for the next connection.
-public final class BufferArena: Sendable {
+package final class BufferArena: Sendable {
     /// The most slots `limits.buffer_arena_slots` may ask for (512 GiB of address space).
-    public static let maximumSlots = 16_777_216
+    package static let maximumSlots = 16_777_216
 
-    public let slotSize: Int
-    public let slotCount: Int
-    public let minimumSize: Int
+    package let slotSize: Int
+    package let slotCount: Int
+    package let minimumSize: Int
     private let page: Int
     private let base: UInt
     private let end: UInt
@@ -46,7 +46,7 @@ public final class BufferArena: Sendable {
     /// Reserves `slotCount × slotSize` bytes of address space (nothing is resident until
     /// touched). Returns nil when the kernel refuses the reservation (for example under
     /// `vm.overcommit_memory = 2`); callers then use `malloc` alone.
-    public init?(slotSize: Int = 32 * 1024, slotCount: Int, minimumSize: Int = 16 * 1024) {
+    package init?(slotSize: Int = 32 * 1024, slotCount: Int, minimumSize: Int = 16 * 1024) {
         let page = Int(sysconf(Int32(_SC_PAGESIZE)))
         precondition(slotSize > 0 && slotSize % page == 0, "slotSize must be a multiple of the page size")
         precondition(minimumSize > 0 && minimumSize <= slotSize)
@@ -71,7 +71,7 @@ public final class BufferArena: Sendable {
 
     /// A slot for `size` bytes, or nil if `size` is outside `minimumSize...slotSize` or every
     /// slot is taken.
-    public func allocate(_ size: Int) -> UnsafeMutableRawPointer? {
+    package func allocate(_ size: Int) -> UnsafeMutableRawPointer? {
         guard size >= self.minimumSize, size <= self.slotSize else { return nil }
         let index: Int? = self.state.withLock { state in
             let index: Int
@@ -93,7 +93,7 @@ public final class BufferArena: Sendable {
 
     /// Whether `pointer` is a slot of this arena.
     @inline(__always)
-    public func owns(_ pointer: UnsafeMutableRawPointer) -> Bool {
+    package func owns(_ pointer: UnsafeMutableRawPointer) -> Bool {
         let address = UInt(bitPattern: pointer)
         return address >= self.base && address < self.end
     }
@@ -105,7 +105,7 @@ public final class BufferArena: Sendable {
     /// were never touched unmaps nothing and needs no TLB shootdown across the event-loop
     /// threads: measured, dropping the whole slot cost 12.5–30 µs per connection on this machine,
     /// keeping the first 0–12.5 µs.
-    public func release(_ pointer: UnsafeMutableRawPointer) {
+    package func release(_ pointer: UnsafeMutableRawPointer) {
         let offset = UInt(bitPattern: pointer) - self.base
         precondition(offset % UInt(self.slotSize) == 0, "not the start of a slot")
         _ = madvise(pointer + self.page, self.slotSize - self.page, MADV_DONTNEED)
@@ -116,10 +116,10 @@ public final class BufferArena: Sendable {
     }
 
     /// Slots handed out and not yet released.
-    public var slotsInUse: Int { self.state.withLock { $0.inUse } }
+    package var slotsInUse: Int { self.state.withLock { $0.inUse } }
 
     /// Requests that fitted a slot but found none free (served by `malloc` instead).
-    public var fallbacks: Int { self.state.withLock { $0.fallbacks } }
+    package var fallbacks: Int { self.state.withLock { $0.fallbacks } }
 
     /// Allocates like `malloc`, from a slot when the size fits one.
     func allocateAnywhere(_ size: Int) -> UnsafeMutableRawPointer {
@@ -149,17 +149,17 @@ public final class BufferArena: Sendable {
 /// The arena is process-wide because a `ByteBufferAllocator`'s functions cannot capture state.
 /// `reserve(slots:)` sizes it before the first device channel; without that call it is made
 /// with `defaultSlots` on first use.
-public enum SessionBufferAllocator {
+package enum SessionBufferAllocator {
     /// Slots reserved when nobody called `reserve(slots:)` first: two per connection for
     /// 65,536 connections (4 GiB of address space, none of it resident until used).
-    public static let defaultSlots = 2 * 65_536
+    package static let defaultSlots = 2 * 65_536
 
     private static let requestedSlots = Atomic<Int>(0)
 
     /// Sets the arena's slot count, if it does not exist yet. Returns false when it already
     /// does (the first size stays).
     @discardableResult
-    public static func reserve(slots: Int) -> Bool {
+    package static func reserve(slots: Int) -> Bool {
         guard slots > 0 else { return false }
         let (exchanged, _) = Self.requestedSlots.compareExchange(expected: 0, desired: slots, ordering: .relaxed)
         return exchanged && !Self.created.load(ordering: .acquiring)
@@ -168,14 +168,14 @@ public enum SessionBufferAllocator {
     private static let created = Atomic<Bool>(false)
 
     /// The process's arena, or nil if the kernel refused the reservation.
-    public static let arena: BufferArena? = {
+    package static let arena: BufferArena? = {
         Self.created.store(true, ordering: .releasing)
         let requested = Self.requestedSlots.load(ordering: .relaxed)
         return BufferArena(slotCount: requested > 0 ? requested : Self.defaultSlots)
     }()
 
     /// Uses the arena when there is one, `malloc` otherwise.
-    public static let allocator = ByteBufferAllocator(
+    package static let allocator = ByteBufferAllocator(
         allocate: { size in
             if let arena = SessionBufferAllocator.arena { return arena.allocateAnywhere(size) }
             return checkedMalloc(size)

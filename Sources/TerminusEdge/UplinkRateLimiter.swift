@@ -1,20 +1,20 @@
-public import NIOCore
+package import NIOCore
 
 /// A device's uplink message and byte rates (`limits.rate`): two token buckets.
-public struct UplinkRateLimits: Hashable, Sendable {
+package struct UplinkRateLimits: Hashable, Sendable {
     /// Messages per second refilled; 0 turns the message limit off.
-    public var messagesPerSecond: Double
+    package var messagesPerSecond: Double
     /// The most messages a device may send at once after being quiet.
-    public var messageBurst: Double
+    package var messageBurst: Double
     /// Payload bytes (inflated) per second refilled; 0 turns the byte limit off.
-    public var bytesPerSecond: Double
+    package var bytesPerSecond: Double
     /// The most payload bytes a device may send at once after being quiet.
-    public var byteBurst: Double
+    package var byteBurst: Double
     /// A device that goes on sending after this many refusals in a row is closed with
     /// `GOAWAY(RATE_LIMITED)`; 0 never closes.
-    public var refusalsBeforeClose: Int
+    package var refusalsBeforeClose: Int
 
-    public init(
+    package init(
         messagesPerSecond: Double = 100,
         messageBurst: Double = 200,
         bytesPerSecond: Double = 256 * 1024,
@@ -29,7 +29,7 @@ public struct UplinkRateLimits: Hashable, Sendable {
     }
 
     /// No limit at all.
-    public static let unlimited = UplinkRateLimits(
+    package static let unlimited = UplinkRateLimits(
         messagesPerSecond: 0,
         messageBurst: 0,
         bytesPerSecond: 0,
@@ -44,8 +44,8 @@ public struct UplinkRateLimits: Hashable, Sendable {
 /// Buckets start full. A message takes one message token and as many byte tokens as its
 /// inflated payload has bytes (at most the burst); it is refused, taking nothing, when either
 /// bucket lacks them.
-public struct UplinkRateLimiter: Hashable, Sendable {
-    public enum Admission: Hashable, Sendable {
+package struct UplinkRateLimiter: Hashable, Sendable {
+    package enum Admission: Hashable, Sendable {
         case admitted
         /// Refused; the buckets hold enough again after about this many seconds (at least 1).
         case refused(retryAfterSeconds: UInt16)
@@ -55,13 +55,13 @@ public struct UplinkRateLimiter: Hashable, Sendable {
     private var byteTokens: Double
     private var refilledAt: NIODeadline
 
-    public init(limits: UplinkRateLimits, now: NIODeadline) {
+    package init(limits: UplinkRateLimits, now: NIODeadline) {
         self.messageTokens = limits.messageBurst
         self.byteTokens = limits.byteBurst
         self.refilledAt = now
     }
 
-    public mutating func admit(bytes: Int, limits: UplinkRateLimits, now: NIODeadline) -> Admission {
+    package mutating func admit(bytes: Int, limits: UplinkRateLimits, now: NIODeadline) -> Admission {
         let elapsed = Double(max(0, now.uptimeNanoseconds &- self.refilledAt.uptimeNanoseconds)) / 1e9
         self.refilledAt = max(now, self.refilledAt)
         var wait = 0.0

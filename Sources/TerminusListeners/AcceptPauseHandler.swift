@@ -1,4 +1,4 @@
-public import NIOCore
+package import NIOCore
 
 /// Backs a listening channel off when `accept` fails (out of file descriptors, out of memory):
 /// stops reading from the listening socket for `backoff`, then resumes.
@@ -8,8 +8,8 @@ public import NIOCore
 /// accepts again: measured here, 10,000 failed `accept4` calls in 2 s at the open-file limit.
 /// Turning `autoRead` off unregisters the socket from epoll; turning it back on after the
 /// backoff registers it again. Put it first in the server channel's pipeline.
-public final class AcceptPauseHandler: ChannelInboundHandler, RemovableChannelHandler {
-    public typealias InboundIn = NIOAny
+package final class AcceptPauseHandler: ChannelInboundHandler, RemovableChannelHandler {
+    package typealias InboundIn = NIOAny
 
     private let backoff: TimeAmount
     private let onError: (IOError) -> Void
@@ -17,12 +17,12 @@ public final class AcceptPauseHandler: ChannelInboundHandler, RemovableChannelHa
 
     /// - Parameter onError: told of every failed accept, on the listener's event loop (count and
     ///   log it there, at a bounded rate).
-    public init(backoff: TimeAmount, onError: @escaping (IOError) -> Void = { _ in }) {
+    package init(backoff: TimeAmount, onError: @escaping (IOError) -> Void = { _ in }) {
         self.backoff = backoff
         self.onError = onError
     }
 
-    public func errorCaught(context: ChannelHandlerContext, error: any Error) {
+    package func errorCaught(context: ChannelHandlerContext, error: any Error) {
         guard let error = error as? IOError else {
             context.fireErrorCaught(error)
             return

@@ -1,5 +1,5 @@
-public import Logging
-public import NIOCore
+package import Logging
+package import NIOCore
 internal import Synchronization
 
 /// Bounds what one internal listener (the backend API, the admin port) can be made to hold:
@@ -8,41 +8,41 @@ internal import Synchronization
 ///
 /// One guard per listener, shared by its connections; `handler()` gives each accepted channel
 /// the `ChannelHandler` to put first in its pipeline (before TLS), so it sees every byte.
-public final class ConnectionGuard: Sendable {
-    public struct Limits: Hashable, Sendable {
-        public var maxConnections: Int
-        public var idleTimeout: TimeAmount
+package final class ConnectionGuard: Sendable {
+    package struct Limits: Hashable, Sendable {
+        package var maxConnections: Int
+        package var idleTimeout: TimeAmount
 
-        public init(maxConnections: Int, idleTimeout: TimeAmount) {
+        package init(maxConnections: Int, idleTimeout: TimeAmount) {
             self.maxConnections = maxConnections
             self.idleTimeout = idleTimeout
         }
     }
 
-    public let name: String
-    public let limits: Limits
+    package let name: String
+    package let limits: Limits
     private let logger: Logger
     private let open = Atomic<Int>(0)
     private let refused = Atomic<Int>(0)
     private let idleClosed = Atomic<Int>(0)
     private let lastRefusalLog = Atomic<UInt64>(0)
 
-    public init(name: String, limits: Limits, logger: Logger) {
+    package init(name: String, limits: Limits, logger: Logger) {
         self.name = name
         self.limits = limits
         self.logger = logger
     }
 
     /// Connections open now.
-    public var openConnections: Int { self.open.load(ordering: .relaxed) }
+    package var openConnections: Int { self.open.load(ordering: .relaxed) }
     /// Connections closed at accept for the cap, since start.
-    public var refusedConnections: Int { self.refused.load(ordering: .relaxed) }
+    package var refusedConnections: Int { self.refused.load(ordering: .relaxed) }
     /// Connections closed for sending nothing within the idle timeout, since start.
-    public var idleClosedConnections: Int { self.idleClosed.load(ordering: .relaxed) }
+    package var idleClosedConnections: Int { self.idleClosed.load(ordering: .relaxed) }
 
     /// Admits `channel` (returns false and closes it when the listener is full) and, when
     /// admitted, adds the idle handler first in its pipeline. Call on the channel's loop.
-    public func admit(_ channel: any Channel) throws -> Bool {
+    package func admit(_ channel: any Channel) throws -> Bool {
         let count = self.open.wrappingAdd(1, ordering: .relaxed).newValue
         channel.closeFuture.whenComplete { _ in self.open.wrappingSubtract(1, ordering: .relaxed) }
         guard count <= self.limits.maxConnections else {

@@ -3,7 +3,7 @@
 /// Matching walks the topic's levels once, following the literal child, the `+` child and
 /// collecting `#` subscriptions at each level: O(levels × branching on wildcards), independent
 /// of how many filters share no prefix with the topic. Swap a new table in to change routes.
-public final class RouteTable: Sendable {
+package final class RouteTable: Sendable {
     final class Node: Sendable {
         let literal: [Substring: Node]
         let plus: Node?
@@ -38,10 +38,10 @@ public final class RouteTable: Sendable {
     }
 
     private let root: Node
-    public let filterCount: Int
+    package let filterCount: Int
 
     /// - Parameter routes: (filter, service index < 64) pairs.
-    public init(routes: [(TopicFilter, Int)]) {
+    package init(routes: [(TopicFilter, Int)]) {
         let root = Builder()
         for (filter, service) in routes {
             var node = root
@@ -68,7 +68,7 @@ public final class RouteTable: Sendable {
     ///
     /// Walks the topic's levels in place (no array of levels), and looks a level up only in
     /// nodes that have literal children: this runs for every uplink message.
-    public func match(_ topic: String) -> ServiceSet {
+    package func match(_ topic: String) -> ServiceSet {
         var result = ServiceSet()
         let dollar = topic.utf8.first == UInt8(ascii: "$")
         Self.walk(self.root, topic[...], atRoot: true, dollar: dollar, into: &result)

@@ -3,17 +3,17 @@
 ///
 /// Topics starting with `$` (gateway events such as `$terminus/events/connected`) are matched
 /// only by filters whose first level is spelled out, never by a leading `+` or `#` (as in MQTT).
-public struct TopicFilter: Hashable, Sendable, CustomStringConvertible {
-    public struct Invalid: Error, Hashable, Sendable, CustomStringConvertible {
-        public var filter: String
-        public var reason: String
-        public var description: String { "invalid topic filter '\(self.filter)': \(self.reason)" }
+package struct TopicFilter: Hashable, Sendable, CustomStringConvertible {
+    package struct Invalid: Error, Hashable, Sendable, CustomStringConvertible {
+        package var filter: String
+        package var reason: String
+        package var description: String { "invalid topic filter '\(self.filter)': \(self.reason)" }
     }
 
-    public let text: String
+    package let text: String
     let levels: [Substring]
 
-    public init(_ text: String) throws(Invalid) {
+    package init(_ text: String) throws(Invalid) {
         guard !text.isEmpty else { throw Invalid(filter: text, reason: "empty") }
         guard text.utf8.count <= 65_535 else { throw Invalid(filter: text, reason: "too long") }
         // Levels and wildcards are found by their bytes, as `RouteTable.match` walks topics: a
@@ -43,48 +43,48 @@ public struct TopicFilter: Hashable, Sendable, CustomStringConvertible {
         self.levels = levels
     }
 
-    public var description: String { self.text }
+    package var description: String { self.text }
 
     /// Matches one topic (used by tests; the route table matches many filters at once).
-    public func matches(_ topic: String) -> Bool {
+    package func matches(_ topic: String) -> Bool {
         let table = RouteTable(routes: [(self, 0)])
         return table.match(topic).contains(0)
     }
 }
 
 /// A set of service indices (at most 64 services), so matching allocates nothing.
-public struct ServiceSet: Hashable, Sendable, Sequence {
-    public private(set) var bits: UInt64 = 0
+package struct ServiceSet: Hashable, Sendable, Sequence {
+    package private(set) var bits: UInt64 = 0
 
-    public init() {}
+    package init() {}
 
-    public static let capacity = 64
+    package static let capacity = 64
 
-    public var isEmpty: Bool { self.bits == 0 }
-    public var count: Int { self.bits.nonzeroBitCount }
+    package var isEmpty: Bool { self.bits == 0 }
+    package var count: Int { self.bits.nonzeroBitCount }
 
-    public func contains(_ index: Int) -> Bool {
+    package func contains(_ index: Int) -> Bool {
         index >= 0 && index < Self.capacity && self.bits & (1 << UInt64(index)) != 0
     }
 
-    public mutating func insert(_ index: Int) {
+    package mutating func insert(_ index: Int) {
         precondition(index >= 0 && index < Self.capacity)
         self.bits |= 1 << UInt64(index)
     }
 
-    public mutating func formUnion(_ other: ServiceSet) {
+    package mutating func formUnion(_ other: ServiceSet) {
         self.bits |= other.bits
     }
 
-    public func makeIterator() -> Iterator {
+    package func makeIterator() -> Iterator {
         Iterator(remaining: self.bits)
     }
 
     /// Walks the set bits lowest first; a plain struct, so iterating allocates nothing.
-    public struct Iterator: IteratorProtocol, Sendable {
+    package struct Iterator: IteratorProtocol, Sendable {
         var remaining: UInt64
 
-        public mutating func next() -> Int? {
+        package mutating func next() -> Int? {
             guard self.remaining != 0 else { return nil }
             let index = self.remaining.trailingZeroBitCount
             self.remaining &= self.remaining - 1

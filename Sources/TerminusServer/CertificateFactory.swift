@@ -5,15 +5,15 @@ internal import X509
 
 /// Makes ECDSA P-256 certificates with swift-certificates: the development CA and server
 /// certificate, and (for tests and operators' experiments) client certificates naming devices.
-public enum CertificateFactory {
+package enum CertificateFactory {
     /// A certificate and its private key, both PEM.
-    public struct Issued: Sendable {
-        public var certificatePEM: String
-        public var privateKeyPEM: String
+    package struct Issued: Sendable {
+        package var certificatePEM: String
+        package var privateKeyPEM: String
     }
 
     /// A self-signed CA valid for `days`.
-    public static func makeCA(commonName: String, days: Int = 3650) throws -> Issued {
+    package static func makeCA(commonName: String, days: Int = 3650) throws -> Issued {
         let key = P256.Signing.PrivateKey()
         let name = try DistinguishedName {
             OrganizationName("Terminus")
@@ -27,7 +27,7 @@ public enum CertificateFactory {
     }
 
     /// A server certificate for `dnsNames` and `ipAddresses`, signed by `ca`.
-    public static func issueServer(
+    package static func issueServer(
         ca: Issued,
         commonName: String,
         dnsNames: [String],
@@ -47,7 +47,7 @@ public enum CertificateFactory {
     }
 
     /// A client certificate whose subject common name is `deviceID`, signed by `ca`.
-    public static func issueClient(ca: Issued, deviceID: String, days: Int = 825) throws -> Issued {
+    package static func issueClient(ca: Issued, deviceID: String, days: Int = 825) throws -> Issued {
         let extensions = try Certificate.Extensions {
             Critical(BasicConstraints.notCertificateAuthority)
             Critical(KeyUsage(digitalSignature: true))

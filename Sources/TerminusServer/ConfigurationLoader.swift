@@ -1,6 +1,6 @@
 internal import Foundation
 internal import Logging
-public import NIOCore
+package import NIOCore
 internal import TerminusBackend
 internal import TerminusCompression
 internal import TerminusEdge
@@ -17,14 +17,14 @@ internal import Yams
 /// and a key in the file that is not a case of the enum is an unknown key, so the names are
 /// written once. `schema` lists the sections; `knownKeys` (every key the loader reads) is
 /// checked against `docs/configuration.md` by a test.
-public enum ConfigurationLoader {
+package enum ConfigurationLoader {
     /// Parses a duration as the configuration file writes it: `250ms`, `30s`, `5m`, `1h`, or a
     /// bare number of seconds. Nil for anything else, negative values and overflow.
-    public static func parseDuration(_ text: String) -> TimeAmount? {
+    package static func parseDuration(_ text: String) -> TimeAmount? {
         Section.parseDuration(text)
     }
 
-    public static func load(file path: String) throws -> GatewayConfiguration {
+    package static func load(file path: String) throws -> GatewayConfiguration {
         guard let data = FileManager.default.contents(atPath: path) else {
             throw ConfigurationError(key: "", "cannot read configuration file \(path)")
         }
@@ -32,7 +32,7 @@ public enum ConfigurationLoader {
     }
 
     /// - Parameter baseDirectory: relative file paths in the configuration resolve against it.
-    public static func load(yaml: String, baseDirectory: String = ".") throws -> GatewayConfiguration {
+    package static func load(yaml: String, baseDirectory: String = ".") throws -> GatewayConfiguration {
         let root = try Section.parse(yaml: yaml, errorKey: "", what: "the configuration file")
         var config = GatewayConfiguration()
         try Self.decodeRoot(Keyed(root), into: &config, base: baseDirectory)
@@ -65,7 +65,7 @@ public enum ConfigurationLoader {
 
     /// Every key the loader reads, as a dotted path (`services[].retry.attempts`); keys that
     /// hold a section are not listed themselves, their keys are.
-    public static var knownKeys: Set<String> {
+    package static var knownKeys: Set<String> {
         let sections = Set(Self.schema.map(\.path))
         var keys = Set<String>()
         for (path, type) in Self.schema {

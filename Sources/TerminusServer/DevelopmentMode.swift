@@ -6,22 +6,22 @@ internal import TerminusEdge
 /// development CA and server certificate made at first start, a generated device secret that
 /// any device id may use, a generated API token (used when `--api-listen` turns the backend
 /// API on), and the logging sink. Never used when a file is given.
-public enum DevelopmentMode {
-    public struct Material: Sendable {
-        public var directory: String
-        public var caFile: String
-        public var deviceSecret: String
+package enum DevelopmentMode {
+    package struct Material: Sendable {
+        package var directory: String
+        package var caFile: String
+        package var deviceSecret: String
         /// The bearer token the development API listener admits (`api-token.txt`).
-        public var apiToken: String
+        package var apiToken: String
         /// True when this call created the files (first start).
-        public var created: Bool
+        package var created: Bool
     }
 
-    public static let defaultDirectory = ".terminus-dev"
-    public static let defaultPort = 7883
+    package static let defaultDirectory = ".terminus-dev"
+    package static let defaultPort = 7883
 
     /// Creates (first start) or reuses the development files in `directory`.
-    public static func prepare(directory: String) throws -> Material {
+    package static func prepare(directory: String) throws -> Material {
         let fm = FileManager.default
         let caFile = directory + "/ca.pem"
         let secretFile = directory + "/device-secret.txt"
@@ -65,7 +65,7 @@ public enum DevelopmentMode {
     }
 
     /// Turns the backend API on at `listen`, admitting the development token.
-    public static func enableAPI(
+    package static func enableAPI(
         _ config: inout GatewayConfiguration,
         material: Material,
         listen: GatewayConfiguration.HostPort
@@ -87,7 +87,7 @@ public enum DevelopmentMode {
     }
 
     /// The configuration development mode runs with.
-    public static func configuration(material: Material) -> GatewayConfiguration {
+    package static func configuration(material: Material) -> GatewayConfiguration {
         var config = GatewayConfiguration()
         config.developmentMode = true
         config.instanceID = "terminus-dev"

@@ -5,14 +5,14 @@ internal import Darwin
 #endif
 
 /// Raises the process's open-file soft limit to its hard limit; each connection needs one.
-public enum FileDescriptorLimit {
+package enum FileDescriptorLimit {
     /// Descriptors kept back for listeners, files, logs, health probes and backend connections
     /// (`limits.reserved_descriptors`).
-    public static let reserved = 256
+    package static let reserved = 256
 
     /// - Returns: (previous soft limit, new soft limit), or nil when the limit cannot be read.
     @discardableResult
-    public static func raiseToHardLimit() -> (before: UInt64, after: UInt64)? {
+    package static func raiseToHardLimit() -> (before: UInt64, after: UInt64)? {
         var limit = rlimit()
         guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return nil }
         let before = UInt64(limit.rlim_cur)
@@ -26,7 +26,7 @@ public enum FileDescriptorLimit {
     }
 
     /// How many device connections a soft limit of `limit` leaves room for.
-    public static func connectionCapacity(softLimit limit: UInt64, reserved: Int = Self.reserved) -> Int {
+    package static func connectionCapacity(softLimit limit: UInt64, reserved: Int = Self.reserved) -> Int {
         max(0, Int(min(limit, UInt64(Int.max))) - reserved)
     }
 }

@@ -1,25 +1,25 @@
 internal import Foundation
-public import Logging
-public import NIOCore
+package import Logging
+package import NIOCore
 internal import NIOPosix
 internal import NIOSSL
-public import ServiceLifecycle
+internal import ServiceLifecycle
 internal import Synchronization
 internal import TerminusAdmin
 internal import TerminusAuth
 internal import TerminusBackend
 internal import TerminusCompression
-public import TerminusEdge
-public import TerminusSessions
+internal import TerminusEdge
+package import TerminusSessions
 
 /// The composition root: builds the event loops, TLS context, secrets, dictionaries and the
 /// device edge from a `GatewayConfiguration`, and runs them as one `Service`.
 ///
 /// On graceful shutdown (SIGTERM) it stops accepting, sends every device GOAWAY(SHUTTING_DOWN)
 /// with reconnect hints spread over `drain.reconnect_window`, and waits up to `drain.grace`.
-public final class Gateway: Service, Sendable {
-    public let configuration: GatewayConfiguration
-    public let directory: any SessionDirectory
+package final class Gateway: Service, Sendable {
+    package let configuration: GatewayConfiguration
+    package let directory: any SessionDirectory
     private let group: MultiThreadedEventLoopGroup
     private let edge: EdgeServer
     private let router: BackendRouter?
@@ -36,7 +36,7 @@ public final class Gateway: Service, Sendable {
     private let startup = Latch<SocketAddress>()
     private let runTask = Mutex<Task<Void, any Error>?>(nil)
 
-    public init(
+    package init(
         configuration: GatewayConfiguration,
         sink: (any UplinkSink)? = nil,
         directory: any SessionDirectory = LocalSessionDirectory(),
@@ -236,7 +236,7 @@ public final class Gateway: Service, Sendable {
     /// finishes its calls, deliveries answer or give back what they hold, and the admin
     /// listener goes last. When a part fails to start, the group cancels the others, each
     /// releases what it opened, the event loops stop, and `run` throws that error.
-    public func run() async throws {
+    package func run() async throws {
         self.running.store(true, ordering: .relaxed)
         defer { self.running.store(false, ordering: .relaxed) }
         do {
@@ -283,7 +283,7 @@ public final class Gateway: Service, Sendable {
     /// tests) and returns the device listener's bound address once every listener is bound.
     /// A start that fails half way has released what it opened (listeners, clients, event
     /// loops) before it throws. Pair with `stop()`, which awaits the run to its end.
-    public func start() async throws -> SocketAddress {
+    package func start() async throws -> SocketAddress {
         // The one stored task of the gateway: `run()` needs a task to live in, and start/stop
         // callers have none to give it. `stop()` awaits it, so nothing outlives `stop()`.
         let task = Task { try await self.run() }
@@ -298,7 +298,7 @@ public final class Gateway: Service, Sendable {
 
     /// Drains the devices and stops; returns once everything `start()` began has ended.
     /// Safe to call more than once.
-    public func stop() async {
+    package func stop() async {
         self.draining.store(true, ordering: .relaxed)
         self.readyFlag.set(false)
         self.logger.info("stop requested")
@@ -307,36 +307,36 @@ public final class Gateway: Service, Sendable {
     }
 
     /// True while `run()` (or the run `start()` began) has not returned.
-    public var isRunning: Bool { self.running.load(ordering: .relaxed) }
+    package var isRunning: Bool { self.running.load(ordering: .relaxed) }
 
     private let adminAddress = Mutex<SocketAddress?>(nil)
     private let apiPort = Mutex<Int?>(nil)
 
     /// The API listener's bound port, once started (nil without `api.listen`).
-    public var boundAPIPort: Int? { self.apiPort.withLock { $0 } }
+    package var boundAPIPort: Int? { self.apiPort.withLock { $0 } }
 
     /// The admin listener's bound address, once started (nil without `admin.listen`).
-    public var boundAdminAddress: SocketAddress? { self.adminAddress.withLock { $0 } }
+    package var boundAdminAddress: SocketAddress? { self.adminAddress.withLock { $0 } }
 
     /// Connections currently open on the device listener.
-    public var openConnections: Int { self.edge.openConnections }
+    package var openConnections: Int { self.edge.openConnections }
 
     /// Times a device's reads were paused because its inflight window was full (since start).
-    public var readPauses: Int { self.edge.readPauses }
+    package var readPauses: Int { self.edge.readPauses }
 
     /// The device listener's protection counters since start (rate limits, dropped QoS 0,
     /// stalled outputs, failed accepts).
-    public var rateLimitedMessages: Int { self.edge.rateLimitedMessages }
-    public var droppedQoS0Messages: Int { self.edge.droppedQoS0Messages }
-    public var outputStalls: Int { self.edge.outputStalls }
-    public var acceptFailures: Int { self.edge.acceptFailures }
+    package var rateLimitedMessages: Int { self.edge.rateLimitedMessages }
+    package var droppedQoS0Messages: Int { self.edge.droppedQoS0Messages }
+    package var outputStalls: Int { self.edge.outputStalls }
+    package var acceptFailures: Int { self.edge.acceptFailures }
 
     /// Uplink messages inside backend delivery (sent and unanswered, or waiting for a
     /// service's window or linger), counted once per service.
-    public var deliveryBacklog: Int { self.router?.backlog ?? 0 }
+    package var deliveryBacklog: Int { self.router?.backlog ?? 0 }
 
     /// How often the delivery senders came back from waiting for work (`BackendRouter.senderWakeUps`).
-    public var deliverySenderWakeUps: Int { self.router?.senderWakeUps ?? 0 }
+    package var deliverySenderWakeUps: Int { self.router?.senderWakeUps ?? 0 }
 
 }
 

@@ -1,21 +1,21 @@
-public import Logging
-public import NIOCore
+package import Logging
+package import NIOCore
 internal import TerminusProtocol
-public import TerminusSessions
+package import TerminusSessions
 
 /// Logs every uplink message and accepts it: the sink of development mode, and a way to watch
 /// traffic before backends exist. It keeps nothing, so "accepted" means "logged".
-public struct LoggingSink: UplinkSink {
+package struct LoggingSink: UplinkSink {
     private let logger: Logger
     /// Payload bytes shown per message.
     private let previewBytes: Int
 
-    public init(logger: Logger, previewBytes: Int = 200) {
+    package init(logger: Logger, previewBytes: Int = 200) {
         self.logger = logger
         self.previewBytes = previewBytes
     }
 
-    public func deliver(_ batch: [UplinkMessage], on eventLoop: any EventLoop) -> EventLoopFuture<[DeliveryOutcome]> {
+    package func deliver(_ batch: [UplinkMessage], on eventLoop: any EventLoop) -> EventLoopFuture<[DeliveryOutcome]> {
         for message in batch {
             self.logger.info(
                 "message",

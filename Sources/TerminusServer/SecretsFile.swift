@@ -1,5 +1,5 @@
 internal import Foundation
-public import TerminusAuth
+package import TerminusAuth
 
 /// Loads device secrets from YAML (`docs/configuration.md`, "Secrets file"):
 ///
@@ -10,17 +10,17 @@ public import TerminusAuth
 ///   "spk-": "hex:8f3a…"
 /// ```
 /// A secret is UTF-8 text, or bytes written `hex:…` or `base64:…`; at least 16 bytes.
-public enum SecretsFile {
-    public static let minimumSecretBytes = 16
+package enum SecretsFile {
+    package static let minimumSecretBytes = 16
 
-    public static func load(path: String) throws -> SecretStore {
+    package static func load(path: String) throws -> SecretStore {
         guard let data = FileManager.default.contents(atPath: path) else {
             throw ConfigurationError(key: "auth.secrets_file", "cannot read \(path)")
         }
         return try self.parse(yaml: String(decoding: data, as: UTF8.self), origin: path)
     }
 
-    public static func parse(yaml: String, origin: String = "secrets file") throws -> SecretStore {
+    package static func parse(yaml: String, origin: String = "secrets file") throws -> SecretStore {
         let root = try Section.parse(yaml: yaml, errorKey: "auth.secrets_file", what: origin)
         try root.allow(["devices", "prefixes"])
         let devices = try self.table(root, "devices")
@@ -48,7 +48,7 @@ public enum SecretsFile {
         return table
     }
 
-    public static func decodeSecret(_ text: String) -> [UInt8]? {
+    package static func decodeSecret(_ text: String) -> [UInt8]? {
         if text.hasPrefix("hex:") {
             let hex = Array(text.utf8.dropFirst(4))
             guard hex.count % 2 == 0 else { return nil }

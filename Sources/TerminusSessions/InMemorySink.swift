@@ -1,11 +1,11 @@
-public import NIOCore
+package import NIOCore
 internal import Synchronization
 
 /// A sink that keeps every message in memory: for tests and local experiments.
 ///
 /// `outcome` decides each message's fate; after `startHolding()` batches stay unanswered until
 /// `release()` is called, to test backpressure.
-public final class InMemorySink: UplinkSink {
+package final class InMemorySink: UplinkSink {
     private struct State {
         var messages: [UplinkMessage] = []
         var held: [(EventLoopPromise<[DeliveryOutcome]>, [DeliveryOutcome])] = []
@@ -15,11 +15,11 @@ public final class InMemorySink: UplinkSink {
     private let state = Mutex(State())
     private let outcome: @Sendable (UplinkMessage) -> DeliveryOutcome
 
-    public init(outcome: @escaping @Sendable (UplinkMessage) -> DeliveryOutcome = { _ in .accepted }) {
+    package init(outcome: @escaping @Sendable (UplinkMessage) -> DeliveryOutcome = { _ in .accepted }) {
         self.outcome = outcome
     }
 
-    public func deliver(_ batch: [UplinkMessage], on eventLoop: any EventLoop) -> EventLoopFuture<[DeliveryOutcome]> {
+    package func deliver(_ batch: [UplinkMessage], on eventLoop: any EventLoop) -> EventLoopFuture<[DeliveryOutcome]> {
         let outcomes = batch.map(self.outcome)
         let promise = eventLoop.makePromise(of: [DeliveryOutcome].self)
         let hold = self.state.withLock { state -> Bool in
@@ -34,15 +34,15 @@ public final class InMemorySink: UplinkSink {
     }
 
     /// Every accepted message so far, in arrival order.
-    public var messages: [UplinkMessage] { self.state.withLock { $0.messages } }
+    package var messages: [UplinkMessage] { self.state.withLock { $0.messages } }
 
     /// From now on, batches are answered only by `release()`.
-    public func startHolding() {
+    package func startHolding() {
         self.state.withLock { $0.holding = true }
     }
 
     /// Answers every held batch and stops holding.
-    public func release() {
+    package func release() {
         let held = self.state.withLock { state in
             state.holding = false
             defer { state.held.removeAll() }

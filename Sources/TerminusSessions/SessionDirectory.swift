@@ -1,9 +1,9 @@
-public import NIOCore
+package import NIOCore
 internal import Synchronization
-public import TerminusProtocol
+package import TerminusProtocol
 
 /// What the directory can ask of a live session. Implementations hop to their event loop.
-public protocol DeviceSessionControl: AnyObject, Sendable {
+package protocol DeviceSessionControl: AnyObject, Sendable {
     /// Sends GOAWAY(`code`) and closes the connection once in-flight work allows.
     func goAway(_ code: TerminusCode, reconnectAfterMilliseconds: UInt32, message: String)
 
@@ -13,7 +13,7 @@ public protocol DeviceSessionControl: AnyObject, Sendable {
 }
 
 /// What became of one downlink message.
-public enum PushOutcome: Hashable, Sendable {
+package enum PushOutcome: Hashable, Sendable {
     /// QoS 1: the device acknowledged with OK. QoS 0: written.
     case delivered
     /// The device answered with another status, or the gateway refused to send: `FRAME_TOO_LARGE`
@@ -29,18 +29,18 @@ public enum PushOutcome: Hashable, Sendable {
 /// An authenticated device connection, as the rest of the gateway sees it.
 ///
 /// Immutable: created when a session is established, dropped when it closes.
-public final class SessionHandle: Sendable {
-    public let deviceID: String
+package final class SessionHandle: Sendable {
+    package let deviceID: String
     /// Unique within this process; tells two connections of one device apart.
-    public let connectionID: UInt64
+    package let connectionID: UInt64
     /// The real client address (from PROXY protocol when configured).
-    public let clientAddress: String
+    package let clientAddress: String
     /// Unix time in milliseconds.
-    public let connectedAt: Int64
-    public let eventLoop: any EventLoop
-    public let control: any DeviceSessionControl
+    package let connectedAt: Int64
+    package let eventLoop: any EventLoop
+    package let control: any DeviceSessionControl
 
-    public init(
+    package init(
         deviceID: String,
         connectionID: UInt64,
         clientAddress: String,
@@ -61,7 +61,7 @@ public final class SessionHandle: Sendable {
 ///
 /// The edge registers sessions; the backend API looks them up to deliver downlink messages;
 /// a cluster implementation can answer for devices held by other gateway instances.
-public protocol SessionDirectory: Sendable {
+package protocol SessionDirectory: Sendable {
     /// Registers `handle`, returning the session it displaced (same device id), if any.
     func register(_ handle: SessionHandle) -> SessionHandle?
     /// Removes `handle` if it is still the registered session for its device id.
@@ -74,7 +74,7 @@ public protocol SessionDirectory: Sendable {
 
 /// The sessions held by this process, in shards so that connects on different event loops
 /// rarely contend. Registration happens once per connection, never per message.
-public final class LocalSessionDirectory: SessionDirectory {
+package final class LocalSessionDirectory: SessionDirectory {
     private static let shardCount = 16
     private final class Shard: Sendable {
         let table = Mutex<[String: SessionHandle]>([:])
@@ -85,7 +85,7 @@ public final class LocalSessionDirectory: SessionDirectory {
 
     private let shards: [Shard]
 
-    public init() {
+    package init() {
         self.shards = (0..<Self.shardCount).map { _ in Shard() }
     }
 
@@ -96,13 +96,13 @@ public final class LocalSessionDirectory: SessionDirectory {
         return self.shards[index]
     }
 
-    public func register(_ handle: SessionHandle) -> SessionHandle? {
+    package func register(_ handle: SessionHandle) -> SessionHandle? {
         self.shard(handle.deviceID).withLock { table in
             table.updateValue(handle, forKey: handle.deviceID)
         }
     }
 
-    public func unregister(_ handle: SessionHandle) {
+    package func unregister(_ handle: SessionHandle) {
         self.shard(handle.deviceID).withLock { table in
             if table[handle.deviceID] === handle {
                 table.removeValue(forKey: handle.deviceID)
@@ -110,15 +110,15 @@ public final class LocalSessionDirectory: SessionDirectory {
         }
     }
 
-    public func lookup(_ deviceID: String) -> SessionHandle? {
+    package func lookup(_ deviceID: String) -> SessionHandle? {
         self.shard(deviceID).withLock { $0[deviceID] }
     }
 
-    public var count: Int {
+    package var count: Int {
         self.shards.reduce(0) { sum, shard in sum + shard.withLock { $0.count } }
     }
 
-    public func all() -> [SessionHandle] {
+    package func all() -> [SessionHandle] {
         self.shards.flatMap { shard in shard.withLock { Array($0.values) } }
     }
 }

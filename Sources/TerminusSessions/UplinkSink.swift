@@ -1,30 +1,30 @@
-public import NIOCore
-public import TerminusProtocol
+package import NIOCore
+package import TerminusProtocol
 
 /// One uplink message, inflated and validated, on its way to the services that want it.
-public struct UplinkMessage: Sendable {
-    public var deviceID: String
-    public var topic: String
-    public var messageID: UInt32
-    public var qos: QoS
+package struct UplinkMessage: Sendable {
+    package var deviceID: String
+    package var topic: String
+    package var messageID: UInt32
+    package var qos: QoS
     /// The inflated payload.
-    public var payload: ByteBuffer
+    package var payload: ByteBuffer
     /// Unix time in milliseconds when the gateway decoded the frame.
-    public var receivedAt: Int64
+    package var receivedAt: Int64
     /// The real client address (from PROXY protocol when configured).
-    public var clientAddress: String
+    package var clientAddress: String
     /// The gateway's id for the device's connection, unique within `epoch`.
-    public var connectionID: UInt64
+    package var connectionID: UInt64
     /// A random value drawn when the device listener started: with `connectionID` and
     /// `sequence` it makes every message's `delivery_id` unique across processes and restarts.
-    public var epoch: UInt64
+    package var epoch: UInt64
     /// The message's place among everything this connection handed to the sink: 1 is the
     /// connected event, then the device's messages, then the disconnected event.
-    public var sequence: UInt32
+    package var sequence: UInt32
     /// The device's idempotency key for this message (PUBLISH `IDEMPOTENCY_KEY`), if any.
-    public var idempotencyKey: ByteBuffer?
+    package var idempotencyKey: ByteBuffer?
 
-    public init(
+    package init(
         deviceID: String,
         topic: String,
         messageID: UInt32,
@@ -52,7 +52,7 @@ public struct UplinkMessage: Sendable {
 }
 
 /// What became of one uplink message; the device's ACK status is derived from it.
-public enum DeliveryOutcome: Hashable, Sendable {
+package enum DeliveryOutcome: Hashable, Sendable {
     /// Every subscribed service accepted the message.
     case accepted
     /// No service subscribes to the topic.
@@ -63,7 +63,7 @@ public enum DeliveryOutcome: Hashable, Sendable {
     case retryLater(afterSeconds: UInt16)
 
     /// The ACK this outcome becomes.
-    public func ack(for messageID: UInt32) -> Ack {
+    package func ack(for messageID: UInt32) -> Ack {
         switch self {
         case .accepted: Ack(messageID: messageID, status: .ok)
         case .noRoute: Ack(messageID: messageID, status: .noRoute)
@@ -79,7 +79,7 @@ public enum DeliveryOutcome: Hashable, Sendable {
 /// the "asynchronous accept"), but must complete the future with exactly one outcome per
 /// message, in the batch's order. QoS 1 devices are acked only from these outcomes, so a
 /// sink that accepts a message promises not to lose it.
-public protocol UplinkSink: Sendable {
+package protocol UplinkSink: Sendable {
     /// Called on `eventLoop`. The returned future may complete on any event loop.
     func deliver(_ batch: [UplinkMessage], on eventLoop: any EventLoop) -> EventLoopFuture<[DeliveryOutcome]>
 }

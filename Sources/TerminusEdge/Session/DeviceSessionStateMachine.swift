@@ -1,5 +1,5 @@
-public import NIOCore
-public import TerminusProtocol
+package import NIOCore
+package import TerminusProtocol
 
 /// Every decision about one device connection, without I/O and without a wire format: the
 /// handler (a codec: wire protocol v1 today) feeds it neutral events, one `receivedX` or
@@ -31,9 +31,9 @@ public import TerminusProtocol
 ///   until the session's connected event has its outcome, so that backends see it first.
 /// - Token buckets refuse messages above the device's rate; a device that keeps sending while
 ///   refused is closed.
-public struct DeviceSessionStateMachine: Sendable {
+package struct DeviceSessionStateMachine: Sendable {
     /// The state without its data, for logs, metrics and tests.
-    public enum Phase: Hashable, Sendable {
+    package enum Phase: Hashable, Sendable {
         case awaitingHandshake
         case awaitingCredential
         case established
@@ -92,7 +92,7 @@ public struct DeviceSessionStateMachine: Sendable {
     }
 
     /// How to end the connection.
-    public enum CloseAction: Hashable, Sendable {
+    package enum CloseAction: Hashable, Sendable {
         /// Send the codec's close frame (v1 GOAWAY) with `reason`; then close now, or (when
         /// `closeNow` is false) once the outcomes still owed are written or the grace ends.
         case goAway(SessionCloseReason, reconnectAfterMilliseconds: UInt32, closeNow: Bool)
@@ -103,14 +103,14 @@ public struct DeviceSessionStateMachine: Sendable {
         case none
     }
 
-    public enum ReadAction: Hashable, Sendable {
+    package enum ReadAction: Hashable, Sendable {
         case pause
         case resume
         case none
     }
 
     /// A credential (v1 HELLO) arrived.
-    public enum OnReceivedCredential: Hashable, Sendable {
+    package enum OnReceivedCredential: Hashable, Sendable {
         /// Authenticate it, then call `authenticated` or `authenticationFailed`.
         case authenticate
         case close(CloseAction)
@@ -119,7 +119,7 @@ public struct DeviceSessionStateMachine: Sendable {
     }
 
     /// What to do with a message that passed the codec's validation.
-    public enum OnReceivedPublish: Hashable, Sendable {
+    package enum OnReceivedPublish: Hashable, Sendable {
         /// Hand it to the sink; `pause` when reading must stop now.
         case deliver(pause: Bool)
         /// Above the device's rate: QoS 1 gets a refusal (v1 `ACK(RATE_LIMITED)`), QoS 0 is dropped.
@@ -131,7 +131,7 @@ public struct DeviceSessionStateMachine: Sendable {
     }
 
     /// A keepalive probe, an acknowledgement of a push, or any other control message.
-    public enum OnReceivedControl: Hashable, Sendable {
+    package enum OnReceivedControl: Hashable, Sendable {
         /// Valid here: answer it (PONG) or complete the push it acknowledges.
         case handle
         case close(CloseAction)
@@ -139,14 +139,14 @@ public struct DeviceSessionStateMachine: Sendable {
     }
 
     /// The device said goodbye (v1 GOAWAY from the device).
-    public enum OnReceivedGoodbye: Hashable, Sendable {
+    package enum OnReceivedGoodbye: Hashable, Sendable {
         case closeNow
         case close(CloseAction)
         case ignore
     }
 
     /// A push (downlink) was requested.
-    public enum OnPushRequested: Hashable, Sendable {
+    package enum OnPushRequested: Hashable, Sendable {
         case write
         /// The device does not read what it is sent: nothing more is queued toward it.
         case refuseSlowConsumer
@@ -154,28 +154,28 @@ public struct DeviceSessionStateMachine: Sendable {
     }
 
     /// An uplink's (or the connected event's) outcome arrived.
-    public struct OnDeliveryCompleted: Hashable, Sendable {
+    package struct OnDeliveryCompleted: Hashable, Sendable {
         /// Write the outcome to the device (v1 ACK): QoS 1, on a connection still open.
-        public var acknowledge = false
-        public var resumeReading = false
+        package var acknowledge = false
+        package var resumeReading = false
         /// The session was closing and nothing else is owed: flush and close.
-        public var closeNow = false
+        package var closeNow = false
         /// The connection is gone and this was the last outcome: the disconnected event is due.
-        public var publishDisconnectedEvent = false
+        package var publishDisconnectedEvent = false
     }
 
     /// The connection is gone.
-    public struct OnChannelInactive: Hashable, Sendable {
+    package struct OnChannelInactive: Hashable, Sendable {
         /// Why, for the log line and the disconnected event; nil when the device closed cleanly
         /// without saying goodbye.
-        public var reason: SessionCloseReason?
+        package var reason: SessionCloseReason?
         /// The session was established: log it, unregister it, and owe its disconnected event.
-        public var wasEstablished = false
+        package var wasEstablished = false
         /// Nothing is pending any more: the disconnected event is due now.
-        public var publishDisconnectedEvent = false
+        package var publishDisconnectedEvent = false
     }
 
-    public enum OnTimerFired: Hashable, Sendable {
+    package enum OnTimerFired: Hashable, Sendable {
         /// Nothing is due yet: wake again at this deadline.
         case rearm(NIODeadline)
         case close(CloseAction)
@@ -196,15 +196,15 @@ public struct DeviceSessionStateMachine: Sendable {
     let maxPending: Int32
 
     /// The timeouts a session obeys (from `EdgeSettings`).
-    public struct Timeouts: Hashable, Sendable {
-        public var handshake: TimeAmount
+    package struct Timeouts: Hashable, Sendable {
+        package var handshake: TimeAmount
         /// From a ready transport to the credential (v1 HELLO).
-        public var hello: TimeAmount
-        public var closeGrace: TimeAmount
-        public var frame: TimeAmount
-        public var writeStall: TimeAmount
+        package var hello: TimeAmount
+        package var closeGrace: TimeAmount
+        package var frame: TimeAmount
+        package var writeStall: TimeAmount
 
-        public init(
+        package init(
             handshake: TimeAmount,
             hello: TimeAmount,
             closeGrace: TimeAmount,
@@ -219,7 +219,7 @@ public struct DeviceSessionStateMachine: Sendable {
         }
     }
 
-    public init(
+    package init(
         usesTLS: Bool,
         now: NIODeadline,
         timeouts: Timeouts,
@@ -239,7 +239,7 @@ public struct DeviceSessionStateMachine: Sendable {
 
     // MARK: Reading the state
 
-    public var phase: Phase {
+    package var phase: Phase {
         switch self.state {
         case .awaitingHandshake: .awaitingHandshake
         case .awaitingCredential: .awaitingCredential
@@ -250,7 +250,7 @@ public struct DeviceSessionStateMachine: Sendable {
     }
 
     /// The authenticated device, from `authenticated` on (also while closing and closed).
-    public var deviceID: String? {
+    package var deviceID: String? {
         switch self.state {
         case .awaitingHandshake, .awaitingCredential: nil
         case .established(let established): established.deviceID
@@ -260,7 +260,7 @@ public struct DeviceSessionStateMachine: Sendable {
     }
 
     /// The reason the session is closing or closed with, once decided.
-    public var closeReason: SessionCloseReason? {
+    package var closeReason: SessionCloseReason? {
         switch self.state {
         case .closing(let closing): closing.reason
         case .closed(let closed): closed.reason
@@ -268,7 +268,7 @@ public struct DeviceSessionStateMachine: Sendable {
         }
     }
 
-    public var keepaliveSeconds: UInt16 {
+    package var keepaliveSeconds: UInt16 {
         if case .established(let established) = self.state { return established.keepaliveSeconds }
         return 0
     }
@@ -283,12 +283,12 @@ public struct DeviceSessionStateMachine: Sendable {
     }
 
     /// QoS 1 messages waiting for their outcome.
-    public var inflight: Int32 { self.uplinks?.inflight ?? 0 }
+    package var inflight: Int32 { self.uplinks?.inflight ?? 0 }
     /// Uplinks of either QoS waiting for their outcome.
-    public var pending: Int32 { self.uplinks?.pending ?? 0 }
+    package var pending: Int32 { self.uplinks?.pending ?? 0 }
 
     /// Whether the handler must not ask the channel for more bytes.
-    public var readsPaused: Bool {
+    package var readsPaused: Bool {
         guard case .established(let established) = self.state else { return self.outputBlockedSince != nil }
         let uplinks = established.uplinks
         return uplinks.inflight >= self.maxInflight || uplinks.pending >= self.maxPending || self.decodingHeld
@@ -297,7 +297,7 @@ public struct DeviceSessionStateMachine: Sendable {
     /// Whether the handler must not even decode the bytes it already has (they stay buffered,
     /// at most one read's worth): the device's output is stuck, or its connected event is
     /// still on its way.
-    public var decodingHeld: Bool {
+    package var decodingHeld: Bool {
         if self.outputBlockedSince != nil { return true }
         if case .established(let established) = self.state { return established.uplinks.awaitingConnectedEvent }
         return false
@@ -305,7 +305,7 @@ public struct DeviceSessionStateMachine: Sendable {
 
     /// Whether bytes arriving now are still decoded: not once the session is closing (the
     /// device's messages no longer matter).
-    public var isReading: Bool {
+    package var isReading: Bool {
         switch self.state {
         case .closing, .closed: false
         default: true
@@ -313,16 +313,16 @@ public struct DeviceSessionStateMachine: Sendable {
     }
 
     /// Whether the frame timeout is running (bytes of an unfinished frame are buffered).
-    public var hasPartialFrame: Bool { self.frameStartedAt != nil }
+    package var hasPartialFrame: Bool { self.frameStartedAt != nil }
 
     /// Whether a push may be written now (the device reads what it is sent).
-    public var acceptsPushes: Bool {
+    package var acceptsPushes: Bool {
         if case .established = self.state { return self.outputBlockedSince == nil }
         return false
     }
 
     /// The earliest deadline the timer wheel must wake the session at.
-    public var deadline: NIODeadline {
+    package var deadline: NIODeadline {
         var deadline: NIODeadline
         switch self.state {
         case .awaitingHandshake(let at), .awaitingCredential(let at): deadline = at
@@ -339,7 +339,7 @@ public struct DeviceSessionStateMachine: Sendable {
 
     // MARK: Transport
 
-    public mutating func handshakeCompleted(now: NIODeadline) {
+    package mutating func handshakeCompleted(now: NIODeadline) {
         guard case .awaitingHandshake = self.state else { return }
         self.state = .awaitingCredential(deadline: now + self.timeouts.hello)
     }
@@ -347,7 +347,7 @@ public struct DeviceSessionStateMachine: Sendable {
     /// After decoding what arrived: whether an unfinished frame's bytes are buffered. The frame
     /// timeout runs from the read that brought its first bytes, and restarts when reading
     /// resumes after a pause (the gateway, not the device, held it up).
-    public mutating func partialFrame(_ buffered: Bool, now: NIODeadline) {
+    package mutating func partialFrame(_ buffered: Bool, now: NIODeadline) {
         if !buffered {
             self.frameStartedAt = nil
         } else if self.frameStartedAt == nil {
@@ -356,7 +356,7 @@ public struct DeviceSessionStateMachine: Sendable {
     }
 
     /// The channel's writability changed (the device reads, or stopped reading, what we send).
-    public mutating func writabilityChanged(writable: Bool, now: NIODeadline) -> ReadAction {
+    package mutating func writabilityChanged(writable: Bool, now: NIODeadline) -> ReadAction {
         let wasPaused = self.readsPaused
         if writable {
             self.outputBlockedSince = nil
@@ -371,7 +371,7 @@ public struct DeviceSessionStateMachine: Sendable {
 
     /// A credential (v1 HELLO) arrived. `draining` and `throttledForMilliseconds` (the
     /// authentication throttle's wait for the client's address) refuse it before any work.
-    public mutating func receivedCredential(
+    package mutating func receivedCredential(
         now: NIODeadline,
         draining: Bool = false,
         drainReconnectAfterMilliseconds: UInt32 = 0,
@@ -396,7 +396,7 @@ public struct DeviceSessionStateMachine: Sendable {
     }
 
     /// The credential was accepted: the session is established as `deviceID`.
-    public mutating func authenticated(deviceID: String, keepaliveSeconds: UInt16, now: NIODeadline) {
+    package mutating func authenticated(deviceID: String, keepaliveSeconds: UInt16, now: NIODeadline) {
         guard case .awaitingCredential = self.state else { return }
         self.state = .established(
             Established(
@@ -409,13 +409,13 @@ public struct DeviceSessionStateMachine: Sendable {
     }
 
     /// The credential was refused.
-    public mutating func authenticationFailed(_ failure: AuthenticationFailure, now: NIODeadline) -> CloseAction {
+    package mutating func authenticationFailed(_ failure: AuthenticationFailure, now: NIODeadline) -> CloseAction {
         self.close(.authentication(failure), now: now)
     }
 
     /// A message (v1 PUBLISH) that passed the codec's validation; `payloadBytes` is its
     /// inflated size.
-    public mutating func receivedPublish(qos: QoS, payloadBytes: Int, now: NIODeadline) -> OnReceivedPublish {
+    package mutating func receivedPublish(qos: QoS, payloadBytes: Int, now: NIODeadline) -> OnReceivedPublish {
         guard case .established(var established) = self.state else {
             if case .closing = self.state { return .ignore }
             if case .closed = self.state { return .ignore }
@@ -453,7 +453,7 @@ public struct DeviceSessionStateMachine: Sendable {
 
     /// A keepalive probe (v1 PING) or an acknowledgement of a push (v1 ACK): valid once
     /// established; any message counts as activity.
-    public mutating func receivedControl(now: NIODeadline) -> OnReceivedControl {
+    package mutating func receivedControl(now: NIODeadline) -> OnReceivedControl {
         switch self.state {
         case .established(var established):
             established.idleDeadline = Self.idleDeadline(established.keepaliveSeconds, now)
@@ -467,7 +467,7 @@ public struct DeviceSessionStateMachine: Sendable {
     }
 
     /// The device said goodbye (v1 GOAWAY): close at once, nothing more is owed to it.
-    public mutating func receivedGoodbye(now: NIODeadline) -> OnReceivedGoodbye {
+    package mutating func receivedGoodbye(now: NIODeadline) -> OnReceivedGoodbye {
         switch self.state {
         case .awaitingCredential, .established:
             self.enterClosing(.normal, awaitingOutcomes: false, now: now)
@@ -480,7 +480,7 @@ public struct DeviceSessionStateMachine: Sendable {
     }
 
     /// The codec could not make sense of the device's bytes (`code` is its own).
-    public mutating func protocolViolation(code: UInt16, now: NIODeadline) -> CloseAction {
+    package mutating func protocolViolation(code: UInt16, now: NIODeadline) -> CloseAction {
         self.close(.protocolViolation(code: code), now: now)
     }
 
@@ -488,7 +488,7 @@ public struct DeviceSessionStateMachine: Sendable {
 
     /// The session's connected event was handed to the sink: hold the device's messages until
     /// its outcome, so that no backend sees a message of this connection before it.
-    public mutating func connectedEventPublished() {
+    package mutating func connectedEventPublished() {
         guard case .established(var established) = self.state else { return }
         established.uplinks.awaitingConnectedEvent = true
         established.uplinks.pending += 1
@@ -496,7 +496,7 @@ public struct DeviceSessionStateMachine: Sendable {
     }
 
     /// An outcome arrived for an uplink of `qos`, or (`qos` nil) for the connected event.
-    public mutating func deliveryCompleted(qos: QoS?) -> OnDeliveryCompleted {
+    package mutating func deliveryCompleted(qos: QoS?) -> OnDeliveryCompleted {
         let wasPaused = self.readsPaused
         var action = OnDeliveryCompleted()
         switch self.state {
@@ -539,7 +539,7 @@ public struct DeviceSessionStateMachine: Sendable {
 
     // MARK: Downlink
 
-    public func pushRequested() -> OnPushRequested {
+    package func pushRequested() -> OnPushRequested {
         guard case .established = self.state else { return .notConnected }
         return self.outputBlockedSince == nil ? .write : .refuseSlowConsumer
     }
@@ -548,7 +548,7 @@ public struct DeviceSessionStateMachine: Sendable {
 
     /// The session must end with `reason` (error, timeout, takeover, drain, kick, eviction).
     /// `reconnectAfterMilliseconds` defaults to the reason's own suggestion.
-    public mutating func close(
+    package mutating func close(
         _ reason: SessionCloseReason,
         reconnectAfterMilliseconds: UInt32? = nil,
         now: NIODeadline
@@ -589,7 +589,7 @@ public struct DeviceSessionStateMachine: Sendable {
     /// The transport failed under the session (reset, TLS error): close without a frame.
     /// Returns the reason to log, or nil when the session was closing already (its own
     /// reason stands).
-    public mutating func transportFailed(_ reason: SessionCloseReason, now: NIODeadline) -> SessionCloseReason? {
+    package mutating func transportFailed(_ reason: SessionCloseReason, now: NIODeadline) -> SessionCloseReason? {
         switch self.state {
         case .closing, .closed:
             return nil
@@ -600,7 +600,7 @@ public struct DeviceSessionStateMachine: Sendable {
     }
 
     /// The connection is gone. `partialFrame`: it went in the middle of a frame.
-    public mutating func channelInactive(partialFrame: Bool) -> OnChannelInactive {
+    package mutating func channelInactive(partialFrame: Bool) -> OnChannelInactive {
         var closed: Closed
         switch self.state {
         case .closed(let already):
@@ -633,7 +633,7 @@ public struct DeviceSessionStateMachine: Sendable {
     // MARK: Timers
 
     /// The timer wheel woke the session.
-    public mutating func timerFired(now: NIODeadline) -> OnTimerFired {
+    package mutating func timerFired(now: NIODeadline) -> OnTimerFired {
         switch self.state {
         case .closed:
             return .stop

@@ -1,7 +1,7 @@
 /// Why a session ends, in terms every device codec shares. The session state machine decides
 /// with these; each codec maps them to its own wire codes (wire protocol v1: `TerminusCode(_:)`
 /// in `WireV1Codes.swift`; an MQTT codec would map them to reason codes).
-public enum SessionCloseReason: Hashable, Sendable {
+package enum SessionCloseReason: Hashable, Sendable {
     /// The device said goodbye, or the gateway ends a session with nothing wrong.
     case normal
     /// The gateway drains (rollout, scale-in).
@@ -40,7 +40,7 @@ public enum SessionCloseReason: Hashable, Sendable {
 
     /// Nobody's fault: outstanding outcomes still reach the device before the connection
     /// closes, and the log line is `info`, not `notice`.
-    public var isOrderly: Bool {
+    package var isOrderly: Bool {
         switch self {
         case .normal, .shuttingDown, .replaced, .kicked: true
         default: false
@@ -49,15 +49,15 @@ public enum SessionCloseReason: Hashable, Sendable {
 
     /// Whether the close frame is followed by the outcomes still owed to the device (it would
     /// resend those messages otherwise): orderly closes, and a close for the device's rate.
-    public var waitsForOutcomes: Bool { self.isOrderly || self == .rateLimited }
+    package var waitsForOutcomes: Bool { self.isOrderly || self == .rateLimited }
 
     /// Whether nothing may be sent: the device reads nothing, so a close frame would only queue
     /// behind what it ignores.
-    public var isSilent: Bool { self == .slowConsumer }
+    package var isSilent: Bool { self == .slowConsumer }
 
     /// The reconnect delay the gateway suggests when the caller gives none, in milliseconds:
     /// a device closed for its rate or evicted at the cap should not come straight back.
-    public var defaultReconnectAfterMilliseconds: UInt32 {
+    package var defaultReconnectAfterMilliseconds: UInt32 {
         switch self {
         case .rateLimited: 10_000
         case .evicted: 5_000
@@ -67,7 +67,7 @@ public enum SessionCloseReason: Hashable, Sendable {
 }
 
 /// Why a credential was refused, whatever the codec that carried it.
-public enum AuthenticationFailure: Error, Hashable, Sendable {
+package enum AuthenticationFailure: Error, Hashable, Sendable {
     /// No credential, a token that does not verify, or an unknown device (the same answer, so
     /// device ids cannot be enumerated).
     case invalidCredential
@@ -84,17 +84,17 @@ public enum AuthenticationFailure: Error, Hashable, Sendable {
 /// What a device presents to authenticate, independent of the codec that carried it (wire v1
 /// HELLO, MQTT CONNECT): the claimed id, a token, and the id a verified client certificate
 /// names.
-public struct DeviceCredential: Sendable {
+package struct DeviceCredential: Sendable {
     /// The id the device claims; may be empty when a certificate names it.
-    public var deviceID: String
+    package var deviceID: String
     /// An HMAC token (`docs/protocol.md`, "Tokens"), if the device sent one.
-    public var token: [UInt8]?
+    package var token: [UInt8]?
     /// The device id named by a verified client certificate (mTLS).
-    public var certificateDeviceID: String?
+    package var certificateDeviceID: String?
     /// Where the device connects from (after PROXY protocol), for throttling and logs.
-    public var clientAddress: String
+    package var clientAddress: String
 
-    public init(deviceID: String, token: [UInt8]?, certificateDeviceID: String?, clientAddress: String) {
+    package init(deviceID: String, token: [UInt8]?, certificateDeviceID: String?, clientAddress: String) {
         self.deviceID = deviceID
         self.token = token
         self.certificateDeviceID = certificateDeviceID

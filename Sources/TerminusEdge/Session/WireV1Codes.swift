@@ -1,5 +1,5 @@
 internal import NIOCore
-public import TerminusProtocol
+package import TerminusProtocol
 
 // Wire protocol v1's side of the session vocabulary: the codes a v1 device sees for each
 // neutral close reason, and the v1 HELLO as a neutral credential. A second codec adds its
@@ -7,7 +7,7 @@ public import TerminusProtocol
 
 extension TerminusCode {
     /// The GOAWAY code (and log name) of a close reason.
-    public init(_ reason: SessionCloseReason) {
+    package init(_ reason: SessionCloseReason) {
         self =
             switch reason {
             case .normal: .ok
@@ -41,7 +41,7 @@ extension TerminusCode {
 extension SessionCloseReason {
     /// A close that a backend or the session directory asks for with a v1 code
     /// (`DeviceSessionControl.goAway`): `REPLACED`, `KICKED`, `SHUTTING_DOWN`, or any other.
-    public init(requested code: TerminusCode) {
+    package init(requested code: TerminusCode) {
         switch code {
         case .ok: self = .normal
         case .shuttingDown: self = .shuttingDown
@@ -55,7 +55,7 @@ extension SessionCloseReason {
 
 extension AuthenticationFailure {
     /// The text of the v1 GOAWAY and of the log line.
-    public var message: String {
+    package var message: String {
         switch self {
         case .invalidCredential: "invalid token"
         case .expired: "token expired"
@@ -68,7 +68,7 @@ extension AuthenticationFailure {
 
 extension DeviceCredential {
     /// A v1 HELLO's credential: the token when `auth_method` is TOKEN.
-    public init(hello: Hello, certificateDeviceID: String?, clientAddress: String) {
+    package init(hello: Hello, certificateDeviceID: String?, clientAddress: String) {
         self.init(
             deviceID: hello.deviceID,
             token: hello.authMethod == .token ? Array(hello.credential.readableBytesView) : nil,
