@@ -12,11 +12,13 @@ internal import TerminusCompression
 internal import TerminusEdge
 package import TerminusSessions
 
-/// The composition root: builds the event loops, TLS context, secrets, dictionaries and the
-/// device edge from a `GatewayConfiguration`, and runs them as one `Service`.
+/// The composition root: builds the event loops, TLS context, secrets, dictionaries, the device
+/// edge, the backend router and the listeners from a `GatewayConfiguration`, and runs them as
+/// one `Service` (each part a `Service` of its own, see `run()`).
 ///
-/// On graceful shutdown (SIGTERM) it stops accepting, sends every device GOAWAY(SHUTTING_DOWN)
-/// with reconnect hints spread over `drain.reconnect_window`, and waits up to `drain.grace`.
+/// On graceful shutdown (SIGTERM) readiness turns false, the device listener stops accepting,
+/// sends every device GOAWAY(SHUTTING_DOWN) with reconnect hints spread over
+/// `drain.reconnect_window` and waits up to `drain.grace`; then the other parts stop.
 package final class Gateway: Service, Sendable {
     package let configuration: GatewayConfiguration
     package let directory: any SessionDirectory
