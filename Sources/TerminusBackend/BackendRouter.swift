@@ -21,7 +21,10 @@ package final class BackendRouter: UplinkSink, Sendable {
     package static let maxServices = ServiceSet.capacity
 
     private let table: RouteTable
-    private let services: [ServiceDelivery]
+    /// Per configured service, its delivery on each event loop (in the group's order).
+    private let services: [[ServiceDelivery]]
+    /// Which of a service's deliveries serves a loop's devices.
+    private let loopIndex: [ObjectIdentifier: Int]
     private let logger: Logger
 
     package init(
@@ -38,8 +41,17 @@ package final class BackendRouter: UplinkSink, Sendable {
             for filter in subscription.filters { routes.append((filter, index)) }
         }
         self.table = RouteTable(routes: routes)
-        self.services = subscriptions.map {
-            ServiceDelivery(subscription: $0, instanceID: instanceID, group: group, logger: logger)
+        let loops = Array(group.makeIterator())
+        self.loopIndex = Dictionary(uniqueKeysWithValues: loops.enumerated().map { (ObjectIdentifier($1), $0) })
+        self.services = subscriptions.map { subscription in
+            loops.enumerated().map { index, loop in
+                ServiceDelivery(
+                    subscription: subscription.share(index, of: loops.count),
+                    instanceID: instanceID,
+                    eventLoop: loop,
+                    logger: logger
+                )
+            }
         }
         self.logger = logger
     }
@@ -47,17 +59,21 @@ package final class BackendRouter: UplinkSink, Sendable {
     /// The router's work as services, in start order: each subscribed service's delivery,
     /// then the re-balancing of their pools. A `ServiceGroup` stops them in reverse order.
     package var lifecycleServices: [any Service] {
-        let interval = self.services.map(\.subscription.rebalanceSeconds).min() ?? 300
-        return self.services + [Rebalancer(services: self.services, intervalSeconds: interval)]
+        let deliveries = self.services.flatMap { $0 }
+        let interval = deliveries.map(\.subscription.rebalanceSeconds).min() ?? 300
+        return deliveries + [Rebalancer(services: deliveries, intervalSeconds: interval)]
     }
 
     /// Messages inside delivery, counted once per service: in flight, waiting for a window,
     /// or lingering.
-    package var backlog: Int { self.services.reduce(0) { $0 + $1.backlog } }
+    package var backlog: Int { self.services.joined().reduce(0) { $0 + $1.backlog } }
 
     /// How often the services' senders came back from waiting for work: with `linger`, once
     /// per batch rather than once per edge batch (diagnostics and tests).
-    package var senderWakeUps: Int { self.services.reduce(0) { $0 + $1.senderWakeUps } }
+    package var senderWakeUps: Int { self.services.joined().reduce(0) { $0 + $1.senderWakeUps } }
+
+    /// Batches sent, or answers handled, off their event loop (`ServiceDelivery.offLoopSteps`).
+    package var offLoopSteps: Int { self.services.joined().reduce(0) { $0 + $1.offLoopSteps } }
 
     /// Which messages of an edge batch go to which service: the synchronous part of `deliver`.
     package func plan(_ batch: [UplinkMessage]) -> RoutingPlan {
@@ -84,10 +100,15 @@ package final class BackendRouter: UplinkSink, Sendable {
             outcomes: plan.outcomes,
             answers: matching.reduce(0) { $0 + plan.groups[$1].count }
         ) { promise.succeed($0) }
+        // A loop outside the group (tests' embedded loops) is served by the first loop's
+        // deliveries; they are thread-safe, only slower for it.
+        let loop = self.loopIndex[ObjectIdentifier(eventLoop)] ?? 0
         for service in matching {
             let indices = plan.groups[service]
             let messages = indices.count == batch.count ? batch : indices.map { batch[$0] }
-            self.services[service].deliver(messages, on: eventLoop) { results in answers.add(results, at: indices) }
+            self.services[service][loop].deliver(messages, on: eventLoop) { results in
+                answers.add(results, at: indices)
+            }
         }
         return promise.futureResult
     }

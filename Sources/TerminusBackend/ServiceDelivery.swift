@@ -19,6 +19,12 @@ package import TerminusSessions
 /// back into the queue after the service's `retry` policy's backoff, until its attempts are
 /// spent; then it is `retryLater`.
 ///
+/// One per service and event loop (`BackendRouter` splits the service's `window` and
+/// `connections` between the loops): the devices of a loop are delivered by their loop's
+/// `ServiceDelivery`, whose sender, batches, Deliver streams and gRPC connections all run on
+/// that loop (`LoopExecutor`), so that a lone message costs no thread wake-up between the
+/// device's socket and the backend's connection, either way.
+///
 /// A `Service`: `run` holds the sender and the pool's clients; graceful shutdown (or
 /// cancellation) stops it.
 final class ServiceDelivery: Service, Sendable {
@@ -46,12 +52,17 @@ final class ServiceDelivery: Service, Sendable {
     private let logger: Logger
     private let queue: Mutex<Queue>
     private let wakeUps = Atomic<Int>(0)
+    private let offLoop = Atomic<Int>(0)
 
-    init(subscription: Subscription, instanceID: String, group: any EventLoopGroup, logger: Logger) {
+    private let executor: LoopExecutor
+
+    /// - Parameter eventLoop: where the delivery runs, and whose devices it serves.
+    init(subscription: Subscription, instanceID: String, eventLoop: any EventLoop, logger: Logger) {
         self.subscription = subscription
         self.encoder = UplinkEncoder(instanceID: instanceID)
         self.logger = logger
-        self.pool = ClientPool(subscription: subscription, group: group, logger: logger)
+        self.executor = LoopExecutor(eventLoop)
+        self.pool = ClientPool(subscription: subscription, group: eventLoop, logger: logger)
         self.window = AsyncWindow(capacity: subscription.window)
         self.queue = Mutex(
             Queue(
@@ -68,6 +79,13 @@ final class ServiceDelivery: Service, Sendable {
     /// their deadline), and the streams and connections close before it returns.
     func run() async throws {
         try self.pool.open()
+        // Child tasks inherit the preference: the pool's connections and streams run here too.
+        await withTaskExecutorPreference(self.executor) {
+            await self.runOnLoop()
+        }
+    }
+
+    private func runOnLoop() async {
         await withTaskCancellationOrGracefulShutdownHandler {
             await withDiscardingTaskGroup { group in
                 group.addTask { await self.pool.run() }
@@ -96,6 +114,14 @@ final class ServiceDelivery: Service, Sendable {
 
     /// How often the sender came back from waiting for work (diagnostics and tests).
     var senderWakeUps: Int { self.wakeUps.load(ordering: .relaxed) }
+
+    /// How often a batch was sent, or its answer handled, on a thread other than its event
+    /// loop's: 0 unless the executor preference was lost (tests).
+    var offLoopSteps: Int { self.offLoop.load(ordering: .relaxed) }
+
+    private func checkOnLoop() {
+        if !self.executor.eventLoop.inEventLoop { self.offLoop.wrappingAdd(1, ordering: .relaxed) }
+    }
 
     /// Messages queued or in flight, plus those waiting for room in the window.
     var backlog: Int { self.window.inUse + self.window.waitingMessages }
@@ -231,6 +257,8 @@ final class ServiceDelivery: Service, Sendable {
     /// Sends one batch and settles each message: final outcome, or back into the queue.
     private func attempt(_ batch: [Entry], on stream: DeliveryStream?) async {
         var answers: [Terminus_V1_DeliverResult]?
+        self.checkOnLoop()
+        defer { self.checkOnLoop() }
         if let stream {
             do {
                 let response = try await stream.send(

@@ -41,6 +41,19 @@ package struct Subscription: Sendable {
     package var batchesInFlight: Int = 16
     package var rebalanceSeconds: Int = 300
 
+    /// The part of this service that event loop `index` of `count` delivers: the window and the
+    /// connections are split between the loops as evenly as they go, at least one of each per
+    /// loop (so a service has at least as many connections as the gateway has event loops).
+    package func share(_ index: Int, of count: Int) -> Subscription {
+        func part(_ total: Int) -> Int {
+            max(1, total / count + (index < total % count ? 1 : 0))
+        }
+        var share = self
+        share.window = part(self.window)
+        share.connections = part(self.connections)
+        return share
+    }
+
     package init(name: String, host: String, port: Int, filters: [TopicFilter]) {
         self.name = name
         self.host = host

@@ -340,6 +340,9 @@ package final class Gateway: Service, Sendable {
     /// How often the delivery senders came back from waiting for work (`BackendRouter.senderWakeUps`).
     package var deliverySenderWakeUps: Int { self.router?.senderWakeUps ?? 0 }
 
+    /// Delivery steps that ran off their event loop (`BackendRouter.offLoopSteps`): 0.
+    package var deliveryOffLoopSteps: Int { self.router?.offLoopSteps ?? 0 }
+
 }
 
 /// A listener as a `Service`: opened when the group starts it, closed at graceful shutdown or

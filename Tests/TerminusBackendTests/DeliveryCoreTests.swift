@@ -105,6 +105,41 @@ struct DeliveryCoreTests {
         }
     }
 
+    @Test("a service's window and connections are split between the event loops, at least one each")
+    func shares() throws {
+        var service = Subscription(name: "s", host: "h", port: 1, filters: [])
+        service.window = 8193
+        service.connections = 5
+        let halves = (0..<2).map { service.share($0, of: 2) }
+        #expect(halves.map(\.window) == [4097, 4096])
+        #expect(halves.map(\.connections) == [3, 2])
+        service.window = 3
+        service.connections = 1
+        let quarters = (0..<4).map { service.share($0, of: 4) }
+        #expect(quarters.map(\.window) == [1, 1, 1, 1])
+        #expect(quarters.map(\.connections) == [1, 1, 1, 1])
+        #expect(service.share(0, of: 1).window == 3)
+    }
+
+    @Test("a task preferring a loop's executor runs on that loop, and so do its child tasks")
+    func loopExecutor() async throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+        let loop = group.next()
+        let executor = LoopExecutor(loop)
+        let onLoop = await withTaskExecutorPreference(executor) {
+            var seen = [loop.inEventLoop]
+            try? await Task.sleep(for: .milliseconds(5))
+            seen.append(loop.inEventLoop)
+            seen += await withTaskGroup(of: Bool.self) { children in
+                for _ in 0..<3 { children.addTask { loop.inEventLoop } }
+                return await children.reduce(into: []) { $0.append($1) }
+            }
+            return seen
+        }
+        #expect(onLoop == [true, true, true, true, true])
+        try await group.shutdownGracefully()
+    }
+
     @Test("the aggregator combines answers per message and completes once, after the last")
     func aggregator() {
         let result = Mutex<[[DeliveryOutcome]]>([])

@@ -35,8 +35,14 @@ struct BackendRoutingTests {
         return subscription
     }
 
-    static func gateway(_ services: [Subscription]) async throws -> TestGateway {
-        try await TestGateway.start(routed: true) { $0.services = services }
+    /// - Parameter eventLoops: the gateway's event loops. Each loop delivers its own devices on
+    ///   its own connections and streams (`Subscription.share`): tests that count streams or
+    ///   batches use one loop.
+    static func gateway(_ services: [Subscription], eventLoops: Int = 2) async throws -> TestGateway {
+        try await TestGateway.start(routed: true) {
+            $0.services = services
+            $0.eventLoopThreads = eventLoops
+        }
     }
 
     @Test("device → TLS → routing → gRPC backend → ACK, with every documented field")
@@ -258,6 +264,33 @@ struct BackendRoutingTests {
         await backend.stop()
     }
 
+    @Test("each event loop delivers its own devices on its own stream, and never leaves the loop")
+    func perLoopDelivery() async throws {
+        let backend = try await TestBackend.start()
+        let gateway = try await Self.gateway([
+            try Self.service("per-loop", port: backend.port, topics: ["pay/#"]) { $0.connections = 1 }
+        ])
+        // Connections are spread over the two loops round robin.
+        var devices: [TerminusConnection] = []
+        for index in 0..<6 { devices.append(try await gateway.connect("loop-\(index)")) }
+        for round in 0..<3 {
+            let acks = try await withThrowingTaskGroup(of: Ack.self) { group in
+                for device in devices {
+                    group.addTask { try await device.publish(topic: "pay/x", payload: ByteBuffer(string: "\(round)")) }
+                }
+                return try await group.reduce(into: [Ack]()) { $0.append($1) }
+            }
+            #expect(acks.allSatisfy { $0.status == .ok })
+        }
+        #expect(backend.receiver.messages.count == 18)
+        // `connections: 1` still gives each loop a connection of its own (`Subscription.share`).
+        #expect(backend.receiver.streams.withLock { $0 } == 2)
+        #expect(gateway.gateway.deliveryOffLoopSteps == 0, "every batch was sent and settled on its device's loop")
+        for device in devices { await device.close() }
+        await gateway.stop()
+        await backend.stop()
+    }
+
     @Test("linger: messages from separate edge batches share one batch")
     func linger() async throws {
         let backend = try await TestBackend.start()
@@ -266,7 +299,7 @@ struct BackendRoutingTests {
                 $0.lingerMilliseconds = 300
                 $0.batchSize = 100
             }
-        ])
+        ], eventLoops: 1)
         let devices = try await withThrowingTaskGroup(of: TerminusConnection.self) { group in
             for index in 0..<5 { group.addTask { try await gateway.connect("linger-\(index)") } }
             return try await group.reduce(into: [TerminusConnection]()) { $0.append($1) }
@@ -303,7 +336,7 @@ struct BackendRoutingTests {
         )
         let gateway = try await Self.gateway([
             try Self.service("ordered", port: backend.port, topics: ["pay/#"]) { $0.connections = 1 }
-        ])
+        ], eventLoops: 1)
         let slowDevice = try await gateway.connect("ooo-slow")
         let fastDevice = try await gateway.connect("ooo-fast")
         // Each publish reports when its ACK arrived.
@@ -343,7 +376,7 @@ struct BackendRoutingTests {
                 $0.deadlineMilliseconds = 250
                 $0.retry.maxAttempts = 2
             }
-        ])
+        ], eventLoops: 1)
         let device = try await gateway.connect("stall-1")
         let started = ContinuousClock.now
         let stuck = try await device.publish(topic: "pay/a", payload: ByteBuffer(string: "stuck"))
