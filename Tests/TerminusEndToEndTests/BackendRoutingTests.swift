@@ -294,12 +294,15 @@ struct BackendRoutingTests {
     @Test("linger: messages from separate edge batches share one batch")
     func linger() async throws {
         let backend = try await TestBackend.start()
-        let gateway = try await Self.gateway([
-            try Self.service("lingering", port: backend.port, topics: ["pay/#"]) {
-                $0.lingerMilliseconds = 300
-                $0.batchSize = 100
-            }
-        ], eventLoops: 1)
+        let gateway = try await Self.gateway(
+            [
+                try Self.service("lingering", port: backend.port, topics: ["pay/#"]) {
+                    $0.lingerMilliseconds = 300
+                    $0.batchSize = 100
+                }
+            ],
+            eventLoops: 1
+        )
         let devices = try await withThrowingTaskGroup(of: TerminusConnection.self) { group in
             for index in 0..<5 { group.addTask { try await gateway.connect("linger-\(index)") } }
             return try await group.reduce(into: [TerminusConnection]()) { $0.append($1) }
@@ -334,9 +337,12 @@ struct BackendRoutingTests {
                 request.messages.first?.payload == Data("slow".utf8) ? .milliseconds(400) : .zero
             }
         )
-        let gateway = try await Self.gateway([
-            try Self.service("ordered", port: backend.port, topics: ["pay/#"]) { $0.connections = 1 }
-        ], eventLoops: 1)
+        let gateway = try await Self.gateway(
+            [
+                try Self.service("ordered", port: backend.port, topics: ["pay/#"]) { $0.connections = 1 }
+            ],
+            eventLoops: 1
+        )
         let slowDevice = try await gateway.connect("ooo-slow")
         let fastDevice = try await gateway.connect("ooo-fast")
         // Each publish reports when its ACK arrived.
@@ -370,13 +376,16 @@ struct BackendRoutingTests {
                 request.messages.first?.payload == Data("stuck".utf8) ? .milliseconds(1500) : .zero
             }
         )
-        let gateway = try await Self.gateway([
-            try Self.service("stalling", port: backend.port, topics: ["pay/#"]) {
-                $0.connections = 1
-                $0.deadlineMilliseconds = 250
-                $0.retry.maxAttempts = 2
-            }
-        ], eventLoops: 1)
+        let gateway = try await Self.gateway(
+            [
+                try Self.service("stalling", port: backend.port, topics: ["pay/#"]) {
+                    $0.connections = 1
+                    $0.deadlineMilliseconds = 250
+                    $0.retry.maxAttempts = 2
+                }
+            ],
+            eventLoops: 1
+        )
         let device = try await gateway.connect("stall-1")
         let started = ContinuousClock.now
         let stuck = try await device.publish(topic: "pay/a", payload: ByteBuffer(string: "stuck"))
