@@ -82,6 +82,9 @@ package final class APIServer: Service, Sendable {
                 config: .defaults { config in
                     // Idle connections (no RPC) end with an HTTP/2 GOAWAY before the guard would cut them.
                     config.connection.maxIdleTime = .nanoseconds(limits.idleTimeout.nanoseconds / 2)
+                    // Answers go out in the tick that made them: the transport's flush coalescing
+                    // holds a lone answer back by up to its delay, on a timer of its own.
+                    config.connection.flushCoalescing = nil
                     // Out of descriptors, accept must pause rather than spin (AcceptPauseHandler).
                     config.channelDebuggingCallbacks.onBindTCPListener = { channel in
                         channel.eventLoop.makeCompletedFuture {

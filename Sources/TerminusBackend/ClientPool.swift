@@ -133,6 +133,10 @@ final class ClientPool: Sendable {
             }
         }
         var config = HTTP2ClientTransport.Posix.Config.defaults
+        // Flush coalescing holds a lone batch back by up to its delay (on a timer, one more
+        // wake-up per message at device rates). Batching is ours: one batch per loop tick, and
+        // `linger` when a service asks for more.
+        config.connection.flushCoalescing = nil
         if case .tls(_, _, _, let serverName?) = self.subscription.security {
             config.http2.authority = serverName
         }

@@ -34,6 +34,32 @@ struct PythonBackendTests {
         await gateway.stop()
     }
 
+    @Test("--quiet counts messages instead of printing each, and reports the total")
+    func quietBackend() async throws {
+        let stubs = try #require(try PythonBackend.generateStubs())
+        defer { try? FileManager.default.removeItem(atPath: stubs) }
+        let backend = try await PythonBackend(
+            stubs: stubs,
+            port: try await TestBackend.unusedPort(),
+            arguments: ["--quiet", "--report-seconds", "0.2"]
+        )
+        defer { backend.stop() }
+        #expect(backend.isListening)
+        let gateway = try await TestGateway.start(routed: true) {
+            $0.services = [try! BackendRoutingTests.service("quiet", port: backend.port, topics: ["pay/#"])]
+        }
+        let device = try await gateway.connect("spk-quiet")
+        for index in 0..<5 {
+            let ack = try await device.publish(topic: "pay/done", payload: ByteBuffer(string: "q\(index)"))
+            #expect(ack.status == .ok)
+        }
+        let reported = await RawClient.poll(20) { backend.reportedTotal == 5 }
+        #expect(reported, "RECEIVED_TOTAL 5, got \(String(describing: backend.reportedTotal))")
+        #expect(backend.received.isEmpty, "no line per message")
+        await device.close()
+        await gateway.stop()
+    }
+
     @Test("backend killed mid-stream (SIGKILL) and restarted: every message the device saw acked reached a backend")
     func killAndRestart() async throws {
         let stubs = try #require(try PythonBackend.generateStubs())

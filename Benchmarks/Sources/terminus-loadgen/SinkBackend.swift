@@ -79,6 +79,8 @@ final class SinkServer: Sendable {
             transport: HTTP2ServerTransport.Posix(
                 address: .ipv4(host: host, port: port),
                 transportSecurity: .plaintext,
+                // Answers flushed at once, as the gateway and terminus-echo-backend do.
+                config: .defaults { $0.connection.flushCoalescing = nil },
                 eventLoopGroup: .singletonMultiThreadedEventLoopGroup
             ),
             services: [receiver]

@@ -48,7 +48,7 @@ final class PythonBackend: @unchecked Sendable {
     private let process: Process
 
     /// Starts the backend and waits (bounded) until it listens.
-    init(stubs: String, port: Int, delayMilliseconds: Int = 0) async throws {
+    init(stubs: String, port: Int, delayMilliseconds: Int = 0, arguments: [String] = []) async throws {
         self.port = port
         self.output = stubs + "/backend-\(port)-\(UUID().uuidString).out"
         _ = FileManager.default.createFile(atPath: self.output, contents: nil)
@@ -57,7 +57,7 @@ final class PythonBackend: @unchecked Sendable {
         process.arguments = [
             "python3", Self.repository.appendingPathComponent("docs/examples/python-backend/backend.py").path,
             "--port", "\(port)", "--delay-ms", "\(delayMilliseconds)",
-        ]
+        ] + arguments
         process.environment = ProcessInfo.processInfo.environment.merging(["PYTHONPATH": stubs]) { $1 }
         process.standardOutput = FileHandle(forWritingAtPath: self.output)
         try process.run()
@@ -78,6 +78,12 @@ final class PythonBackend: @unchecked Sendable {
             guard parts.count == 4, parts[0] == "RECEIVED" else { return nil }
             return (String(parts[1]), String(parts[2]), String(parts[3]))
         }
+    }
+
+    /// The last `RECEIVED_TOTAL` count printed with `--quiet`.
+    var reportedTotal: Int? {
+        self.text.split(separator: "\n").last { $0.hasPrefix("RECEIVED_TOTAL ") }
+            .flatMap { Int($0.dropFirst("RECEIVED_TOTAL ".count)) }
     }
 
     /// SIGKILL: the process dies with calls in flight.
