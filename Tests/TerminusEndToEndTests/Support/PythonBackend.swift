@@ -54,10 +54,11 @@ final class PythonBackend: @unchecked Sendable {
         _ = FileManager.default.createFile(atPath: self.output, contents: nil)
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = [
-            "python3", Self.repository.appendingPathComponent("docs/examples/python-backend/backend.py").path,
-            "--port", "\(port)", "--delay-ms", "\(delayMilliseconds)",
-        ] + arguments
+        process.arguments =
+            [
+                "python3", Self.repository.appendingPathComponent("docs/examples/python-backend/backend.py").path,
+                "--port", "\(port)", "--delay-ms", "\(delayMilliseconds)",
+            ] + arguments
         process.environment = ProcessInfo.processInfo.environment.merging(["PYTHONPATH": stubs]) { $1 }
         process.standardOutput = FileHandle(forWritingAtPath: self.output)
         try process.run()
