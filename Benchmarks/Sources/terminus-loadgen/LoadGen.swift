@@ -87,6 +87,26 @@ enum CompressionMode: String, ExpressibleByArgument, CaseIterable, Sendable {
 
 extension Traffic: ExpressibleByArgument {}
 
+/// What the fleet's devices speak.
+enum FleetProtocol: String, ExpressibleByArgument, CaseIterable, Sendable {
+    /// Terminus wire protocol v1 (`TerminusClient`).
+    case terminus
+    /// MQTT 3.1.1, QoS 1 PUBLISH only (`MQTTConnection`): for Mosquitto side by side.
+    case mqtt
+}
+
+/// One device connection the fleet publishes on.
+protocol FleetConnection: Sendable {
+    func publishFuture(topic: String, payload: ByteBuffer, compress: Bool, dictionaryID: UInt16?) -> EventLoopFuture<Ack>
+    func close() async
+}
+
+extension TerminusConnection: FleetConnection {
+    func publishFuture(topic: String, payload: ByteBuffer, compress: Bool, dictionaryID: UInt16?) -> EventLoopFuture<Ack> {
+        self.publishFuture(topic: topic, payload: payload, qos: .atLeastOnce, compress: compress, dictionaryID: dictionaryID)
+    }
+}
+
 // MARK: - fleet
 
 struct Fleet: AsyncParsableCommand {
@@ -156,6 +176,18 @@ struct Fleet: AsyncParsableCommand {
     )
     var largeRecord = false
 
+    @Option(
+        name: .long,
+        help: "What devices speak: terminus, or mqtt (MQTT 3.1.1 QoS 1 publishes only, for Mosquitto; no --compression, --send-rate or --large-record)."
+    )
+    var `protocol`: FleetProtocol = .terminus
+
+    @Option(
+        name: .long,
+        help: "The consumer's process (the gateway's backend, or an MQTT subscriber): its CPU per message is reported too."
+    )
+    var consumerPid: Int32?
+
     @Option(name: .long, help: "Device id prefix.")
     var prefix: String = "lg-"
 
@@ -164,6 +196,12 @@ struct Fleet: AsyncParsableCommand {
 
     @Option(name: .long, help: "Name of this run in the report.")
     var label: String = "fleet"
+
+    func validate() throws {
+        if self.protocol == .mqtt && (self.compression != .none || self.sendRate > 0 || self.largeRecord) {
+            throw ValidationError("--protocol mqtt publishes only: no --compression, --send-rate or --large-record")
+        }
+    }
 
     func run() async throws {
         raiseOpenFileLimit()
@@ -287,8 +325,9 @@ struct FleetRun {
         let before = o.target.sample()
         let rampStart = ContinuousClock.now
         let failures = Locked(0)
-        let connections = try await withThrowingTaskGroup(of: (Int, TerminusConnection?).self) { tasks in
-            var result = [TerminusConnection?](repeating: nil, count: o.devices)
+        let mqttContext = o.protocol == .mqtt ? try RawTLS.clientContext(caFile: o.target.ca, tls13Only: false) : nil
+        let connections = try await withThrowingTaskGroup(of: (Int, (any FleetConnection)?).self) { tasks in
+            var result = [(any FleetConnection)?](repeating: nil, count: o.devices)
             var running = 0
             var lastReport = ContinuousClock.now
             for index in 0..<o.devices {
@@ -312,6 +351,16 @@ struct FleetRun {
                 let config = configuration
                 tasks.addTask {
                     do {
+                        if let mqttContext {
+                            let connection = try await MQTTConnection.connect(
+                                target: o.target,
+                                context: mqttContext,
+                                group: group,
+                                index: index,
+                                clientID: config.deviceID
+                            )
+                            return (index, connection)
+                        }
                         return (index, try await TerminusConnection.connect(config, group: group))
                     } catch {
                         let count = failures.withLock { value -> Int in
@@ -365,7 +414,7 @@ struct FleetRun {
         // Downlink: every device acknowledges its pushes.
         var pushTasks: [Task<Void, Never>] = []
         if o.sendRate > 0 {
-            for connection in connections {
+            for case let connection as TerminusConnection in connections {
                 pushTasks.append(
                     Task {
                         for await push in connection.pushes where push.qos == .atLeastOnce {
@@ -385,7 +434,7 @@ struct FleetRun {
 
         if o.largeRecord, var measured = memory {
             let message = RawTLS.largeMessage(size: 16_000)
-            for connection in connections { connection.send(.publish(message)) }
+            for case let connection as TerminusConnection in connections { connection.send(.publish(message)) }
             try await Task.sleep(for: .seconds(3))
             if let after = o.target.sample() {
                 measured.rssAfterLargeRecordBytes = after.residentBytes
@@ -421,7 +470,7 @@ struct FleetRun {
     }
 
     private func publishPhase(
-        _ connections: [TerminusConnection],
+        _ connections: [any FleetConnection],
         sink: SinkServer?
     ) async throws -> (FleetReport.Publish?, FleetReport.Downlink?, [TimelinePoint]) {
         let o = self.options
@@ -432,7 +481,7 @@ struct FleetRun {
         let dictionaryID: UInt16? = o.compression == .dictionary ? 1 : nil
         let traffic = o.traffic
 
-        @Sendable func publishOne(_ connection: TerminusConnection, device: String) -> EventLoopFuture<Ack> {
+        @Sendable func publishOne(_ connection: any FleetConnection, device: String) -> EventLoopFuture<Ack> {
             let n = sequence.wrappingAdd(1, ordering: .relaxed).oldValue
             let started = DispatchTime.now().uptimeNanoseconds
             stats.sent(at: started)
@@ -539,6 +588,7 @@ struct FleetRun {
         // Progress and timeline, once a second; the measured window starts after the warm-up.
         var timeline: [TimelinePoint] = []
         var measureStart: (ContinuousClock.Instant, ProcessSample?, Int, Int)?
+        var consumerStart: ProcessSample?
         var previous = o.target.sample()
         var previousBackend = sink?.receiver.messages ?? 0
         var second = 0
@@ -577,6 +627,7 @@ struct FleetRun {
                 let (messages, batches, _) =
                     sink?.receiver.take() ?? (0, 0, Histogram<UInt64>(highestTrackableValue: 60_000_000))
                 measureStart = (.now, o.target.sample(), messages, batches)
+                consumerStart = o.consumerPid.flatMap(ProcessSample.read(pid:))
             }
         }
         stop.set()
@@ -584,6 +635,7 @@ struct FleetRun {
         await sender.value
         let measuredEnd = ContinuousClock.now
         let endSample = o.target.sample()
+        let consumerEnd = o.consumerPid.flatMap(ProcessSample.read(pid:))
         // Give messages in flight a moment to complete (not counted in the rate).
         try await Task.sleep(for: .milliseconds(500))
         let state = stats.state.withLock { $0 }
@@ -613,6 +665,10 @@ struct FleetRun {
                 result.gatewaySystemCPUMicrosPerMessage =
                     (endSample.systemSeconds - first.systemSeconds) * 1_000_000 / Double(state.acked)
                 result.gatewayCPUPercent = cpu / max(seconds, 0.001) * 100
+            }
+            if let consumerStart, let consumerEnd, state.acked > 0 {
+                result.consumerCPUMicrosPerMessage =
+                    (consumerEnd.cpuSeconds - consumerStart.cpuSeconds) * 1_000_000 / Double(state.acked)
             }
             publish = result
         }

@@ -60,6 +60,8 @@ struct FleetReport: Codable, Sendable {
         /// Deliver batches the sink received (messages / batches = the mean batch size).
         var backendBatches: Int
         var gatewayCPUMicrosPerMessage: Double?
+        /// CPU of `--consumer-pid` (the backend or the MQTT subscriber) per acknowledged message.
+        var consumerCPUMicrosPerMessage: Double?
         /// The kernel's share of it (system time): syscalls and the loopback network stack.
         var gatewaySystemCPUMicrosPerMessage: Double?
         var gatewayCPUPercent: Double?
@@ -126,6 +128,9 @@ struct FleetReport: Codable, Sendable {
                 lines.append("| gateway CPU per message | \(Self.f(cpu, 2)) µs\(system) |")
             }
             if let percent = p.gatewayCPUPercent { lines.append("| gateway CPU | \(Self.f(percent, 0)) % of a core |") }
+            if let consumer = p.consumerCPUMicrosPerMessage {
+                lines.append("| consumer CPU per message | \(Self.f(consumer, 2)) µs |")
+            }
             if p.backendBatches > 0 {
                 let mean = Double(p.backendReceived) / Double(p.backendBatches)
                 lines.append("| backend batches (mean size) | \(p.backendBatches) (\(Self.f(mean, 1))) |")
