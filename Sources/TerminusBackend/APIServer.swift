@@ -2,6 +2,7 @@ internal import GRPCCore
 internal import GRPCNIOTransportHTTP2
 package import Logging
 internal import NIOCore
+package import NIOPosix
 internal import ServiceLifecycle
 package import TerminusListeners
 package import TerminusSessions
@@ -28,6 +29,7 @@ package enum APISecurity: Sendable {
 /// cancellation.
 package final class APIServer: Service, Sendable {
     private let server: GRPCServer<HTTP2ServerTransport.Posix>
+    private let executor: GroupExecutor
     private let logger: Logger
     /// Caps connections and closes idle ones (`api.max_connections`, `api.idle_timeout`).
     package let connectionGuard: ConnectionGuard
@@ -47,6 +49,7 @@ package final class APIServer: Service, Sendable {
         maxPayloadSize: Int = 256 * 1024,
         maxTopicLength: Int = 256,
         limits: ConnectionGuard.Limits = APIServer.defaultLimits,
+        group: MultiThreadedEventLoopGroup,
         logger: Logger
     ) {
         let connectionGuard = ConnectionGuard(name: "api", limits: limits, logger: logger)
@@ -97,7 +100,9 @@ package final class APIServer: Service, Sendable {
                     config.channelDebuggingCallbacks.onAcceptTCPConnection = { channel in
                         channel.eventLoop.makeCompletedFuture { _ = try connectionGuard.admit(channel) }
                     }
-                }
+                },
+                // The devices' loops: see `GroupExecutor`.
+                eventLoopGroup: group
             ),
             services: [service],
             interceptors: [
@@ -107,13 +112,17 @@ package final class APIServer: Service, Sendable {
                 )
             ]
         )
+        self.executor = GroupExecutor(group)
         self.logger = logger
     }
 
-    /// Binds and serves until graceful shutdown or cancellation.
+    /// Binds and serves until graceful shutdown or cancellation. Calls run on the event loops
+    /// (`GroupExecutor`), not on the global executor's threads.
     package func run() async throws {
         try await withGracefulShutdownHandler {
-            try await self.server.serve()
+            try await withTaskExecutorPreference(self.executor) {
+                try await self.server.serve()
+            }
         } onGracefulShutdown: {
             self.server.beginGracefulShutdown()
         }

@@ -94,6 +94,7 @@ package final class Gateway: Service, Sendable {
                     maxPayloadSize: configuration.edge.inflateLimits.maxInflatedSize,
                     maxTopicLength: configuration.edge.maxTopicLength,
                     limits: configuration.apiLimits,
+                    group: self.group,
                     logger: logger
                 )
             } else {
