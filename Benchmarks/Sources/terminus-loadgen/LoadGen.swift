@@ -589,6 +589,7 @@ struct FleetRun {
         var timeline: [TimelinePoint] = []
         var measureStart: (ContinuousClock.Instant, ProcessSample?, Int, Int)?
         var consumerStart: ProcessSample?
+        var sendsAtStart = 0
         var previous = o.target.sample()
         var previousBackend = sink?.receiver.messages ?? 0
         var second = 0
@@ -628,6 +629,7 @@ struct FleetRun {
                     sink?.receiver.take() ?? (0, 0, Histogram<UInt64>(highestTrackableValue: 60_000_000))
                 measureStart = (.now, o.target.sample(), messages, batches)
                 consumerStart = o.consumerPid.flatMap(ProcessSample.read(pid:))
+                sendsAtStart = downlinkStats.withLock { $0.sent }
             }
         }
         stop.set()
@@ -636,6 +638,7 @@ struct FleetRun {
         let measuredEnd = ContinuousClock.now
         let endSample = o.target.sample()
         let consumerEnd = o.consumerPid.flatMap(ProcessSample.read(pid:))
+        let sendsAtEnd = downlinkStats.withLock { $0.sent }
         // Give messages in flight a moment to complete (not counted in the rate).
         try await Task.sleep(for: .milliseconds(500))
         let state = stats.state.withLock { $0 }
@@ -681,6 +684,10 @@ struct FleetRun {
                 outcomes: d.outcomes,
                 latencyMicros: Percentiles(d.latency)
             )
+            if !publishing, let first = measureStart?.1, let endSample, sendsAtEnd > sendsAtStart {
+                downlink?.gatewayCPUMicrosPerSend =
+                    (endSample.cpuSeconds - first.cpuSeconds) * 1_000_000 / Double(sendsAtEnd - sendsAtStart)
+            }
         }
         return (publish, downlink, timeline)
     }

@@ -74,6 +74,8 @@ struct FleetReport: Codable, Sendable {
         var sent: Int
         var outcomes: [String: Int]
         var latencyMicros: Percentiles
+        /// Gateway CPU per Send answered in the measured window (only without uplink traffic).
+        var gatewayCPUMicrosPerSend: Double?
     }
 
     var label: String
@@ -149,6 +151,7 @@ struct FleetReport: Codable, Sendable {
         }
         if let d = self.downlink {
             lines.append("| downlink Send sent (rate) | \(d.sent) (\(d.targetRate)/s) |")
+            if let cpu = d.gatewayCPUMicrosPerSend { lines.append("| gateway CPU per Send | \(Self.f(cpu, 2)) µs |") }
             lines.append(
                 "| downlink outcomes | \(d.outcomes.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ")) |"
             )
