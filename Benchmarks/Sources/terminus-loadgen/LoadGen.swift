@@ -97,13 +97,29 @@ enum FleetProtocol: String, ExpressibleByArgument, CaseIterable, Sendable {
 
 /// One device connection the fleet publishes on.
 protocol FleetConnection: Sendable {
-    func publishFuture(topic: String, payload: ByteBuffer, compress: Bool, dictionaryID: UInt16?) -> EventLoopFuture<Ack>
+    func publishFuture(
+        topic: String,
+        payload: ByteBuffer,
+        compress: Bool,
+        dictionaryID: UInt16?
+    ) -> EventLoopFuture<Ack>
     func close() async
 }
 
 extension TerminusConnection: FleetConnection {
-    func publishFuture(topic: String, payload: ByteBuffer, compress: Bool, dictionaryID: UInt16?) -> EventLoopFuture<Ack> {
-        self.publishFuture(topic: topic, payload: payload, qos: .atLeastOnce, compress: compress, dictionaryID: dictionaryID)
+    func publishFuture(
+        topic: String,
+        payload: ByteBuffer,
+        compress: Bool,
+        dictionaryID: UInt16?
+    ) -> EventLoopFuture<Ack> {
+        self.publishFuture(
+            topic: topic,
+            payload: payload,
+            qos: .atLeastOnce,
+            compress: compress,
+            dictionaryID: dictionaryID
+        )
     }
 }
 
@@ -178,13 +194,15 @@ struct Fleet: AsyncParsableCommand {
 
     @Option(
         name: .long,
-        help: "What devices speak: terminus, or mqtt (MQTT 3.1.1 QoS 1 publishes only, for Mosquitto; no --compression, --send-rate or --large-record)."
+        help:
+            "What devices speak: terminus, or mqtt (MQTT 3.1.1 QoS 1 publishes only, for Mosquitto; no --compression, --send-rate or --large-record)."
     )
     var `protocol`: FleetProtocol = .terminus
 
     @Option(
         name: .long,
-        help: "The consumer's process (the gateway's backend, or an MQTT subscriber): its CPU per message is reported too."
+        help:
+            "The consumer's process (the gateway's backend, or an MQTT subscriber): its CPU per message is reported too."
     )
     var consumerPid: Int32?
 

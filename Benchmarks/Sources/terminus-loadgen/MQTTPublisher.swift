@@ -162,7 +162,12 @@ final class MQTTConnection: FleetConnection, @unchecked Sendable {
         return MQTTConnection(channel: channel, handler: handler)
     }
 
-    func publishFuture(topic: String, payload: ByteBuffer, compress: Bool, dictionaryID: UInt16?) -> EventLoopFuture<Ack> {
+    func publishFuture(
+        topic: String,
+        payload: ByteBuffer,
+        compress: Bool,
+        dictionaryID: UInt16?
+    ) -> EventLoopFuture<Ack> {
         let loop = self.channel.eventLoop
         let promise = loop.makePromise(of: Ack.self)
         loop.execute {
