@@ -58,10 +58,13 @@ package final class BackendRouter: UplinkSink, Sendable {
 
     /// The router's work as services, in start order: each subscribed service's delivery,
     /// then the re-balancing of their pools. A `ServiceGroup` stops them in reverse order.
+    /// A service's deliveries on the several loops are one `Service` and stop together, so a
+    /// service still stops within twice its `deadline` however many loops there are.
     package var lifecycleServices: [any Service] {
         let deliveries = self.services.flatMap { $0 }
         let interval = deliveries.map(\.subscription.rebalanceSeconds).min() ?? 300
-        return deliveries + [Rebalancer(services: deliveries, intervalSeconds: interval)]
+        return self.services.map { LoopDeliveries(deliveries: $0) }
+            + [Rebalancer(services: deliveries, intervalSeconds: interval)]
     }
 
     /// Messages inside delivery, counted once per service: in flight, waiting for a window,
@@ -123,6 +126,20 @@ package struct RoutingPlan: Sendable {
 
     /// No message goes to any service.
     package var isEmpty: Bool { self.groups.allSatisfy(\.isEmpty) }
+}
+
+/// One service's deliveries, one per event loop, run side by side: they start together, stop
+/// together at graceful shutdown, and a failure of one (a client that cannot be made) cancels the
+/// others.
+struct LoopDeliveries: Service {
+    let deliveries: [ServiceDelivery]
+
+    func run() async throws {
+        // Graceful shutdown reaches each child through the task-local the group set up.
+        try await withThrowingDiscardingTaskGroup { group in
+            for delivery in self.deliveries { group.addTask { try await delivery.run() } }
+        }
+    }
 }
 
 /// Replaces each pool's oldest connection every `intervalSeconds` (0: never), until graceful
