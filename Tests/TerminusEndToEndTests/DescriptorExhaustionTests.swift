@@ -53,7 +53,7 @@ struct DescriptorExhaustionTests {
     }
 
     struct Running {
-        let process: Process
+        let process: ChildProcess
         let devicePort: Int
         let adminPort: Int
         let log: String
@@ -98,12 +98,11 @@ struct DescriptorExhaustionTests {
         try config.write(toFile: directory + "/terminus.yaml", atomically: true, encoding: .utf8)
         let log = directory + "/gateway.log"
         _ = FileManager.default.createFile(atPath: log, contents: nil)
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/prlimit")
-        process.arguments = ["--nofile=300:300", Self.binary, "run", "--config", directory + "/terminus.yaml"]
-        process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
-        process.standardOutput = FileHandle.nullDevice
-        try process.run()
+        let process = try ChildProcess(
+            "/usr/bin/prlimit",
+            ["--nofile=300:300", Self.binary, "run", "--config", directory + "/terminus.yaml"],
+            standardError: .file(log)
+        )
         let running = Running(process: process, devicePort: devicePort, adminPort: adminPort, log: log)
         for _ in 0..<100 {
             if Self.httpGet(adminPort, "/healthz")?.contains("200 OK") == true { return running }

@@ -13,13 +13,9 @@ struct DevelopmentModeCLITests {
 
     /// Runs `command` in `sh`, waits (bounded) and returns its exit status and standard output.
     static func shell(_ command: String, seconds: Double = 30) async throws -> (status: Int32, output: String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/bin/sh")
-        process.arguments = ["-c", command]
-        let output = Pipe()
-        process.standardOutput = output
-        process.standardError = FileHandle.nullDevice
-        try process.run()
+        let output = NSTemporaryDirectory() + "terminus-shell-\(UUID().uuidString).out"
+        defer { try? FileManager.default.removeItem(atPath: output) }
+        let process = try ChildProcess("/bin/sh", ["-c", command], standardOutput: .file(output))
         let deadline = Date().addingTimeInterval(seconds)
         while process.isRunning && Date() < deadline { try await Task.sleep(for: .milliseconds(20)) }
         if process.isRunning {
@@ -27,8 +23,7 @@ struct DevelopmentModeCLITests {
             process.waitUntilExit()
             Issue.record("`\(command)` did not finish within \(seconds) s")
         }
-        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        return (process.terminationStatus, text)
+        return (process.terminationStatus, Self.text(output))
     }
 
     static func text(_ path: String) -> String { (try? String(contentsOfFile: path, encoding: .utf8)) ?? "" }
@@ -52,15 +47,14 @@ struct DevelopmentModeCLITests {
         let apiPort = LoopbackSocket.freePort()
         let log = directory + "/gateway.log"
         _ = FileManager.default.createFile(atPath: log, contents: nil)
-        let gateway = Process()
-        gateway.executableURL = URL(fileURLWithPath: Self.binary)
-        gateway.arguments = [
-            "run", "--dev-directory", directory + "/dev", "--device-listen", "127.0.0.1:\(devicePort)",
-            "--api-listen", "127.0.0.1:\(apiPort)",
-        ]
-        gateway.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
-        gateway.standardOutput = FileHandle.nullDevice
-        try gateway.run()
+        let gateway = try ChildProcess(
+            Self.binary,
+            [
+                "run", "--dev-directory", directory + "/dev", "--device-listen", "127.0.0.1:\(devicePort)",
+                "--api-listen", "127.0.0.1:\(apiPort)",
+            ],
+            standardError: .file(log)
+        )
         defer {
             if gateway.isRunning { gateway.terminate() }
             gateway.waitUntilExit()
@@ -86,10 +80,10 @@ struct DevelopmentModeCLITests {
 
         // A device from the banner's listen command, then the banner's send command.
         let pushes = directory + "/pushes.txt"
-        let listener = Process()
-        listener.executableURL = URL(fileURLWithPath: "/bin/sh")
-        listener.arguments = ["-c", "exec \(listenLine) --count 1 > \(pushes) 2> \(directory)/listen.log"]
-        try listener.run()
+        let listener = try ChildProcess(
+            "/bin/sh",
+            ["-c", "exec \(listenLine) --count 1 > \(pushes) 2> \(directory)/listen.log"]
+        )
         defer {
             if listener.isRunning { listener.terminate() }
             listener.waitUntilExit()

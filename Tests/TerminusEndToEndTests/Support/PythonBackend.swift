@@ -11,12 +11,7 @@ final class PythonBackend: @unchecked Sendable {
     /// Once per process.
     static let installed: Bool = {
         func run(_ arguments: [String]) -> Int32 {
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-            process.arguments = arguments
-            process.standardOutput = FileHandle.nullDevice
-            process.standardError = FileHandle.nullDevice
-            guard (try? process.run()) != nil else { return -1 }
+            guard let process = try? ChildProcess("/usr/bin/env", arguments) else { return -1 }
             process.waitUntilExit()
             return process.terminationStatus
         }
@@ -32,37 +27,37 @@ final class PythonBackend: @unchecked Sendable {
         let work = NSTemporaryDirectory() + "terminus-python-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
         let protos = Self.repository.appendingPathComponent("Protos").path
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = [
-            "python3", "-m", "grpc_tools.protoc", "-I", protos, "--python_out=\(work)", "--grpc_python_out=\(work)",
-            "\(protos)/terminus/v1/uplink.proto",
-        ]
-        try process.run()
+        let process = try ChildProcess(
+            "/usr/bin/env",
+            [
+                "python3", "-m", "grpc_tools.protoc", "-I", protos, "--python_out=\(work)",
+                "--grpc_python_out=\(work)", "\(protos)/terminus/v1/uplink.proto",
+            ],
+            standardError: .inherit
+        )
         process.waitUntilExit()
         return process.terminationStatus == 0 ? work : nil
     }
 
     let port: Int
     let output: String
-    private let process: Process
+    private let process: ChildProcess
 
     /// Starts the backend and waits (bounded) until it listens.
     init(stubs: String, port: Int, delayMilliseconds: Int = 0, arguments: [String] = []) async throws {
         self.port = port
         self.output = stubs + "/backend-\(port)-\(UUID().uuidString).out"
         _ = FileManager.default.createFile(atPath: self.output, contents: nil)
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments =
+        self.process = try ChildProcess(
+            "/usr/bin/env",
             [
                 "python3", Self.repository.appendingPathComponent("docs/examples/python-backend/backend.py").path,
                 "--port", "\(port)", "--delay-ms", "\(delayMilliseconds)",
-            ] + arguments
-        process.environment = ProcessInfo.processInfo.environment.merging(["PYTHONPATH": stubs]) { $1 }
-        process.standardOutput = FileHandle(forWritingAtPath: self.output)
-        try process.run()
-        self.process = process
+            ] + arguments,
+            environment: ProcessInfo.processInfo.environment.merging(["PYTHONPATH": stubs]) { $1 },
+            standardOutput: .file(self.output),
+            standardError: .inherit
+        )
         let output = self.output
         _ = await RawClient.poll(20) {
             ((try? String(contentsOfFile: output, encoding: .utf8)) ?? "").contains("LISTENING")
@@ -89,12 +84,11 @@ final class PythonBackend: @unchecked Sendable {
 
     /// SIGKILL: the process dies with calls in flight.
     func kill() {
-        Foundation.kill(self.process.processIdentifier, SIGKILL)
+        self.process.signal(SIGKILL)
         self.process.waitUntilExit()
     }
 
-    /// SIGKILL as well: children of the test process can inherit a signal mask that blocks
-    /// SIGTERM, and a backend that outlives its test would hold its port.
+    /// SIGKILL as well: a backend that outlives its test would hold its port.
     func stop() {
         if self.process.isRunning { self.kill() }
     }
