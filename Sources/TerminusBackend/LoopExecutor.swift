@@ -1,4 +1,4 @@
-internal import NIOCore
+package import NIOCore
 internal import NIOPosix
 
 /// A `TaskExecutor` that runs jobs on one event loop.
@@ -9,14 +9,14 @@ internal import NIOPosix
 /// resuming a task that waits is an entry in the loop's task queue, not a wake-up of another
 /// thread. (SwiftNIO 2.101 makes an event loop a `SerialExecutor` for actors, not a
 /// `TaskExecutor`.)
-final class LoopExecutor: TaskExecutor, Sendable {
-    let eventLoop: any EventLoop
+package final class LoopExecutor: TaskExecutor, Sendable {
+    package let eventLoop: any EventLoop
 
-    init(_ eventLoop: any EventLoop) {
+    package init(_ eventLoop: any EventLoop) {
         self.eventLoop = eventLoop
     }
 
-    func enqueue(_ job: consuming ExecutorJob) {
+    package func enqueue(_ job: consuming ExecutorJob) {
         let job = UnownedJob(job)
         self.eventLoop.execute {
             job.runSynchronously(on: self.asUnownedTaskExecutor())

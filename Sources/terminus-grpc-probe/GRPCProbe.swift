@@ -30,7 +30,27 @@ struct GRPCProbe: AsyncParsableCommand {
     @Option(name: .long, help: "Payload bytes per message.")
     var payloadBytes: Int = 200
 
+    @Option(
+        name: .long,
+        help: """
+            Lone messages instead: this many one-message batches a second in all, each alone, to \
+            the Deliver service at --target (terminus-echo-backend --quiet), by grpc-swift-2's \
+            client on the loop and by HTTP/2 frames on the loop, side by side.
+            """
+    )
+    var loneRate: Int?
+
+    @Option(name: .long, help: "With --lone-rate: the backend (HOST:PORT).")
+    var target: String = "127.0.0.1:50051"
+
+    @Option(name: .long, help: "With --lone-rate: event loops (one connection and stream each).")
+    var loops: Int = 2
+
+    @Option(name: .long, help: "With --lone-rate: rounds of every mode, interleaved.")
+    var rounds: Int = 3
+
     func run() async throws {
+        if let loneRate { return try await self.lone(rate: loneRate) }
         let serverGroup = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let clientGroup = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let server = GRPCServer(
@@ -81,6 +101,39 @@ struct GRPCProbe: AsyncParsableCommand {
         }
         // The event loop groups end with the process (shutting them down here races the
         // transports' own teardown).
+    }
+
+    func lone(rate: Int) async throws {
+        let parts = self.target.split(separator: ":")
+        guard parts.count == 2, let port = Int(parts[1]), rate > 0, self.loops > 0 else {
+            throw ValidationError("--target HOST:PORT, --lone-rate and --loops above 0")
+        }
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: self.loops)
+        let template = Self.request(batch: 1, payloadBytes: self.payloadBytes)
+        print("| round | mode | answered | CPU µs/message (client) | p50 µs | p99 µs |")
+        print("|------:|------|---------:|------------------------:|-------:|-------:|")
+        for round in 1...self.rounds {
+            for mode in LoneMessages.Mode.allCases {
+                let result = try await LoneMessages.measure(
+                    mode,
+                    host: String(parts[0]),
+                    port: port,
+                    rate: rate,
+                    seconds: self.seconds,
+                    group: group,
+                    template: template
+                )
+                print(
+                    "| \(round) | \(mode.rawValue) | \(result.answered) | "
+                        + String(
+                            format: "%.1f | %.0f | %.0f |",
+                            result.cpuMicrosPerMessage,
+                            result.p50Micros,
+                            result.p99Micros
+                        )
+                )
+            }
+        }
     }
 
     static func request(batch: Int, payloadBytes: Int) -> Terminus_V1_DeliverRequest {
