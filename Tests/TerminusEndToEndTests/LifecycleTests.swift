@@ -2,6 +2,7 @@ import Logging
 import NIOCore
 import NIOPosix
 import ServiceLifecycle
+import Synchronization
 import TerminusBackend
 import TerminusProtocol
 import TerminusServer
@@ -78,6 +79,37 @@ struct LifecycleTests {
                 _ = try await TestGateway.start()
             }
         }
+    }
+
+    @Test(
+        "a silent backend holds batches from every loop: stop() still returns within twice the deadline (per-loop deliveries stop side by side)"
+    )
+    func silentBackendStopsWithinTwiceTheDeadline() async throws {
+        let backend = try await TestBackend.start(receiver: RecordingReceiver(delay: { _ in .seconds(60) }))
+        let service = try BackendRoutingTests.service("silent", port: backend.port, topics: ["#"]) {
+            $0.deadlineMilliseconds = 1000
+        }
+        let gateway = try await BackendRoutingTests.gateway([service], eventLoops: 2)
+        // Connections go to the loops in turn: four devices cover both loops' deliveries.
+        var devices: [RawClient] = []
+        for index in 0..<4 {
+            let device = try await RawClient.connect(port: gateway.port, tls: true)
+            _ = try await device.handshake("silent-\(index)")
+            try await device.send(
+                .publish(Message(messageID: 1, qos: .atLeastOnce, topic: "t", payload: ByteBuffer(string: "x")))
+            )
+            devices.append(device)
+        }
+        #expect(await RawClient.poll(10) { backend.receiver.concurrency.withLock { $0.now } == 4 })
+        let started = ContinuousClock.now
+        await gateway.stop()
+        let took = ContinuousClock.now - started
+        // Half-close and wait up to one deadline for answers, then up to one more for the
+        // connection to close, every loop's delivery at the same time; plus the drain's margin.
+        #expect(took < .milliseconds(2 * 1000 + 1500), "stop() took \(took)")
+        #expect(!gateway.gateway.isRunning)
+        for device in devices { await device.close() }
+        await backend.kill()
     }
 
     @Test("a service whose name never resolves does not hold up stop(): nothing is in flight to it")
