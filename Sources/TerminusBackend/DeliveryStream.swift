@@ -1,6 +1,10 @@
-internal import GRPCCore
-internal import GRPCNIOTransportHTTP2
 internal import Logging
+internal import NIOCore
+internal import NIOHPACK
+internal import NIOHTTP2
+internal import NIOPosix
+internal import NIOSSL
+internal import SwiftProtobuf
 internal import Synchronization
 internal import TerminusAPI
 internal import TerminusProtocol
@@ -23,13 +27,60 @@ enum DeliveryStreamFailure: Error, CustomStringConvertible {
     }
 }
 
-/// One long-lived bidirectional Deliver stream on one pooled HTTP/2 connection.
+/// Where a service's Deliver streams connect, and how (made once per pool).
+struct DeliveryTarget: Sendable {
+    var host: String
+    var port: Int
+    /// nil: plaintext (HTTP/2 with prior knowledge).
+    var tls: NIOSSLContext?
+    /// The TLS server name to send and verify (nil for an IP address without `server_name`).
+    var serverName: String?
+    /// `:authority`.
+    var authority: String
+    var connectTimeout: TimeAmount
+
+    init(subscription: Subscription) throws {
+        self.host = subscription.host
+        self.port = subscription.port
+        let isAddress = (try? SocketAddress(ipAddress: subscription.host, port: 0)) != nil
+        switch subscription.security {
+        case .plaintext:
+            self.tls = nil
+            self.serverName = nil
+            self.authority = "\(subscription.host):\(subscription.port)"
+        case .tls(let caFile, let certificateFile, let keyFile, let serverName):
+            var configuration = TLSConfiguration.makeClientConfiguration()
+            if let caFile { configuration.trustRoots = .file(caFile) }
+            if let certificateFile, let keyFile {
+                configuration.certificateChain = try NIOSSLCertificate.fromPEMFile(certificateFile).map {
+                    .certificate($0)
+                }
+                configuration.privateKey = .privateKey(try NIOSSLPrivateKey(file: keyFile, format: .pem))
+            }
+            // gRPC over TLS is HTTP/2 negotiated by ALPN.
+            configuration.applicationProtocols = ["h2"]
+            self.tls = try NIOSSLContext(configuration: configuration)
+            self.serverName = serverName ?? (isAddress ? nil : subscription.host)
+            self.authority = serverName ?? "\(subscription.host):\(subscription.port)"
+        }
+        self.connectTimeout = .milliseconds(min(10_000, max(1_000, subscription.deadlineMilliseconds)))
+    }
+}
+
+/// One long-lived bidirectional `Deliver` stream on its own HTTP/2 connection, written and read
+/// on one event loop as HTTP/2 frames (gRPC's length-prefixed protobuf messages in DATA frames).
+///
+/// Not grpc-swift-2's client: measured with lone one-message batches, as devices send them,
+/// its client on the same loop cost 1.4–1.6 times these frames' CPU per round trip
+/// (`terminus-grpc-probe --lone-rate`, docs/benchmarks.md). A batch is encoded by the caller and
+/// written by the loop; the answer is parsed on the loop and resumes the caller; there is no
+/// writer or reader task and no per-call state beyond the batch's waiter.
 ///
 /// Batches are written as they come (several may be unanswered at once) and matched to their
 /// answers by `batch_id`, so a backend may answer out of order. A batch fails with
 /// `deadlineExceeded` when its deadline passes, and with `streamEnded` when the stream breaks;
-/// the caller retries it (on another stream, after backoff). The stream is re-opened after a
-/// backoff while `close()` has not been called.
+/// the caller retries it (on another stream, after backoff). The connection and stream are
+/// re-opened after a backoff while `close()` has not been called.
 ///
 /// At most `batchesInFlight` batches are written and unanswered at once; further batches wait
 /// for one of them to be answered *before* they are written and before their deadline starts.
@@ -37,34 +88,37 @@ enum DeliveryStreamFailure: Error, CustomStringConvertible {
 /// batch of the service's window queued on its stream, most of them past their deadline by
 /// the time it gets to them (retried, so delivered twice, and the devices told RETRY_LATER).
 final class DeliveryStream: Sendable {
-    typealias Client = GRPCClient<HTTP2ClientTransport.Posix>
-
     private struct Waiter {
         var continuation: CheckedContinuation<Terminus_V1_DeliverResponse, any Error>
-        var deadline: ContinuousClock.Instant
+        var deadline: NIODeadline
     }
 
     private struct State {
-        /// Requests for the open stream; nil while none is open.
-        var input: AsyncStream<Terminus_V1_DeliverRequest>.Continuation?
+        /// The open stream's channel; nil while none is open.
+        var stream: (any Channel)?
         var waiting: [UInt64: Waiter] = [:]
         var nextBatchID: UInt64 = 1
         var closed = false
+        /// The backend sent GOAWAY: the open stream takes no new batch (it was half-closed) and
+        /// a new connection is made once it ends.
+        var goingAway = false
         /// Whether the open stream has answered anything yet.
         var answered = false
     }
 
-    private let client: Client
+    private let loop: any EventLoop
+    private let target: DeliveryTarget
     private let subscription: String
     private let logger: Logger
     private let state = Mutex(State())
-    private let sweepInterval: Duration
+    private let sweepInterval: TimeAmount
     private let credits: AsyncWindow
     /// How a stream that cannot open is re-opened (`Subscription.reconnect`).
     private let reconnect: TerminusProtocol.RetryPolicy
 
-    init(client: Client, subscription: Subscription, logger: Logger) {
-        self.client = client
+    init(target: DeliveryTarget, subscription: Subscription, on loop: any EventLoop, logger: Logger) {
+        self.loop = loop
+        self.target = target
         self.subscription = subscription.name
         self.logger = logger
         let quarter = max(10, min(250, subscription.deadlineMilliseconds / 4))
@@ -77,7 +131,7 @@ final class DeliveryStream: Sendable {
     var load: Int { self.credits.inUse + self.credits.waiting }
 
     /// Whether a stream is open and takes batches.
-    var isOpen: Bool { self.state.withLock { $0.input != nil } }
+    var isOpen: Bool { self.state.withLock { $0.stream != nil && !$0.closed && !$0.goingAway } }
 
     /// Whether batches written on it still wait for their answers.
     var hasBatchesInFlight: Bool { self.state.withLock { !$0.waiting.isEmpty } }
@@ -96,56 +150,81 @@ final class DeliveryStream: Sendable {
     func send(_ messages: [Terminus_V1_UplinkMessage], deadline: Duration) async throws -> Terminus_V1_DeliverResponse {
         defer { self.credits.release(1) }
         return try await withCheckedThrowingContinuation { continuation in
-            let sent = self.state.withLock { state -> Bool in
-                guard let input = state.input else { return false }
+            let opened = self.state.withLock { state -> (any Channel, UInt64)? in
+                guard let stream = state.stream, !state.closed, !state.goingAway else { return nil }
                 let id = state.nextBatchID
                 state.nextBatchID &+= 1
-                state.waiting[id] = Waiter(continuation: continuation, deadline: .now + deadline)
-                var request = Terminus_V1_DeliverRequest()
-                request.subscription = self.subscription
-                request.batchID = id
-                request.messages = messages
-                input.yield(request)
-                return true
+                state.waiting[id] = Waiter(
+                    continuation: continuation,
+                    deadline: .now() + .nanoseconds(Int64(deadline / .nanoseconds(1)))
+                )
+                return (stream, id)
             }
-            if !sent { continuation.resume(throwing: DeliveryStreamFailure.notConnected) }
+            guard let (stream, id) = opened else {
+                return continuation.resume(throwing: DeliveryStreamFailure.notConnected)
+            }
+            var request = Terminus_V1_DeliverRequest()
+            request.subscription = self.subscription
+            request.batchID = id
+            request.messages = messages
+            // Encoded here (the caller's thread, the loop's when it prefers it), written on the
+            // loop. A write to a stream that just closed fails, and closing failed the waiter.
+            guard let frame = try? Self.frame(request, allocator: stream.allocator) else {
+                return self.fail(id, DeliveryStreamFailure.streamEnded)
+            }
+            if stream.eventLoop.inEventLoop {
+                stream.writeAndFlush(frame, promise: nil)
+            } else {
+                stream.eventLoop.execute { stream.writeAndFlush(frame, promise: nil) }
+            }
         }
     }
 
-    /// Keeps a stream open until `close()`: opens it, re-opens it after a backoff when it ends.
+    /// A DATA frame with one gRPC message: a 0 byte (not compressed), the length (4 bytes, big
+    /// endian), the protobuf.
+    static func frame(
+        _ request: Terminus_V1_DeliverRequest,
+        allocator: ByteBufferAllocator
+    ) throws
+        -> HTTP2Frame.FramePayload
+    {
+        let bytes: [UInt8] = try request.serializedBytes()
+        var buffer = allocator.buffer(capacity: 5 + bytes.count)
+        buffer.writeInteger(UInt8(0))
+        buffer.writeInteger(UInt32(bytes.count))
+        buffer.writeBytes(bytes)
+        return .data(.init(data: .byteBuffer(buffer)))
+    }
+
+    /// Keeps a stream open until `close()` (or cancellation): connects, opens the stream,
+    /// re-opens both after a backoff when they end.
     func run() async {
+        let sweep = self.loop.scheduleRepeatedTask(initialDelay: self.sweepInterval, delay: self.sweepInterval) { _ in
+            self.sweepExpired()
+        }
+        defer { sweep.cancel() }
         var failures = 0
-        while !Task.isCancelled {
-            let (requests, input) = AsyncStream.makeStream(of: Terminus_V1_DeliverRequest.self)
-            let opened = self.state.withLock { state -> Bool in
-                guard !state.closed else { return false }
-                state.input = input
-                state.answered = false
-                return true
-            }
-            guard opened else { break }
-            var options = CallOptions.defaults
-            // Fail fast while the service is unreachable: batches are retried elsewhere or
-            // answered RETRY_LATER instead of waiting for a connection.
-            options.waitForReady = false
+        while !Task.isCancelled, !self.state.withLock({ $0.closed }) {
             do {
-                try await withThrowingDiscardingTaskGroup { group in
-                    group.addTask { await self.sweepExpired() }
-                    defer { group.cancelAll() }
-                    try await Terminus_V1_UplinkReceiver.Client(wrapping: self.client).deliver(options: options) {
-                        writer in
-                        for await request in requests {
-                            // Skip batches whose caller gave up while the stream was opening.
-                            guard self.isWaiting(request.batchID) else { continue }
-                            try await writer.write(request)
-                        }
-                    } onResponse: { response in
-                        defer { self.endInput() }
-                        for try await message in response.messages {
-                            self.complete(message)
-                        }
+                let (connection, stream) = try await self.open()
+                let opened = self.state.withLock { state -> Bool in
+                    guard !state.closed else { return false }
+                    state.stream = stream
+                    state.answered = false
+                    state.goingAway = false
+                    return true
+                }
+                if opened {
+                    // Until the stream ends (answered and ended by the backend after `close()`,
+                    // broken, or the connection lost); cancellation closes the connection.
+                    await withTaskCancellationHandler {
+                        try? await stream.closeFuture.get()
+                    } onCancel: {
+                        connection.close(promise: nil)
                     }
                 }
+                connection.close(promise: nil)
+                try? await connection.closeFuture.get()
             } catch {
                 if !self.state.withLock({ $0.closed }) {
                     let level: Logger.Level = failures == 0 ? .warning : .debug
@@ -156,42 +235,95 @@ final class DeliveryStream: Sendable {
                     )
                 }
             }
-            self.endInput()
+            let answered = self.state.withLock { state in
+                state.stream = nil
+                return state.answered
+            }
             self.failAll(DeliveryStreamFailure.streamEnded)
             if self.state.withLock({ $0.closed }) { break }
-            failures = self.state.withLock { $0.answered } ? 0 : failures + 1
             // A stream that broke after working is re-opened at once; one that cannot open
             // backs off by the service's reconnect policy.
+            failures = answered ? 0 : failures + 1
             if failures > 0 {
                 try? await Task.sleep(for: self.reconnect.delay(afterFailures: failures))
             }
         }
-        self.endInput()
+        self.state.withLock { $0.stream = nil }
         self.failAll(DeliveryStreamFailure.streamEnded)
+    }
+
+    /// Connects (TLS when configured), speaks HTTP/2 and opens the Deliver stream.
+    private func open() async throws -> (connection: any Channel, stream: any Channel) {
+        let target = self.target
+        let (connection, multiplexer) = try await ClientBootstrap(group: self.loop)
+            .connectTimeout(target.connectTimeout)
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .connect(host: target.host, port: target.port) { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    if let tls = target.tls {
+                        try channel.pipeline.syncOperations.addHandler(
+                            try NIOSSLClientHandler(context: tls, serverHostname: target.serverName)
+                        )
+                    }
+                    let multiplexer = try channel.pipeline.syncOperations.configureHTTP2Pipeline(
+                        mode: .client,
+                        connectionConfiguration: .init(),
+                        streamConfiguration: .init()
+                    ) { $0.close() }
+                    try channel.pipeline.syncOperations.addHandler(GoAwayHandler(stream: self))
+                    return (channel, multiplexer)
+                }
+            }
+        do {
+            let stream = try await multiplexer.createStreamChannel { stream in
+                stream.eventLoop.makeCompletedFuture {
+                    try stream.pipeline.syncOperations.addHandler(
+                        DeliverStreamHandler(
+                            scheme: target.tls == nil ? "http" : "https",
+                            authority: target.authority,
+                            stream: self
+                        )
+                    )
+                }
+            }.get()
+            return (connection, stream)
+        } catch {
+            connection.close(promise: nil)
+            throw error
+        }
     }
 
     /// Takes no new batches and half-closes the stream; batches already written still get
     /// their answers (or fail at their deadline). `run()` returns once the backend ends it.
     func close() {
-        self.state.withLock { state in
+        let stream = self.state.withLock { state -> (any Channel)? in
             state.closed = true
-            state.input?.finish()
-            state.input = nil
+            return state.stream
+        }
+        if let stream { Self.halfClose(stream) }
+    }
+
+    /// The backend is going away (GOAWAY: a graceful shutdown, a restart): no new batch on this
+    /// stream, which is half-closed so the backend can answer what it has and end it; `run()`
+    /// then connects again (a Kubernetes Service picks another pod).
+    fileprivate func goingAway() {
+        let stream = self.state.withLock { state -> (any Channel)? in
+            guard !state.goingAway else { return nil }
+            state.goingAway = true
+            return state.stream
+        }
+        if let stream { Self.halfClose(stream) }
+    }
+
+    private static func halfClose(_ stream: any Channel) {
+        stream.eventLoop.execute {
+            let end = HTTP2Frame.FramePayload.data(.init(data: .byteBuffer(ByteBuffer()), endStream: true))
+            stream.writeAndFlush(end, promise: nil)
         }
     }
 
-    private func endInput() {
-        self.state.withLock { state in
-            state.input?.finish()
-            state.input = nil
-        }
-    }
-
-    private func isWaiting(_ id: UInt64) -> Bool {
-        self.state.withLock { $0.waiting[id] != nil }
-    }
-
-    private func complete(_ response: Terminus_V1_DeliverResponse) {
+    /// An answer read from the stream (on the loop).
+    fileprivate func complete(_ response: Terminus_V1_DeliverResponse) {
         let waiter = self.state.withLock { state in
             state.answered = true
             return state.waiting.removeValue(forKey: response.batchID)
@@ -207,6 +339,21 @@ final class DeliveryStream: Sendable {
         waiter.continuation.resume(returning: response)
     }
 
+    /// The stream ends for a reason an operator should see (the backend's error status, an
+    /// answer that is not a `DeliverResponse`, a compressed message): logged; its batches are
+    /// retried.
+    fileprivate func ended(_ reason: String) {
+        self.logger.warning(
+            "Deliver stream ended",
+            metadata: ["service": "\(self.subscription)", "reason": "\(reason)"]
+        )
+    }
+
+    private func fail(_ id: UInt64, _ failure: DeliveryStreamFailure) {
+        let waiter = self.state.withLock { $0.waiting.removeValue(forKey: id) }
+        waiter?.continuation.resume(throwing: failure)
+    }
+
     private func failAll(_ failure: DeliveryStreamFailure) {
         let waiters = self.state.withLock { state in
             defer { state.waiting.removeAll() }
@@ -215,16 +362,106 @@ final class DeliveryStream: Sendable {
         for waiter in waiters { waiter.continuation.resume(throwing: failure) }
     }
 
-    /// Fails batches past their deadline, until cancelled.
-    private func sweepExpired() async {
-        while !Task.isCancelled {
-            try? await Task.sleep(for: self.sweepInterval)
-            let now = ContinuousClock.now
-            let expired = self.state.withLock { state -> [Waiter] in
-                let ids = state.waiting.compactMap { $0.value.deadline <= now ? $0.key : nil }
-                return ids.compactMap { state.waiting.removeValue(forKey: $0) }
-            }
-            for waiter in expired { waiter.continuation.resume(throwing: DeliveryStreamFailure.deadlineExceeded) }
+    /// Fails batches past their deadline (a repeated task on the loop).
+    private func sweepExpired() {
+        let now = NIODeadline.now()
+        let expired = self.state.withLock { state -> [Waiter] in
+            let ids = state.waiting.compactMap { $0.value.deadline <= now ? $0.key : nil }
+            return ids.compactMap { state.waiting.removeValue(forKey: $0) }
         }
+        for waiter in expired { waiter.continuation.resume(throwing: DeliveryStreamFailure.deadlineExceeded) }
+    }
+}
+
+/// The Deliver stream's handler: sends the call's headers when the stream opens, reads gRPC
+/// messages from DATA frames and hands each `DeliverResponse` to its `DeliveryStream`; closes
+/// the stream when the backend ends it (trailers).
+private final class DeliverStreamHandler: ChannelInboundHandler {
+    typealias InboundIn = HTTP2Frame.FramePayload
+    typealias OutboundOut = HTTP2Frame.FramePayload
+
+    /// Largest answer taken: a `DeliverResponse` holds a few bytes per message of a batch.
+    static let maximumMessage = 4 * 1024 * 1024
+
+    private let scheme: String
+    private let authority: String
+    private let stream: DeliveryStream
+    private var received = ByteBuffer()
+
+    init(scheme: String, authority: String, stream: DeliveryStream) {
+        self.scheme = scheme
+        self.authority = authority
+        self.stream = stream
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        let headers: HPACKHeaders = [
+            ":method": "POST", ":scheme": self.scheme, ":path": "/terminus.v1.UplinkReceiver/Deliver",
+            ":authority": self.authority, "content-type": "application/grpc", "te": "trailers",
+            "user-agent": "terminus",
+        ]
+        context.writeAndFlush(self.wrapOutboundOut(.headers(.init(headers: headers))), promise: nil)
+        context.fireChannelActive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch self.unwrapInboundIn(data) {
+        case .data(let payload):
+            if case .byteBuffer(var bytes) = payload.data { self.received.writeBuffer(&bytes) }
+            self.readMessages(context: context)
+            if payload.endStream { context.close(promise: nil) }
+        case .headers(let headers):
+            // Response headers first, trailers (with `grpc-status`) last; a backend that fails
+            // the call (no such service, an exception) answers with trailers only.
+            guard headers.endStream else { return }
+            if let status = headers.headers.first(name: "grpc-status"), status != "0" {
+                let message = headers.headers.first(name: "grpc-message") ?? ""
+                self.stream.ended("the backend ended the call: grpc-status \(status) \(message)")
+            }
+            context.close(promise: nil)
+        case .rstStream:
+            context.close(promise: nil)
+        default:
+            break
+        }
+    }
+
+    private func readMessages(context: ChannelHandlerContext) {
+        while self.received.readableBytes >= 5,
+            let compressed = self.received.getInteger(at: self.received.readerIndex, as: UInt8.self),
+            let length = self.received.getInteger(at: self.received.readerIndex + 1, as: UInt32.self)
+        {
+            guard compressed == 0, Int(length) <= Self.maximumMessage else {
+                self.stream.ended(compressed == 0 ? "answer of \(length) bytes" : "compressed answer")
+                context.close(promise: nil)
+                return
+            }
+            guard self.received.readableBytes >= 5 + Int(length) else { break }
+            self.received.moveReaderIndex(forwardBy: 5)
+            let message = self.received.readSlice(length: Int(length))!
+            guard let response = try? Terminus_V1_DeliverResponse(serializedBytes: Array(message.readableBytesView))
+            else {
+                self.stream.ended("not a DeliverResponse")
+                context.close(promise: nil)
+                return
+            }
+            self.stream.complete(response)
+        }
+        self.received.discardReadBytes()
+    }
+}
+
+/// On the connection: hands the backend's GOAWAY to the stream.
+private final class GoAwayHandler: ChannelInboundHandler {
+    typealias InboundIn = HTTP2Frame
+
+    private let stream: DeliveryStream
+
+    init(stream: DeliveryStream) {
+        self.stream = stream
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if case .goAway = self.unwrapInboundIn(data).payload { self.stream.goingAway() }
     }
 }

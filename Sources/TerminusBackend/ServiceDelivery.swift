@@ -62,7 +62,7 @@ final class ServiceDelivery: Service, Sendable {
         self.encoder = UplinkEncoder(instanceID: instanceID)
         self.logger = logger
         self.executor = LoopExecutor(eventLoop)
-        self.pool = ClientPool(subscription: subscription, group: eventLoop, logger: logger)
+        self.pool = ClientPool(subscription: subscription, loop: eventLoop, logger: logger)
         self.window = AsyncWindow(capacity: subscription.window)
         self.queue = Mutex(
             Queue(

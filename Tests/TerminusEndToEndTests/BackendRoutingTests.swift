@@ -1,4 +1,6 @@
 import Foundation
+import GRPCCore
+import GRPCNIOTransportHTTP2
 import NIOCore
 import NIOPosix
 import Synchronization
@@ -43,6 +45,101 @@ struct BackendRoutingTests {
             $0.services = services
             $0.eventLoopThreads = eventLoops
         }
+    }
+
+    @Test(
+        "TLS to the backend: the server's certificate is verified against the service's CA (and its name), a client certificate is presented for mTLS"
+    )
+    func backendTLS() async throws {
+        let pki = TestPKI.shared
+        let client = try CertificateFactory.issueClient(ca: pki.ca, deviceID: "terminus-gateway")
+        let clientChain = pki.write(client.certificatePEM, name: "gateway-client-\(UUID().uuidString).pem")
+        let clientKey = pki.write(client.privateKeyPEM, name: "gateway-client-\(UUID().uuidString)-key.pem")
+        let tlsBackend = try await TestBackend.start(security: .tls)
+        let mTLSBackend = try await TestBackend.start(security: .mTLS)
+        let services = [
+            // By name: 127.0.0.1 is dialled, "localhost" is sent and verified.
+            try Self.service("tls", port: tlsBackend.port, topics: ["tls/#"]) {
+                $0.security = .tls(caFile: pki.caFile, certificateFile: nil, keyFile: nil, serverName: "localhost")
+            },
+            try Self.service("mtls", port: mTLSBackend.port, topics: ["mtls/#"]) {
+                $0.security = .tls(
+                    caFile: pki.caFile,
+                    certificateFile: clientChain,
+                    keyFile: clientKey,
+                    serverName: nil
+                )
+            },
+            // The system's roots do not trust the test CA: never delivered.
+            try Self.service("untrusted", port: tlsBackend.port, topics: ["untrusted/#"]) {
+                $0.security = .tls(caFile: nil, certificateFile: nil, keyFile: nil, serverName: "localhost")
+                $0.deadlineMilliseconds = 300
+                $0.retry.maxAttempts = 2
+            },
+            // mTLS without a client certificate: refused by the backend.
+            try Self.service("anonymous", port: mTLSBackend.port, topics: ["anonymous/#"]) {
+                $0.security = .tls(caFile: pki.caFile, certificateFile: nil, keyFile: nil, serverName: "localhost")
+                $0.deadlineMilliseconds = 300
+                $0.retry.maxAttempts = 2
+            },
+        ]
+        let gateway = try await Self.gateway(services)
+        let device = try await gateway.connect("spk-tls")
+        #expect(try await device.publish(topic: "tls/pay", payload: ByteBuffer(string: "a")).status == .ok)
+        #expect(try await device.publish(topic: "mtls/pay", payload: ByteBuffer(string: "b")).status == .ok)
+        #expect(tlsBackend.receiver.payloads == ["a"])
+        #expect(mTLSBackend.receiver.payloads == ["b"])
+        #expect(
+            try await device.publish(topic: "untrusted/pay", payload: ByteBuffer(string: "c")).status == .retryLater
+        )
+        #expect(
+            try await device.publish(topic: "anonymous/pay", payload: ByteBuffer(string: "d")).status == .retryLater
+        )
+        #expect(tlsBackend.receiver.payloads == ["a"])
+        #expect(mTLSBackend.receiver.payloads == ["b"])
+        // A backend's graceful shutdown (GOAWAY) is not held up by the gateway's open streams:
+        // they half-close, the backend ends them; the gateway connects again to its successor.
+        let stopping = ContinuousClock.now
+        await tlsBackend.stop()
+        await mTLSBackend.stop()
+        #expect(ContinuousClock.now - stopping < .seconds(5))
+        let successor = try await TestBackend.start(port: tlsBackend.port, security: .tls)
+        var status: TerminusCode?
+        for _ in 0..<50 where status != .ok {
+            status = try await device.publish(topic: "tls/pay", payload: ByteBuffer(string: "e")).status
+            if status != .ok { try await Task.sleep(for: .milliseconds(100)) }
+        }
+        #expect(status == .ok)
+        #expect(successor.receiver.payloads == ["e"])
+        await device.close()
+        await successor.stop()
+    }
+
+    @Test(
+        "a backend without the Deliver service (trailers-only UNIMPLEMENTED): the device gets RETRY_LATER, never a hang"
+    )
+    func backendWithoutTheService() async throws {
+        let server = GRPCServer(
+            transport: HTTP2ServerTransport.Posix(
+                address: .ipv4(host: "127.0.0.1", port: 0),
+                transportSecurity: .plaintext
+            ),
+            services: []
+        )
+        let serving = Task { try await server.serve() }
+        let port = try #require(try await server.listeningAddress?.ipv4?.port)
+        let service = try Self.service("missing", port: port, topics: ["#"]) {
+            $0.deadlineMilliseconds = 500
+            $0.retry.maxAttempts = 3
+        }
+        let gateway = try await Self.gateway([service])
+        let device = try await gateway.connect("spk-unimplemented")
+        let started = ContinuousClock.now
+        #expect(try await device.publish(topic: "pay/done", payload: ByteBuffer(string: "x")).status == .retryLater)
+        #expect(ContinuousClock.now - started < .seconds(5))
+        await device.close()
+        server.beginGracefulShutdown()
+        _ = try? await serving.value
     }
 
     @Test("device → TLS → routing → gRPC backend → ACK, with every documented field")

@@ -122,11 +122,37 @@ final class TestBackend: Sendable {
         self.task = task
     }
 
-    static func start(port: Int = 0, receiver: RecordingReceiver = RecordingReceiver()) async throws -> TestBackend {
+    /// How the backend's listener is secured.
+    enum Security {
+        case plaintext
+        /// TLS with the test PKI's server certificate (for localhost and 127.0.0.1).
+        case tls
+        /// The same, and a client certificate from the test CA is required.
+        case mTLS
+    }
+
+    static func start(
+        port: Int = 0,
+        receiver: RecordingReceiver = RecordingReceiver(),
+        security: Security = .plaintext
+    ) async throws -> TestBackend {
+        let pki = TestPKI.shared
+        let chain: [TLSConfig.CertificateSource] = [.file(path: pki.serverChain, format: .pem)]
+        let key: TLSConfig.PrivateKeySource = .file(path: pki.serverKey, format: .pem)
+        let transportSecurity: HTTP2ServerTransport.Posix.TransportSecurity =
+            switch security {
+            case .plaintext: .plaintext
+            case .tls: .tls(certificateChain: chain, privateKey: key)
+            case .mTLS:
+                .mTLS(certificateChain: chain, privateKey: key) {
+                    $0.trustRoots = .certificates([.file(path: pki.caFile, format: .pem)])
+                    $0.clientCertificateVerification = .noHostnameVerification
+                }
+            }
         let server = GRPCServer(
             transport: HTTP2ServerTransport.Posix(
                 address: .ipv4(host: "127.0.0.1", port: port),
-                transportSecurity: .plaintext
+                transportSecurity: transportSecurity
             ),
             services: [receiver]
         )
