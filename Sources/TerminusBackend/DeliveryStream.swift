@@ -104,6 +104,9 @@ final class DeliveryStream: Sendable {
         var goingAway = false
         /// Whether the open stream has answered anything yet.
         var answered = false
+        /// The first error the open connection reported (a TLS handshake that failed, a
+        /// connection reset), logged when it ends.
+        var connectionError: (any Error)?
     }
 
     private let loop: any EventLoop
@@ -212,6 +215,7 @@ final class DeliveryStream: Sendable {
                     state.stream = stream
                     state.answered = false
                     state.goingAway = false
+                    state.connectionError = nil
                     return true
                 }
                 if opened {
@@ -225,15 +229,11 @@ final class DeliveryStream: Sendable {
                 }
                 connection.close(promise: nil)
                 try? await connection.closeFuture.get()
-            } catch {
-                if !self.state.withLock({ $0.closed }) {
-                    let level: Logger.Level = failures == 0 ? .warning : .debug
-                    self.logger.log(
-                        level: level,
-                        "Deliver stream failed",
-                        metadata: ["service": "\(self.subscription)", "error": "\(error)"]
-                    )
+                if let error = self.state.withLock({ $0.connectionError }) {
+                    self.logFailure(error, failures: failures)
                 }
+            } catch {
+                self.logFailure(error, failures: failures)
             }
             let answered = self.state.withLock { state in
                 state.stream = nil
@@ -250,6 +250,24 @@ final class DeliveryStream: Sendable {
         }
         self.state.withLock { $0.stream = nil }
         self.failAll(DeliveryStreamFailure.streamEnded)
+    }
+
+    /// The first failure of a run of them at warning, the rest at debug (the reconnect policy
+    /// bounds how often they come).
+    private func logFailure(_ error: any Error, failures: Int) {
+        guard !self.state.withLock({ $0.closed }) else { return }
+        self.logger.log(
+            level: failures == 0 ? .warning : .debug,
+            "Deliver stream failed",
+            metadata: ["service": "\(self.subscription)", "error": "\(error)"]
+        )
+    }
+
+    /// An error the connection's pipeline reported (kept for the log when the stream ends).
+    fileprivate func connectionFailed(_ error: any Error) {
+        self.state.withLock { state in
+            if state.connectionError == nil { state.connectionError = error }
+        }
     }
 
     /// Connects (TLS when configured), speaks HTTP/2 and opens the Deliver stream.
@@ -451,7 +469,9 @@ private final class DeliverStreamHandler: ChannelInboundHandler {
     }
 }
 
-/// On the connection: hands the backend's GOAWAY to the stream.
+/// Last on the connection: hands the backend's GOAWAY to the stream, and the connection's errors
+/// (a TLS handshake that failed: an untrusted certificate, no client certificate) to its log;
+/// an error closes the connection.
 private final class GoAwayHandler: ChannelInboundHandler {
     typealias InboundIn = HTTP2Frame
 
@@ -463,5 +483,10 @@ private final class GoAwayHandler: ChannelInboundHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         if case .goAway = self.unwrapInboundIn(data).payload { self.stream.goingAway() }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        self.stream.connectionFailed(error)
+        context.close(promise: nil)
     }
 }

@@ -1,6 +1,7 @@
 import Foundation
 import GRPCCore
 import GRPCNIOTransportHTTP2
+import Logging
 import NIOCore
 import NIOPosix
 import Synchronization
@@ -83,7 +84,8 @@ struct BackendRoutingTests {
                 $0.retry.maxAttempts = 2
             },
         ]
-        let gateway = try await Self.gateway(services)
+        let log = RecordingLogHandler()
+        let gateway = try await TestGateway.start(routed: true, logger: log.logger) { $0.services = services }
         let device = try await gateway.connect("spk-tls")
         #expect(try await device.publish(topic: "tls/pay", payload: ByteBuffer(string: "a")).status == .ok)
         #expect(try await device.publish(topic: "mtls/pay", payload: ByteBuffer(string: "b")).status == .ok)
@@ -97,6 +99,15 @@ struct BackendRoutingTests {
         )
         #expect(tlsBackend.receiver.payloads == ["a"])
         #expect(mTLSBackend.receiver.payloads == ["b"])
+        // The operator sees why: the failed handshake is logged, naming the service.
+        for name in ["untrusted", "anonymous"] {
+            #expect(
+                log.logged.contains {
+                    $0.level == .warning && $0.message == "Deliver stream failed" && $0.metadata["service"] == name
+                },
+                "\(name): \(log.logged.map { "\($0.message) \($0.metadata)" })"
+            )
+        }
         // A backend's graceful shutdown (GOAWAY) is not held up by the gateway's open streams:
         // they half-close, the backend ends them; the gateway connects again to its successor.
         let stopping = ContinuousClock.now

@@ -3,6 +3,7 @@ import Logging
 import NIOCore
 import NIOPosix
 import NIOSSL
+import Synchronization
 import TerminusClient
 import TerminusCompression
 import TerminusEdge
@@ -80,6 +81,7 @@ final class TestGateway: Sendable {
         port: Int = 0,
         sink: InMemorySink = InMemorySink(),
         routed: Bool = false,
+        logger: Logger = TestGateway.logger,
         configure: (inout GatewayConfiguration) -> Void = { _ in }
     ) async throws -> TestGateway {
         let configuration = Self.configuration(port: port, configure: configure)
@@ -87,7 +89,7 @@ final class TestGateway: Sendable {
             Issue.record("TestGateway.start outside a `.gatewayScope` suite: nothing would stop the gateway")
             throw CancellationError()
         }
-        let gateway = try Gateway(configuration: configuration, sink: routed ? nil : sink, logger: Self.logger)
+        let gateway = try Gateway(configuration: configuration, sink: routed ? nil : sink, logger: logger)
         let address = try await gateway.start()
         let started = TestGateway(gateway: gateway, port: address.port!, sink: sink, configuration: configuration)
         scope.add(started)
@@ -174,4 +176,42 @@ final class TestGateway: Sendable {
             )
         )
     }
+}
+
+/// A `LogHandler` that keeps what it is given, for tests that check what the gateway logs.
+final class RecordingLogHandler: LogHandler, Sendable {
+    struct Record: Sendable {
+        var level: Logger.Level
+        var message: String
+        var metadata: [String: String]
+    }
+
+    private let records = Mutex<[Record]>([])
+    var metadata: Logger.Metadata {
+        get { [:] }
+        set {}
+    }
+    var logLevel: Logger.Level {
+        get { .debug }
+        set {}
+    }
+
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { nil }
+        set {}
+    }
+
+    func log(event: LogEvent) {
+        let record = Record(
+            level: event.level,
+            message: event.message.description,
+            metadata: (event.metadata ?? [:]).mapValues(\.description)
+        )
+        self.records.withLock { $0.append(record) }
+    }
+
+    var logged: [Record] { self.records.withLock { $0 } }
+
+    /// A logger writing here (nothing else sees it).
+    var logger: Logger { Logger(label: "recorded") { _ in self } }
 }
