@@ -13,8 +13,8 @@ package import TerminusSessions
 ///   any refused it for good; otherwise `retryLater` (the device resends; services that had
 ///   accepted it see a duplicate with the same `delivery_id`). No match: `noRoute`.
 /// - The route table is an immutable snapshot.
-/// - Its work runs in `services`: one `Service` per subscribed service (its sender and
-///   connection pool) and one that re-balances the pools; run them in the gateway's
+/// - Its work runs in `services`: one `Service` per subscribed service (its connection
+///   pools) and one that re-balances the pools; run them in the gateway's
 ///   `ServiceGroup`.
 package final class BackendRouter: UplinkSink, Sendable {
     /// At most this many services: the route table's service set is one 64-bit word.
@@ -71,11 +71,11 @@ package final class BackendRouter: UplinkSink, Sendable {
     /// or lingering.
     package var backlog: Int { self.services.joined().reduce(0) { $0 + $1.backlog } }
 
-    /// How often the services' senders came back from waiting for work: with `linger`, once
-    /// per batch rather than once per edge batch (diagnostics and tests).
+    /// How many sending passes the services' deliveries ran: with `linger`, about one per
+    /// batch rather than one per edge batch (diagnostics and tests).
     package var senderWakeUps: Int { self.services.joined().reduce(0) { $0 + $1.senderWakeUps } }
 
-    /// Batches sent, or answers handled, off their event loop (`ServiceDelivery.offLoopSteps`).
+    /// Edge batches handed to their delivery's loop from another thread (`ServiceDelivery.offLoopSteps`).
     package var offLoopSteps: Int { self.services.joined().reduce(0) { $0 + $1.offLoopSteps } }
 
     /// Which messages of an edge batch go to which service: the synchronous part of `deliver`.

@@ -101,25 +101,37 @@ final class ClientPool: Sendable {
         return Entry(stream: stream, retired: retired, retirement: retirement)
     }
 
-    /// The least loaded open stream (ties: round robin), once it has a credit for one batch:
-    /// the caller must `send` on it. Fails with `notConnected` when no stream is open.
-    func reserve() async throws -> DeliveryStream {
+    /// What `pick` found.
+    enum Pick {
+        /// The least loaded open stream with room for one more batch: send on it now.
+        case stream(DeliveryStream)
+        /// Streams are open, but each has `batches_in_flight` unanswered batches.
+        case busy
+        /// No stream is open.
+        case notConnected
+    }
+
+    /// The least loaded open stream with room for a batch (ties: round robin).
+    func pick() -> Pick {
         let start = self.next.wrappingAdd(1, ordering: .relaxed).oldValue
-        let streams = self.entries.withLock { $0.current.map(\.stream) }
-        var chosen: DeliveryStream?
-        var lowest = Int.max
-        for offset in 0..<streams.count {
-            let stream = streams[(start &+ offset) % streams.count]
-            guard stream.isOpen else { continue }
-            let load = stream.load
-            if load < lowest {
-                chosen = stream
-                lowest = load
+        return self.entries.withLock { entries -> Pick in
+            let streams = entries.current
+            var chosen: DeliveryStream?
+            var lowest = Int.max
+            var open = false
+            for offset in 0..<streams.count {
+                let stream = streams[(start &+ offset) % streams.count].stream
+                let room = stream.room
+                guard room.open else { continue }
+                open = true
+                if room.load < lowest && stream.hasRoom(load: room.load) {
+                    chosen = stream
+                    lowest = room.load
+                }
             }
+            if let chosen { return .stream(chosen) }
+            return open ? .busy : .notConnected
         }
-        guard let chosen else { throw DeliveryStreamFailure.notConnected }
-        await chosen.acquireCredit()
-        return chosen
     }
 
     /// Replaces the oldest stream with a fresh one (new connection, possibly to another pod);

@@ -2,7 +2,7 @@ internal import NIOCore
 
 /// One service's queue, as a value without locks, tasks or a clock of its own: fresh messages
 /// in arrival order (each with the time it was queued, for `linger`), and retries with the time
-/// they may go again (their backoff). `ServiceDelivery` keeps one under its lock and asks it
+/// they may go again (their backoff). `ServiceDelivery` keeps one on its event loop and asks it
 /// what to do; tests drive it with instants they make up.
 struct DeliveryQueue<Element> {
     private struct Item {
@@ -16,7 +16,7 @@ struct DeliveryQueue<Element> {
         case ready
         /// Nothing can go before `until` (nil: not before more work arrives). `lingering`: a
         /// started batch waits to fill, and only a full batch (or the linger's end) should
-        /// wake the sender, not every edge batch.
+        /// start a sending pass, not every edge batch.
         case wait(until: ContinuousClock.Instant?, lingering: Bool)
         /// Stopped: nothing more goes.
         case stopped
@@ -27,8 +27,6 @@ struct DeliveryQueue<Element> {
     private var fresh = CircularBuffer<Item>()
     private var retries: [Item] = []
     private(set) var isStopped = false
-    /// Bumped whenever work is added: a sender about to wait sees it missed some.
-    private(set) var generation = 0
 
     init(batchSize: Int, linger: Duration) {
         self.batchSize = max(1, batchSize)
@@ -45,7 +43,6 @@ struct DeliveryQueue<Element> {
     ) -> Bool {
         guard !self.isStopped else { return false }
         for element in elements { self.fresh.append(Item(element: element, time: now)) }
-        self.generation &+= 1
         return true
     }
 
@@ -53,7 +50,6 @@ struct DeliveryQueue<Element> {
     mutating func retry<Elements: Sequence<(Element, ContinuousClock.Instant)>>(_ elements: Elements) -> Bool {
         guard !self.isStopped else { return false }
         for (element, notBefore) in elements { self.retries.append(Item(element: element, time: notBefore)) }
-        self.generation &+= 1
         return true
     }
 

@@ -88,8 +88,11 @@ struct DeliveryTarget: Sendable {
 /// batch of the service's window queued on its stream, most of them past their deadline by
 /// the time it gets to them (retried, so delivered twice, and the devices told RETRY_LATER).
 final class DeliveryStream: Sendable {
+    /// The answer to a batch, or why there is none; called on the loop.
+    typealias Completion = @Sendable (Result<Terminus_V1_DeliverResponse, any Error>) -> Void
+
     private struct Waiter {
-        var continuation: CheckedContinuation<Terminus_V1_DeliverResponse, any Error>
+        var completion: Completion
         var deadline: NIODeadline
     }
 
@@ -115,7 +118,7 @@ final class DeliveryStream: Sendable {
     private let logger: Logger
     private let state = Mutex(State())
     private let sweepInterval: TimeAmount
-    private let credits: AsyncWindow
+    private let batchesInFlight: Int
     /// How a stream that cannot open is re-opened (`Subscription.reconnect`).
     private let reconnect: TerminusProtocol.RetryPolicy
 
@@ -126,60 +129,52 @@ final class DeliveryStream: Sendable {
         self.logger = logger
         let quarter = max(10, min(250, subscription.deadlineMilliseconds / 4))
         self.sweepInterval = .milliseconds(quarter)
-        self.credits = AsyncWindow(capacity: subscription.batchesInFlight)
+        self.batchesInFlight = max(1, subscription.batchesInFlight)
         self.reconnect = subscription.reconnect
     }
 
-    /// Batches written or waiting to be written on this stream (to pick the least loaded).
-    var load: Int { self.credits.inUse + self.credits.waiting }
+    /// Whether a stream is open and takes batches, and its load.
+    var room: (open: Bool, load: Int) {
+        self.state.withLock { state in
+            (state.stream != nil && !state.closed && !state.goingAway, state.waiting.count)
+        }
+    }
 
-    /// Whether a stream is open and takes batches.
-    var isOpen: Bool { self.state.withLock { $0.stream != nil && !$0.closed && !$0.goingAway } }
+    /// Whether `load` unanswered batches leave room for one more (`batches_in_flight`).
+    func hasRoom(load: Int) -> Bool { load < self.batchesInFlight }
 
     /// Whether batches written on it still wait for their answers.
     var hasBatchesInFlight: Bool { self.state.withLock { !$0.waiting.isEmpty } }
 
-    /// Waits until one more batch may be written on this stream; `send` gives the credit back.
-    func acquireCredit() async {
-        await self.credits.acquire(1)
-    }
-
-    /// Gives back a credit the caller will not use.
-    func releaseCredit() {
-        self.credits.release(1)
-    }
-
-    /// Sends one batch (the caller holds a credit, which this returns) and waits for its answer.
-    func send(_ messages: [Terminus_V1_UplinkMessage], deadline: Duration) async throws -> Terminus_V1_DeliverResponse {
-        defer { self.credits.release(1) }
-        return try await withCheckedThrowingContinuation { continuation in
-            let opened = self.state.withLock { state -> (any Channel, UInt64)? in
-                guard let stream = state.stream, !state.closed, !state.goingAway else { return nil }
-                let id = state.nextBatchID
-                state.nextBatchID &+= 1
-                state.waiting[id] = Waiter(
-                    continuation: continuation,
-                    deadline: .now() + .nanoseconds(Int64(deadline / .nanoseconds(1)))
-                )
-                return (stream, id)
-            }
-            guard let (stream, id) = opened else {
-                return continuation.resume(throwing: DeliveryStreamFailure.notConnected)
-            }
-            var request = Terminus_V1_DeliverRequest()
-            request.subscription = self.subscription
-            request.batchID = id
-            request.messages = messages
-            // Encoded here (the caller's thread, the loop's when it prefers it), written on the
-            // loop. A write to a stream that just closed fails, and closing failed the waiter.
-            guard let frame = try? Self.frame(request, allocator: stream.allocator) else {
-                return self.fail(id, DeliveryStreamFailure.streamEnded)
-            }
-            if stream.eventLoop.inEventLoop {
-                stream.writeAndFlush(frame, promise: nil)
-            } else {
-                stream.eventLoop.execute { stream.writeAndFlush(frame, promise: nil) }
-            }
+    /// Writes one batch (called on the loop); `completion` gets its answer, or the failure
+    /// (`notConnected`, `streamEnded`, `deadlineExceeded`), on the loop: at once when the
+    /// stream is not open.
+    func send(_ messages: [Terminus_V1_UplinkMessage], deadline: Duration, completion: @escaping Completion) {
+        let opened = self.state.withLock { state -> (any Channel, UInt64)? in
+            guard let stream = state.stream, !state.closed, !state.goingAway else { return nil }
+            let id = state.nextBatchID
+            state.nextBatchID &+= 1
+            state.waiting[id] = Waiter(
+                completion: completion,
+                deadline: .now() + .nanoseconds(Int64(deadline / .nanoseconds(1)))
+            )
+            return (stream, id)
+        }
+        guard let (stream, id) = opened else {
+            return completion(.failure(DeliveryStreamFailure.notConnected))
+        }
+        var request = Terminus_V1_DeliverRequest()
+        request.subscription = self.subscription
+        request.batchID = id
+        request.messages = messages
+        // A write to a stream that just closed fails, and closing failed the waiter.
+        guard let frame = try? Self.frame(request, allocator: stream.allocator) else {
+            return self.fail(id, DeliveryStreamFailure.streamEnded)
+        }
+        if stream.eventLoop.inEventLoop {
+            stream.writeAndFlush(frame, promise: nil)
+        } else {
+            stream.eventLoop.execute { stream.writeAndFlush(frame, promise: nil) }
         }
     }
 
@@ -354,7 +349,7 @@ final class DeliveryStream: Sendable {
             )
             return
         }
-        waiter.continuation.resume(returning: response)
+        waiter.completion(.success(response))
     }
 
     /// The stream ends for a reason an operator should see (the backend's error status, an
@@ -369,7 +364,7 @@ final class DeliveryStream: Sendable {
 
     private func fail(_ id: UInt64, _ failure: DeliveryStreamFailure) {
         let waiter = self.state.withLock { $0.waiting.removeValue(forKey: id) }
-        waiter?.continuation.resume(throwing: failure)
+        waiter?.completion(.failure(failure))
     }
 
     private func failAll(_ failure: DeliveryStreamFailure) {
@@ -377,7 +372,14 @@ final class DeliveryStream: Sendable {
             defer { state.waiting.removeAll() }
             return Array(state.waiting.values)
         }
-        for waiter in waiters { waiter.continuation.resume(throwing: failure) }
+        guard !waiters.isEmpty else { return }
+        if self.loop.inEventLoop {
+            for waiter in waiters { waiter.completion(.failure(failure)) }
+        } else {
+            self.loop.execute {
+                for waiter in waiters { waiter.completion(.failure(failure)) }
+            }
+        }
     }
 
     /// Fails batches past their deadline (a repeated task on the loop).
@@ -387,7 +389,7 @@ final class DeliveryStream: Sendable {
             let ids = state.waiting.compactMap { $0.value.deadline <= now ? $0.key : nil }
             return ids.compactMap { state.waiting.removeValue(forKey: $0) }
         }
-        for waiter in expired { waiter.continuation.resume(throwing: DeliveryStreamFailure.deadlineExceeded) }
+        for waiter in expired { waiter.completion(.failure(DeliveryStreamFailure.deadlineExceeded)) }
     }
 }
 

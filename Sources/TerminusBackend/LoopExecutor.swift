@@ -3,12 +3,11 @@ internal import NIOPosix
 
 /// A `TaskExecutor` that runs jobs on one event loop.
 ///
-/// A service's delivery on one loop (its sender, its batches, its Deliver streams and the gRPC
-/// connections under them) runs with this executor as its preference, so a message goes from
-/// the device's socket to the backend's connection and its answer comes back on one thread:
-/// resuming a task that waits is an entry in the loop's task queue, not a wake-up of another
-/// thread. (SwiftNIO 2.101 makes an event loop a `SerialExecutor` for actors, not a
-/// `TaskExecutor`.)
+/// The tasks a service's delivery keeps on one loop (one per Deliver connection, for its life:
+/// connect, wait for the stream to end, back off, reconnect) run with this executor as their
+/// preference, so that their steps are entries in the loop's task queue, not wake-ups of
+/// another thread. Messages themselves take no task (`ServiceDelivery`). (SwiftNIO 2.101 makes
+/// an event loop a `SerialExecutor` for actors, not a `TaskExecutor`.)
 package final class LoopExecutor: TaskExecutor, Sendable {
     package let eventLoop: any EventLoop
 

@@ -338,10 +338,10 @@ package final class Gateway: Service, Sendable {
     /// service's window or linger), counted once per service.
     package var deliveryBacklog: Int { self.router?.backlog ?? 0 }
 
-    /// How often the delivery senders came back from waiting for work (`BackendRouter.senderWakeUps`).
+    /// How many sending passes the deliveries ran (`BackendRouter.senderWakeUps`).
     package var deliverySenderWakeUps: Int { self.router?.senderWakeUps ?? 0 }
 
-    /// Delivery steps that ran off their event loop (`BackendRouter.offLoopSteps`): 0.
+    /// Edge batches handed to their delivery's loop from another thread (`BackendRouter.offLoopSteps`): 0.
     package var deliveryOffLoopSteps: Int { self.router?.offLoopSteps ?? 0 }
 
 }
