@@ -17,12 +17,18 @@ enum DeliveryStreamFailure: Error, CustomStringConvertible {
     case streamEnded
     /// No answer within the deadline.
     case deadlineExceeded
+    /// A batch got no answer within its deadline, nothing at all arrived on the connection since
+    /// it was written, and a PING got no answer within `ping_timeout` either: the connection
+    /// was closed as dead.
+    case silentConnection(pingTimeout: TimeAmount)
 
     var description: String {
         switch self {
         case .notConnected: "no open Deliver stream"
         case .streamEnded: "the Deliver stream ended before the batch was answered"
         case .deadlineExceeded: "no answer within the deadline"
+        case .silentConnection(let timeout):
+            "nothing arrived on the connection for a batch's whole deadline, nor an answer to a PING within \(timeout.nanoseconds / 1_000_000) ms: closed as dead"
         }
     }
 }
@@ -94,6 +100,9 @@ final class DeliveryStream: Sendable {
     private struct Waiter {
         var completion: Completion
         var deadline: NIODeadline
+        /// `reads` when the batch was written: unchanged at its deadline means the connection
+        /// was silent all along.
+        var readsAtWrite: UInt64
     }
 
     private struct State {
@@ -110,6 +119,8 @@ final class DeliveryStream: Sendable {
         /// The first error the open connection reported (a TLS handshake that failed, a
         /// connection reset), logged when it ends.
         var connectionError: (any Error)?
+        /// A PING sent because a batch expired on a silent connection: when, and `reads` then.
+        var ping: (sentAt: NIODeadline, reads: UInt64)?
     }
 
     private let loop: any EventLoop
@@ -119,6 +130,10 @@ final class DeliveryStream: Sendable {
     private let state = Mutex(State())
     private let sweepInterval: TimeAmount
     private let batchesInFlight: Int
+    /// How long a PING sent on a silent connection may go unanswered (nil: never sent).
+    private let pingTimeout: TimeAmount?
+    /// Reads on the connection (any bytes, a PING's answer too), counted by `ReadActivityHandler`.
+    private let reads = Atomic<UInt64>(0)
     /// How a stream that cannot open is re-opened (`Subscription.reconnect`).
     private let reconnect: TerminusProtocol.RetryPolicy
 
@@ -130,6 +145,8 @@ final class DeliveryStream: Sendable {
         let quarter = max(10, min(250, subscription.deadlineMilliseconds / 4))
         self.sweepInterval = .milliseconds(quarter)
         self.batchesInFlight = max(1, subscription.batchesInFlight)
+        self.pingTimeout =
+            subscription.pingTimeoutMilliseconds > 0 ? .milliseconds(subscription.pingTimeoutMilliseconds) : nil
         self.reconnect = subscription.reconnect
     }
 
@@ -156,7 +173,8 @@ final class DeliveryStream: Sendable {
             state.nextBatchID &+= 1
             state.waiting[id] = Waiter(
                 completion: completion,
-                deadline: .now() + .nanoseconds(Int64(deadline / .nanoseconds(1)))
+                deadline: .now() + .nanoseconds(Int64(deadline / .nanoseconds(1))),
+                readsAtWrite: self.reads.load(ordering: .relaxed)
             )
             return (stream, id)
         }
@@ -211,6 +229,7 @@ final class DeliveryStream: Sendable {
                     state.answered = false
                     state.goingAway = false
                     state.connectionError = nil
+                    state.ping = nil
                     return true
                 }
                 if opened {
@@ -273,6 +292,7 @@ final class DeliveryStream: Sendable {
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .connect(host: target.host, port: target.port) { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(ReadActivityHandler(stream: self))
                     if let tls = target.tls {
                         try channel.pipeline.syncOperations.addHandler(
                             try NIOSSLClientHandler(context: tls, serverHostname: target.serverName)
@@ -382,14 +402,74 @@ final class DeliveryStream: Sendable {
         }
     }
 
-    /// Fails batches past their deadline (a repeated task on the loop).
+    /// Something was read on the connection (on the loop).
+    fileprivate func noteRead() {
+        self.reads.wrappingAdd(1, ordering: .relaxed)
+    }
+
+    /// Fails batches past their deadline, and watches for a dead connection (a repeated task on
+    /// the loop).
+    ///
+    /// A backend pod that vanished without closing its connections (its node failed, a network
+    /// partition) leaves them open for the ~15 minutes TCP takes to give up, and every batch
+    /// written on them would wait out its deadline (retried, then `RETRY_LATER`). So when a
+    /// batch expires and *nothing* arrived on its connection since it was written, the stream
+    /// sends an HTTP/2 PING; if nothing arrives within `ping_timeout` either, the connection is
+    /// closed and re-made (a Kubernetes Service picks a live pod). A backend that is alive but
+    /// slow answers the PING from its HTTP/2 layer and keeps its connection. PINGs are sent only
+    /// then, never on a timer, so servers' ping policies (`too_many_pings`) are not provoked.
     private func sweepExpired() {
         let now = NIODeadline.now()
-        let expired = self.state.withLock { state -> [Waiter] in
+        let reads = self.reads.load(ordering: .relaxed)
+        let pingTimeout = self.pingTimeout
+        let (expired, ping, dead) = self.state.withLock { state -> ([Waiter], (any Channel)?, (any Channel)?) in
             let ids = state.waiting.compactMap { $0.value.deadline <= now ? $0.key : nil }
-            return ids.compactMap { state.waiting.removeValue(forKey: $0) }
+            let expired = ids.compactMap { state.waiting.removeValue(forKey: $0) }
+            guard let pingTimeout, let connection = state.stream?.parent else { return (expired, nil, nil) }
+            if let ping = state.ping {
+                if ping.reads != reads {
+                    state.ping = nil
+                } else if now - ping.sentAt >= pingTimeout {
+                    state.ping = nil
+                    if state.connectionError == nil {
+                        state.connectionError = DeliveryStreamFailure.silentConnection(pingTimeout: pingTimeout)
+                    }
+                    return (expired, nil, connection)
+                }
+            }
+            guard state.ping == nil, expired.contains(where: { $0.readsAtWrite == reads }) else {
+                return (expired, nil, nil)
+            }
+            state.ping = (now, reads)
+            return (expired, connection, nil)
         }
+        if let ping {
+            let frame = HTTP2Frame(
+                streamID: .rootStream,
+                payload: .ping(HTTP2PingData(withInteger: 0x7465_726d), ack: false)
+            )
+            ping.writeAndFlush(frame, promise: nil)
+        }
+        // Closing fails the stream's other batches (retried elsewhere) and `run()` reconnects.
+        dead?.close(promise: nil)
         for waiter in expired { waiter.completion(.failure(DeliveryStreamFailure.deadlineExceeded)) }
+    }
+}
+
+/// First on a Deliver connection: counts reads (any bytes: answers, a PING's answer, TLS
+/// records), so that `DeliveryStream` can tell a silent connection from a slow backend.
+private final class ReadActivityHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+
+    private let stream: DeliveryStream
+
+    init(stream: DeliveryStream) {
+        self.stream = stream
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        self.stream.noteRead()
+        context.fireChannelRead(data)
     }
 }
 

@@ -39,6 +39,11 @@ package struct Subscription: Sendable {
     /// Batches written and unanswered at once on one connection's Deliver stream; more wait in
     /// the gateway (their deadline not started) until the backend answers one.
     package var batchesInFlight: Int = 16
+    /// When a batch's deadline passes and nothing at all arrived on its connection since it was
+    /// written, a PING is sent; unanswered after this many milliseconds, the connection is
+    /// closed as dead and re-made (`ping_timeout`; 0: never, and a dead connection is noticed
+    /// only when TCP gives up).
+    package var pingTimeoutMilliseconds: Int64 = 5000
     package var rebalanceSeconds: Int = 300
 
     /// The part of this service that event loop `index` of `count` delivers: the window and the

@@ -522,6 +522,7 @@ package enum ConfigurationLoader {
         case connections
         case batchesInFlight = "batches_in_flight"
         case rebalance
+        case pingTimeout = "ping_timeout"
     }
 
     enum ServiceTLSKey: String, SectionKeys {
@@ -591,6 +592,12 @@ package enum ConfigurationLoader {
             if let v = try entry.duration(.deadline) { service.deadlineMilliseconds = v.nanoseconds / 1_000_000 }
             if let v = try entry.int(.connections, in: 1...64) { service.connections = v }
             if let v = try entry.int(.batchesInFlight, in: 1...1024) { service.batchesInFlight = v }
+            if let v = try entry.string(.pingTimeout) {
+                guard let amount = Section.parseDuration(v), amount.nanoseconds <= 60_000_000_000 else {
+                    throw ConfigurationError(key: "\(entry.path).ping_timeout", "must be a duration from 0s to 60s")
+                }
+                service.pingTimeoutMilliseconds = amount.nanoseconds / 1_000_000
+            }
             if let v = try entry.duration(.rebalance) { service.rebalanceSeconds = Int(v.nanoseconds / 1_000_000_000) }
             if let retry = try entry.section(.retry, ServiceRetryKey.self) {
                 if let v = try retry.int(.attempts, in: 1...20) { service.retry.maxAttempts = v }

@@ -490,6 +490,9 @@ struct BackendRoutingTests {
                     $0.connections = 1
                     $0.deadlineMilliseconds = 250
                     $0.retry.maxAttempts = 2
+                    // The stuck batch's connection is silent past its deadline: it gets a PING,
+                    // which the backend's HTTP/2 layer answers, so it is not closed as dead.
+                    $0.pingTimeoutMilliseconds = 300
                 }
             ],
             eventLoops: 1
@@ -501,10 +504,73 @@ struct BackendRoutingTests {
         #expect(ContinuousClock.now - started < .milliseconds(1400), "deadline, not the backend's delay")
         let next = try await device.publish(topic: "pay/a", payload: ByteBuffer(string: "next"))
         #expect(next.status == .ok)
-        #expect(backend.receiver.streams.withLock { $0 } == 1, "a late answer does not break the stream")
+        // Past the PING's timeout: a slow backend keeps its connection.
+        try await Task.sleep(for: .milliseconds(700))
+        let later = try await device.publish(topic: "pay/a", payload: ByteBuffer(string: "later"))
+        #expect(later.status == .ok)
+        #expect(backend.receiver.streams.withLock { $0 } == 1, "neither a late answer nor a PING breaks the stream")
         await device.close()
         await gateway.stop()
         await backend.stop()
+    }
+
+    @Test(
+        "a connection silent for a batch's whole deadline gets a PING; unanswered, it is closed and re-made (ping_timeout); with ping_timeout 0 it stays"
+    )
+    func silentConnection() async throws {
+        // A backend that accepted the connection and then vanished: the kernel keeps the socket
+        // open, nothing is ever answered (a failed node behind a Service looks like this).
+        let server = try await SilentServer.start()
+        let gateway = try await Self.gateway(
+            [
+                try Self.service("vanished", port: server.port, topics: ["pay/#"]) {
+                    $0.connections = 1
+                    $0.deadlineMilliseconds = 200
+                    $0.pingTimeoutMilliseconds = 300
+                    $0.retry.maxAttempts = 1
+                }
+            ],
+            eventLoops: 1
+        )
+        let device = try await gateway.connect("silent-1")
+        let started = ContinuousClock.now
+        let ack = try await device.publish(topic: "pay/a", payload: ByteBuffer(string: "lost"))
+        #expect(ack.status == .retryLater)
+        let closed = try #require(
+            await server.waitForFirstClose(within: .seconds(3)),
+            "the silent connection stayed open"
+        )
+        // The batch's deadline (200 ms), then the PING's timeout (300 ms), each noticed by a sweep
+        // every 50 ms.
+        #expect(closed - started >= .milliseconds(450), "closed after \(closed - started)")
+        #expect(closed - started < .seconds(2), "closed after \(closed - started)")
+        #expect(server.sawPing, "an HTTP/2 PING was sent before the connection was given up")
+        #expect(await server.waitForConnections(2, within: .seconds(3)), "the connection is re-made")
+        await device.close()
+        await gateway.stop()
+        await server.stop()
+
+        // Without ping_timeout nothing is closed: the batch still fails at its deadline.
+        let quiet = try await SilentServer.start()
+        let patient = try await Self.gateway(
+            [
+                try Self.service("vanished-quietly", port: quiet.port, topics: ["pay/#"]) {
+                    $0.connections = 1
+                    $0.deadlineMilliseconds = 200
+                    $0.pingTimeoutMilliseconds = 0
+                    $0.retry.maxAttempts = 1
+                }
+            ],
+            eventLoops: 1
+        )
+        let other = try await patient.connect("silent-2")
+        let lost = try await other.publish(topic: "pay/a", payload: ByteBuffer(string: "lost"))
+        #expect(lost.status == .retryLater)
+        #expect(await quiet.waitForFirstClose(within: .seconds(1)) == nil, "closed although ping_timeout is 0")
+        #expect(!quiet.sawPing)
+        await other.close()
+        await patient.stop()
+        await quiet.stop()
     }
 
     @Test("re-balancing retires streams while messages flow: every message is acked and received")
@@ -581,5 +647,90 @@ struct BackendRoutingTests {
         for device in devices { await device.close() }
         await gateway.stop()
         await backend.stop()
+    }
+}
+
+/// A TCP listener that accepts, reads and keeps everything, and never writes: a backend that
+/// vanished with its sockets still open. Records when each connection was closed by the peer
+/// and whether an HTTP/2 PING (the gateway's, payload "term") crossed it.
+final class SilentServer: Sendable {
+    private struct State {
+        var accepted = 0
+        var closes: [ContinuousClock.Instant] = []
+        var received: [UInt8] = []
+    }
+
+    private final class Handler: ChannelInboundHandler {
+        typealias InboundIn = ByteBuffer
+        let server: SilentServer
+        init(server: SilentServer) { self.server = server }
+
+        func channelActive(context: ChannelHandlerContext) {
+            self.server.state.withLock { $0.accepted += 1 }
+        }
+
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            let bytes = self.unwrapInboundIn(data)
+            self.server.state.withLock { $0.received.append(contentsOf: bytes.readableBytesView) }
+        }
+
+        func channelInactive(context: ChannelHandlerContext) {
+            self.server.state.withLock { $0.closes.append(.now) }
+        }
+    }
+
+    private let state = Mutex(State())
+    private let channel = Mutex<(any Channel)?>(nil)
+    private let boundPort = Atomic<Int>(0)
+
+    var port: Int { self.boundPort.load(ordering: .relaxed) }
+
+    private init() {}
+
+    static func start() async throws -> SilentServer {
+        let server = SilentServer()
+        let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(Handler(server: server))
+                }
+            }
+            .bind(host: "127.0.0.1", port: 0).get()
+        server.channel.withLock { $0 = channel }
+        server.boundPort.store(channel.localAddress?.port ?? 0, ordering: .relaxed)
+        return server
+    }
+
+    /// Whether the bytes received hold the gateway's PING frame: length 8, type 6, no flags,
+    /// stream 0, payload 0x7465726d ("term").
+    var sawPing: Bool {
+        let ping: [UInt8] = [0, 0, 8, 6, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x74, 0x65, 0x72, 0x6D]
+        let received = self.state.withLock { $0.received }
+        guard received.count >= ping.count else { return false }
+        return (0...(received.count - ping.count)).contains { received[$0..<($0 + ping.count)].elementsEqual(ping) }
+    }
+
+    /// When the first connection was closed by its peer, waiting at most `limit`.
+    func waitForFirstClose(within limit: Duration) async -> ContinuousClock.Instant? {
+        let end = ContinuousClock.now + limit
+        while ContinuousClock.now < end {
+            if let first = self.state.withLock({ $0.closes.first }) { return first }
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        return self.state.withLock { $0.closes.first }
+    }
+
+    /// Whether `count` connections were accepted, waiting at most `limit`.
+    func waitForConnections(_ count: Int, within limit: Duration) async -> Bool {
+        let end = ContinuousClock.now + limit
+        while ContinuousClock.now < end {
+            if self.state.withLock({ $0.accepted }) >= count { return true }
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        return self.state.withLock { $0.accepted } >= count
+    }
+
+    func stop() async {
+        try? await self.channel.withLock { $0 }?.close()
     }
 }

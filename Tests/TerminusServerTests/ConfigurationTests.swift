@@ -311,9 +311,11 @@ struct ConfigurationTests {
                     connections: 3
                     batches_in_flight: 4
                     rebalance: 10m
+                    ping_timeout: 1500ms
                   - name: audit
                     target: "audit:9000"
                     topics: ["+/done"]
+                    ping_timeout: 0s
                 api:
                   listen: "127.0.0.1:7443"
                   tokens_file: api-tokens
@@ -336,6 +338,7 @@ struct ConfigurationTests {
         )
         #expect(billing.retryAfterSeconds == 7 && billing.connections == 3 && billing.rebalanceSeconds == 600)
         #expect(billing.batchesInFlight == 4 && config.services.last?.batchesInFlight == 16)
+        #expect(billing.pingTimeoutMilliseconds == 1500 && config.services.last?.pingTimeoutMilliseconds == 0)
         #expect(config.apiListen == .init(host: "127.0.0.1", port: 7443))
         #expect(config.apiTokens == ["billing-token-0123456789", "audit-token-0123456789"])
         #expect(config.apiSendTimeoutMilliseconds == 3000)
@@ -364,6 +367,14 @@ struct ConfigurationTests {
                 "api.tls.ca"
             ),
             ("events:\n  enabled: maybe\n", "events.enabled"),
+            (
+                "services:\n  - name: a\n    target: h:1\n    topics: [x]\n    ping_timeout: 2m\n",
+                "services[0].ping_timeout"
+            ),
+            (
+                "services:\n  - name: a\n    target: h:1\n    topics: [x]\n    ping_timeout: soon\n",
+                "services[0].ping_timeout"
+            ),
         ] {
             do {
                 _ = try ConfigurationLoader.load(yaml: Self.minimal + "\n" + bad, baseDirectory: directory)
