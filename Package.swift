@@ -317,6 +317,7 @@ let package = Package(
                 "TerminusRouting",
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+                .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
                 "TerminusCompression",
                 "TerminusSessions",
                 "TerminusEdge",

@@ -1,9 +1,13 @@
-internal import GRPCCore
-internal import GRPCNIOTransportHTTP2
 package import Logging
 internal import NIOCore
+internal import NIOHPACK
+internal import NIOHTTP2
 package import NIOPosix
+internal import NIOSSL
 internal import ServiceLifecycle
+internal import SwiftProtobuf
+internal import Synchronization
+internal import TerminusAPI
 package import TerminusListeners
 package import TerminusSessions
 
@@ -21,16 +25,38 @@ package enum APISecurity: Sendable {
     }
 }
 
-/// The listener backends call (`api.listen`): the `terminus.v1.Gateway` service. Callers
-/// authenticate with a bearer token, a client certificate (mTLS), or both when both are
-/// configured. A separate port from the device listener: devices cannot reach it.
+/// The listener backends call (`api.listen`): the `terminus.v1.Gateway` service (`Send`,
+/// `Kick`, `Presence`). Callers authenticate with a bearer token, a client certificate (mTLS),
+/// or both when both are configured. A separate port from the device listener: devices cannot
+/// reach it.
 ///
-/// A `Service`: `run` binds and serves until graceful shutdown (calls in flight finish) or
-/// cancellation.
+/// gRPC's unary calls written as HTTP/2 frames on the gateway's event loops (swift-nio-http2,
+/// NIOSSL), not grpc-swift-2's server: measured, its per-call machinery (a task, async
+/// sequences and generic code per call) was over half of a `Send`'s CPU (docs/benchmarks.md).
+/// A call is read by `APICallHandler` on its stream's loop; a `Send` waits for the device's ACK
+/// as a future of the device's loop and is answered from it, with no task anywhere.
+///
+/// A `Service`: `run` binds and serves until graceful shutdown (new connections refused, a
+/// GOAWAY on each open one, calls in flight answered, then each connection closes) or
+/// cancellation (everything closes at once).
 package final class APIServer: Service, Sendable {
-    private let server: GRPCServer<HTTP2ServerTransport.Posix>
-    private let executor: GroupExecutor
+    private struct State {
+        var port: Int?
+        var failure: (any Error)?
+        var waiters: [CheckedContinuation<Int, any Error>] = []
+        var listener: (any Channel)?
+        var connections: [ObjectIdentifier: APIConnection] = [:]
+        var draining = false
+    }
+
+    private let host: String
+    private let port: Int
+    private let security: APISecurity
+    private let service: GatewayAPIService
+    private let tokens: APITokens
+    private let group: MultiThreadedEventLoopGroup
     private let logger: Logger
+    private let state = Mutex(State())
     /// Caps connections and closes idle ones (`api.max_connections`, `api.idle_timeout`).
     package let connectionGuard: ConnectionGuard
 
@@ -38,6 +64,16 @@ package final class APIServer: Service, Sendable {
     /// HTTP/2 connections each; a connection silent for five minutes is closed (gRPC clients
     /// reconnect on their own), so stalled connections cannot pile up.
     package static let defaultLimits = ConnectionGuard.Limits(maxConnections: 1_024, idleTimeout: .seconds(300))
+
+    /// Calls open at once on one connection (HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`): a `Send`
+    /// stays open until its device acknowledges (up to its TTL), so a backend pushing to many
+    /// devices at once needs many; more wait in the caller's gRPC client.
+    package static let maxConcurrentCalls = 1_000
+
+    /// The largest request taken (a `Presence` of 10,000 device ids of 255 bytes fits); a
+    /// larger one is refused with `RESOURCE_EXHAUSTED`.
+    package static let maxRequestBytes = 4 * 1024 * 1024
+
     package init(
         host: String,
         port: Int,
@@ -52,91 +88,469 @@ package final class APIServer: Service, Sendable {
         group: MultiThreadedEventLoopGroup,
         logger: Logger
     ) {
-        let connectionGuard = ConnectionGuard(name: "api", limits: limits, logger: logger)
-        self.connectionGuard = connectionGuard
-        let service = GatewayAPIService(
+        self.host = host
+        self.port = port
+        self.security = security
+        self.tokens = APITokens(tokens)
+        self.service = GatewayAPIService(
             directory: directory,
             instanceID: instanceID,
             defaultTTLMilliseconds: defaultTTLMilliseconds,
             maxPayloadSize: maxPayloadSize,
             maxTopicLength: maxTopicLength
         )
-        let transportSecurity: HTTP2ServerTransport.Posix.TransportSecurity
-        switch security {
-        case .plaintext:
-            transportSecurity = .plaintext
-        case .tls(let chain, let key, let clientCA):
-            let certificateChain: [TLSConfig.CertificateSource] = [.file(path: chain, format: .pem)]
-            let privateKey = TLSConfig.PrivateKeySource.file(path: key, format: .pem)
-            if let clientCA {
-                transportSecurity = .mTLS(certificateChain: certificateChain, privateKey: privateKey) { tls in
-                    tls.trustRoots = .certificates([.file(path: clientCA, format: .pem)])
-                    tls.clientCertificateVerification = .noHostnameVerification
-                }
-            } else {
-                transportSecurity = .tls(certificateChain: certificateChain, privateKey: privateKey)
-            }
-        }
-        self.server = GRPCServer(
-            transport: HTTP2ServerTransport.Posix(
-                // `api.listen` accepts `[::]:PORT` and other IPv6 hosts as well as IPv4 ones.
-                address: host.contains(":") ? .ipv6(host: host, port: port) : .ipv4(host: host, port: port),
-                transportSecurity: transportSecurity,
-                config: .defaults { config in
-                    // Idle connections (no RPC) end with an HTTP/2 GOAWAY before the guard would cut them.
-                    config.connection.maxIdleTime = .nanoseconds(limits.idleTimeout.nanoseconds / 2)
-                    // Answers go out in the tick that made them: the transport's flush coalescing
-                    // holds a lone answer back by up to its delay, on a timer of its own.
-                    config.connection.flushCoalescing = nil
-                    // Out of descriptors, accept must pause rather than spin (AcceptPauseHandler).
-                    config.channelDebuggingCallbacks.onBindTCPListener = { channel in
-                        channel.eventLoop.makeCompletedFuture {
-                            try channel.pipeline.syncOperations.addHandler(
-                                AcceptPauseHandler(backoff: .milliseconds(250)),
-                                position: .first
-                            )
-                        }
-                    }
-                    config.channelDebuggingCallbacks.onAcceptTCPConnection = { channel in
-                        channel.eventLoop.makeCompletedFuture { _ = try connectionGuard.admit(channel) }
-                    }
-                },
-                // The devices' loops: see `GroupExecutor`.
-                eventLoopGroup: group
-            ),
-            services: [service],
-            interceptors: [
-                CallerAuthenticationInterceptor(
-                    tokens: tokens.map { Array($0.utf8) },
-                    requireCertificate: security.requiresClientCertificate
-                )
-            ]
-        )
-        self.executor = GroupExecutor(group)
+        self.connectionGuard = ConnectionGuard(name: "api", limits: limits, logger: logger)
+        self.group = group
         self.logger = logger
     }
 
-    /// Binds and serves until graceful shutdown or cancellation. Calls run on the event loops
-    /// (`GroupExecutor`), not on the global executor's threads.
-    package func run() async throws {
-        try await withGracefulShutdownHandler {
-            try await withTaskExecutorPreference(self.executor) {
-                try await self.server.serve()
-            }
-        } onGracefulShutdown: {
-            self.server.beginGracefulShutdown()
+    private func makeTLSContext() throws -> NIOSSLContext? {
+        guard case .tls(let chain, let key, let clientCA) = self.security else { return nil }
+        var configuration = TLSConfiguration.makeServerConfiguration(
+            certificateChain: try NIOSSLCertificate.fromPEMFile(chain).map { .certificate($0) },
+            privateKey: .privateKey(try NIOSSLPrivateKey(file: key, format: .pem))
+        )
+        // gRPC over TLS is HTTP/2 negotiated by ALPN.
+        configuration.applicationProtocols = ["h2"]
+        if let clientCA {
+            // A caller without a certificate from this CA fails the handshake.
+            configuration.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(clientCA))
+            configuration.certificateVerification = .noHostnameVerification
         }
+        return try NIOSSLContext(configuration: configuration)
+    }
+
+    /// Binds and serves until graceful shutdown or cancellation.
+    package func run() async throws {
+        do {
+            try await self.serve()
+        } catch {
+            self.bound(.failure(error))
+            throw error
+        }
+        self.bound(.failure(CancellationError()))
+    }
+
+    private func serve() async throws {
+        let tls = try self.makeTLSContext()
+        let listener = try await ServerBootstrap(group: self.group)
+            .serverChannelOption(.backlog, value: 256)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .serverChannelInitializer { channel in
+                // Out of descriptors, accept must pause rather than spin.
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(AcceptPauseHandler(backoff: .milliseconds(250)))
+                }
+            }
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try self.initialize(channel, tls: tls)
+                }
+            }
+            .bind(host: self.host, port: self.port).get()
+        let closing = self.state.withLock { state -> Bool in
+            state.listener = listener
+            return state.draining
+        }
+        if closing { listener.close(promise: nil) }
+        self.bound(.success(listener.localAddress?.port ?? self.port))
+        await withTaskCancellationHandler {
+            await withGracefulShutdownHandler {
+                try? await listener.closeFuture.get()
+                // No connection is accepted any more; wait for the open ones to finish theirs.
+                let connections = self.state.withLock { Array($0.connections.values) }
+                for connection in connections { try? await connection.channel.closeFuture.get() }
+            } onGracefulShutdown: {
+                self.drain()
+            }
+        } onCancel: {
+            self.closeAll()
+        }
+        try Task.checkCancellation()
+    }
+
+    private func initialize(_ channel: any Channel, tls: NIOSSLContext?) throws {
+        guard try self.connectionGuard.admit(channel) else { return }
+        if let tls { try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls)) }
+        // Idle connections end with a GOAWAY at half the guard's idle timeout, before the guard
+        // would cut them.
+        let connection = APIConnection(
+            channel: channel,
+            idleAfter: .nanoseconds(self.connectionGuard.limits.idleTimeout.nanoseconds / 2)
+        )
+        var configuration = NIOHTTP2Handler.ConnectionConfiguration()
+        configuration.initialSettings = [
+            HTTP2Setting(parameter: .maxConcurrentStreams, value: Self.maxConcurrentCalls),
+            HTTP2Setting(parameter: .maxHeaderListSize, value: HPACKDecoder.defaultMaxHeaderListSize),
+        ]
+        let service = self.service
+        let tokens = self.tokens
+        _ = try channel.pipeline.syncOperations.configureHTTP2Pipeline(
+            mode: .server,
+            connectionConfiguration: configuration,
+            streamConfiguration: .init()
+        ) { stream in
+            stream.eventLoop.makeCompletedFuture {
+                connection.callStarted(stream)
+                try stream.pipeline.syncOperations.addHandler(APICallHandler(service: service, tokens: tokens))
+            }
+        }
+        try channel.pipeline.syncOperations.addHandler(DrainPingHandler(connection: connection))
+        let id = ObjectIdentifier(channel)
+        let draining = self.state.withLock { state -> Bool in
+            state.connections[id] = connection
+            return state.draining
+        }
+        channel.closeFuture.whenComplete { _ in
+            _ = self.state.withLock { $0.connections.removeValue(forKey: id) }
+        }
+        if draining { connection.drain() }
+    }
+
+    private func bound(_ result: Result<Int, any Error>) {
+        let waiters = self.state.withLock { state -> [CheckedContinuation<Int, any Error>] in
+            switch result {
+            case .success(let port): state.port = port
+            case .failure(let error): if state.port == nil, state.failure == nil { state.failure = error }
+            }
+            defer { state.waiters.removeAll() }
+            return state.waiters
+        }
+        for waiter in waiters { waiter.resume(with: result) }
+    }
+
+    /// Refuses new connections, asks each open one to finish (GOAWAY) and closes it once its
+    /// calls are answered.
+    private func drain() {
+        let (listener, connections) = self.state.withLock { state in
+            state.draining = true
+            return (state.listener, Array(state.connections.values))
+        }
+        listener?.close(promise: nil)
+        for connection in connections { connection.drain() }
+    }
+
+    private func closeAll() {
+        let (listener, connections) = self.state.withLock { state in
+            state.draining = true
+            return (state.listener, Array(state.connections.values))
+        }
+        listener?.close(promise: nil)
+        for connection in connections { connection.channel.close(promise: nil) }
     }
 
     /// The bound port, once `run` has bound; throws if it could not.
     package var listeningPort: Int {
         get async throws {
-            guard let address = try await self.server.listeningAddress,
-                let port = address.ipv4?.port ?? address.ipv6?.port
-            else {
-                throw RouterError("the API listener did not bind")
+            try await withCheckedThrowingContinuation { continuation in
+                let known = self.state.withLock { state -> Result<Int, any Error>? in
+                    if let port = state.port { return .success(port) }
+                    if let failure = state.failure { return .failure(failure) }
+                    state.waiters.append(continuation)
+                    return nil
+                }
+                if let known { continuation.resume(with: known) }
             }
-            return port
         }
+    }
+}
+
+/// One API connection: counts its open calls, so that a drain closes it once they are answered.
+///
+/// A drain is HTTP/2's graceful two-step: a GOAWAY naming the largest stream id (calls on the
+/// wire still count) and a PING; once the PING is answered (or after a second), every call the
+/// caller started has arrived, so a GOAWAY naming the last stream opened follows, and the
+/// connection closes when its calls are answered.
+private final class APIConnection: Sendable {
+    private struct Calls {
+        var open = 0
+        var lastStreamID = HTTP2StreamID(0)
+        /// 0: serving; 1: first GOAWAY and PING sent; 2: final GOAWAY sent.
+        var drainStep = 0
+        /// Drains the connection once it has had no call for `idleAfter`.
+        var idleTimer: Scheduled<Void>?
+    }
+
+    static let drainPing = HTTP2PingData(withInteger: 0x6472_6169_6e00_0001)
+
+    let channel: any Channel
+    private let calls: NIOLoopBoundBox<Calls>
+    private let idleAfter: TimeAmount
+
+    /// Called on the connection's loop. `idleAfter`: a connection without calls for this long
+    /// is drained (GOAWAY), before the connection guard would cut it.
+    init(channel: any Channel, idleAfter: TimeAmount) {
+        self.channel = channel
+        self.idleAfter = idleAfter
+        self.calls = NIOLoopBoundBox(Calls(), eventLoop: channel.eventLoop)
+        self.armIdleTimer()
+        channel.closeFuture.whenComplete { _ in
+            self.calls.value.idleTimer?.cancel()
+            self.calls.value.idleTimer = nil
+        }
+    }
+
+    private func armIdleTimer() {
+        self.calls.value.idleTimer?.cancel()
+        self.calls.value.idleTimer = self.channel.eventLoop.scheduleTask(in: self.idleAfter) {
+            if self.calls.value.open == 0 { self.drain() }
+        }
+    }
+
+    /// A call's stream opened (on the connection's loop).
+    func callStarted(_ stream: any Channel) {
+        self.calls.value.open += 1
+        self.calls.value.idleTimer?.cancel()
+        self.calls.value.idleTimer = nil
+        if let id = try? stream.syncOptions?.getOption(HTTP2StreamChannelOptions.streamID),
+            id > self.calls.value.lastStreamID
+        {
+            self.calls.value.lastStreamID = id
+        }
+        stream.closeFuture.whenComplete { _ in
+            self.calls.value.open -= 1
+            if self.calls.value.open == 0 && self.calls.value.drainStep == 0 && self.channel.isActive {
+                self.armIdleTimer()
+            }
+            self.closeIfDrained()
+        }
+    }
+
+    /// No new calls (GOAWAY, so the caller's client opens its next call elsewhere); closes once
+    /// the open ones are answered.
+    func drain() {
+        self.channel.eventLoop.execute {
+            guard self.calls.value.drainStep == 0 else { return }
+            self.calls.value.drainStep = 1
+            self.goAway(lastStreamID: .maxID)
+            self.channel.writeAndFlush(
+                HTTP2Frame(streamID: .rootStream, payload: .ping(Self.drainPing, ack: false)),
+                promise: nil
+            )
+            self.channel.eventLoop.scheduleTask(in: .seconds(1)) { self.pingAnswered() }
+        }
+    }
+
+    /// The drain's PING came back (or its second is up): the final GOAWAY (on the loop).
+    func pingAnswered() {
+        guard self.calls.value.drainStep == 1 else { return }
+        self.calls.value.drainStep = 2
+        self.goAway(lastStreamID: self.calls.value.lastStreamID)
+        self.closeIfDrained()
+    }
+
+    private func goAway(lastStreamID: HTTP2StreamID) {
+        let frame = HTTP2Frame(
+            streamID: .rootStream,
+            payload: .goAway(lastStreamID: lastStreamID, errorCode: .noError, opaqueData: nil)
+        )
+        self.channel.writeAndFlush(frame, promise: nil)
+    }
+
+    private func closeIfDrained() {
+        if self.calls.value.drainStep == 2 && self.calls.value.open == 0 { self.channel.close(promise: nil) }
+    }
+}
+
+/// Last on an API connection: hands the answer to the drain's PING to its connection.
+private final class DrainPingHandler: ChannelInboundHandler {
+    typealias InboundIn = HTTP2Frame
+
+    private let connection: APIConnection
+
+    init(connection: APIConnection) {
+        self.connection = connection
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if case .ping(let ping, ack: true) = self.unwrapInboundIn(data).payload, ping == APIConnection.drainPing {
+            self.connection.pingAnswered()
+        }
+        context.fireChannelRead(data)
+    }
+}
+
+/// One unary call on its HTTP/2 stream: checks the request headers (method, path, content type,
+/// bearer token), reads the one gRPC message (at most `APIServer.maxRequestBytes`), calls
+/// `GatewayAPIService`, and writes the response headers, the answer and the trailers (or, for a
+/// refused call, trailers only with its `grpc-status`).
+private final class APICallHandler: ChannelInboundHandler {
+    typealias InboundIn = HTTP2Frame.FramePayload
+    typealias OutboundOut = HTTP2Frame.FramePayload
+
+    private enum Method {
+        case send, kick, presence
+    }
+
+    /// gRPC status codes used here.
+    private enum Status: Int {
+        case invalidArgument = 3
+        case resourceExhausted = 8
+        case unimplemented = 12
+        case internalError = 13
+        case unauthenticated = 16
+    }
+
+    private let service: GatewayAPIService
+    private let tokens: APITokens
+    private var method: Method?
+    private var request = ByteBuffer()
+    /// Answered (or refused): what else arrives is ignored.
+    private var done = false
+
+    init(service: GatewayAPIService, tokens: APITokens) {
+        self.service = service
+        self.tokens = tokens
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !self.done else { return }
+        switch self.unwrapInboundIn(data) {
+        case .headers(let headers):
+            if self.method == nil {
+                guard let method = self.accept(headers.headers, context: context) else { return }
+                self.method = method
+            }
+            if headers.endStream { self.call(context: context) }
+        case .data(let payload):
+            guard self.method != nil else { return }
+            if case .byteBuffer(var bytes) = payload.data {
+                guard self.request.readableBytes + bytes.readableBytes <= APIServer.maxRequestBytes + 5 else {
+                    return self.refuse(
+                        .resourceExhausted,
+                        "request larger than \(APIServer.maxRequestBytes) bytes",
+                        context: context
+                    )
+                }
+                self.request.writeBuffer(&bytes)
+            }
+            if payload.endStream { self.call(context: context) }
+        default:
+            break
+        }
+    }
+
+    /// The call's method, or nil once refused.
+    private func accept(_ headers: HPACKHeaders, context: ChannelHandlerContext) -> Method? {
+        guard headers.first(name: ":method") == "POST",
+            headers.first(name: "content-type")?.hasPrefix("application/grpc") == true
+        else {
+            self.refuse(.unimplemented, "expected a gRPC call (POST, content-type application/grpc)", context: context)
+            return nil
+        }
+        let method: Method
+        switch headers.first(name: ":path") {
+        case "/terminus.v1.Gateway/Send": method = .send
+        case "/terminus.v1.Gateway/Kick": method = .kick
+        case "/terminus.v1.Gateway/Presence": method = .presence
+        case let path:
+            self.refuse(.unimplemented, "no method \(path ?? "")", context: context)
+            return nil
+        }
+        if let encoding = headers.first(name: "grpc-encoding"), encoding != "identity" {
+            self.refuse(.unimplemented, "compressed requests are not supported", context: context)
+            return nil
+        }
+        guard self.tokens.admits(authorization: headers.first(name: "authorization")) else {
+            self.refuse(.unauthenticated, "a valid 'authorization: Bearer <token>' is required", context: context)
+            return nil
+        }
+        return method
+    }
+
+    /// The request is complete: decode it and answer.
+    private func call(context: ChannelHandlerContext) {
+        guard let method = self.method, !self.done else { return }
+        guard self.request.readableBytes >= 5,
+            let compressed = self.request.readInteger(as: UInt8.self),
+            let length = self.request.readInteger(as: UInt32.self),
+            Int(length) == self.request.readableBytes
+        else {
+            return self.refuse(.invalidArgument, "expected exactly one request message", context: context)
+        }
+        guard compressed == 0 else {
+            return self.refuse(.unimplemented, "compressed requests are not supported", context: context)
+        }
+        let bytes = Array(self.request.readableBytesView)
+        self.request = ByteBuffer()
+        do {
+            switch method {
+            case .send:
+                let request = try Terminus_V1_SendRequest(serializedBytes: bytes)
+                self.done = true
+                let loop = context.eventLoop
+                self.service.send(request, on: loop).hop(to: loop).assumeIsolated().whenComplete { result in
+                    switch result {
+                    case .success(let response): self.answer(response, context: context)
+                    case .failure(let error):
+                        self.done = false
+                        self.refuse(.internalError, "\(error)", context: context)
+                    }
+                }
+            case .kick:
+                self.answer(self.service.kick(try Terminus_V1_KickRequest(serializedBytes: bytes)), context: context)
+            case .presence:
+                guard let response = self.service.presence(try Terminus_V1_PresenceRequest(serializedBytes: bytes))
+                else {
+                    return self.refuse(
+                        .invalidArgument,
+                        "at most \(GatewayAPIService.maxPresenceIDs) device ids per call",
+                        context: context
+                    )
+                }
+                self.answer(response, context: context)
+            }
+        } catch {
+            self.refuse(.invalidArgument, "the request is not a valid message: \(error)", context: context)
+        }
+    }
+
+    private func answer(_ response: some SwiftProtobuf.Message, context: ChannelHandlerContext) {
+        self.done = true
+        guard let bytes: [UInt8] = try? response.serializedBytes() else {
+            return self.refuse(.internalError, "the answer could not be encoded", context: context, force: true)
+        }
+        var buffer = context.channel.allocator.buffer(capacity: 5 + bytes.count)
+        buffer.writeInteger(UInt8(0))
+        buffer.writeInteger(UInt32(bytes.count))
+        buffer.writeBytes(bytes)
+        let headers: HPACKHeaders = [":status": "200", "content-type": "application/grpc"]
+        context.write(self.wrapOutboundOut(.headers(.init(headers: headers))), promise: nil)
+        context.write(self.wrapOutboundOut(.data(.init(data: .byteBuffer(buffer)))), promise: nil)
+        let trailers: HPACKHeaders = ["grpc-status": "0"]
+        context.writeAndFlush(self.wrapOutboundOut(.headers(.init(headers: trailers, endStream: true))), promise: nil)
+    }
+
+    /// Trailers only, with the status and its message; the stream is then closed (reset if the
+    /// caller had not finished sending).
+    private func refuse(_ status: Status, _ message: String, context: ChannelHandlerContext, force: Bool = false) {
+        guard !self.done || force else { return }
+        self.done = true
+        let headers: HPACKHeaders = [
+            ":status": "200", "content-type": "application/grpc", "grpc-status": "\(status.rawValue)",
+            "grpc-message": Self.percentEncoded(message),
+        ]
+        context.writeAndFlush(self.wrapOutboundOut(.headers(.init(headers: headers, endStream: true))))
+            .assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+    }
+
+    /// `grpc-message` is percent-encoded outside printable ASCII (and `%` itself).
+    static func percentEncoded(_ message: String) -> String {
+        var out = ""
+        for byte in message.utf8 {
+            if byte >= 0x20 && byte <= 0x7E && byte != 0x25 {
+                out.unicodeScalars.append(Unicode.Scalar(byte))
+            } else {
+                out += "%" + String(byte, radix: 16, uppercase: true).leftPadded(to: 2)
+            }
+        }
+        return out
+    }
+}
+
+extension String {
+    fileprivate func leftPadded(to width: Int) -> String {
+        self.count >= width ? self : String(repeating: "0", count: width - self.count) + self
     }
 }

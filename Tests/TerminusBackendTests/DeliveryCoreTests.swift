@@ -138,27 +138,6 @@ struct DeliveryCoreTests {
         try await group.shutdownGracefully()
     }
 
-    @Test("a task preferring the group's executor stays on whichever of its loops woke it")
-    func groupExecutor() async throws {
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
-        let loops = Array(group.makeIterator())
-        let (started, afterFirst, afterSecond) = await withTaskExecutorPreference(GroupExecutor(group)) {
-            let started = MultiThreadedEventLoopGroup.currentEventLoop.map { current in
-                loops.contains { $0 === current }
-            }
-            // Resumed by a promise completed on loop 1, then on loop 0: it runs there. (Later
-            // than at once, so that the task has suspended: a continuation resumed before that
-            // simply goes on where it is.)
-            try? await loops[1].scheduleTask(in: .milliseconds(20)) {}.futureResult.get()
-            let afterFirst = loops[1].inEventLoop
-            try? await loops[0].scheduleTask(in: .milliseconds(20)) {}.futureResult.get()
-            return (started, afterFirst, loops[0].inEventLoop)
-        }
-        #expect(started == true, "runs on one of the group's loops")
-        #expect(afterFirst && afterSecond)
-        try await group.shutdownGracefully()
-    }
-
     @Test("the aggregator combines answers per message and completes once, after the last")
     func aggregator() {
         let result = Mutex<[[DeliveryOutcome]]>([])
