@@ -123,4 +123,65 @@ struct PythonBackendTests {
         await device.close()
         await gateway.stop()
     }
+
+    /// A backend in Python (grpcio: gRPC C-core, not grpc-swift) calling the gateway's API.
+    static let apiClient = """
+        import sys, grpc
+        from terminus.v1 import gateway_pb2 as g, gateway_pb2_grpc as gg
+        port, token = sys.argv[1], sys.argv[2]
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            api = gg.GatewayStub(channel)
+            auth = [("authorization", f"Bearer {token}")]
+            p = api.Presence(g.PresenceRequest(device_ids=["speaker-py", "nobody"]), metadata=auth, timeout=5)
+            print("PRESENCE", " ".join(f"{d.device_id}={d.online}" for d in p.devices))
+            r = api.Send(g.SendRequest(device_id="speaker-py", topic="cmd/play", payload=b"paid 3 yuan", qos=1, ttl_ms=3000), metadata=auth, timeout=5)
+            print("SEND", g.SendResponse.Outcome.Name(r.outcome))
+            r = api.Send(g.SendRequest(device_id="nobody", topic="cmd/play", payload=b"x", qos=1), metadata=auth, timeout=5)
+            print("SEND", g.SendResponse.Outcome.Name(r.outcome))
+            try:
+                api.Presence(g.PresenceRequest(device_ids=["speaker-py"]), metadata=[("authorization", "Bearer wrong")], timeout=5)
+                print("UNAUTHENTICATED-CALL answered")
+            except grpc.RpcError as error:
+                print("UNAUTHENTICATED-CALL", error.code().name)
+        """
+
+    @Test("a Python backend (grpcio, gRPC C-core) calls the gateway's API: Presence, Send, a wrong token")
+    func pythonAPIClient() async throws {
+        let stubs = try #require(try PythonBackend.generateStubs())
+        defer { try? FileManager.default.removeItem(atPath: stubs) }
+        let gateway = try await DownlinkAPITests.gateway()
+        let device = try await gateway.connect("speaker-py")
+        let pushed = Task {
+            for await push in device.pushes {
+                device.acknowledge(push)
+                return String(decoding: push.payload.readableBytesView, as: UTF8.self)
+            }
+            return ""
+        }
+        let output = stubs + "/api-client.out"
+        let client = try ChildProcess(
+            "/usr/bin/env",
+            ["python3", "-c", Self.apiClient, "\(try #require(gateway.gateway.boundAPIPort))", DownlinkAPITests.token],
+            environment: ProcessInfo.processInfo.environment.merging(["PYTHONPATH": stubs]) { $1 },
+            standardOutput: .file(output),
+            standardError: .inherit
+        )
+        _ = await RawClient.poll(30) { !client.isRunning }
+        if client.isRunning { client.terminate() }
+        client.waitUntilExit()
+        let lines = ((try? String(contentsOfFile: output, encoding: .utf8)) ?? "").split(separator: "\n").map(
+            String.init
+        )
+        #expect(
+            lines == [
+                "PRESENCE speaker-py=True nobody=False", "SEND OUTCOME_DELIVERED", "SEND OUTCOME_OFFLINE",
+                "UNAUTHENTICATED-CALL UNAUTHENTICATED",
+            ],
+            "\(lines)"
+        )
+        #expect(client.terminationStatus == 0)
+        #expect(await pushed.value == "paid 3 yuan")
+        await device.close()
+        await gateway.stop()
+    }
 }

@@ -32,6 +32,7 @@ final class PythonBackend: @unchecked Sendable {
             [
                 "python3", "-m", "grpc_tools.protoc", "-I", protos, "--python_out=\(work)",
                 "--grpc_python_out=\(work)", "\(protos)/terminus/v1/uplink.proto",
+                "\(protos)/terminus/v1/gateway.proto",
             ],
             standardError: .inherit
         )
