@@ -65,14 +65,18 @@ package final class APIServer: Service, Sendable {
     /// reconnect on their own), so stalled connections cannot pile up.
     package static let defaultLimits = ConnectionGuard.Limits(maxConnections: 1_024, idleTimeout: .seconds(300))
 
-    /// Calls open at once on one connection (HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`): a `Send`
-    /// stays open until its device acknowledges (up to its TTL), so a backend pushing to many
-    /// devices at once needs many; more wait in the caller's gRPC client.
-    package static let maxConcurrentCalls = 1_000
+    /// `api.max_concurrent_calls` default: calls open at once on one connection (HTTP/2
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS`). A `Send` stays open until its device acknowledges (up
+    /// to its TTL), so a backend pushing to many devices at once needs many; more wait in the
+    /// caller's gRPC client.
+    package static let defaultMaxConcurrentCalls = 1_000
 
-    /// The largest request taken (a `Presence` of 10,000 device ids of 255 bytes fits); a
-    /// larger one is refused with `RESOURCE_EXHAUSTED`.
-    package static let maxRequestBytes = 4 * 1024 * 1024
+    /// `api.max_request_size` default: the largest request taken (a `Presence` of 10,000 device
+    /// ids of 255 bytes fits); a larger one is refused with `RESOURCE_EXHAUSTED`.
+    package static let defaultMaxRequestSize = 4 * 1024 * 1024
+
+    private let maxConcurrentCalls: Int
+    private let maxRequestSize: Int
 
     package init(
         host: String,
@@ -85,9 +89,13 @@ package final class APIServer: Service, Sendable {
         maxPayloadSize: Int = 256 * 1024,
         maxTopicLength: Int = 256,
         limits: ConnectionGuard.Limits = APIServer.defaultLimits,
+        maxConcurrentCalls: Int = APIServer.defaultMaxConcurrentCalls,
+        maxRequestSize: Int = APIServer.defaultMaxRequestSize,
         group: MultiThreadedEventLoopGroup,
         logger: Logger
     ) {
+        self.maxConcurrentCalls = max(1, maxConcurrentCalls)
+        self.maxRequestSize = max(1, maxRequestSize)
         self.host = host
         self.port = port
         self.security = security
@@ -181,11 +189,12 @@ package final class APIServer: Service, Sendable {
         )
         var configuration = NIOHTTP2Handler.ConnectionConfiguration()
         configuration.initialSettings = [
-            HTTP2Setting(parameter: .maxConcurrentStreams, value: Self.maxConcurrentCalls),
+            HTTP2Setting(parameter: .maxConcurrentStreams, value: self.maxConcurrentCalls),
             HTTP2Setting(parameter: .maxHeaderListSize, value: HPACKDecoder.defaultMaxHeaderListSize),
         ]
         let service = self.service
         let tokens = self.tokens
+        let maxRequestSize = self.maxRequestSize
         _ = try channel.pipeline.syncOperations.configureHTTP2Pipeline(
             mode: .server,
             connectionConfiguration: configuration,
@@ -193,7 +202,9 @@ package final class APIServer: Service, Sendable {
         ) { stream in
             stream.eventLoop.makeCompletedFuture {
                 connection.callStarted(stream)
-                try stream.pipeline.syncOperations.addHandler(APICallHandler(service: service, tokens: tokens))
+                try stream.pipeline.syncOperations.addHandler(
+                    APICallHandler(service: service, tokens: tokens, maxRequestSize: maxRequestSize)
+                )
             }
         }
         try channel.pipeline.syncOperations.addHandler(DrainPingHandler(connection: connection))
@@ -372,7 +383,7 @@ private final class DrainPingHandler: ChannelInboundHandler {
 }
 
 /// One unary call on its HTTP/2 stream: checks the request headers (method, path, content type,
-/// bearer token), reads the one gRPC message (at most `APIServer.maxRequestBytes`), calls
+/// bearer token), reads the one gRPC message (at most `api.max_request_size`), calls
 /// `GatewayAPIService`, and writes the response headers, the answer and the trailers (or, for a
 /// refused call, trailers only with its `grpc-status`).
 private final class APICallHandler: ChannelInboundHandler {
@@ -394,14 +405,16 @@ private final class APICallHandler: ChannelInboundHandler {
 
     private let service: GatewayAPIService
     private let tokens: APITokens
+    private let maxRequestSize: Int
     private var method: Method?
     private var request = ByteBuffer()
     /// Answered (or refused): what else arrives is ignored.
     private var done = false
 
-    init(service: GatewayAPIService, tokens: APITokens) {
+    init(service: GatewayAPIService, tokens: APITokens, maxRequestSize: Int) {
         self.service = service
         self.tokens = tokens
+        self.maxRequestSize = maxRequestSize
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -416,10 +429,10 @@ private final class APICallHandler: ChannelInboundHandler {
         case .data(let payload):
             guard self.method != nil else { return }
             if case .byteBuffer(var bytes) = payload.data {
-                guard self.request.readableBytes + bytes.readableBytes <= APIServer.maxRequestBytes + 5 else {
+                guard self.request.readableBytes + bytes.readableBytes <= self.maxRequestSize + 5 else {
                     return self.refuse(
                         .resourceExhausted,
-                        "request larger than \(APIServer.maxRequestBytes) bytes",
+                        "request larger than \(self.maxRequestSize) bytes",
                         context: context
                     )
                 }

@@ -436,6 +436,8 @@ package enum ConfigurationLoader {
         case compressPushAbove = "compress_push_above"
         case maxConnections = "max_connections"
         case idleTimeout = "idle_timeout"
+        case maxConcurrentCalls = "max_concurrent_calls"
+        case maxRequestSize = "max_request_size"
     }
 
     enum APITLSKey: String, SectionKeys {
@@ -447,6 +449,8 @@ package enum ConfigurationLoader {
     private static func decodeAPI(_ api: Keyed<APIKey>, into config: inout GatewayConfiguration, base: String) throws {
         if let v = try api.int(.maxConnections, in: 1...1_000_000) { config.apiLimits.maxConnections = v }
         if let v = try api.duration(.idleTimeout) { config.apiLimits.idleTimeout = v }
+        if let v = try api.int(.maxConcurrentCalls, in: 1...100_000) { config.apiMaxConcurrentCalls = v }
+        if let v = try api.int(.maxRequestSize, in: 1_024...67_108_864) { config.apiMaxRequestSize = v }
         if let tls = try api.section(.tls, APITLSKey.self) {
             guard let chain = try tls.string(.certificateChain) else {
                 throw ConfigurationError(key: "api.tls.certificate_chain", "is required")

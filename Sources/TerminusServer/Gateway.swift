@@ -94,6 +94,8 @@ package final class Gateway: Service, Sendable {
                     maxPayloadSize: configuration.edge.inflateLimits.maxInflatedSize,
                     maxTopicLength: configuration.edge.maxTopicLength,
                     limits: configuration.apiLimits,
+                    maxConcurrentCalls: configuration.apiMaxConcurrentCalls,
+                    maxRequestSize: configuration.apiMaxRequestSize,
                     group: self.group,
                     logger: logger
                 )

@@ -102,6 +102,10 @@ package struct GatewayConfiguration: Sendable {
     package var adminLimits: ConnectionGuard.Limits = AdminServer.defaultLimits
     /// `api.max_connections`, `api.idle_timeout`.
     package var apiLimits: ConnectionGuard.Limits = APIServer.defaultLimits
+    /// `api.max_concurrent_calls`: calls open at once on one API connection.
+    package var apiMaxConcurrentCalls = APIServer.defaultMaxConcurrentCalls
+    /// `api.max_request_size`: the largest API request, in bytes.
+    package var apiMaxRequestSize = APIServer.defaultMaxRequestSize
 
     /// The backend API listener (`api.listen`, `--api-listen`); nil: not served.
     package var apiListen: HostPort?

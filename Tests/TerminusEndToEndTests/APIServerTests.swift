@@ -52,6 +52,7 @@ struct APIServerTests {
     static func withServer(
         delay: TimeAmount = .zero,
         limits: ConnectionGuard.Limits = APIServer.defaultLimits,
+        maxRequestSize: Int = APIServer.defaultMaxRequestSize,
         _ body: @Sendable (SlowDevice, Int, ServiceGroup) async throws -> Void
     ) async throws {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
@@ -75,6 +76,7 @@ struct APIServerTests {
             directory: directory,
             instanceID: "api-test",
             limits: limits,
+            maxRequestSize: maxRequestSize,
             group: group,
             logger: Logger(label: "api-test")
         )
@@ -161,10 +163,10 @@ struct APIServerTests {
     }
 
     @Test(
-        "an unknown method is UNIMPLEMENTED; Presence above 10,000 ids is INVALID_ARGUMENT; a request above 4 MiB is RESOURCE_EXHAUSTED"
+        "an unknown method is UNIMPLEMENTED; Presence above 10,000 ids is INVALID_ARGUMENT; a request above max_request_size is RESOURCE_EXHAUSTED"
     )
     func refusals() async throws {
-        try await Self.withServer { _, port, _ in
+        try await Self.withServer(maxRequestSize: 128 * 1024) { _, port, _ in
             try await Self.withClient(port: port) { client, api, metadata in
                 do {
                     _ = try await client.unary(
@@ -187,13 +189,13 @@ struct APIServerTests {
                     #expect(error.code == .invalidArgument)
                 }
                 do {
-                    _ = try await api.send(Self.send(payloadBytes: 4 * 1024 * 1024 + 1), metadata: metadata)
-                    Issue.record("a request above 4 MiB was answered")
+                    _ = try await api.send(Self.send(payloadBytes: 128 * 1024 + 1), metadata: metadata)
+                    Issue.record("a request above max_request_size was answered")
                 } catch let error as RPCError {
                     #expect(error.code == .resourceExhausted)
                 }
-                // The connection still serves.
-                let answer = try await api.send(Self.send(), metadata: metadata)
+                // The connection still serves, requests up to the bound too.
+                let answer = try await api.send(Self.send(payloadBytes: 120 * 1024), metadata: metadata)
                 #expect(answer.outcome == .delivered)
             }
         }

@@ -320,6 +320,8 @@ struct ConfigurationTests {
                   listen: "127.0.0.1:7443"
                   tokens_file: api-tokens
                   send_timeout: 3s
+                  max_concurrent_calls: 200
+                  max_request_size: 65536
                   compress_push_above: 512
                 events:
                   enabled: false
@@ -342,6 +344,7 @@ struct ConfigurationTests {
         #expect(config.apiListen == .init(host: "127.0.0.1", port: 7443))
         #expect(config.apiTokens == ["billing-token-0123456789", "audit-token-0123456789"])
         #expect(config.apiSendTimeoutMilliseconds == 3000)
+        #expect(config.apiMaxConcurrentCalls == 200 && config.apiMaxRequestSize == 65536)
         #expect(config.edge.pushCompressionThreshold == 512)
         #expect(!config.edge.publishEvents)
 
