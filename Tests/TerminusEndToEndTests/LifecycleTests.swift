@@ -105,7 +105,10 @@ struct LifecycleTests {
             )
             devices.append(device)
         }
-        #expect(await RawClient.poll(10) { backend.receiver.concurrency.withLock { $0.now } == 4 })
+        // At least the four batches (more once a batch outlives its 1 s deadline and is retried,
+        // which a loaded machine reaches before the fourth device has sent: the held count then
+        // jumps past 4).
+        #expect(await RawClient.poll(10) { backend.receiver.concurrency.withLock { $0.now } >= 4 })
         let started = ContinuousClock.now
         await gateway.stop()
         let took = ContinuousClock.now - started
