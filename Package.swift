@@ -32,6 +32,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-certificates.git", from: "1.21.1"),
         .package(url: "https://github.com/apple/swift-asn1.git", from: "1.7.4"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
@@ -81,6 +83,7 @@ let package = Package(
         .target(
             name: "TerminusEdge",
             dependencies: [
+                "TerminusMetrics",
                 "TerminusProtocol",
                 "TerminusCompression",
                 "TerminusAuth",
@@ -100,10 +103,20 @@ let package = Package(
             name: "TerminusRouting",
             swiftSettings: swiftSettings
         ),
+        // Counting per event loop, exported in the Prometheus text format at a scrape.
+        .target(
+            name: "TerminusMetrics",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // What the internal listeners (backend API, admin) share: connection caps and idle timeouts.
         .target(
             name: "TerminusListeners",
             dependencies: [
+                "TerminusMetrics",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -121,6 +134,7 @@ let package = Package(
         .target(
             name: "TerminusBackend",
             dependencies: [
+                "TerminusMetrics",
                 "TerminusAPI",
                 "TerminusListeners",
                 "TerminusRouting",
@@ -167,6 +181,7 @@ let package = Package(
         .target(
             name: "TerminusAdmin",
             dependencies: [
+                "TerminusMetrics",
                 "TerminusListeners",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -178,6 +193,7 @@ let package = Package(
         .target(
             name: "TerminusServer",
             dependencies: [
+                "TerminusMetrics",
                 "TerminusAdmin",
                 "TerminusListeners",
                 "TerminusBackend",
@@ -225,11 +241,14 @@ let package = Package(
                 "TerminusClient",
                 "TerminusAuth",
                 "TerminusAPI",
+                "TerminusMetrics",
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
 
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -310,6 +329,7 @@ let package = Package(
             dependencies: [
                 "TerminusServer",
                 "TerminusListeners",
+                "TerminusMetrics",
                 "TerminusAPI",
                 "TerminusBackend",
                 "TerminusRouting",

@@ -4,13 +4,15 @@ internal import NIOHTTP1
 internal import NIOPosix
 internal import Synchronization
 package import TerminusListeners
+package import TerminusMetrics
 
-/// The admin HTTP listener: liveness and readiness for Kubernetes probes.
+/// The admin HTTP listener: liveness and readiness for Kubernetes probes, and metrics.
 ///
 /// - `GET /healthz`: 200 while the process runs its event loops.
 /// - `GET /readyz`: 200 while the gateway accepts devices, 503 once draining started.
+/// - `GET /metrics`: the Prometheus text format (`MetricsExporter`).
 ///
-/// Two routes do not justify a web framework; this is a plain NIOHTTP1 handler. Keep it on
+/// Three routes do not justify a web framework; this is a plain NIOHTTP1 handler. Keep it on
 /// loopback or a cluster-internal port: it has no authentication.
 package final class AdminServer: Sendable {
     private let group: any EventLoopGroup
@@ -18,6 +20,7 @@ package final class AdminServer: Sendable {
     private let port: Int
     private let logger: Logger
     private let ready: @Sendable () -> Bool
+    private let metrics: MetricsExporter?
     private let channel = Mutex<(any Channel)?>(nil)
     /// Caps connections and closes idle ones: probes and scrapes are short.
     package let connectionGuard: ConnectionGuard
@@ -30,8 +33,10 @@ package final class AdminServer: Sendable {
         port: Int,
         limits: ConnectionGuard.Limits = AdminServer.defaultLimits,
         logger: Logger,
+        metrics: MetricsExporter? = nil,
         ready: @escaping @Sendable () -> Bool
     ) {
+        self.metrics = metrics
         self.connectionGuard = ConnectionGuard(name: "admin", limits: limits, logger: logger)
         self.group = group
         self.host = host
@@ -42,6 +47,7 @@ package final class AdminServer: Sendable {
 
     package func start() async throws -> SocketAddress {
         let ready = self.ready
+        let metrics = self.metrics
         let connectionGuard = self.connectionGuard
         let channel = try await ServerBootstrap(group: self.group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -56,7 +62,7 @@ package final class AdminServer: Sendable {
                 do {
                     guard try connectionGuard.admit(channel) else { return channel.eventLoop.makeSucceededVoidFuture() }
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
-                    try channel.pipeline.syncOperations.addHandler(AdminHandler(ready: ready))
+                    try channel.pipeline.syncOperations.addHandler(AdminHandler(ready: ready, metrics: metrics))
                     return channel.eventLoop.makeSucceededVoidFuture()
                 } catch {
                     return channel.eventLoop.makeFailedFuture(error)
@@ -81,10 +87,12 @@ final class AdminHandler: ChannelInboundHandler {
     typealias OutboundOut = HTTPServerResponsePart
 
     private let ready: @Sendable () -> Bool
+    private let metrics: MetricsExporter?
     private var head: HTTPRequestHead?
 
-    init(ready: @escaping @Sendable () -> Bool) {
+    init(ready: @escaping @Sendable () -> Bool, metrics: MetricsExporter?) {
         self.ready = ready
+        self.metrics = metrics
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -96,29 +104,62 @@ final class AdminHandler: ChannelInboundHandler {
         case .end:
             guard let head = self.head else { return }
             self.head = nil
-            let (status, body) = self.respond(head)
-            var buffer = context.channel.allocator.buffer(capacity: body.utf8.count)
-            buffer.writeString(body)
-            var headers = HTTPHeaders()
-            headers.add(name: "content-type", value: "text/plain; charset=utf-8")
-            headers.add(name: "content-length", value: "\(buffer.readableBytes)")
-            let keepAlive = head.isKeepAlive
-            if !keepAlive { headers.add(name: "connection", value: "close") }
-            context.write(
-                self.wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: status, headers: headers))),
-                promise: nil
-            )
-            context.write(self.wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
-            let done = context.writeAndFlush(self.wrapOutboundOut(.end(nil)))
-            if !keepAlive {
-                done.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+            if head.method == .GET || head.method == .HEAD, Self.path(head) == "/metrics", let metrics = self.metrics {
+                // Read on the loops; answered here when every loop has answered.
+                metrics.scrape(on: context.eventLoop).assumeIsolated().whenComplete { result in
+                    switch result {
+                    case .success(let text):
+                        self.write(
+                            head,
+                            .ok,
+                            text,
+                            contentType: "text/plain; version=0.0.4; charset=utf-8",
+                            context: context
+                        )
+                    case .failure:
+                        self.write(head, .internalServerError, "metrics failed\n", context: context)
+                    }
+                }
+                return
             }
+            let (status, body) = self.respond(head)
+            self.write(head, status, body, context: context)
         }
+    }
+
+    private func write(
+        _ head: HTTPRequestHead,
+        _ status: HTTPResponseStatus,
+        _ body: String,
+        contentType: String = "text/plain; charset=utf-8",
+        context: ChannelHandlerContext
+    ) {
+        var buffer = context.channel.allocator.buffer(capacity: body.utf8.count)
+        buffer.writeString(body)
+        var headers = HTTPHeaders()
+        headers.add(name: "content-type", value: contentType)
+        headers.add(name: "content-length", value: "\(buffer.readableBytes)")
+        let keepAlive = head.isKeepAlive
+        if !keepAlive { headers.add(name: "connection", value: "close") }
+        context.write(
+            self.wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: status, headers: headers))),
+            promise: nil
+        )
+        // HEAD: the headers of a GET, no body.
+        if head.method != .HEAD { context.write(self.wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil) }
+        let done = context.writeAndFlush(self.wrapOutboundOut(.end(nil)))
+        if !keepAlive {
+            done.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+        }
+    }
+
+    private static func path(_ head: HTTPRequestHead) -> String {
+        head.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? head.uri
     }
 
     func respond(_ head: HTTPRequestHead) -> (HTTPResponseStatus, String) {
         guard head.method == .GET || head.method == .HEAD else { return (.methodNotAllowed, "method not allowed\n") }
-        switch head.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? head.uri {
+        switch Self.path(head) {
         case "/healthz":
             return (.ok, "ok\n")
         case "/readyz":

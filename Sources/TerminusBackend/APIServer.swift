@@ -1,5 +1,5 @@
 package import Logging
-internal import NIOCore
+package import NIOCore
 internal import NIOHPACK
 internal import NIOHTTP2
 package import NIOPosix
@@ -9,6 +9,7 @@ internal import SwiftProtobuf
 internal import Synchronization
 internal import TerminusAPI
 package import TerminusListeners
+package import TerminusMetrics
 package import TerminusSessions
 
 /// How the API listener is secured and who it admits.
@@ -565,5 +566,16 @@ private final class APICallHandler: ChannelInboundHandler {
 extension String {
     fileprivate func leftPadded(to width: Int) -> String {
         self.count >= width ? self : String(repeating: "0", count: width - self.count) + self
+    }
+}
+
+extension APIServer: MetricsSource {
+    package func collectMetrics(on eventLoop: any EventLoop) -> EventLoopFuture<MetricsSnapshot> {
+        var snapshot = MetricsSnapshot()
+        self.connectionGuard.collect(into: &snapshot)
+        for (outcome, count) in self.service.sends.byOutcome {
+            snapshot.count(SeriesKey("terminus_downlink_sends_total", ["outcome": outcome]), count)
+        }
+        return eventLoop.makeSucceededFuture(snapshot)
     }
 }

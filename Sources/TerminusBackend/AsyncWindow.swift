@@ -48,6 +48,9 @@ final class AsyncWindow: Sendable {
     let capacity: Int
     private let state: Mutex<State>
 
+    /// Permits taken now.
+    var used: Int { self.capacity - self.state.withLock { $0.available } }
+
     init(capacity: Int) {
         self.capacity = max(1, capacity)
         self.state = Mutex(State(available: max(1, capacity)))

@@ -1,6 +1,7 @@
 package import Logging
 package import NIOCore
 package import ServiceLifecycle
+package import TerminusMetrics
 internal import TerminusRouting
 package import TerminusSessions
 
@@ -165,4 +166,16 @@ struct Rebalancer: Service {
 package struct RouterError: Error, CustomStringConvertible {
     package var description: String
     init(_ description: String) { self.description = description }
+}
+
+extension BackendRouter: MetricsSource {
+    /// Every service's deliveries, each read on its loop; a service's loops add up.
+    package func collectMetrics(on eventLoop: any EventLoop) -> EventLoopFuture<MetricsSnapshot> {
+        let parts = self.services.joined().map { $0.collectMetrics() }
+        return EventLoopFuture.whenAllSucceed(parts, on: eventLoop).map { parts in
+            var snapshot = MetricsSnapshot()
+            for part in parts { snapshot.merge(part) }
+            return snapshot
+        }
+    }
 }

@@ -58,6 +58,9 @@ final class ClientPool: Sendable {
     private let started: AsyncStream<Entry>
     private let starting: AsyncStream<Entry>.Continuation
 
+    /// Shared by the pool's streams.
+    let connects = ConnectCounts()
+
     init(subscription: Subscription, loop: any EventLoop, logger: Logger) {
         self.subscription = subscription
         self.loop = loop
@@ -95,7 +98,8 @@ final class ClientPool: Sendable {
             target: try self.target.get(),
             subscription: self.subscription,
             on: self.loop,
-            logger: self.logger
+            logger: self.logger,
+            connects: self.connects
         )
         let (retired, retirement) = AsyncStream.makeStream(of: Never.self)
         return Entry(stream: stream, retired: retired, retirement: retirement)

@@ -137,7 +137,17 @@ final class DeliveryStream: Sendable {
     /// How a stream that cannot open is re-opened (`Subscription.reconnect`).
     private let reconnect: TerminusProtocol.RetryPolicy
 
-    init(target: DeliveryTarget, subscription: Subscription, on loop: any EventLoop, logger: Logger) {
+    /// Connections made and failed, for `terminus_backend_connects_total`.
+    private let connects: ConnectCounts
+
+    init(
+        target: DeliveryTarget,
+        subscription: Subscription,
+        on loop: any EventLoop,
+        logger: Logger,
+        connects: ConnectCounts = ConnectCounts()
+    ) {
+        self.connects = connects
         self.loop = loop
         self.target = target
         self.subscription = subscription.name
@@ -223,6 +233,7 @@ final class DeliveryStream: Sendable {
         while !Task.isCancelled, !self.state.withLock({ $0.closed }) {
             do {
                 let (connection, stream) = try await self.open()
+                self.connects.succeeded.wrappingAdd(1, ordering: .relaxed)
                 let opened = self.state.withLock { state -> Bool in
                     guard !state.closed else { return false }
                     state.stream = stream
@@ -247,6 +258,7 @@ final class DeliveryStream: Sendable {
                     self.logFailure(error, failures: failures)
                 }
             } catch {
+                self.connects.failed.wrappingAdd(1, ordering: .relaxed)
                 self.logFailure(error, failures: failures)
             }
             let answered = self.state.withLock { state in
@@ -571,4 +583,10 @@ private final class GoAwayHandler: ChannelInboundHandler {
         self.stream.connectionFailed(error)
         context.close(promise: nil)
     }
+}
+
+/// Connections a service's streams opened and failed to open (rare: atomics will do).
+final class ConnectCounts: Sendable {
+    let succeeded = Atomic<Int>(0)
+    let failed = Atomic<Int>(0)
 }

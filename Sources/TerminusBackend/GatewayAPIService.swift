@@ -1,5 +1,6 @@
 internal import Foundation
 internal import NIOCore
+internal import Synchronization
 internal import TerminusAPI
 internal import TerminusProtocol
 internal import TerminusSessions
@@ -14,6 +15,9 @@ struct GatewayAPIService: Sendable {
     let defaultTTLMilliseconds: UInt32
     let maxPayloadSize: Int
     let maxTopicLength: Int
+    /// `Send` outcomes, for `terminus_downlink_sends_total` (API calls are rare next to
+    /// uplink messages: atomics will do).
+    let sends = SendCounts()
 
     /// At most this many device ids in one `Presence` call.
     static let maxPresenceIDs = 10_000
@@ -29,12 +33,15 @@ struct GatewayAPIService: Sendable {
         if let code = self.invalid(request) {
             response.outcome = .rejected
             response.deviceStatus = UInt32(code.rawValue)
+            self.sends.count(.rejected)
             return eventLoop.makeSucceededFuture(response)
         }
         guard let session = self.directory.lookup(request.deviceID) else {
             response.outcome = .offline
+            self.sends.count(.offline)
             return eventLoop.makeSucceededFuture(response)
         }
+        let sends = self.sends
         let ttl = request.ttlMs == 0 ? self.defaultTTLMilliseconds : request.ttlMs
         let instance = response
         return session.control.push(
@@ -55,6 +62,7 @@ struct GatewayAPIService: Sendable {
             case .connectionClosed:
                 response.outcome = .offline
             }
+            sends.count(response.outcome)
             return response
         }
     }
@@ -130,5 +138,32 @@ struct APITokens: Sendable {
             matched = matched || difference == 0
         }
         return matched
+    }
+}
+
+/// `Send` outcomes since start.
+final class SendCounts: Sendable {
+    private let delivered = Atomic<Int>(0)
+    private let rejected = Atomic<Int>(0)
+    private let timeout = Atomic<Int>(0)
+    private let offline = Atomic<Int>(0)
+
+    func count(_ outcome: Terminus_V1_SendResponse.Outcome) {
+        switch outcome {
+        case .delivered: self.delivered.wrappingAdd(1, ordering: .relaxed)
+        case .rejected: self.rejected.wrappingAdd(1, ordering: .relaxed)
+        case .timeout: self.timeout.wrappingAdd(1, ordering: .relaxed)
+        default: self.offline.wrappingAdd(1, ordering: .relaxed)
+        }
+    }
+
+    /// By the outcome's name in the API (`DELIVERED`, `OFFLINE`, `TIMEOUT`, `REJECTED`).
+    var byOutcome: [(String, Int)] {
+        [
+            ("delivered", self.delivered.load(ordering: .relaxed)),
+            ("offline", self.offline.load(ordering: .relaxed)),
+            ("timeout", self.timeout.load(ordering: .relaxed)),
+            ("rejected", self.rejected.load(ordering: .relaxed)),
+        ]
     }
 }

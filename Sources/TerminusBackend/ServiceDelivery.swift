@@ -4,6 +4,7 @@ internal import NIOCore
 internal import ServiceLifecycle
 internal import Synchronization
 package import TerminusAPI
+internal import TerminusMetrics
 internal import TerminusProtocol
 package import TerminusSessions
 
@@ -56,6 +57,8 @@ final class ServiceDelivery: Service, Sendable {
         var inFlight = 0
         /// `run` waits here for the queue to stop and its batches to settle.
         var finished: CheckedContinuation<Void, Never>?
+        /// Counts for the metrics (read on the loop at a scrape).
+        var counts = Counts()
 
         init(queue: DeliveryQueue<Entry>) {
             self.queue = queue
@@ -214,6 +217,7 @@ final class ServiceDelivery: Service, Sendable {
         }
         let sender = self.sender.value
         guard sender.queue.append(contentsOf: entries, now: now) else {
+            sender.counts.retryLater += count
             for index in 0..<count { ticket.add(self.notAccepted, at: index) }
             return
         }
@@ -269,14 +273,21 @@ final class ServiceDelivery: Service, Sendable {
             guard !batch.isEmpty else { break sending }
             sender.inFlight += 1
             guard let stream else {
+                sender.counts.unsentBatches += 1
                 self.settle(batch, answers: nil)
                 continue
             }
+            sender.counts.batchSize.record(Double(batch.count))
+            let written = self.eventLoop.now
             stream.send(
                 batch.map(\.message),
                 deadline: .milliseconds(self.subscription.deadlineMilliseconds)
             ) { result in
-                self.settle(batch, answers: self.answers(for: batch, result))
+                let answers = self.answers(for: batch, result)
+                let counts = self.sender.value.counts
+                counts.duration.record(Double((self.eventLoop.now - written).nanoseconds) / 1e9)
+                if answers == nil { counts.failedBatches += 1 } else { counts.answeredBatches += 1 }
+                self.settle(batch, answers: answers)
             }
         }
     }
@@ -332,24 +343,90 @@ final class ServiceDelivery: Service, Sendable {
         for (position, entry) in batch.enumerated() {
             switch answers?[position] {
             case .some(let result) where result.status == .accepted:
+                sender.counts.accepted += 1
                 entry.ticket.add(.accepted, at: entry.index)
             case .some(let result) where result.status == .rejected && !result.retryable:
+                sender.counts.rejected += 1
                 entry.ticket.add(.rejected(reason: result.reason), at: entry.index)
             default:
                 var again = entry
                 again.attempt += 1
                 if !self.subscription.retry.allows(attempt: again.attempt + 1) {
+                    sender.counts.retryLater += 1
                     entry.ticket.add(self.notAccepted, at: entry.index)
                 } else {
                     retry.append((again, .now + self.subscription.retry.delay(afterFailures: again.attempt)))
                 }
             }
         }
-        if !retry.isEmpty && !sender.queue.retry(retry) {
-            for (entry, _) in retry { entry.ticket.add(self.notAccepted, at: entry.index) }
+        if !retry.isEmpty {
+            if sender.queue.retry(retry) {
+                sender.counts.retries += retry.count
+            } else {
+                sender.counts.retryLater += retry.count
+                for (entry, _) in retry { entry.ticket.add(self.notAccepted, at: entry.index) }
+            }
         }
         if sender.waitingForStream || !retry.isEmpty { self.schedulePass() }
         self.finishIfDone()
+    }
+}
+
+/// A delivery's counts, confined to its loop like the rest of its state.
+final class Counts {
+    var answeredBatches = 0
+    var failedBatches = 0
+    var unsentBatches = 0
+    var batchSize = LoopHistogram(bounds: LoopHistogram.batchSizeBounds)
+    var duration = LoopHistogram(bounds: LoopHistogram.latencyBounds)
+    var accepted = 0
+    var rejected = 0
+    var retryLater = 0
+    var retries = 0
+}
+
+extension ServiceDelivery {
+    /// This delivery's figures, read on its loop.
+    func collectMetrics() -> EventLoopFuture<MetricsSnapshot> {
+        self.eventLoop.submit {
+            let sender = self.sender.value
+            let counts = sender.counts
+            let service = self.subscription.name
+            var snapshot = MetricsSnapshot()
+            for (outcome, value) in [
+                ("answered", counts.answeredBatches), ("failed", counts.failedBatches),
+                ("unsent", counts.unsentBatches),
+            ] {
+                snapshot.count(
+                    SeriesKey("terminus_delivery_batches_total", ["service": service, "outcome": outcome]),
+                    value
+                )
+            }
+            for (outcome, value) in [
+                ("accepted", counts.accepted), ("rejected", counts.rejected), ("retry_later", counts.retryLater),
+            ] {
+                snapshot.count(
+                    SeriesKey("terminus_delivery_messages_total", ["service": service, "outcome": outcome]),
+                    value
+                )
+            }
+            snapshot.count(SeriesKey("terminus_delivery_retries_total", ["service": service]), counts.retries)
+            snapshot.histogram(SeriesKey("terminus_delivery_batch_size", ["service": service]), counts.batchSize)
+            snapshot.histogram(SeriesKey("terminus_delivery_duration_seconds", ["service": service]), counts.duration)
+            snapshot.gauge(SeriesKey("terminus_delivery_window_used", ["service": service]), self.window.used)
+            snapshot.gauge(SeriesKey("terminus_delivery_window_size", ["service": service]), self.window.capacity)
+            snapshot.gauge(SeriesKey("terminus_delivery_batches_in_flight", ["service": service]), sender.inFlight)
+            let connects = self.pool.connects
+            snapshot.count(
+                SeriesKey("terminus_backend_connects_total", ["service": service, "outcome": "success"]),
+                connects.succeeded.load(ordering: .relaxed)
+            )
+            snapshot.count(
+                SeriesKey("terminus_backend_connects_total", ["service": service, "outcome": "failure"]),
+                connects.failed.load(ordering: .relaxed)
+            )
+            return snapshot
+        }
     }
 }
 

@@ -12,6 +12,8 @@ final class EdgeLoopContext {
     let deflater: Deflater
     let wheel: TimerWheel
     let batcher: UplinkBatcher
+    /// This loop's counts, read at a scrape.
+    let metrics: EdgeLoopMetrics
     /// For the sessions' outgoing frames and payload copies: plain `malloc`, read here to save a
     /// trip through the pipeline per frame. Not the channels' `SessionBufferAllocator`: these
     /// buffers are short-lived, and a 16–32 KiB payload copy would take an arena slot whose
@@ -37,7 +39,14 @@ final class EdgeLoopContext {
         self.inflater = try Inflater(limits: settings.inflateLimits, dictionaries: dictionaries)
         self.deflater = try Deflater(level: 6, dictionaries: dictionaries)
         self.wheel = TimerWheel(tick: settings.timerTick)
-        self.batcher = UplinkBatcher(eventLoop: eventLoop, sink: sink, maxBatchSize: settings.maxBatchSize)
+        let metrics = EdgeLoopMetrics()
+        self.metrics = metrics
+        self.batcher = UplinkBatcher(
+            eventLoop: eventLoop,
+            sink: sink,
+            maxBatchSize: settings.maxBatchSize,
+            metrics: metrics
+        )
         self.maxTracked = max(1, settings.maxConnections)
     }
 }

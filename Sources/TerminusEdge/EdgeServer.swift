@@ -5,6 +5,7 @@ package import NIOSSL
 internal import Synchronization
 package import TerminusCompression
 internal import TerminusListeners
+package import TerminusMetrics
 internal import TerminusProtocol
 package import TerminusSessions
 
@@ -186,6 +187,7 @@ package final class EdgeServer: Sendable {
                 now: .now()
             )
         {
+            shared.refusedAtCap.wrappingAdd(1, ordering: .relaxed)
             let (log, suppressed) = shared.transportLog.admit(
                 nowSeconds: NIODeadline.now().uptimeNanoseconds / 1_000_000_000
             )
@@ -275,6 +277,38 @@ package final class EdgeServer: Sendable {
         let contexts = self.shared.contexts
         for loop in contexts.loops {
             try? await loop.submit { contexts.context(for: loop).shutdown() }.get()
+        }
+    }
+}
+
+extension EdgeServer: MetricsSource {
+    /// Every loop's counts, each read on its loop; how long that read waited for its loop is
+    /// the loop's lag.
+    package func collectMetrics(on eventLoop: any EventLoop) -> EventLoopFuture<MetricsSnapshot> {
+        let contexts = self.shared.contexts
+        let parts = contexts.loops.enumerated().map { index, loop in
+            let queued = NIODeadline.now()
+            return loop.submit {
+                var snapshot = MetricsSnapshot()
+                let lag = Double((NIODeadline.now() - queued).nanoseconds) / 1e9
+                snapshot.gauge(SeriesKey("terminus_event_loop_lag_seconds", ["loop": "\(index)"]), lag)
+                contexts.context(for: loop).metrics.collect(into: &snapshot)
+                return snapshot
+            }
+        }
+        let shared = self.shared
+        return EventLoopFuture.whenAllSucceed(parts, on: eventLoop).map { parts in
+            var snapshot = MetricsSnapshot()
+            for part in parts { snapshot.merge(part) }
+            snapshot.gauge(SeriesKey("terminus_event_loops"), contexts.loops.count)
+            snapshot.count(
+                SeriesKey("terminus_connections_refused_total", ["listener": "device"]),
+                shared.refusedAtCap.load(ordering: .relaxed)
+            )
+            snapshot.count(SeriesKey("terminus_accept_failures_total"), shared.acceptFailures.load(ordering: .relaxed))
+            snapshot.count(SeriesKey("terminus_read_pauses_total"), shared.readPauses.load(ordering: .relaxed))
+            snapshot.count(SeriesKey("terminus_output_stalls_total"), shared.outputStalls.load(ordering: .relaxed))
+            return snapshot
         }
     }
 }

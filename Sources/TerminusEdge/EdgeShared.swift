@@ -30,6 +30,8 @@ final class EdgeShared: Sendable {
     /// them must not drown the log.
     let transportLog = LogThrottle(linesPerSecond: 20)
     let acceptFailures = Atomic<Int>(0)
+    /// Connections refused at `max_connections` (`SERVER_BUSY`) before any session existed.
+    let refusedAtCap = Atomic<Int>(0)
     let authThrottle: AuthenticationThrottle
     private let acceptLog = LogThrottle(linesPerSecond: 1)
 

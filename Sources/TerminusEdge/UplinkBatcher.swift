@@ -1,4 +1,5 @@
 internal import NIOCore
+internal import TerminusMetrics
 internal import TerminusProtocol
 internal import TerminusSessions
 
@@ -29,15 +30,25 @@ final class UplinkBatcher {
     private var messages: [UplinkMessage] = []
     private var waiters: [((any DeliveryWaiter)?, UInt32, DeliveryKind)] = []
     private var flushScheduled = false
+    /// When the batch being gathered got its first message (this tick).
+    private var startedAt = NIODeadline.uptimeNanoseconds(0)
+    private let metrics: EdgeLoopMetrics
 
-    init(eventLoop: any EventLoop, sink: any UplinkSink, maxBatchSize: Int) {
+    init(
+        eventLoop: any EventLoop,
+        sink: any UplinkSink,
+        maxBatchSize: Int,
+        metrics: EdgeLoopMetrics = EdgeLoopMetrics()
+    ) {
         self.eventLoop = eventLoop
         self.sink = sink
         self.maxBatchSize = max(1, maxBatchSize)
+        self.metrics = metrics
     }
 
     /// - Parameter waiter: the session to tell the outcome, if any.
     func enqueue(_ message: UplinkMessage, waiter: (any DeliveryWaiter)?, kind: DeliveryKind) {
+        if self.messages.isEmpty { self.startedAt = self.eventLoop.now }
         self.messages.append(message)
         self.waiters.append((waiter, message.messageID, kind))
         if self.messages.count >= self.maxBatchSize {
@@ -55,6 +66,7 @@ final class UplinkBatcher {
         // Hand the arrays over (no copy); the next batch starts fresh ones.
         let batch = self.messages
         let waiters = self.waiters
+        let startedAt = self.startedAt
         self.messages = []
         self.waiters = []
         self.sink.deliver(batch, on: self.eventLoop)
@@ -69,6 +81,7 @@ final class UplinkBatcher {
                     // A failed or malformed sink answer: nothing was accepted; ask devices to resend.
                     outcomes = Array(repeating: .retryLater(afterSeconds: 1), count: waiters.count)
                 }
+                self.count(outcomes, waiters: waiters, startedAt: startedAt)
                 // One pass, while each session's state is in the cache: a session's messages sit
                 // next to each other in the batch (one read each per tick), so its ACKs are
                 // flushed when the next message is another session's. A session seen again later
@@ -81,5 +94,37 @@ final class UplinkBatcher {
                     if next !== waiter { waiter.flushAcks() }
                 }
             }
+    }
+
+    /// Uplink outcomes by QoS, and the QoS 1 messages' publish→ack latency (one value for the
+    /// batch: its messages were read in the same tick).
+    private func count(
+        _ outcomes: [DeliveryOutcome],
+        waiters: [((any DeliveryWaiter)?, UInt32, DeliveryKind)],
+        startedAt: NIODeadline
+    ) {
+        var acknowledged = 0
+        for (position, waiter) in waiters.enumerated() {
+            let qos: QoS
+            switch waiter.2 {
+            case .connectedEvent: continue
+            case .atMostOnce: qos = .atMostOnce
+            case .atLeastOnce:
+                qos = .atLeastOnce
+                acknowledged += 1
+            }
+            let outcome: EdgeLoopMetrics.UplinkOutcome =
+                switch outcomes[position] {
+                case .accepted: .ok
+                case .noRoute: .noRoute
+                case .rejected: .rejected
+                case .retryLater: .retryLater
+                }
+            self.metrics.uplink(qos: qos, outcome)
+        }
+        if acknowledged > 0 {
+            let seconds = Double((self.eventLoop.now - startedAt).nanoseconds) / 1e9
+            self.metrics.publishAck.record(seconds, times: acknowledged)
+        }
     }
 }

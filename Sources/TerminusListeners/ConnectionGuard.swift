@@ -1,6 +1,7 @@
 package import Logging
 package import NIOCore
 internal import Synchronization
+package import TerminusMetrics
 
 /// Bounds what one internal listener (the backend API, the admin port) can be made to hold:
 /// at most `maxConnections` connections at once (more are closed at accept), and none that
@@ -23,6 +24,7 @@ package final class ConnectionGuard: Sendable {
     package let limits: Limits
     private let logger: Logger
     private let open = Atomic<Int>(0)
+    private let accepted = Atomic<Int>(0)
     private let refused = Atomic<Int>(0)
     private let idleClosed = Atomic<Int>(0)
     private let lastRefusalLog = Atomic<UInt64>(0)
@@ -40,9 +42,28 @@ package final class ConnectionGuard: Sendable {
     /// Connections closed for sending nothing within the idle timeout, since start.
     package var idleClosedConnections: Int { self.idleClosed.load(ordering: .relaxed) }
 
+    /// This listener's figures, labelled `listener` with the guard's name.
+    package func collect(into snapshot: inout MetricsSnapshot) {
+        let listener = self.name
+        snapshot.gauge(
+            SeriesKey("terminus_connections", ["listener": listener, "state": "open"]),
+            self.openConnections
+        )
+        snapshot.count(
+            SeriesKey("terminus_connections_accepted_total", ["listener": listener]),
+            self.accepted.load(ordering: .relaxed)
+        )
+        snapshot.count(SeriesKey("terminus_connections_refused_total", ["listener": listener]), self.refusedConnections)
+        snapshot.count(
+            SeriesKey("terminus_connections_idle_closed_total", ["listener": listener]),
+            self.idleClosedConnections
+        )
+    }
+
     /// Admits `channel` (returns false and closes it when the listener is full) and, when
     /// admitted, adds the idle handler first in its pipeline. Call on the channel's loop.
     package func admit(_ channel: any Channel) throws -> Bool {
+        self.accepted.wrappingAdd(1, ordering: .relaxed)
         let count = self.open.wrappingAdd(1, ordering: .relaxed).newValue
         channel.closeFuture.whenComplete { _ in self.open.wrappingSubtract(1, ordering: .relaxed) }
         guard count <= self.limits.maxConnections else {

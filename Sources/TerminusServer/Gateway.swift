@@ -10,6 +10,8 @@ internal import TerminusAuth
 internal import TerminusBackend
 internal import TerminusCompression
 internal import TerminusEdge
+internal import TerminusListeners
+package import TerminusMetrics
 package import TerminusSessions
 
 /// The composition root: builds the event loops, TLS context, secrets, dictionaries, the device
@@ -37,6 +39,8 @@ package final class Gateway: Service, Sendable {
     /// Settled when every listener is bound, or the run failed.
     private let startup = Latch<SocketAddress>()
     private let runTask = Mutex<Task<Void, any Error>?>(nil)
+    /// What `/metrics` on the admin listener renders.
+    package let metrics = MetricsExporter()
 
     package init(
         configuration: GatewayConfiguration,
@@ -126,8 +130,10 @@ package final class Gateway: Service, Sendable {
                 port: listen.port,
                 limits: configuration.adminLimits,
                 logger: logger,
+                metrics: self.metrics,
                 ready: { ready.isReady }
             )
+            self.metrics.add(ClosureMetricsSource { admin.connectionGuard.collect(into: &$0) })
             let bound = Latch<SocketAddress>()
             self.adminBound = bound
             parts.append(
@@ -157,6 +163,18 @@ package final class Gateway: Service, Sendable {
         )
         self.services = ServiceGroup(
             configuration: .init(services: parts.map { .init(service: $0) }, logger: logger)
+        )
+        self.metrics.add(self.edge)
+        if let router = self.router { self.metrics.add(router) }
+        if let api = self.api { self.metrics.add(api) }
+        _ = ProcessMetrics.startTime
+        self.metrics.add(
+            ClosureMetricsSource { [weak self] snapshot in
+                ProcessMetrics.collect(into: &snapshot)
+                snapshot.gauge(SeriesKey("terminus_ready"), ready.isReady ? 1 : 0)
+                let draining = self?.draining.load(ordering: .relaxed) ?? true
+                snapshot.gauge(SeriesKey("terminus_draining"), draining ? 1 : 0)
+            }
         )
     }
 
@@ -255,6 +273,7 @@ package final class Gateway: Service, Sendable {
                     }
                 }
             } onGracefulShutdown: {
+                self.draining.store(true, ordering: .relaxed)
                 self.readyFlag.set(false)
                 self.logger.info("graceful shutdown requested")
             }

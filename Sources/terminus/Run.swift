@@ -1,9 +1,12 @@
 import ArgumentParser
 import Foundation
 import Logging
+import Metrics
 import NIOCore
+import Prometheus
 import ServiceLifecycle
 import TerminusEdge
+import TerminusMetrics
 import TerminusServer
 import UnixSignals
 
@@ -79,6 +82,8 @@ struct Run: AsyncParsableCommand {
         Self.raiseFileLimit(configuration: &configuration, logger: logger)
 
         let gateway = try Gateway(configuration: configuration, logger: logger)
+        // Whatever a library reports through swift-metrics lands in the gateway's scrape too.
+        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: gateway.metrics.registry))
         if let material {
             Self.printDevelopmentBanner(material: material, configuration: configuration, logger: logger)
         } else {

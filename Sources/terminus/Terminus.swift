@@ -1,8 +1,9 @@
 import ArgumentParser
+import TerminusMetrics
 
 @main
 struct Terminus: AsyncParsableCommand {
-    static let version = "0.1.0"
+    static let version = BuildInfo.version
 
     static let configuration = CommandConfiguration(
         commandName: "terminus",

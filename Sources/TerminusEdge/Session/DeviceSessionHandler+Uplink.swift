@@ -94,6 +94,8 @@ extension DeviceSessionHandler {
             control: SessionControl(handler: self, eventLoop: context.eventLoop)
         )
         self.handle = handle
+        self.loop.metrics.authentications += 1
+        self.movePhase(to: .established)
         if let displaced = self.shared.directory.register(handle) {
             displaced.control.goAway(.replaced, reconnectAfterMilliseconds: WireProtocol.doNotReconnect, message: "")
         }
@@ -152,6 +154,7 @@ extension DeviceSessionHandler {
         case .deliver(let pause):
             if pause {
                 self.shared.readPauses.wrappingAdd(1, ordering: .relaxed)
+                self.countPaused()
                 self.shared.logger.debug(
                     "pending limit reached; reads paused",
                     metadata: ["device": "\(self.deviceID ?? "?")"]
@@ -159,6 +162,7 @@ extension DeviceSessionHandler {
             }
         case .refuse(let seconds):
             self.shared.rateLimited.wrappingAdd(1, ordering: .relaxed)
+            self.loop.metrics.uplink(qos: message.qos, .rateLimited)
             if message.qos == .atLeastOnce, let context = self.context {
                 let ack = Ack(messageID: message.messageID, status: .rateLimited, retryAfterSeconds: seconds)
                 self.write(.ack(ack), context: context)
@@ -168,6 +172,7 @@ extension DeviceSessionHandler {
             return
         case .drop:
             self.shared.droppedQoS0.wrappingAdd(1, ordering: .relaxed)
+            self.loop.metrics.uplink(qos: message.qos, .dropped)
             return
         case .close(let action):
             let text =
@@ -208,11 +213,14 @@ extension DeviceSessionHandler {
     private func payload(of message: Message) throws(ProtocolError) -> ByteBuffer {
         if message.compressed {
             do {
-                return try self.loop.inflater.inflate(
+                let inflated = try self.loop.inflater.inflate(
                     message.payload,
                     dictionaryID: message.dictionaryID,
                     allocator: self.loop.allocator
                 )
+                self.loop.metrics.inflateInput &+= message.payload.readableBytes
+                self.loop.metrics.inflateOutput &+= inflated.readableBytes
+                return inflated
             } catch {
                 switch error.kind {
                 case .limitExceeded: throw ProtocolError(.inflateLimitExceeded, error.message)
@@ -263,7 +271,10 @@ extension DeviceSessionHandler {
             self.write(.ack(outcome.ack(for: messageID)), context: context)
             self.needsFlush = true
         }
-        if action.resumeReading { self.resumeReading(context: context) }
+        if action.resumeReading {
+            self.resumeReading(context: context)
+            self.countPaused()
+        }
         if action.closeNow {
             self.flushAcks()
             context.close(promise: nil)

@@ -3,6 +3,7 @@ internal import NIOCore
 internal import NIOSSL
 internal import NIOTLS
 internal import Synchronization
+internal import TerminusMetrics
 internal import TerminusProtocol
 internal import TerminusSessions
 
@@ -55,6 +56,10 @@ final class DeviceSessionHandler: ChannelDuplexHandler, TimerWheelTarget, Delive
     /// Bytes of a frame not complete yet; nil between frames (the usual idle state).
     var partialFrame: ByteBuffer?
     var armedTick: Int?
+    /// Where `terminus_connections` counts this connection, and whether `terminus_paused_devices`
+    /// counts it (the loop's `EdgeLoopMetrics`).
+    var metricsPhase = EdgeLoopMetrics.Phase.closed
+    var countedPaused = false
 
     init(shared: EdgeShared, loop: EdgeLoopContext, now: NIODeadline) {
         self.shared = shared
@@ -91,6 +96,8 @@ final class DeviceSessionHandler: ChannelDuplexHandler, TimerWheelTarget, Delive
         let now = self.now
         self.loop.wheel.schedule(self, at: self.machine.deadline, now: now)
         self.loop.trackUnauthenticated(self, now: now)
+        self.loop.metrics.accepted += 1
+        self.movePhase(to: self.shared.usesTLS ? .handshake : .authenticating)
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
@@ -109,6 +116,12 @@ final class DeviceSessionHandler: ChannelDuplexHandler, TimerWheelTarget, Delive
                     self.certificateDeviceID = CertificateIdentity.deviceID(of: certificate)
                 }
                 let now = self.now
+                if let started = self.machine.handshakeStartedAt {
+                    let metrics = self.loop.metrics
+                    metrics.handshakesCompleted += 1
+                    metrics.handshakeDuration.record(Double((now - started).nanoseconds) / 1e9)
+                    self.movePhase(to: .authenticating)
+                }
                 self.machine.handshakeCompleted(now: now)
                 self.loop.wheel.schedule(self, at: self.machine.deadline, now: now)
             }
@@ -137,6 +150,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, TimerWheelTarget, Delive
         case .none:
             break
         }
+        self.countPaused()
         context.fireChannelWritabilityChanged()
     }
 
@@ -175,6 +189,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, TimerWheelTarget, Delive
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var buffer = self.unwrapInboundIn(data)
+        self.loop.metrics.bytesReceived &+= buffer.readableBytes
         if var partial = self.partialFrame {
             self.partialFrame = nil
             partial.writeBuffer(&buffer)
@@ -203,6 +218,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, TimerWheelTarget, Delive
                 return
             }
             guard let frame else { break }
+            self.loop.metrics.framesReceived &+= 1
             self.frameReceived(frame, context: context)
         }
         guard self.machine.isReading else { return }
@@ -226,6 +242,14 @@ final class DeviceSessionHandler: ChannelDuplexHandler, TimerWheelTarget, Delive
 
     func channelInactive(context: ChannelHandlerContext) {
         let inactive = self.machine.channelInactive(partialFrame: self.partialFrame != nil)
+        self.loop.metrics.closed(
+            code: Self.eventCode(inactive.reason),
+            reason: inactive.reason,
+            phase: self.metricsPhase,
+            usesTLS: self.shared.usesTLS
+        )
+        self.movePhase(to: .closed)
+        self.countPaused()
         self.aliases = nil
         self.partialFrame = nil
         self.failPendingPushes()
@@ -267,7 +291,24 @@ final class DeviceSessionHandler: ChannelDuplexHandler, TimerWheelTarget, Delive
     func write(_ frame: Frame, context: ChannelHandlerContext) {
         var buffer = self.loop.allocator.buffer(capacity: 32)
         buffer.writeFrame(frame)
+        let metrics = self.loop.metrics
+        metrics.framesSent &+= 1
+        metrics.bytesSent &+= buffer.readableBytes
         context.write(self.wrapOutboundOut(buffer), promise: nil)
+    }
+
+    func movePhase(to phase: EdgeLoopMetrics.Phase) {
+        self.loop.metrics.moved(from: self.metricsPhase, to: phase)
+        self.metricsPhase = phase
+    }
+
+    /// Keeps `terminus_paused_devices` in step with the machine after anything that may pause
+    /// or resume reading (a closed session counts as not paused).
+    func countPaused() {
+        let paused = self.machine.readsPaused && self.metricsPhase != .closed
+        guard paused != self.countedPaused else { return }
+        self.countedPaused = paused
+        self.loop.metrics.pausedDevices += paused ? 1 : -1
     }
 
     func flushAcks() {

@@ -339,6 +339,12 @@ package struct DeviceSessionStateMachine: Sendable {
 
     // MARK: Transport
 
+    /// When the TLS handshake started (the connection was accepted), while it runs.
+    package var handshakeStartedAt: NIODeadline? {
+        guard case .awaitingHandshake(let deadline) = self.state else { return nil }
+        return deadline - self.timeouts.handshake
+    }
+
     package mutating func handshakeCompleted(now: NIODeadline) {
         guard case .awaitingHandshake = self.state else { return }
         self.state = .awaitingCredential(deadline: now + self.timeouts.hello)
