@@ -103,10 +103,11 @@ final class UplinkBatcher {
         waiters: [((any DeliveryWaiter)?, UInt32, DeliveryKind)],
         startedAt: NIODeadline
     ) {
+        let metrics = self.metrics
         var acknowledged = 0
-        for (position, waiter) in waiters.enumerated() {
+        for position in waiters.indices {
             let qos: QoS
-            switch waiter.2 {
+            switch waiters[position].2 {
             case .connectedEvent: continue
             case .atMostOnce: qos = .atMostOnce
             case .atLeastOnce:
@@ -120,11 +121,11 @@ final class UplinkBatcher {
                 case .rejected: .rejected
                 case .retryLater: .retryLater
                 }
-            self.metrics.uplink(qos: qos, outcome)
+            metrics.uplink(qos: qos, outcome)
         }
         if acknowledged > 0 {
             let seconds = Double((self.eventLoop.now - startedAt).nanoseconds) / 1e9
-            self.metrics.publishAck.record(seconds, times: acknowledged)
+            metrics.publishAck.record(seconds, times: acknowledged)
         }
     }
 }

@@ -202,6 +202,9 @@ final class DeviceSessionHandler: ChannelDuplexHandler, TimerWheelTarget, Delive
     /// bytes wait, at most one read's worth, since reading is paused too); keeps the rest.
     func decode(_ input: ByteBuffer, context: ChannelHandlerContext) {
         var buffer = input
+        // Counted once per read, not per frame (each `self.loop` is a reference count's round trip).
+        var frames = 0
+        defer { if frames > 0 { self.loop.metrics.framesReceived &+= frames } }
         while self.machine.isReading && !self.machine.decodingHeld {
             let frame: Frame?
             do {
@@ -218,7 +221,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, TimerWheelTarget, Delive
                 return
             }
             guard let frame else { break }
-            self.loop.metrics.framesReceived &+= 1
+            frames += 1
             self.frameReceived(frame, context: context)
         }
         guard self.machine.isReading else { return }
@@ -289,9 +292,10 @@ final class DeviceSessionHandler: ChannelDuplexHandler, TimerWheelTarget, Delive
     // MARK: Helpers
 
     func write(_ frame: Frame, context: ChannelHandlerContext) {
-        var buffer = self.loop.allocator.buffer(capacity: 32)
+        let loop = self.loop
+        var buffer = loop.allocator.buffer(capacity: 32)
         buffer.writeFrame(frame)
-        let metrics = self.loop.metrics
+        let metrics = loop.metrics
         metrics.framesSent &+= 1
         metrics.bytesSent &+= buffer.readableBytes
         context.write(self.wrapOutboundOut(buffer), promise: nil)
