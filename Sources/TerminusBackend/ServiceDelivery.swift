@@ -59,6 +59,8 @@ final class ServiceDelivery: Service, Sendable {
         var finished: CheckedContinuation<Void, Never>?
         /// Counts for the metrics (read on the loop at a scrape).
         var counts = Counts()
+        /// What failed since the last outage line (`reportOutage`).
+        var outage = Outage()
 
         init(queue: DeliveryQueue<Entry>) {
             self.queue = queue
@@ -218,6 +220,8 @@ final class ServiceDelivery: Service, Sendable {
         let sender = self.sender.value
         guard sender.queue.append(contentsOf: entries, now: now) else {
             sender.counts.retryLater += count
+            sender.outage.retryLater += count
+            self.reportOutage()
             for index in 0..<count { ticket.add(self.notAccepted, at: index) }
             return
         }
@@ -274,6 +278,7 @@ final class ServiceDelivery: Service, Sendable {
             sender.inFlight += 1
             guard let stream else {
                 sender.counts.unsentBatches += 1
+                sender.outage.unsentBatches += 1
                 self.settle(batch, answers: nil)
                 continue
             }
@@ -307,31 +312,45 @@ final class ServiceDelivery: Service, Sendable {
         }
     }
 
-    /// The backend's per-message answers, or nil when the batch failed (logged).
+    /// The backend's per-message answers, or nil when the batch failed (counted for the next
+    /// outage line).
     private func answers(
         for batch: [Entry],
         _ result: Result<Terminus_V1_DeliverResponse, any Error>
     ) -> [Terminus_V1_DeliverResult]? {
+        let outage: String
         switch result {
         case .success(let response) where response.results.count == batch.count:
             return response.results
         case .success(let response):
-            self.logger.error(
-                "backend answered with the wrong number of results",
-                metadata: [
-                    "service": "\(self.subscription.name)", "sent": "\(batch.count)",
-                    "results": "\(response.results.count)",
-                ]
-            )
+            outage = "the backend answered \(response.results.count) results for \(batch.count) messages"
         case .failure(let error):
-            self.logger.warning(
-                "backend delivery failed",
-                metadata: [
-                    "service": "\(self.subscription.name)", "messages": "\(batch.count)", "error": "\(error)",
-                ]
-            )
+            outage = "\(error)"
         }
+        let sender = self.sender.value
+        sender.outage.failedBatches += 1
+        sender.outage.lastError = outage
         return nil
+    }
+
+    /// A backend outage logs at most one line per `Outage.interval` per service and loop,
+    /// with what it cost since the line before: batches failed or not sent, messages answered
+    /// `RETRY_LATER`, the last error. (Per batch, an outage of a busy service would write
+    /// thousands of lines a second.)
+    private func reportOutage() {
+        let sender = self.sender.value
+        guard sender.outage.hasNews else { return }
+        let now = self.eventLoop.now
+        if let last = sender.outage.loggedAt, now - last < Outage.interval { return }
+        let outage = sender.outage
+        sender.outage = Outage(loggedAt: now)
+        var metadata: Logger.Metadata = [
+            "service": "\(self.subscription.name)", "failed_batches": "\(outage.failedBatches)",
+            "unsent_batches": "\(outage.unsentBatches)", "retry_later": "\(outage.retryLater)",
+        ]
+        if let since = outage.loggedAt { metadata["since_ms"] = "\((now - since).nanoseconds / 1_000_000)" }
+        if let error = outage.lastError { metadata["last_error"] = "\(error)" }
+        self.logger.warning("backend not accepting messages; devices told to resend", metadata: metadata)
     }
 
     /// Settles each message of a sent batch (on the loop): final outcome, or back into the
@@ -353,6 +372,7 @@ final class ServiceDelivery: Service, Sendable {
                 again.attempt += 1
                 if !self.subscription.retry.allows(attempt: again.attempt + 1) {
                     sender.counts.retryLater += 1
+                    sender.outage.retryLater += 1
                     entry.ticket.add(self.notAccepted, at: entry.index)
                 } else {
                     retry.append((again, .now + self.subscription.retry.delay(afterFailures: again.attempt)))
@@ -364,12 +384,39 @@ final class ServiceDelivery: Service, Sendable {
                 sender.counts.retries += retry.count
             } else {
                 sender.counts.retryLater += retry.count
+                sender.outage.retryLater += retry.count
                 for (entry, _) in retry { entry.ticket.add(self.notAccepted, at: entry.index) }
             }
         }
         if sender.waitingForStream || !retry.isEmpty { self.schedulePass() }
+        if answers != nil, let since = sender.outage.loggedAt {
+            // Answered again after an outage line: say so once, with what the rest cost.
+            let outage = sender.outage
+            sender.outage = Outage()
+            self.logger.info(
+                "backend accepting messages again",
+                metadata: [
+                    "service": "\(self.subscription.name)", "failed_batches": "\(outage.failedBatches)",
+                    "unsent_batches": "\(outage.unsentBatches)", "retry_later": "\(outage.retryLater)",
+                    "since_ms": "\((self.eventLoop.now - since).nanoseconds / 1_000_000)",
+                ]
+            )
+        }
+        self.reportOutage()
         self.finishIfDone()
     }
+}
+
+/// What a backend outage cost since its last log line.
+struct Outage {
+    static let interval = TimeAmount.seconds(10)
+    var loggedAt: NIODeadline?
+    var failedBatches = 0
+    var unsentBatches = 0
+    var retryLater = 0
+    var lastError: String?
+
+    var hasNews: Bool { self.failedBatches > 0 || self.unsentBatches > 0 || self.retryLater > 0 }
 }
 
 /// A delivery's counts, confined to its loop like the rest of its state.

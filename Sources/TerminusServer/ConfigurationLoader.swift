@@ -61,6 +61,7 @@ package enum ConfigurationLoader {
         ("api", APIKey.self),
         ("api.tls", APITLSKey.self),
         ("admin", AdminKey.self),
+        ("log", LogKey.self),
     ]
 
     /// Every key the loader reads, as a dotted path (`services[].retry.attempts`); keys that
@@ -95,6 +96,19 @@ package enum ConfigurationLoader {
         case services
         case api
         case admin
+        case log
+    }
+
+    enum LogKey: String, SectionKeys {
+        case level
+        case format
+    }
+
+    private static func decodeLevel(_ level: String, key: String) throws -> Logger.Level {
+        guard let parsed = Logger.Level(rawValue: level) else {
+            throw ConfigurationError(key: key, "must be one of trace, debug, info, notice, warning, error, critical")
+        }
+        return parsed
     }
 
     private static func decodeRoot(_ root: Keyed<RootKey>, into config: inout GatewayConfiguration, base: String) throws
@@ -108,14 +122,15 @@ package enum ConfigurationLoader {
             config.instanceID = ProcessInfo.processInfo.hostName
         }
         config.edge.instanceID = config.instanceID
-        if let level = try root.string(.logLevel) {
-            guard let parsed = Logger.Level(rawValue: level) else {
-                throw ConfigurationError(
-                    key: "log_level",
-                    "must be one of trace, debug, info, notice, warning, error, critical"
-                )
+        if let level = try root.string(.logLevel) { config.logLevel = try Self.decodeLevel(level, key: "log_level") }
+        if let log = try root.section(.log, LogKey.self) {
+            if let level = try log.string(.level) { config.logLevel = try Self.decodeLevel(level, key: "log.level") }
+            if let format = try log.string(.format) {
+                guard let parsed = TerminusLogHandler.Format(rawValue: format) else {
+                    throw ConfigurationError(key: "log.format", "must be text or json")
+                }
+                config.logFormat = parsed
             }
-            config.logLevel = parsed
         }
         if let threads = try root.int(.eventLoopThreads, in: 0...1024) { config.eventLoopThreads = threads }
         guard let device = try root.section(.device, DeviceKey.self) else {

@@ -74,6 +74,8 @@ package struct GatewayConfiguration: Sendable {
     package var developmentMode = false
     package var instanceID = "terminus"
     package var logLevel: Logger.Level = .info
+    /// `log.format`: `text` (default) or `json` lines (`TerminusLogHandler`).
+    package var logFormat: TerminusLogHandler.Format = .text
     /// 0: one per core.
     package var eventLoopThreads = 0
 

@@ -24,11 +24,20 @@ struct Run: AsyncParsableCommand {
     @Option(name: .long, help: "Backend API listener (Send, Kick, Presence), overriding the file (HOST:PORT).")
     var apiListen: String?
 
-    @Option(name: .long, help: "Admin HTTP listener (/healthz, /readyz), overriding the file (HOST:PORT).")
+    @Option(name: .long, help: "Admin HTTP listener (/healthz, /readyz, /metrics), overriding the file (HOST:PORT).")
     var adminListen: String?
+
+    @Option(name: .long, help: "Log lines as text or json, overriding log.format.")
+    var logFormat: String?
 
     @Option(name: .long, help: "Development mode's directory for the generated CA, certificate and secret.")
     var devDirectory: String = DevelopmentMode.defaultDirectory
+
+    func validate() throws {
+        if let logFormat, TerminusLogHandler.Format(rawValue: logFormat) == nil {
+            throw ValidationError("--log-format must be text or json")
+        }
+    }
 
     func run() async throws {
         var configuration: GatewayConfiguration
@@ -73,10 +82,9 @@ struct Run: AsyncParsableCommand {
             configuration.adminListen = parsed
         }
         let level = configuration.logLevel
+        let format = self.logFormat.flatMap(TerminusLogHandler.Format.init(rawValue:)) ?? configuration.logFormat
         LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
+            TerminusLogHandler(label: label, format: format, level: level)
         }
         let logger = Logger(label: "terminus")
         Self.raiseFileLimit(configuration: &configuration, logger: logger)

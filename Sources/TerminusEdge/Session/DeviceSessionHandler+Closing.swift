@@ -18,16 +18,17 @@ extension DeviceSessionHandler {
 
     /// Carries out a close the machine decided: GOAWAY when a frame can still be sent, then
     /// close, now or once the outcomes still owed are written (the close grace bounds both).
-    func execute(_ action: DeviceSessionStateMachine.CloseAction, message: String) {
+    /// - Parameter claimedDevice: the device id a refused HELLO named (logged; not trusted).
+    func execute(_ action: DeviceSessionStateMachine.CloseAction, message: String, claimedDevice: String? = nil) {
         guard let context = self.context else { return }
         switch action {
         case .none:
             return
         case .closeSilently(let reason):
-            self.logClose(reason, message)
+            self.logClose(reason, message, claimedDevice: claimedDevice)
             context.close(promise: nil)
         case .goAway(let reason, let reconnectAfter, let closeNow):
-            self.logClose(reason, message)
+            self.logClose(reason, message, claimedDevice: claimedDevice)
             let goAway = GoAway(
                 code: TerminusCode(reason),
                 reconnectAfterMilliseconds: reconnectAfter,
@@ -57,12 +58,17 @@ extension DeviceSessionHandler {
         context.close(promise: nil)
     }
 
-    func logClose(_ reason: SessionCloseReason, _ message: String) {
+    func logClose(_ reason: SessionCloseReason, _ message: String, claimedDevice: String? = nil) {
         let code = TerminusCode(reason)
         var metadata: Logger.Metadata = [
             "code": "\(code.name)", "client": "\(self.clientAddress)", "connection": "\(self.connectionID)",
         ]
-        if let device = self.deviceID { metadata["device"] = "\(device)" }
+        if let device = self.deviceID {
+            metadata["device"] = "\(device)"
+        } else if let claimed = claimedDevice, !claimed.isEmpty {
+            // What the device said it was; at most 128 characters of it (the log escapes the rest).
+            metadata["device"] = "\(claimed.prefix(128))"
+        }
         if !message.isEmpty { metadata["reason"] = "\(message)" }
         if reason.isOrderly {
             self.shared.logger.info("closing device connection", metadata: metadata)

@@ -59,7 +59,7 @@ extension DeviceSessionHandler {
         case .authenticate:
             break
         case .close(let close):
-            self.execute(close, message: Self.refusalMessage(close))
+            self.execute(close, message: Self.refusalMessage(close), claimedDevice: hello.deviceID)
             return
         case .ignore:
             return
@@ -77,7 +77,11 @@ extension DeviceSessionHandler {
             )
         } catch {
             self.shared.authThrottle.failed(self.clientAddress, now: now)
-            self.execute(self.machine.authenticationFailed(error, now: now), message: error.message)
+            self.execute(
+                self.machine.authenticationFailed(error, now: now),
+                message: error.message,
+                claimedDevice: hello.deviceID
+            )
             return
         }
         let keepalive = settings.negotiatedKeepalive(requested: hello.keepaliveSeconds)
