@@ -32,7 +32,8 @@ package final class BackendRouter: UplinkSink, Sendable {
         subscriptions: [Subscription],
         instanceID: String,
         group: any EventLoopGroup,
-        logger: Logger
+        logger: Logger,
+        shutdown: ShutdownDeadline = ShutdownDeadline()
     ) throws {
         guard subscriptions.count <= Self.maxServices else {
             throw RouterError("at most \(Self.maxServices) services can be configured")
@@ -50,7 +51,8 @@ package final class BackendRouter: UplinkSink, Sendable {
                     subscription: subscription.share(index, of: loops.count),
                     instanceID: instanceID,
                     eventLoop: loop,
-                    logger: logger
+                    logger: logger,
+                    shutdown: shutdown
                 )
             }
         }

@@ -152,6 +152,20 @@ final class ClientPool: Sendable {
         old?.retire()
     }
 
+    /// The shutdown deadline passed: every stream fails what it still waits for and closes its
+    /// connection now; `run` returns once they are gone.
+    func abort() {
+        let entries = self.entries.withLock { entries in
+            entries.stopped = true
+            self.starting.finish()
+            return entries.current
+        }
+        for entry in entries {
+            entry.stream.abort()
+            entry.retire()
+        }
+    }
+
     /// Retires every stream (each half-closes, waits up to the deadline for answers in flight,
     /// then closes its connection) and takes no new ones: `run` returns once they are done.
     func shutdown() {

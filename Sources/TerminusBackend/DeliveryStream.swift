@@ -21,9 +21,12 @@ enum DeliveryStreamFailure: Error, CustomStringConvertible {
     /// it was written, and a PING got no answer within `ping_timeout` either: the connection
     /// was closed as dead.
     case silentConnection(pingTimeout: TimeAmount)
+    /// The gateway's shutdown deadline (`drain.grace`) passed with the batch unanswered.
+    case shutdownDeadline
 
     var description: String {
         switch self {
+        case .shutdownDeadline: "the gateway's shutdown deadline (drain.grace) passed"
         case .notConnected: "no open Deliver stream"
         case .streamEnded: "the Deliver stream ended before the batch was answered"
         case .deadlineExceeded: "no answer within the deadline"
@@ -346,6 +349,17 @@ final class DeliveryStream: Sendable {
             return state.stream
         }
         if let stream { Self.halfClose(stream) }
+    }
+
+    /// The shutdown deadline passed: every batch still unanswered fails now (its messages are
+    /// answered `RETRY_LATER`) and the connection closes, whatever the backend does.
+    func abort() {
+        let stream = self.state.withLock { state -> (any Channel)? in
+            state.closed = true
+            return state.stream
+        }
+        self.failAll(.shutdownDeadline)
+        if let stream { (stream.parent ?? stream).close(promise: nil) }
     }
 
     /// The backend is going away (GOAWAY: a graceful shutdown, a restart): no new batch on this

@@ -76,9 +76,19 @@ final class ServiceDelivery: Service, Sendable {
     private let passes = Atomic<Int>(0)
     private let handOffs = Atomic<Int>(0)
     private let eventLoop: any EventLoop
+    private let shutdown: ShutdownDeadline
 
-    /// - Parameter eventLoop: where the delivery runs, and whose devices it serves.
-    init(subscription: Subscription, instanceID: String, eventLoop: any EventLoop, logger: Logger) {
+    /// - Parameters:
+    ///   - eventLoop: where the delivery runs, and whose devices it serves.
+    ///   - shutdown: past it, batches still unanswered at a stop fail at once.
+    init(
+        subscription: Subscription,
+        instanceID: String,
+        eventLoop: any EventLoop,
+        logger: Logger,
+        shutdown: ShutdownDeadline = ShutdownDeadline()
+    ) {
+        self.shutdown = shutdown
         self.subscription = subscription
         self.encoder = UplinkEncoder(instanceID: instanceID)
         self.logger = logger
@@ -134,13 +144,21 @@ final class ServiceDelivery: Service, Sendable {
     }
 
     /// Stops sending: what is still queued is answered `retryLater`; `run` returns once the
-    /// batches in flight are settled.
+    /// batches in flight are settled: answered, failed at their deadline, or failed when the
+    /// gateway's shutdown deadline passes (then the connections close at once), whichever
+    /// comes first.
     private func stop() {
         let sender = self.sender.value
         let entries = sender.queue.stop()
         sender.timer?.cancel()
         (sender.timer, sender.timerAt, sender.lingering) = (nil, nil, false)
         for entry in entries { entry.ticket.add(self.notAccepted, at: entry.index) }
+        if let deadline = self.shutdown.value, sender.inFlight > 0 {
+            self.eventLoop.assumeIsolated().scheduleTask(deadline: deadline) {
+                guard self.sender.value.inFlight > 0 else { return }
+                self.pool.abort()
+            }
+        }
         self.finishIfDone()
     }
 

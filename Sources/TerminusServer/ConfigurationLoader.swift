@@ -151,6 +151,18 @@ package enum ConfigurationLoader {
         if let drain = try root.section(.drain, DrainKey.self) {
             if let v = try drain.duration(.grace) { config.drainGrace = v }
             if let v = try drain.duration(.reconnectWindow) { config.drainReconnectWindow = v }
+            if let v = try drain.string(.unreadyDelay) {
+                guard let amount = Section.parseDuration(v), amount.nanoseconds >= 0 else {
+                    throw ConfigurationError(key: "drain.unready_delay", "must be a duration such as 0s, 5s, 10s")
+                }
+                config.drainUnreadyDelay = amount
+            }
+            guard config.drainUnreadyDelay < config.drainGrace else {
+                throw ConfigurationError(
+                    key: "drain.unready_delay",
+                    "must be shorter than drain.grace (the whole shutdown fits in drain.grace)"
+                )
+            }
         }
         if let sink = try root.section(.sink, SinkKey.self), let type = try sink.string(.type), type != "log" {
             throw ConfigurationError(key: "sink.type", "must be log (backend routing is configured under services)")
@@ -431,6 +443,7 @@ package enum ConfigurationLoader {
     enum DrainKey: String, SectionKeys {
         case grace
         case reconnectWindow = "reconnect_window"
+        case unreadyDelay = "unready_delay"
     }
 
     enum SinkKey: String, SectionKeys {

@@ -101,6 +101,8 @@ package enum DevelopmentMode {
         config.secretsFile = material.directory + "/devices.yaml"
         config.drainGrace = .seconds(5)
         config.drainReconnectWindow = .seconds(1)
+        // No load balancer in front: Ctrl-C stops at once.
+        config.drainUnreadyDelay = .zero
         return config
     }
 

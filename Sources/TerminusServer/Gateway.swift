@@ -25,6 +25,10 @@ package final class Gateway: Service, Sendable {
     package let configuration: GatewayConfiguration
     package let directory: any SessionDirectory
     private let group: MultiThreadedEventLoopGroup
+    /// The admin listener's own thread: a busy event loop cannot fail a liveness probe.
+    private let adminGroup: MultiThreadedEventLoopGroup?
+    /// Set when the graceful shutdown begins: `drain.grace` later everything has stopped.
+    private let shutdown = ShutdownDeadline()
     private let edge: EdgeServer
     private let router: BackendRouter?
     private let api: APIServer?
@@ -54,6 +58,8 @@ package final class Gateway: Service, Sendable {
         self.logger = logger
         let threads = configuration.eventLoopThreads == 0 ? System.coreCount : configuration.eventLoopThreads
         self.group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
+        self.adminGroup = configuration.adminListen == nil ? nil : MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let shutdown = self.shutdown
         do {
             let security = try Self.makeSecurity(configuration)
             let secrets = try configuration.secretsFile.map { try SecretsFile.load(path: $0) } ?? SecretStore()
@@ -77,7 +83,8 @@ package final class Gateway: Service, Sendable {
                     subscriptions: configuration.services,
                     instanceID: configuration.instanceID,
                     group: self.group,
-                    logger: logger
+                    logger: logger,
+                    shutdown: shutdown
                 )
             } else {
                 router = nil
@@ -118,6 +125,7 @@ package final class Gateway: Service, Sendable {
             )
         } catch {
             try? self.group.syncShutdownGracefully()
+            try? self.adminGroup?.syncShutdownGracefully()
             throw error
         }
         let ready = ReadyFlag()
@@ -125,7 +133,7 @@ package final class Gateway: Service, Sendable {
         var parts: [any Service] = []
         if let listen = configuration.adminListen {
             let admin = AdminServer(
-                group: self.group,
+                group: self.adminGroup!,
                 host: listen.host,
                 port: listen.port,
                 limits: configuration.adminLimits,
@@ -151,12 +159,31 @@ package final class Gateway: Service, Sendable {
         let deviceAddress = self.deviceAddress
         let drainWindow = configuration.drainReconnectWindow
         let drainGrace = configuration.drainGrace
+        let unreadyDelay = configuration.drainUnreadyDelay
+        let logger = logger
         parts.append(
             ListenerService(
                 open: { try await deviceAddress.settle { try await edge.start() } },
                 close: {
                     ready.set(false)
-                    await edge.drain(reconnectWindow: drainWindow, grace: drainGrace)
+                    let deadline = shutdown.begin(grace: drainGrace)
+                    // Still accepting: the load balancer sees readiness fail and stops sending.
+                    if unreadyDelay > .zero {
+                        logger.info(
+                            "not ready; still accepting devices for drain.unready_delay",
+                            metadata: ["unready_delay_ms": "\(unreadyDelay.nanoseconds / 1_000_000)"]
+                        )
+                        try? await Task.sleep(
+                            for: .nanoseconds(min(unreadyDelay, deadline - NIODeadline.now()).nanoseconds)
+                        )
+                    }
+                    // Devices get the time left, less a reserve for the deliveries of what they
+                    // sent last (a tenth of the grace, at most two seconds).
+                    let reserve = TimeAmount.nanoseconds(min(2_000_000_000, drainGrace.nanoseconds / 10))
+                    await edge.drain(
+                        reconnectWindow: drainWindow,
+                        grace: max(.zero, deadline - reserve - NIODeadline.now())
+                    )
                     await edge.shutdown()
                 }
             )
@@ -273,6 +300,7 @@ package final class Gateway: Service, Sendable {
                     }
                 }
             } onGracefulShutdown: {
+                self.shutdown.begin(grace: self.configuration.drainGrace)
                 self.draining.store(true, ordering: .relaxed)
                 self.readyFlag.set(false)
                 self.logger.info("graceful shutdown requested")
@@ -281,9 +309,11 @@ package final class Gateway: Service, Sendable {
             self.logger.error("gateway failed; released what it had opened", metadata: ["error": "\(error)"])
             self.startup.fail(error)
             try? await self.group.shutdownGracefully()
+            try? await self.adminGroup?.shutdownGracefully()
             throw error
         }
         try? await self.group.shutdownGracefully()
+        try? await self.adminGroup?.shutdownGracefully()
         self.logger.info("stopped")
     }
 
@@ -323,12 +353,16 @@ package final class Gateway: Service, Sendable {
     /// Drains the devices and stops; returns once everything `start()` began has ended.
     /// Safe to call more than once.
     package func stop() async {
+        self.shutdown.begin(grace: self.configuration.drainGrace)
         self.draining.store(true, ordering: .relaxed)
         self.readyFlag.set(false)
         self.logger.info("stop requested")
         await self.services.triggerGracefulShutdown()
         _ = try? await self.runTask.withLock { $0 }?.value
     }
+
+    /// The event loops that serve devices, backends and the API (not the admin listener's).
+    package var eventLoopGroup: any EventLoopGroup { self.group }
 
     /// True while `run()` (or the run `start()` began) has not returned.
     package var isRunning: Bool { self.running.load(ordering: .relaxed) }

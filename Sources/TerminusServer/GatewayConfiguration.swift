@@ -96,8 +96,12 @@ package struct GatewayConfiguration: Sendable {
     /// `auth.max_token_lifetime` in seconds (0: any expiry is accepted).
     package var maxTokenLifetimeSeconds: Int64 = DeviceAuthenticator.defaultMaxTokenLifetimeSeconds
 
+    /// `drain.grace`: from SIGTERM to the end of the graceful shutdown, all parts included.
     package var drainGrace: TimeAmount = .seconds(30)
     package var drainReconnectWindow: TimeAmount = .seconds(60)
+    /// `drain.unready_delay`: after SIGTERM, devices are still accepted this long (readiness is
+    /// already false) so the load balancer stops sending new ones first.
+    package var drainUnreadyDelay: TimeAmount = .seconds(5)
 
     package var adminListen: HostPort?
     /// `admin.max_connections`, `admin.idle_timeout`.

@@ -101,13 +101,51 @@ struct Run: AsyncParsableCommand {
             )
         }
         let group = ServiceGroup(
-            configuration: .init(
-                services: [.init(service: gateway)],
-                gracefulShutdownSignals: [.sigterm, .sigint],
-                logger: logger
-            )
+            configuration: .init(services: [.init(service: gateway)], logger: logger)
         )
+        let grace = configuration.drainGrace
+        // The first SIGTERM (or SIGINT) drains; a second one exits at once. Whatever the backends
+        // do, the process is gone `drain.grace` plus `Self.exitMargin` after the first.
+        let signals = Task {
+            var received = 0
+            for await signal in await UnixSignalsSequence(trapping: .sigterm, .sigint) {
+                received += 1
+                if received == 1 {
+                    logger.info(
+                        "shutdown signal: draining",
+                        metadata: [
+                            "signal": "\(signal)", "grace_ms": "\(grace.nanoseconds / 1_000_000)",
+                        ]
+                    )
+                    Self.exitAfter(grace + Self.exitMargin, logger: logger)
+                    await group.triggerGracefulShutdown()
+                } else {
+                    logger.warning("second shutdown signal: exiting now", metadata: ["signal": "\(signal)"])
+                    Foundation.exit(Self.forcedExitStatus)
+                }
+            }
+        }
+        defer { signals.cancel() }
         try await group.run()
+    }
+
+    /// How far past `drain.grace` the process may still be running after the first signal.
+    static let exitMargin = TimeAmount.seconds(2)
+    /// The exit status when the drain was cut short (a second signal, or the margin passed).
+    static let forcedExitStatus: Int32 = 2
+
+    /// A watchdog on its own thread: the graceful shutdown has bounds of its own (every part
+    /// stops by `drain.grace`); this holds even if one of them is wrong.
+    static func exitAfter(_ delay: TimeAmount, logger: Logger) {
+        let thread = Thread {
+            Thread.sleep(forTimeInterval: Double(delay.nanoseconds) / 1e9)
+            logger.error(
+                "graceful shutdown did not finish within drain.grace; exiting",
+                metadata: ["after_ms": "\(delay.nanoseconds / 1_000_000)"]
+            )
+            Foundation.exit(Self.forcedExitStatus)
+        }
+        thread.start()
     }
 
     static func raiseFileLimit(configuration: inout GatewayConfiguration, logger: Logger) {

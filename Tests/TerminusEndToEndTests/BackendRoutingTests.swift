@@ -701,6 +701,9 @@ final class SilentServer: Sendable {
         return server
     }
 
+    /// Bytes received on every connection so far.
+    var receivedBytes: Int { self.state.withLock { $0.received.count } }
+
     /// Whether the bytes received hold the gateway's PING frame: length 8, type 6, no flags,
     /// stream 0, payload 0x7465726d ("term").
     var sawPing: Bool {

@@ -92,6 +92,8 @@ struct DescriptorExhaustionTests {
               accept_backoff: 200ms\(reserve)
             timeouts:
               hello: 60s
+            drain:
+              unready_delay: 0s
             admin:
               listen: "127.0.0.1:\(adminPort)"
             """

@@ -34,6 +34,8 @@ struct ConfigurationTests {
         #expect(config.edge.keepaliveMax < 900, "below Tencent CLB's idle timeout")
         #expect(!config.maxConnectionsConfigured)
         #expect(config.edge.bufferArenaSlots == nil, "sized from max_connections")
+        #expect(config.drainGrace == .seconds(30) && config.drainUnreadyDelay == .seconds(5))
+        #expect(config.logFormat == .text)
     }
 
     @Test("every documented key is read")
@@ -82,6 +84,9 @@ struct ConfigurationTests {
             drain:
               grace: 45s
               reconnect_window: 2m
+              unready_delay: 0s
+            log:
+              format: json
             sink:
               type: log
             admin:
@@ -119,6 +124,8 @@ struct ConfigurationTests {
         #expect(config.edge.keepaliveMax == 300)
         #expect(config.drainGrace == .seconds(45))
         #expect(config.drainReconnectWindow == .seconds(120))
+        #expect(config.drainUnreadyDelay == .zero)
+        #expect(config.logFormat == .json)
         #expect(config.adminListen == .init(host: "127.0.0.1", port: 9090))
     }
 
@@ -146,6 +153,10 @@ struct ConfigurationTests {
                 "device.tls.client_ca"
             ),
             ("device: [1, 2]\n", "device"),
+            (Self.minimal + "\ndrain:\n  grace: 5s\n  unready_delay: 5s\n", "drain.unready_delay"),
+            (Self.minimal + "\ndrain:\n  unready_delay: soon\n", "drain.unready_delay"),
+            (Self.minimal + "\nlog:\n  format: xml\n", "log.format"),
+            (Self.minimal + "\nlog:\n  level: loud\n", "log.level"),
         ]
     )
     func namedErrors(yaml: String, key: String) {

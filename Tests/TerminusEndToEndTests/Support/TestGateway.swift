@@ -128,6 +128,7 @@ final class TestGateway: Sendable {
         configuration.edge.publishEvents = false  // tests that count messages opt in
         configuration.drainGrace = .seconds(3)
         configuration.drainReconnectWindow = .milliseconds(500)
+        configuration.drainUnreadyDelay = .zero
         configure(&configuration)
         return configuration
     }
