@@ -1,7 +1,7 @@
 /// Device secrets: one per device id, or one per device-id prefix (a device class).
 ///
-/// Lookup takes the exact id first, then the longest matching prefix. Immutable: the gateway
-/// builds it once at start (secrets are not reloaded while running).
+/// Lookup takes the exact id first, then the longest matching prefix. Immutable: a
+/// configuration reload builds a new store and swaps it in whole.
 package struct SecretStore: Sendable {
     private let exact: [String: [UInt8]]
     /// Sorted longest first.
@@ -14,6 +14,9 @@ package struct SecretStore: Sendable {
     }
 
     package var isEmpty: Bool { self.exact.isEmpty && self.prefixes.isEmpty }
+
+    /// Entries: device ids and prefixes.
+    package var count: Int { self.exact.count + self.prefixes.count }
 
     package func secret(for deviceID: String) -> [UInt8]? {
         if let secret = self.exact[deviceID] { return secret }

@@ -54,7 +54,7 @@ package final class APIServer: Service, Sendable {
     private let port: Int
     private let security: APISecurity
     private let service: GatewayAPIService
-    private let tokens: APITokens
+    private let tokens: Reloadable<APITokens>
     private let group: MultiThreadedEventLoopGroup
     private let logger: Logger
     private let state = Mutex(State())
@@ -100,7 +100,7 @@ package final class APIServer: Service, Sendable {
         self.host = host
         self.port = port
         self.security = security
-        self.tokens = APITokens(tokens)
+        self.tokens = Reloadable(APITokens(tokens))
         self.service = GatewayAPIService(
             directory: directory,
             instanceID: instanceID,
@@ -405,14 +405,14 @@ private final class APICallHandler: ChannelInboundHandler {
     }
 
     private let service: GatewayAPIService
-    private let tokens: APITokens
+    private let tokens: Reloadable<APITokens>
     private let maxRequestSize: Int
     private var method: Method?
     private var request = ByteBuffer()
     /// Answered (or refused): what else arrives is ignored.
     private var done = false
 
-    init(service: GatewayAPIService, tokens: APITokens, maxRequestSize: Int) {
+    init(service: GatewayAPIService, tokens: Reloadable<APITokens>, maxRequestSize: Int) {
         self.service = service
         self.tokens = tokens
         self.maxRequestSize = maxRequestSize
@@ -466,7 +466,7 @@ private final class APICallHandler: ChannelInboundHandler {
             self.refuse(.unimplemented, "compressed requests are not supported", context: context)
             return nil
         }
-        guard self.tokens.admits(authorization: headers.first(name: "authorization")) else {
+        guard self.tokens.value.admits(authorization: headers.first(name: "authorization")) else {
             self.refuse(.unauthenticated, "a valid 'authorization: Bearer <token>' is required", context: context)
             return nil
         }
@@ -566,6 +566,13 @@ private final class APICallHandler: ChannelInboundHandler {
 extension String {
     fileprivate func leftPadded(to width: Int) -> String {
         self.count >= width ? self : String(repeating: "0", count: width - self.count) + self
+    }
+}
+
+extension APIServer {
+    /// A configuration reload: calls from now on are checked against `tokens`.
+    package func reload(tokens: [String]) {
+        self.tokens.replace(with: APITokens(tokens))
     }
 }
 

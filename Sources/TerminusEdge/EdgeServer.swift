@@ -62,15 +62,18 @@ package final class EdgeServer: Sendable {
         self.listener = listener
         let contexts = try EdgeLoopContexts(group: group, settings: settings, dictionaries: dictionaries, sink: sink)
         let verifies: Bool
+        let tlsContext: NIOSSLContext?
         switch listener.security {
-        case .tls(_, let verifiesClientCertificates): verifies = verifiesClientCertificates
-        case .plaintext: verifies = false
+        case .tls(let context, let verifiesClientCertificates):
+            (tlsContext, verifies) = (context, verifiesClientCertificates)
+        case .plaintext: (tlsContext, verifies) = (nil, false)
         }
         var usesTLS = false
         if case .tls = listener.security { usesTLS = true }
         self.shared = EdgeShared(
             settings: settings,
             authenticator: authenticator,
+            tlsContext: tlsContext,
             directory: directory,
             logger: logger,
             contexts: contexts,
@@ -214,11 +217,20 @@ package final class EdgeServer: Sendable {
             let parser = ProxyHeaderParser(mode: listener.proxyProtocol, maxHeaderSize: listener.proxyHeaderMaxSize)
             try sync.addHandler(ProxyProtocolHandler(parser: parser, logger: shared.logger))
         }
-        if case .tls(let context, _) = listener.security {
+        if let context = shared.tlsContext?.value {
             try sync.addHandler(NIOSSLServerHandler(context: context))
         }
         let loop = shared.contexts.context(for: channel.eventLoop)
         try sync.addHandler(DeviceSessionHandler(shared: shared, loop: loop, now: loop.eventLoop.now))
+    }
+
+    /// A configuration reload: new HELLOs are checked against `authenticator` (new secrets),
+    /// new connections shake hands with `tlsContext` (a renewed certificate). Sessions already
+    /// established keep going. A TLS context on a plaintext listener (or none on a TLS one) is
+    /// ignored: the transport changes only at a restart.
+    package func reload(authenticator: DeviceAuthenticator, tlsContext: NIOSSLContext?) {
+        self.shared.authenticator.replace(with: authenticator)
+        if let tlsContext, let current = self.shared.tlsContext { current.replace(with: tlsContext) }
     }
 
     /// Accepts that failed (e.g. out of file descriptors) since start.

@@ -1,12 +1,18 @@
 internal import Logging
 internal import NIOCore
+internal import NIOSSL
 internal import Synchronization
+internal import TerminusListeners
 internal import TerminusSessions
 
 /// State shared by every connection of one device listener. Immutable but for counters.
 final class EdgeShared: Sendable {
     let settings: EdgeSettings
-    let authenticator: DeviceAuthenticator
+    /// Replaced by a configuration reload (new device secrets): read once per HELLO.
+    let authenticator: Reloadable<DeviceAuthenticator>
+    /// The device listener's TLS context, replaced by a reload (a renewed certificate): read
+    /// once per accepted connection, so sessions keep the one they shook hands with.
+    let tlsContext: Reloadable<NIOSSLContext>?
     let directory: any SessionDirectory
     let logger: Logger
     let contexts: EdgeLoopContexts
@@ -38,6 +44,7 @@ final class EdgeShared: Sendable {
     init(
         settings: EdgeSettings,
         authenticator: DeviceAuthenticator,
+        tlsContext: NIOSSLContext? = nil,
         directory: any SessionDirectory,
         logger: Logger,
         contexts: EdgeLoopContexts,
@@ -45,7 +52,8 @@ final class EdgeShared: Sendable {
         readsClientCertificates: Bool
     ) {
         self.settings = settings
-        self.authenticator = authenticator
+        self.authenticator = Reloadable(authenticator)
+        self.tlsContext = tlsContext.map { Reloadable($0) }
         self.directory = directory
         self.logger = logger
         self.contexts = contexts

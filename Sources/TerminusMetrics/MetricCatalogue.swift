@@ -105,5 +105,13 @@ package enum MetricCatalogue {
         "terminus_downlink_sends_total": Entry(kind: .counter, help: "Send calls by outcome."),
         "terminus_draining": Entry(kind: .gauge, help: "1 once the gateway drains (SIGTERM), else 0."),
         "terminus_ready": Entry(kind: .gauge, help: "1 while /readyz answers 200."),
+        "terminus_config_reloads_total": Entry(
+            kind: .counter,
+            help: "Configuration reloads (SIGHUP, a changed file) by outcome: applied or refused."
+        ),
+        "terminus_config_last_reload_timestamp_seconds": Entry(
+            kind: .gauge,
+            help: "Unix time of the last applied reload (0: none since start)."
+        ),
     ]
 }

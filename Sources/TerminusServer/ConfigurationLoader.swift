@@ -62,6 +62,7 @@ package enum ConfigurationLoader {
         ("api.tls", APITLSKey.self),
         ("admin", AdminKey.self),
         ("log", LogKey.self),
+        ("reload", ReloadKey.self),
     ]
 
     /// Every key the loader reads, as a dotted path (`services[].retry.attempts`); keys that
@@ -97,6 +98,11 @@ package enum ConfigurationLoader {
         case api
         case admin
         case log
+        case reload
+    }
+
+    enum ReloadKey: String, SectionKeys {
+        case watchInterval = "watch_interval"
     }
 
     enum LogKey: String, SectionKeys {
@@ -123,6 +129,12 @@ package enum ConfigurationLoader {
         }
         config.edge.instanceID = config.instanceID
         if let level = try root.string(.logLevel) { config.logLevel = try Self.decodeLevel(level, key: "log_level") }
+        if let reload = try root.section(.reload, ReloadKey.self), let v = try reload.string(.watchInterval) {
+            guard let amount = Section.parseDuration(v), amount.nanoseconds >= 0 else {
+                throw ConfigurationError(key: "reload.watch_interval", "must be a duration such as 0s, 10s, 1m")
+            }
+            config.reloadWatchInterval = amount
+        }
         if let log = try root.section(.log, LogKey.self) {
             if let level = try log.string(.level) { config.logLevel = try Self.decodeLevel(level, key: "log.level") }
             if let format = try log.string(.format) {
@@ -503,6 +515,7 @@ package enum ConfigurationLoader {
             guard let data = FileManager.default.contents(atPath: path) else {
                 throw ConfigurationError(key: "api.tokens_file", "cannot read \(path)")
             }
+            config.apiTokensFile = path
             config.apiTokens = String(decoding: data, as: UTF8.self).split(whereSeparator: \.isNewline)
                 .map { $0.trimmingCharacters(in: .whitespaces) }
                 .filter { !$0.isEmpty && !$0.hasPrefix("#") }

@@ -45,6 +45,14 @@ package final class Gateway: Service, Sendable {
     private let runTask = Mutex<Task<Void, any Error>?>(nil)
     /// What `/metrics` on the admin listener renders.
     package let metrics = MetricsExporter()
+    /// The device tokens' clock (tests inject one); kept for the authenticators reloads make.
+    private let clock: @Sendable () -> Int64
+    /// The configuration the last reload applied (the one started with, until then).
+    private let applied: Mutex<GatewayConfiguration>
+    private let reloadsApplied = Atomic<Int>(0)
+    private let reloadsRefused = Atomic<Int>(0)
+    /// Unix seconds of the last applied reload (0: none).
+    private let lastReload = Atomic<Int>(0)
 
     package init(
         configuration: GatewayConfiguration,
@@ -54,6 +62,8 @@ package final class Gateway: Service, Sendable {
         clock: @escaping @Sendable () -> Int64 = { WallClock.nowSeconds() }
     ) throws {
         self.configuration = configuration
+        self.applied = Mutex(configuration)
+        self.clock = clock
         self.directory = directory
         self.logger = logger
         let threads = configuration.eventLoopThreads == 0 ? System.coreCount : configuration.eventLoopThreads
@@ -201,6 +211,18 @@ package final class Gateway: Service, Sendable {
                 snapshot.gauge(SeriesKey("terminus_ready"), ready.isReady ? 1 : 0)
                 let draining = self?.draining.load(ordering: .relaxed) ?? true
                 snapshot.gauge(SeriesKey("terminus_draining"), draining ? 1 : 0)
+                if let self {
+                    for (outcome, count) in [
+                        ("applied", self.reloadsApplied.load(ordering: .relaxed)),
+                        ("refused", self.reloadsRefused.load(ordering: .relaxed)),
+                    ] {
+                        snapshot.count(SeriesKey("terminus_config_reloads_total", ["outcome": outcome]), count)
+                    }
+                    snapshot.gauge(
+                        SeriesKey("terminus_config_last_reload_timestamp_seconds"),
+                        self.lastReload.load(ordering: .relaxed)
+                    )
+                }
             }
         )
     }
@@ -359,6 +381,73 @@ package final class Gateway: Service, Sendable {
         self.logger.info("stop requested")
         await self.services.triggerGracefulShutdown()
         _ = try? await self.runTask.withLock { $0 }?.value
+    }
+
+    /// Reloads the configuration `load` returns (SIGHUP, a changed file): device secrets, the
+    /// device listener's TLS certificate, key and client CA, `auth.max_token_lifetime`, and the
+    /// API's tokens take effect at once (new HELLOs, new handshakes, new calls; established
+    /// sessions stay). Everything is loaded and checked first: when anything fails (a file
+    /// missing, a key that does not match its certificate, a YAML error) nothing changes, the
+    /// reason is logged and `terminus_config_reloads_total{outcome="refused"}` counts it.
+    /// Other keys that changed are named in the log: they take effect at the next restart.
+    /// - Returns: whether the new configuration was applied.
+    @discardableResult
+    package func reload(_ load: () throws -> GatewayConfiguration) -> Bool {
+        let next: GatewayConfiguration
+        let security: DeviceListener.Security
+        let secrets: SecretStore
+        do {
+            next = try load()
+            security = try Self.makeSecurity(next)
+            secrets = try next.secretsFile.map { try SecretsFile.load(path: $0) } ?? SecretStore()
+        } catch {
+            self.reloadsRefused.wrappingAdd(1, ordering: .relaxed)
+            self.logger.error(
+                "configuration reload refused; the running configuration stays",
+                metadata: ["reason": "\(error)"]
+            )
+            return false
+        }
+        let authenticator = DeviceAuthenticator(
+            secrets: secrets,
+            requireCertificate: next.tls?.clientAuth == .required,
+            maxTokenLifetimeSeconds: next.maxTokenLifetimeSeconds,
+            now: self.clock
+        )
+        var tlsContext: NIOSSLContext?
+        if case .tls(let context, _) = security { tlsContext = context }
+        self.edge.reload(authenticator: authenticator, tlsContext: tlsContext)
+        self.api?.reload(tokens: next.apiTokens)
+        let previous = self.applied.withLock { applied in
+            defer { applied = next }
+            return applied
+        }
+        self.reloadsApplied.wrappingAdd(1, ordering: .relaxed)
+        self.lastReload.store(Int(WallClock.nowSeconds()), ordering: .relaxed)
+        var metadata: Logger.Metadata = [
+            "secrets": "\(secrets.count)", "api_tokens": "\(next.apiTokens.count)",
+            "device_tls": "\(tlsContext != nil ? "reloaded" : "none")",
+        ]
+        let restart = Self.restartKeys(previous, next)
+        if !restart.isEmpty { metadata["restart_needed_for"] = "\(restart.joined(separator: ","))" }
+        self.logger.notice("configuration reloaded", metadata: metadata)
+        return true
+    }
+
+    /// Keys whose new value a reload cannot apply (listeners, transport, loops, services).
+    static func restartKeys(_ old: GatewayConfiguration, _ new: GatewayConfiguration) -> [String] {
+        var keys: [String] = []
+        if old.deviceListen != new.deviceListen { keys.append("device.listen") }
+        if old.transport != new.transport { keys.append("device.transport") }
+        if old.proxyProtocol != new.proxyProtocol { keys.append("device.proxy_protocol") }
+        if old.eventLoopThreads != new.eventLoopThreads { keys.append("event_loop_threads") }
+        if old.apiListen != new.apiListen { keys.append("api.listen") }
+        if old.adminListen != new.adminListen { keys.append("admin.listen") }
+        let services = { (config: GatewayConfiguration) in
+            config.services.map { "\($0.name)@\($0.host):\($0.port)/\($0.filters.map { "\($0)" })" }
+        }
+        if services(old) != services(new) { keys.append("services") }
+        return keys
     }
 
     /// The event loops that serve devices, backends and the API (not the admin listener's).

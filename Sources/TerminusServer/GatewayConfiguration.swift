@@ -117,6 +117,18 @@ package struct GatewayConfiguration: Sendable {
     package var apiListen: HostPort?
     /// Bearer tokens admitted by the API listener (`api.tokens_file`, one per line).
     package var apiTokens: [String] = []
+    /// Where `apiTokens` came from (watched for changes by `terminus run`).
+    package var apiTokensFile: String?
+    /// `reload.watch_interval`: how often `terminus run` looks at the configuration file and the
+    /// files it names (secrets, TLS, API tokens) and reloads when one changed; zero: never
+    /// (SIGHUP still reloads).
+    package var reloadWatchInterval: TimeAmount = .seconds(10)
+
+    /// The files a reload reads besides the configuration file itself.
+    package var watchedFiles: [String] {
+        [self.secretsFile, self.tls?.certificateChain, self.tls?.privateKey, self.tls?.clientCA, self.apiTokensFile]
+            .compactMap { $0 }
+    }
     /// TLS for the API listener (`api.tls`); with `clientCA`, callers need a client certificate
     /// from that CA (mTLS). nil: plaintext h2c (bearer tokens only).
     package var apiTLS: APITLSFiles?

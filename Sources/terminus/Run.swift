@@ -39,7 +39,8 @@ struct Run: AsyncParsableCommand {
         }
     }
 
-    func run() async throws {
+    /// The configuration file (or development mode's) with the command line's overrides.
+    func loadConfiguration() throws -> (GatewayConfiguration, DevelopmentMode.Material?) {
         var configuration: GatewayConfiguration
         var material: DevelopmentMode.Material?
         if let config {
@@ -81,6 +82,11 @@ struct Run: AsyncParsableCommand {
             }
             configuration.adminListen = parsed
         }
+        return (configuration, material)
+    }
+
+    func run() async throws {
+        var (configuration, material) = try self.loadConfiguration()
         let level = configuration.logLevel
         let format = self.logFormat.flatMap(TerminusLogHandler.Format.init(rawValue:)) ?? configuration.logFormat
         LoggingSystem.bootstrap { label in
@@ -104,11 +110,23 @@ struct Run: AsyncParsableCommand {
             configuration: .init(services: [.init(service: gateway)], logger: logger)
         )
         let grace = configuration.drainGrace
-        // The first SIGTERM (or SIGINT) drains; a second one exits at once. Whatever the backends
-        // do, the process is gone `drain.grace` plus `Self.exitMargin` after the first.
+        let reloadable = self.config != nil
+        let command = self
+        // SIGHUP reloads. The first SIGTERM (or SIGINT) drains; a second one exits at once.
+        // Whatever the backends do, the process is gone `drain.grace` plus `Self.exitMargin`
+        // after the first.
         let signals = Task {
             var received = 0
-            for await signal in await UnixSignalsSequence(trapping: .sigterm, .sigint) {
+            for await signal in await UnixSignalsSequence(trapping: .sigterm, .sigint, .sighup) {
+                if signal == .sighup {
+                    if reloadable {
+                        logger.info("SIGHUP: reloading the configuration")
+                        gateway.reload { try command.loadConfiguration().0 }
+                    } else {
+                        logger.notice("SIGHUP ignored: development mode has no configuration file to reload")
+                    }
+                    continue
+                }
                 received += 1
                 if received == 1 {
                     logger.info(
@@ -125,8 +143,54 @@ struct Run: AsyncParsableCommand {
                 }
             }
         }
-        defer { signals.cancel() }
+        let watcher = Task {
+            guard reloadable, configuration.reloadWatchInterval > .zero, let file = command.config else { return }
+            await Self.watch(
+                [file] + configuration.watchedFiles,
+                every: configuration.reloadWatchInterval,
+                logger: logger
+            ) {
+                guard gateway.reload({ try command.loadConfiguration().0 }) else { return nil }
+                return [file] + ((try? command.loadConfiguration().0.watchedFiles) ?? [])
+            }
+        }
+        defer {
+            signals.cancel()
+            watcher.cancel()
+        }
         try await group.run()
+    }
+
+    /// Reloads when a watched file changed: a Kubernetes ConfigMap or Secret update swaps the
+    /// `..data` symlink, so each path is looked at through its links (device, inode, size,
+    /// modification time). After a reload the list is taken from the new configuration; a
+    /// refused reload is not retried until a file changes again.
+    static func watch(
+        _ files: [String],
+        every interval: TimeAmount,
+        logger: Logger,
+        reload: @escaping @Sendable () -> [String]?
+    ) async {
+        var files = files
+        var seen = files.map(Self.fingerprint)
+        while !Task.isCancelled {
+            try? await Task.sleep(for: .nanoseconds(interval.nanoseconds))
+            let now = files.map(Self.fingerprint)
+            guard now != seen else { continue }
+            let changed = zip(files, zip(seen, now)).filter { $1.0 != $1.1 }.map(\.0)
+            logger.info("configuration files changed; reloading", metadata: ["files": "\(changed)"])
+            if let next = reload() { files = next }
+            seen = files.map(Self.fingerprint)
+        }
+    }
+
+    /// What identifies a file's content without reading it; nil when it cannot be read.
+    static func fingerprint(_ path: String) -> [Int]? {
+        var info = stat()
+        guard stat(path, &info) == 0 else { return nil }
+        return [
+            Int(info.st_dev), Int(info.st_ino), Int(info.st_size), Int(info.st_mtim.tv_sec), Int(info.st_mtim.tv_nsec),
+        ]
     }
 
     /// How far past `drain.grace` the process may still be running after the first signal.

@@ -2,6 +2,7 @@ internal import Logging
 internal import NIOCore
 internal import Synchronization
 internal import TerminusCompression
+internal import TerminusListeners
 internal import TerminusProtocol
 internal import TerminusSessions
 
@@ -67,7 +68,7 @@ extension DeviceSessionHandler {
         let settings = self.shared.settings
         let deviceID: String
         do {
-            deviceID = try self.shared.authenticator.authenticate(
+            deviceID = try self.shared.authenticator.value.authenticate(
                 DeviceCredential(
                     hello: hello,
                     certificateDeviceID: self.certificateDeviceID,
