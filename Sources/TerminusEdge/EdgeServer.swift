@@ -184,32 +184,40 @@ package final class EdgeServer: Sendable {
         channel.closeFuture.whenComplete { _ in
             shared.openConnections.wrappingSubtract(1, ordering: .relaxed)
         }
+        let now = NIODeadline.now()
         if open > shared.settings.maxConnections
             && !shared.contexts.context(for: channel.eventLoop).evictOldestUnauthenticated(
                 olderThan: shared.settings.unauthenticatedEvictionAge,
-                now: .now()
+                now: now
             )
         {
             shared.refusedAtCap.wrappingAdd(1, ordering: .relaxed)
-            let (log, suppressed) = shared.transportLog.admit(
-                nowSeconds: NIODeadline.now().uptimeNanoseconds / 1_000_000_000
-            )
-            if log {
-                shared.logger.warning(
-                    "connection refused: maximum connections reached",
-                    metadata: [
-                        "code": "\(TerminusCode.serverBusy.name)", "max": "\(shared.settings.maxConnections)",
-                        "suppressed_before": "\(suppressed)",
-                    ]
+            Self.refuse(channel, shared: shared, listener: listener, reason: "maximum connections reached")
+            return
+        }
+        // Before any TLS work: the accept rate, the client address's connections (its real
+        // address, when no PROXY header is expected; else the session checks it once the
+        // header names it), the handshakes in progress.
+        let admission = shared.admission
+        if admission.admitConnection(now: now) != nil {
+            Self.refuse(channel, shared: shared, listener: listener, reason: "new connections above the accept rate")
+            return
+        }
+        if listener.proxyProtocol == .off, let remote = channel.remoteAddress {
+            let host = AdmissionControl.host(of: DeviceSessionHandler.format(remote))
+            guard admission.addressOpened(host) else {
+                Self.refuse(
+                    channel,
+                    shared: shared,
+                    listener: listener,
+                    reason: "too many connections from one address"
                 )
+                return
             }
-            if case .plaintext = listener.security, listener.proxyProtocol == .off {
-                var buffer = channel.allocator.buffer(capacity: 16)
-                buffer.writeFrame(.goAway(GoAway(code: .serverBusy, reconnectAfterMilliseconds: 5000)))
-                channel.writeAndFlush(buffer).whenComplete { _ in channel.close(promise: nil) }
-            } else {
-                channel.close(promise: nil)
-            }
+            channel.closeFuture.whenComplete { _ in admission.addressClosed(host) }
+        }
+        if case .tls = listener.security, !admission.beginHandshake() {
+            Self.refuse(channel, shared: shared, listener: listener, reason: "too many TLS handshakes in progress")
             return
         }
         let sync = channel.pipeline.syncOperations
@@ -231,6 +239,30 @@ package final class EdgeServer: Sendable {
     package func reload(authenticator: DeviceAuthenticator, tlsContext: NIOSSLContext?) {
         self.shared.authenticator.replace(with: authenticator)
         if let tlsContext, let current = self.shared.tlsContext { current.replace(with: tlsContext) }
+    }
+
+    /// Closes a connection the listener does not admit, before any TLS work: with
+    /// `GOAWAY(SERVER_BUSY)` and a reconnect hint where a frame can be read (plaintext without
+    /// PROXY), else at once. Logged with the transport's budget (20 lines a second).
+    private static func refuse(_ channel: any Channel, shared: EdgeShared, listener: DeviceListener, reason: String) {
+        let (log, suppressed) = shared.transportLog.admit(
+            nowSeconds: NIODeadline.now().uptimeNanoseconds / 1_000_000_000
+        )
+        if log {
+            var metadata: Logger.Metadata = [
+                "code": "\(TerminusCode.serverBusy.name)", "reason": "\(reason)",
+                "max": "\(shared.settings.maxConnections)", "suppressed_before": "\(suppressed)",
+            ]
+            if let remote = channel.remoteAddress { metadata["client"] = "\(DeviceSessionHandler.format(remote))" }
+            shared.logger.warning("connection refused: \(reason)", metadata: metadata)
+        }
+        if case .plaintext = listener.security, listener.proxyProtocol == .off {
+            var buffer = channel.allocator.buffer(capacity: 16)
+            buffer.writeFrame(.goAway(GoAway(code: .serverBusy, reconnectAfterMilliseconds: 5000)))
+            channel.writeAndFlush(buffer).whenComplete { _ in channel.close(promise: nil) }
+        } else {
+            channel.close(promise: nil)
+        }
     }
 
     /// Accepts that failed (e.g. out of file descriptors) since start.
@@ -314,9 +346,10 @@ extension EdgeServer: MetricsSource {
             for part in parts { snapshot.merge(part) }
             snapshot.gauge(SeriesKey("terminus_event_loops"), contexts.loops.count)
             snapshot.count(
-                SeriesKey("terminus_connections_refused_total", ["listener": "device"]),
+                SeriesKey("terminus_connections_refused_total", ["listener": "device", "reason": "max_connections"]),
                 shared.refusedAtCap.load(ordering: .relaxed)
             )
+            shared.admission.collect(into: &snapshot)
             snapshot.count(SeriesKey("terminus_accept_failures_total"), shared.acceptFailures.load(ordering: .relaxed))
             snapshot.count(SeriesKey("terminus_read_pauses_total"), shared.readPauses.load(ordering: .relaxed))
             snapshot.count(SeriesKey("terminus_output_stalls_total"), shared.outputStalls.load(ordering: .relaxed))

@@ -9,6 +9,9 @@ package struct EdgeSettings: Sendable {
     package var instanceID: String = "terminus"
     /// `limits.max_connections`: connections above this are closed at accept.
     package var maxConnections: Int = 100_000
+    /// `limits.new_connections_per_second`, `limits.new_connection_burst`,
+    /// `limits.max_handshakes`, `limits.max_connections_per_address`, `limits.reconnect.*`.
+    package var admission = AdmissionControl.Settings()
     /// `limits.buffer_arena_slots`: 32 KiB slots reserved (address space only) for the large
     /// per-connection TLS buffers; nil sizes it from `maxConnections`, 0 turns the arena off.
     package var bufferArenaSlots: Int? = nil

@@ -39,6 +39,7 @@ final class EdgeShared: Sendable {
     /// Connections refused at `max_connections` (`SERVER_BUSY`) before any session existed.
     let refusedAtCap = Atomic<Int>(0)
     let authThrottle: AuthenticationThrottle
+    let admission: AdmissionControl
     private let acceptLog = LogThrottle(linesPerSecond: 1)
 
     init(
@@ -60,6 +61,7 @@ final class EdgeShared: Sendable {
         self.usesTLS = usesTLS
         self.readsClientCertificates = readsClientCertificates
         self.authThrottle = AuthenticationThrottle(settings: settings.authThrottle)
+        self.admission = AdmissionControl(settings: settings.admission, trackedDevices: settings.maxConnections)
     }
 
     /// An accept failed: count it and log at most once a second (the listener then pauses for

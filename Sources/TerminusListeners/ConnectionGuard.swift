@@ -53,7 +53,10 @@ package final class ConnectionGuard: Sendable {
             SeriesKey("terminus_connections_accepted_total", ["listener": listener]),
             self.accepted.load(ordering: .relaxed)
         )
-        snapshot.count(SeriesKey("terminus_connections_refused_total", ["listener": listener]), self.refusedConnections)
+        snapshot.count(
+            SeriesKey("terminus_connections_refused_total", ["listener": listener, "reason": "max_connections"]),
+            self.refusedConnections
+        )
         snapshot.count(
             SeriesKey("terminus_connections_idle_closed_total", ["listener": listener]),
             self.idleClosedConnections

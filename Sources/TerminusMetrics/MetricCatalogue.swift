@@ -31,7 +31,8 @@ package enum MetricCatalogue {
         "terminus_connections_accepted_total": Entry(kind: .counter, help: "Connections accepted by listener."),
         "terminus_connections_refused_total": Entry(
             kind: .counter,
-            help: "Connections refused at a listener's connection cap (api, admin)."
+            help:
+                "Connections refused before any TLS work, by listener and reason (max_connections, accept_rate, handshakes, per_address)."
         ),
         "terminus_connections_idle_closed_total": Entry(
             kind: .counter,
@@ -49,6 +50,14 @@ package enum MetricCatalogue {
         "terminus_tls_handshake_duration_seconds": Entry(
             kind: .histogram,
             help: "From accepting a device connection to its completed TLS handshake."
+        ),
+        "terminus_tls_handshakes_in_progress": Entry(
+            kind: .gauge,
+            help: "Device TLS handshakes under way (limits.max_handshakes bounds them)."
+        ),
+        "terminus_reconnect_refusals_total": Entry(
+            kind: .counter,
+            help: "Authenticated devices refused for reconnecting too often (RECONNECTING_TOO_OFTEN)."
         ),
         "terminus_authentications_total": Entry(kind: .counter, help: "Devices authenticated (HELLO accepted)."),
         "terminus_auth_refusals_total": Entry(kind: .counter, help: "Authentications refused, by wire code."),

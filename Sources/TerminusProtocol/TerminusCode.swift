@@ -50,6 +50,9 @@ public struct TerminusCode: Hashable, Sendable, CustomStringConvertible {
     public static let connectionReset = TerminusCode(rawValue: 109)
     /// The connection ended without TLS close_notify, or in the middle of a frame (logged only).
     public static let uncleanShutdown = TerminusCode(rawValue: 110)
+    /// The device authenticated more often than `limits.reconnect` allows; reconnect after the
+    /// hint.
+    public static let reconnectingTooOften = TerminusCode(rawValue: 111)
 
     // MARK: Protocol errors (GOAWAY)
 
@@ -102,6 +105,7 @@ public struct TerminusCode: Hashable, Sendable, CustomStringConvertible {
         .ok, .noRoute, .rejected, .retryLater, .rateLimited,
         .shuttingDown, .replaced, .kicked, .keepaliveTimeout, .helloTimeout, .serverBusy,
         .handshakeTimeout, .slowConsumer, .frameTimeout, .connectionReset, .uncleanShutdown,
+        .reconnectingTooOften,
         .malformedFrame, .frameTooLarge, .unknownFrameType, .badFlags, .unsupportedVersion,
         .invalidTopic, .unexpectedFrame, .inflightExceeded, .invalidDeviceID, .unknownTopicAlias,
         .proxyHeaderInvalid, .tlsFailed,
@@ -130,6 +134,7 @@ public struct TerminusCode: Hashable, Sendable, CustomStringConvertible {
         case 108: "FRAME_TIMEOUT"
         case 109: "CONNECTION_RESET"
         case 110: "UNCLEAN_SHUTDOWN"
+        case 111: "RECONNECTING_TOO_OFTEN"
         case 200: "MALFORMED_FRAME"
         case 201: "FRAME_TOO_LARGE"
         case 202: "UNKNOWN_FRAME_TYPE"

@@ -48,6 +48,7 @@ package enum ConfigurationLoader {
         ("auth.throttle", ThrottleKey.self),
         ("limits", LimitsKey.self),
         ("limits.rate", RateKey.self),
+        ("limits.reconnect", ReconnectKey.self),
         ("compression", CompressionKey.self),
         ("compression.dictionaries[]", DictionaryKey.self),
         ("timeouts", TimeoutsKey.self),
@@ -334,6 +335,17 @@ package enum ConfigurationLoader {
         case rate
         case evictUnauthenticatedAfter = "evict_unauthenticated_after"
         case reservedDescriptors = "reserved_descriptors"
+        case newConnectionsPerSecond = "new_connections_per_second"
+        case newConnectionBurst = "new_connection_burst"
+        case maxHandshakes = "max_handshakes"
+        case maxConnectionsPerAddress = "max_connections_per_address"
+        case reconnect
+    }
+
+    enum ReconnectKey: String, SectionKeys {
+        case max
+        case window
+        case block
     }
 
     enum RateKey: String, SectionKeys {
@@ -366,6 +378,21 @@ package enum ConfigurationLoader {
         if let v = try limits.duration(.acceptBackoff) { config.edge.acceptBackoff = v }
         if let v = try limits.int(.reservedDescriptors, in: 0...1_000_000) { config.reservedDescriptors = v }
         if let v = try limits.duration(.evictUnauthenticatedAfter) { config.edge.unauthenticatedEvictionAge = v }
+        if let v = try limits.int(.newConnectionsPerSecond, in: 0...10_000_000) {
+            config.edge.admission.acceptRate = Double(v)
+        }
+        if let v = try limits.int(.newConnectionBurst, in: 1...10_000_000) {
+            config.edge.admission.acceptBurst = Double(v)
+        }
+        if let v = try limits.int(.maxHandshakes, in: 0...10_000_000) { config.edge.admission.maxHandshakes = v }
+        if let v = try limits.int(.maxConnectionsPerAddress, in: 0...10_000_000) {
+            config.edge.admission.maxPerAddress = v
+        }
+        if let reconnect = try limits.section(.reconnect, ReconnectKey.self) {
+            if let v = try reconnect.int(.max, in: 0...1_000_000) { config.edge.admission.reconnectMax = v }
+            if let v = try reconnect.duration(.window) { config.edge.admission.reconnectWindow = v }
+            if let v = try reconnect.duration(.block) { config.edge.admission.reconnectBlock = v }
+        }
         if let rate = try limits.section(.rate, RateKey.self) {
             var limits = config.edge.rateLimits
             if let v = try rate.int(.messagesPerSecond, in: 0...10_000_000) { limits.messagesPerSecond = Double(v) }

@@ -136,6 +136,7 @@ final class EmbeddedSession {
         self.sink = RoutingSink(router: router)
         var settings = EdgeSettings()
         settings.publishEvents = false
+        settings.admission = .unlimited
         // The limiter runs as in production, with limits no benchmark loop reaches.
         settings.rateLimits = UplinkRateLimits(
             messagesPerSecond: 1e9,

@@ -85,6 +85,16 @@ extension DeviceSessionHandler {
             )
             return
         }
+        if let wait = self.shared.admission.authenticated(deviceID, now: now) {
+            let limits = settings.admission
+            self.close(
+                .reconnectingTooOften,
+                reconnectAfterMilliseconds: wait,
+                message:
+                    "authenticated more than \(limits.reconnectMax) times in \(limits.reconnectWindow.nanoseconds / 1_000_000_000) s"
+            )
+            return
+        }
         let keepalive = settings.negotiatedKeepalive(requested: hello.keepaliveSeconds)
         self.deviceCapabilities = hello.capabilities
         let gatewayLimit = UInt32(clamping: settings.maxPushFrameSize ?? settings.maxFrameSize)

@@ -107,7 +107,18 @@ final class DeviceSessionHandler: ChannelDuplexHandler, TimerWheelTarget, Delive
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         switch event {
         case let header as ProxyHeaderReceived:
-            if let source = header.source { self.clientAddress = source }
+            if let source = header.source {
+                self.clientAddress = source
+                // The real address is known only now: its connection count is checked here,
+                // before the TLS handler sees the device's first bytes.
+                let admission = self.shared.admission
+                let host = AdmissionControl.host(of: source)
+                guard admission.addressOpened(host) else {
+                    self.closeForTransport(.evicted, "too many connections from one address")
+                    return
+                }
+                context.channel.closeFuture.whenComplete { _ in admission.addressClosed(host) }
+            }
         case let tls as TLSUserEvent:
             if case .handshakeCompleted = tls {
                 if self.shared.readsClientCertificates,
@@ -117,6 +128,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, TimerWheelTarget, Delive
                 }
                 let now = self.now
                 if let started = self.machine.handshakeStartedAt {
+                    self.shared.admission.handshakeEnded()
                     let metrics = self.loop.metrics
                     metrics.handshakesCompleted += 1
                     metrics.handshakeDuration.record(Double((now - started).nanoseconds) / 1e9)
@@ -244,6 +256,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, TimerWheelTarget, Delive
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        if self.metricsPhase == .handshake { self.shared.admission.handshakeEnded() }
         let inactive = self.machine.channelInactive(partialFrame: self.partialFrame != nil)
         self.loop.metrics.closed(
             code: Self.eventCode(inactive.reason),

@@ -30,6 +30,8 @@ package enum SessionCloseReason: Hashable, Sendable {
     case authentication(AuthenticationFailure)
     /// Too many failed authentications from the device's address.
     case authenticationThrottled
+    /// The device authenticated too often (`limits.reconnect`): refused for a while.
+    case reconnectingTooOften
     /// The codec found the device's bytes invalid; `code` is the codec's own, passed through.
     case protocolViolation(code: UInt16)
     case connectionReset

@@ -29,6 +29,7 @@ extension TerminusCode {
             case .authentication(.certificateRequired): .certificateRequired
             case .authentication(.invalidDeviceID): .invalidDeviceID
             case .authenticationThrottled: .authenticationThrottled
+            case .reconnectingTooOften: .reconnectingTooOften
             case .protocolViolation(let code): TerminusCode(rawValue: code)
             case .connectionReset: .connectionReset
             case .uncleanShutdown: .uncleanShutdown
