@@ -242,6 +242,7 @@ let package = Package(
                 "TerminusAuth",
                 "TerminusAPI",
                 "TerminusMetrics",
+                "TerminusListeners",
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),

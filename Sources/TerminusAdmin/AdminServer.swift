@@ -1,3 +1,4 @@
+internal import Foundation
 package import Logging
 package import NIOCore
 internal import NIOHTTP1
@@ -11,9 +12,13 @@ package import TerminusMetrics
 /// - `GET /healthz`: 200 while the process runs its event loops.
 /// - `GET /readyz`: 200 while the gateway accepts devices, 503 once draining started.
 /// - `GET /metrics`: the Prometheus text format (`MetricsExporter`).
+/// - `/admin/…`: the admin API (`AdminAPI`: devices, kick, drain, configuration, reload),
+///   behind a bearer token.
 ///
-/// Three routes do not justify a web framework; this is a plain NIOHTTP1 handler. Keep it on
-/// loopback or a cluster-internal port: it has no authentication.
+/// Nine routes with JSON bodies of a few fields still read well as one plain NIOHTTP1 handler
+/// (Hummingbird would add a dependency tree and build time for no feature used here). The
+/// probes and `/metrics` have no authentication: keep the listener on loopback or a
+/// cluster-internal port.
 package final class AdminServer: Sendable {
     private let group: any EventLoopGroup
     private let host: String
@@ -21,6 +26,7 @@ package final class AdminServer: Sendable {
     private let logger: Logger
     private let ready: @Sendable () -> Bool
     private let metrics: MetricsExporter?
+    private let api: AdminAPI?
     private let channel = Mutex<(any Channel)?>(nil)
     /// Caps connections and closes idle ones: probes and scrapes are short.
     package let connectionGuard: ConnectionGuard
@@ -34,9 +40,11 @@ package final class AdminServer: Sendable {
         limits: ConnectionGuard.Limits = AdminServer.defaultLimits,
         logger: Logger,
         metrics: MetricsExporter? = nil,
+        api: AdminAPI? = nil,
         ready: @escaping @Sendable () -> Bool
     ) {
         self.metrics = metrics
+        self.api = api
         self.connectionGuard = ConnectionGuard(name: "admin", limits: limits, logger: logger)
         self.group = group
         self.host = host
@@ -48,6 +56,7 @@ package final class AdminServer: Sendable {
     package func start() async throws -> SocketAddress {
         let ready = self.ready
         let metrics = self.metrics
+        let api = self.api
         let connectionGuard = self.connectionGuard
         let channel = try await ServerBootstrap(group: self.group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -62,7 +71,9 @@ package final class AdminServer: Sendable {
                 do {
                     guard try connectionGuard.admit(channel) else { return channel.eventLoop.makeSucceededVoidFuture() }
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
-                    try channel.pipeline.syncOperations.addHandler(AdminHandler(ready: ready, metrics: metrics))
+                    try channel.pipeline.syncOperations.addHandler(
+                        AdminHandler(ready: ready, metrics: metrics, api: api)
+                    )
                     return channel.eventLoop.makeSucceededVoidFuture()
                 } catch {
                     return channel.eventLoop.makeFailedFuture(error)
@@ -88,11 +99,13 @@ final class AdminHandler: ChannelInboundHandler {
 
     private let ready: @Sendable () -> Bool
     private let metrics: MetricsExporter?
+    private let api: AdminAPI?
     private var head: HTTPRequestHead?
 
-    init(ready: @escaping @Sendable () -> Bool, metrics: MetricsExporter?) {
+    init(ready: @escaping @Sendable () -> Bool, metrics: MetricsExporter?, api: AdminAPI?) {
         self.ready = ready
         self.metrics = metrics
+        self.api = api
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -120,6 +133,17 @@ final class AdminHandler: ChannelInboundHandler {
                         self.write(head, .internalServerError, "metrics failed\n", context: context)
                     }
                 }
+                return
+            }
+            if Self.path(head) == "/admin" || Self.path(head).hasPrefix("/admin/") {
+                let (status, body) =
+                    self.api?.respond(
+                        method: head.method,
+                        path: Self.path(head),
+                        query: Self.query(head),
+                        authorization: head.headers.first(name: "authorization")
+                    ) ?? (.notFound, #"{"error":"the admin API is off"}"#)
+                self.write(head, status, body + "\n", contentType: "application/json", context: context)
                 return
             }
             let (status, body) = self.respond(head)
@@ -151,6 +175,18 @@ final class AdminHandler: ChannelInboundHandler {
         if !keepAlive {
             done.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
         }
+    }
+
+    private static func query(_ head: HTTPRequestHead) -> [String: String] {
+        guard let query = head.uri.split(separator: "?", maxSplits: 1).dropFirst().first else { return [:] }
+        var values: [String: String] = [:]
+        for pair in query.split(separator: "&") {
+            let parts = pair.split(separator: "=", maxSplits: 1).map {
+                String($0).replacingOccurrences(of: "+", with: " ").removingPercentEncoding ?? String($0)
+            }
+            if let key = parts.first { values[key] = parts.count > 1 ? parts[1] : "" }
+        }
+        return values
     }
 
     private static func path(_ head: HTTPRequestHead) -> String {

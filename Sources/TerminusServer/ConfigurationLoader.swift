@@ -188,7 +188,9 @@ package enum ConfigurationLoader {
             config.edge.publishEvents = value
         }
         if let api = try root.section(.api, APIKey.self) { try Self.decodeAPI(api, into: &config, base: base) }
-        if let admin = try root.section(.admin, AdminKey.self) { try Self.decodeAdmin(admin, into: &config) }
+        if let admin = try root.section(.admin, AdminKey.self) {
+            try Self.decodeAdmin(admin, into: &config, base: base)
+        }
     }
 
     // MARK: device
@@ -564,11 +566,30 @@ package enum ConfigurationLoader {
 
     enum AdminKey: String, SectionKeys {
         case listen
+        case tokensFile = "tokens_file"
         case maxConnections = "max_connections"
         case idleTimeout = "idle_timeout"
     }
 
-    private static func decodeAdmin(_ admin: Keyed<AdminKey>, into config: inout GatewayConfiguration) throws {
+    private static func decodeAdmin(
+        _ admin: Keyed<AdminKey>,
+        into config: inout GatewayConfiguration,
+        base: String
+    )
+        throws
+    {
+        if let file = try admin.string(.tokensFile) {
+            let path = Self.resolve(file, base)
+            guard let data = FileManager.default.contents(atPath: path) else {
+                throw ConfigurationError(key: "admin.tokens_file", "cannot read \(path)")
+            }
+            config.adminTokens = String(decoding: data, as: UTF8.self).split(whereSeparator: \.isNewline)
+                .map { $0.trimmingCharacters(in: .whitespaces) }
+                .filter { !$0.isEmpty && !$0.hasPrefix("#") }
+            guard config.adminTokens.allSatisfy({ $0.utf8.count >= 16 }) else {
+                throw ConfigurationError(key: "admin.tokens_file", "every token must be at least 16 characters")
+            }
+        }
         if let v = try admin.int(.maxConnections, in: 1...1_000_000) { config.adminLimits.maxConnections = v }
         if let v = try admin.duration(.idleTimeout) { config.adminLimits.idleTimeout = v }
         if let listen = try admin.string(.listen) {

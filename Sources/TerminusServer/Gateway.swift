@@ -10,8 +10,9 @@ internal import TerminusAuth
 internal import TerminusBackend
 internal import TerminusCompression
 internal import TerminusEdge
-internal import TerminusListeners
+package import TerminusListeners
 package import TerminusMetrics
+internal import TerminusProtocol
 package import TerminusSessions
 
 /// The composition root: builds the event loops, TLS context, secrets, dictionaries, the device
@@ -53,6 +54,13 @@ package final class Gateway: Service, Sendable {
     private let reloadsRefused = Atomic<Int>(0)
     /// Unix seconds of the last applied reload (0: none).
     private let lastReload = Atomic<Int>(0)
+    /// Why the last reload was refused (the admin API's answer).
+    private let lastReloadError = Mutex<String?>(nil)
+    /// Where a reload reads the configuration (`terminus run` sets it: the file and the command
+    /// line's overrides); nil: nothing to reload (development mode, embedding).
+    package let configurationSource = Reloadable<(@Sendable () throws -> GatewayConfiguration)?>(nil)
+    /// The admin API's drain (`POST /admin/drain`), kept so that it is awaited, not leaked.
+    private let adminDrain = Mutex<Task<Void, Never>?>(nil)
 
     package init(
         configuration: GatewayConfiguration,
@@ -140,6 +148,7 @@ package final class Gateway: Service, Sendable {
         }
         let ready = ReadyFlag()
         self.readyFlag = ready
+        let reference = GatewayReference()
         var parts: [any Service] = []
         if let listen = configuration.adminListen {
             let admin = AdminServer(
@@ -149,6 +158,7 @@ package final class Gateway: Service, Sendable {
                 limits: configuration.adminLimits,
                 logger: logger,
                 metrics: self.metrics,
+                api: Self.adminAPI(configuration, reference),
                 ready: { ready.isReady }
             )
             self.metrics.add(ClosureMetricsSource { admin.connectionGuard.collect(into: &$0) })
@@ -201,6 +211,7 @@ package final class Gateway: Service, Sendable {
         self.services = ServiceGroup(
             configuration: .init(services: parts.map { .init(service: $0) }, logger: logger)
         )
+        reference.gateway = self
         self.metrics.add(self.edge)
         if let router = self.router { self.metrics.add(router) }
         if let api = self.api { self.metrics.add(api) }
@@ -334,6 +345,8 @@ package final class Gateway: Service, Sendable {
             try? await self.adminGroup?.shutdownGracefully()
             throw error
         }
+        // An admin API drain still waiting for devices ends with the listener it drained.
+        await self.adminDrain.withLock { $0 }?.value
         try? await self.group.shutdownGracefully()
         try? await self.adminGroup?.shutdownGracefully()
         self.logger.info("stopped")
@@ -402,6 +415,7 @@ package final class Gateway: Service, Sendable {
             secrets = try next.secretsFile.map { try SecretsFile.load(path: $0) } ?? SecretStore()
         } catch {
             self.reloadsRefused.wrappingAdd(1, ordering: .relaxed)
+            self.lastReloadError.withLock { $0 = "\(error)" }
             self.logger.error(
                 "configuration reload refused; the running configuration stays",
                 metadata: ["reason": "\(error)"]
@@ -432,6 +446,115 @@ package final class Gateway: Service, Sendable {
         if !restart.isEmpty { metadata["restart_needed_for"] = "\(restart.joined(separator: ","))" }
         self.logger.notice("configuration reloaded", metadata: metadata)
         return true
+    }
+
+    /// The admin API over this gateway (see `AdminAPI`); its closures hold the gateway weakly.
+    static func adminAPI(_ configuration: GatewayConfiguration, _ reference: GatewayReference) -> AdminAPI {
+        AdminAPI(
+            tokens: configuration.adminTokens,
+            devices: { prefix, after, limit in
+                guard let gateway = reference.gateway else { return [] }
+                return gateway.directory.all()
+                    .filter { session in
+                        session.deviceID.hasPrefix(prefix) && (after.map { session.deviceID > $0 } ?? true)
+                    }
+                    .sorted { $0.deviceID < $1.deviceID }
+                    .prefix(limit)
+                    .map(Self.adminDevice)
+            },
+            device: { id in reference.gateway?.directory.lookup(id).map(Self.adminDevice) },
+            kick: { id in
+                guard let session = reference.gateway?.directory.lookup(id) else { return false }
+                session.control.goAway(.kicked, reconnectAfterMilliseconds: 0, message: "kicked by an operator")
+                return true
+            },
+            drain: { reference.gateway?.drainDevices() },
+            configuration: { reference.gateway?.redactedConfiguration() ?? "{}" },
+            reload: {
+                guard let gateway = reference.gateway else { return "the gateway stopped" }
+                guard let source = gateway.configurationSource.value else {
+                    return "no configuration file to reload (development mode)"
+                }
+                return gateway.reload(source) ? nil : gateway.lastReloadError.withLock { $0 } ?? "refused"
+            }
+        )
+    }
+
+    private static func adminDevice(_ session: SessionHandle) -> AdminDevice {
+        AdminDevice(
+            deviceID: session.deviceID,
+            clientAddress: session.clientAddress,
+            connectedAtMs: session.connectedAt,
+            connectionID: session.connectionID
+        )
+    }
+
+    /// `POST /admin/drain`: readiness false, the device listener closed, every device told to
+    /// reconnect (hints spread over `drain.reconnect_window`); the process keeps running and a
+    /// later SIGTERM stops it as usual.
+    func drainDevices() {
+        self.readyFlag.set(false)
+        self.draining.store(true, ordering: .relaxed)
+        self.logger.notice("drain requested through the admin API")
+        let edge = self.edge
+        let window = self.configuration.drainReconnectWindow
+        let grace = self.configuration.drainGrace
+        self.adminDrain.withLock { task in
+            guard task == nil else { return }
+            task = Task { await edge.drain(reconnectWindow: window, grace: grace) }
+        }
+    }
+
+    /// The configuration in use, as JSON, with secrets and tokens replaced by their count.
+    func redactedConfiguration() -> String {
+        let config = self.applied.withLock { $0 }
+        var device: [String: Any] = [
+            "listen": "\(config.deviceListen)", "transport": "\(config.transport)",
+            "proxy_protocol": "\(config.proxyProtocol)",
+        ]
+        if let tls = config.tls {
+            device["tls"] = [
+                "certificate_chain": tls.certificateChain, "private_key": "(redacted: \(tls.privateKey))",
+                "client_ca": tls.clientCA ?? "", "client_auth": "\(tls.clientAuth)", "min_version": tls.minimumVersion,
+            ]
+        }
+        let object: [String: Any] = [
+            "instance_id": config.instanceID,
+            "event_loop_threads": config.eventLoopThreads,
+            "device": device,
+            "auth": [
+                "secrets_file": config.secretsFile ?? "", "secrets": "(redacted)",
+                "max_token_lifetime_s": config.maxTokenLifetimeSeconds,
+            ],
+            "limits": [
+                "max_connections": config.edge.maxConnections, "max_frame_size": config.edge.maxFrameSize,
+                "max_inflight": config.edge.maxInflight,
+                "new_connections_per_second": config.edge.admission.acceptRate,
+                "max_handshakes": config.edge.admission.maxHandshakes,
+                "max_connections_per_address": config.edge.admission.maxPerAddress,
+                "reconnect_max": config.edge.admission.reconnectMax,
+            ],
+            "services": config.services.map { service in
+                [
+                    "name": service.name, "target": "\(service.host):\(service.port)",
+                    "topics": service.filters.map { "\($0)" },
+                ]
+            },
+            "api": [
+                "listen": config.apiListen.map { "\($0)" } ?? "", "tokens": "(\(config.apiTokens.count) redacted)",
+            ],
+            "admin": [
+                "listen": config.adminListen.map { "\($0)" } ?? "", "tokens": "(\(config.adminTokens.count) redacted)",
+            ],
+            "drain": [
+                "grace_ms": config.drainGrace.nanoseconds / 1_000_000,
+                "unready_delay_ms": config.drainUnreadyDelay.nanoseconds / 1_000_000,
+                "reconnect_window_ms": config.drainReconnectWindow.nanoseconds / 1_000_000,
+            ],
+            "log": ["level": "\(config.logLevel)", "format": config.logFormat.rawValue],
+        ]
+        let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data("{}".utf8)
+        return String(decoding: data, as: UTF8.self)
     }
 
     /// Keys whose new value a reload cannot apply (listeners, transport, loops, services).
@@ -588,4 +711,10 @@ final class ReadyFlag: Sendable {
     func set(_ ready: Bool) {
         self.value.store(ready, ordering: .relaxed)
     }
+}
+
+/// The gateway, weakly, for the admin API's closures (made before the gateway is).
+final class GatewayReference: @unchecked Sendable {
+    // Set once in `Gateway.init`, before the admin listener can run; read after.
+    weak var gateway: Gateway?
 }

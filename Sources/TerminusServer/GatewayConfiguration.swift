@@ -104,6 +104,8 @@ package struct GatewayConfiguration: Sendable {
     package var drainUnreadyDelay: TimeAmount = .seconds(5)
 
     package var adminListen: HostPort?
+    /// `admin.tokens_file`: bearer tokens of the admin API (`/admin/…`); none: the API is off.
+    package var adminTokens: [String] = []
     /// `admin.max_connections`, `admin.idle_timeout`.
     package var adminLimits: ConnectionGuard.Limits = AdminServer.defaultLimits
     /// `api.max_connections`, `api.idle_timeout`.

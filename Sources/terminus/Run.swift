@@ -6,6 +6,7 @@ import NIOCore
 import Prometheus
 import ServiceLifecycle
 import TerminusEdge
+import TerminusListeners
 import TerminusMetrics
 import TerminusServer
 import UnixSignals
@@ -112,6 +113,7 @@ struct Run: AsyncParsableCommand {
         let grace = configuration.drainGrace
         let reloadable = self.config != nil
         let command = self
+        if reloadable { gateway.configurationSource.replace(with: { try command.loadConfiguration().0 }) }
         // SIGHUP reloads. The first SIGTERM (or SIGINT) drains; a second one exits at once.
         // Whatever the backends do, the process is gone `drain.grace` plus `Self.exitMargin`
         // after the first.
@@ -184,12 +186,14 @@ struct Run: AsyncParsableCommand {
         }
     }
 
-    /// What identifies a file's content without reading it; nil when it cannot be read.
-    static func fingerprint(_ path: String) -> [Int]? {
-        var info = stat()
-        guard stat(path, &info) == 0 else { return nil }
+    /// What identifies a file's content without reading it (through its links: the file a
+    /// `..data` swap points to now); nil when it cannot be read.
+    static func fingerprint(_ path: String) -> [String]? {
+        let resolved = URL(fileURLWithPath: path).resolvingSymlinksInPath().path
+        guard let attributes = try? FileManager.default.attributesOfItem(atPath: resolved) else { return nil }
         return [
-            Int(info.st_dev), Int(info.st_ino), Int(info.st_size), Int(info.st_mtim.tv_sec), Int(info.st_mtim.tv_nsec),
+            resolved, "\(attributes[.systemFileNumber] ?? "")", "\(attributes[.size] ?? "")",
+            "\((attributes[.modificationDate] as? Date)?.timeIntervalSince1970 ?? 0)",
         ]
     }
 

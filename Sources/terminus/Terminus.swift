@@ -9,6 +9,6 @@ struct Terminus: AsyncParsableCommand {
         commandName: "terminus",
         abstract: "Terminus: a device message gateway.",
         version: Self.version,
-        subcommands: [Run.self, CheckConfig.self, Token.self, Device.self, Send.self]
+        subcommands: [Run.self, CheckConfig.self, Token.self, Device.self, Send.self, Ctl.self]
     )
 }
