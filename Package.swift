@@ -362,7 +362,8 @@ let package = Package(
 if Context.environment["TERMINUS_CORE_ONLY"] == "1" {
     let core: Set<String> = [
         "CTerminusZlib", "TerminusProtocol", "TerminusCompression", "TerminusRouting", "TerminusAuth",
-        "TerminusSessions", "TerminusListeners", "TerminusEdge", "TerminusProtocolTests", "TerminusCompressionTests",
+        "TerminusSessions", "TerminusListeners", "TerminusMetrics", "TerminusEdge", "TerminusProtocolTests",
+        "TerminusCompressionTests",
         "TerminusRoutingTests", "TerminusEdgeTests",
     ]
     package.targets = package.targets.filter { core.contains($0.name) }

@@ -7,6 +7,7 @@ import TerminusEdge
 import TerminusMetrics
 import TerminusProtocol
 import TerminusServer
+import TerminusSessions
 import Testing
 
 /// Issue 13's overload protection: each limit refuses (and counts) a flood above it before any
@@ -128,6 +129,45 @@ struct OverloadTests {
         #expect(drained)
         let again = try await RawClient.connect(port: gateway.port, tls: true)
         #expect(try await again.handshake("overload-again").deviceID == "overload-again")
+    }
+
+    @Test("limits.max_connections_per_address behind PROXY protocol counts the real address the header names")
+    func perAddressBehindProxy() async throws {
+        let gateway = try await TestGateway.start {
+            $0.proxyProtocol = .any
+            $0.transport = .plaintext
+            $0.tls = nil
+            $0.edge.admission.maxPerAddress = 2
+        }
+        func proxied(_ source: String, _ id: String) async throws -> RawClient {
+            let raw = try await RawClient.connect(
+                port: gateway.port,
+                tls: false,
+                preamble: Array("PROXY TCP4 \(source) 10.0.0.1 40001 7883\r\n".utf8)
+            )
+            // A refused connection may be closed before the HELLO goes out.
+            try? await raw.send(TestGateway.hello(id))
+            _ = await raw.waitUntil(5) { !raw.frames.isEmpty || raw.isClosed }
+            return raw
+        }
+        // Every connection comes from the load balancer's address (127.0.0.1 here): the limit
+        // counts the addresses the headers name.
+        let a1 = try await proxied("198.51.100.1", "proxy-a1")
+        let a2 = try await proxied("198.51.100.1", "proxy-a2")
+        let b1 = try await proxied("198.51.100.2", "proxy-b1")
+        let a3 = try await proxied("198.51.100.1", "proxy-a3")
+        #expect(!a1.isClosed && !a2.isClosed && !b1.isClosed)
+        #expect(await a3.waitUntil(5) { a3.isClosed }, "a third connection from 198.51.100.1 was admitted")
+        #expect(try await Self.refusals(gateway, "per_address") == 1)
+        await a1.close()
+        #expect(gateway.gateway.directory.lookup("proxy-b1") != nil)
+        var admitted = false
+        for _ in 0..<50 where !admitted {
+            let again = try await proxied("198.51.100.1", "proxy-a4")
+            admitted = !again.isClosed
+            if !admitted { try await Task.sleep(for: .milliseconds(100)) }
+        }
+        #expect(admitted, "room did not come back after a connection from the address closed")
     }
 
     @Test(
