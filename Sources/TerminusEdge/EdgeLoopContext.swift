@@ -41,12 +41,7 @@ final class EdgeLoopContext {
         self.wheel = TimerWheel(tick: settings.timerTick)
         let metrics = EdgeLoopMetrics()
         self.metrics = metrics
-        self.batcher = UplinkBatcher(
-            eventLoop: eventLoop,
-            sink: sink,
-            maxBatchSize: settings.maxBatchSize,
-            metrics: metrics
-        )
+        self.batcher = UplinkBatcher(eventLoop: eventLoop, sink: sink, maxBatchSize: settings.maxBatchSize)
         self.maxTracked = max(1, settings.maxConnections)
     }
 }

@@ -1,5 +1,4 @@
 internal import NIOCore
-internal import TerminusMetrics
 internal import TerminusProtocol
 internal import TerminusSessions
 
@@ -12,8 +11,9 @@ enum DeliveryKind: UInt8 {
 
 /// Who waits for a message's outcome.
 protocol DeliveryWaiter: AnyObject {
-    /// Called on the event loop with the outcome of message `messageID`.
-    func deliveryCompleted(messageID: UInt32, kind: DeliveryKind, outcome: DeliveryOutcome)
+    /// Called on the event loop with the outcome of message `messageID`, handed to the batcher
+    /// in the loop tick that began at `receivedAt` (for the publish→ack latency).
+    func deliveryCompleted(messageID: UInt32, kind: DeliveryKind, outcome: DeliveryOutcome, receivedAt: NIODeadline)
     /// Called once after a batch's outcomes were handed out, to flush coalesced ACKs.
     func flushAcks()
 }
@@ -28,7 +28,7 @@ final class UplinkBatcher {
     private let sink: any UplinkSink
     private let maxBatchSize: Int
     private var messages: [UplinkMessage] = []
-    private var waiters: [((any DeliveryWaiter)?, UInt32, DeliveryKind)] = []
+    private var waiters: [((any DeliveryWaiter)?, UInt32, DeliveryKind, NIODeadline)] = []
     private var flushScheduled = false
     /// When the batch being gathered got its first message (this tick).
     private var startedAt = NIODeadline.uptimeNanoseconds(0)
@@ -50,7 +50,7 @@ final class UplinkBatcher {
     func enqueue(_ message: UplinkMessage, waiter: (any DeliveryWaiter)?, kind: DeliveryKind) {
         if self.messages.isEmpty { self.startedAt = self.eventLoop.now }
         self.messages.append(message)
-        self.waiters.append((waiter, message.messageID, kind))
+        self.waiters.append((waiter, message.messageID, kind, self.startedAt))
         if self.messages.count >= self.maxBatchSize {
             self.flush()
         } else if !self.flushScheduled {
@@ -65,8 +65,9 @@ final class UplinkBatcher {
         guard !self.messages.isEmpty else { return }
         // Hand the arrays over (no copy); the next batch starts fresh ones.
         let batch = self.messages
+        // The completion captures `waiters` alone: a closure over one reference needs no
+        // context allocation (the allocation gate counts it).
         let waiters = self.waiters
-        let startedAt = self.startedAt
         self.messages = []
         self.waiters = []
         self.sink.deliver(batch, on: self.eventLoop)
@@ -81,51 +82,22 @@ final class UplinkBatcher {
                     // A failed or malformed sink answer: nothing was accepted; ask devices to resend.
                     outcomes = Array(repeating: .retryLater(afterSeconds: 1), count: waiters.count)
                 }
-                self.count(outcomes, waiters: waiters, startedAt: startedAt)
                 // One pass, while each session's state is in the cache: a session's messages sit
                 // next to each other in the batch (one read each per tick), so its ACKs are
                 // flushed when the next message is another session's. A session seen again later
                 // gets another flush then; flushAcks does nothing when nothing is pending.
                 for position in waiters.indices {
-                    let (waiter, id, kind) = waiters[position]
+                    let (waiter, id, kind, receivedAt) = waiters[position]
                     guard let waiter else { continue }
-                    waiter.deliveryCompleted(messageID: id, kind: kind, outcome: outcomes[position])
+                    waiter.deliveryCompleted(
+                        messageID: id,
+                        kind: kind,
+                        outcome: outcomes[position],
+                        receivedAt: receivedAt
+                    )
                     let next = position + 1 < waiters.count ? waiters[position + 1].0 : nil
                     if next !== waiter { waiter.flushAcks() }
                 }
             }
-    }
-
-    /// Uplink outcomes by QoS, and the QoS 1 messages' publish→ack latency (one value for the
-    /// batch: its messages were read in the same tick).
-    private func count(
-        _ outcomes: [DeliveryOutcome],
-        waiters: [((any DeliveryWaiter)?, UInt32, DeliveryKind)],
-        startedAt: NIODeadline
-    ) {
-        let metrics = self.metrics
-        var acknowledged = 0
-        for position in waiters.indices {
-            let qos: QoS
-            switch waiters[position].2 {
-            case .connectedEvent: continue
-            case .atMostOnce: qos = .atMostOnce
-            case .atLeastOnce:
-                qos = .atLeastOnce
-                acknowledged += 1
-            }
-            let outcome: EdgeLoopMetrics.UplinkOutcome =
-                switch outcomes[position] {
-                case .accepted: .ok
-                case .noRoute: .noRoute
-                case .rejected: .rejected
-                case .retryLater: .retryLater
-                }
-            metrics.uplink(qos: qos, outcome)
-        }
-        if acknowledged > 0 {
-            let seconds = Double((self.eventLoop.now - startedAt).nanoseconds) / 1e9
-            metrics.publishAck.record(seconds, times: acknowledged)
-        }
     }
 }

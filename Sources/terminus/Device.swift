@@ -26,6 +26,9 @@ struct ConnectionOptions: ParsableArguments {
     @Option(name: .long, help: "Device secret (text, hex:… or base64:…); a fresh token is made from it.")
     var secret: String?
 
+    @Option(name: .long, help: "Read the device secret from this file (first line). Default: $TERMINUS_DEVICE_SECRET.")
+    var secretFile: String?
+
     @Option(name: .long, help: "A ready-made token (see `terminus token`).")
     var token: String?
 
@@ -60,13 +63,12 @@ struct ConnectionOptions: ParsableArguments {
         let credential: TerminusClientConfiguration.Credential
         if let token = self.token {
             credential = .token(token)
-        } else if let secret = self.secret {
-            guard let bytes = SecretsFile.decodeSecret(secret) else { throw ValidationError("--secret is not valid") }
+        } else if let bytes = try SecretInput.read(secret: self.secret, file: self.secretFile) {
             credential = .secret(bytes, ttlSeconds: 3600)
         } else if self.cert != nil {
             credential = .certificate
         } else {
-            throw ValidationError("give --secret, --token or --cert/--key")
+            throw ValidationError("give --secret-file, $TERMINUS_DEVICE_SECRET, --secret, --token or --cert/--key")
         }
         var tls: TLSConfiguration? = nil
         if !self.plaintext {
@@ -220,7 +222,30 @@ extension Device {
             let noReconnect = self.noReconnect
             let device = TerminusDevice(configuration: configuration)
             let received = Counter()
-            let goAway = try await device.run(
+            let goAway: GoAway?
+            do {
+                goAway = try await self.listen(
+                    device,
+                    group: group,
+                    limit: limit,
+                    noReconnect: noReconnect,
+                    received: received
+                )
+            } catch is CancellationError where (limit > 0 && received.current >= limit) || noReconnect {
+                // Stopped as asked: after --count pushes, or when the connection ended.
+                return
+            }
+            if let goAway, goAway.code != .ok { standardError("stopped: \(goAway.code) \(goAway.message)") }
+        }
+
+        private func listen(
+            _ device: TerminusDevice,
+            group: MultiThreadedEventLoopGroup,
+            limit: Int,
+            noReconnect: Bool,
+            received: Counter
+        ) async throws -> GoAway? {
+            try await device.run(
                 group: group,
                 events: { event in
                     switch event {
@@ -237,7 +262,13 @@ extension Device {
                 session: { connection in
                     for await push in connection.pushes {
                         let text = String(decoding: push.payload.readableBytesView, as: UTF8.self)
-                        print("push id=\(push.messageID) topic=\(push.topic) qos=\(push.qos.rawValue) payload=\(text)")
+                        // Written at once (not buffered), also into a pipe or a file.
+                        FileHandle.standardOutput.write(
+                            Data(
+                                "push id=\(push.messageID) topic=\(push.topic) qos=\(push.qos.rawValue) payload=\(text)\n"
+                                    .utf8
+                            )
+                        )
                         if push.qos == .atLeastOnce { connection.acknowledge(push) }
                         if limit > 0 && received.increment() >= limit {
                             await connection.close()
@@ -247,7 +278,6 @@ extension Device {
                     if noReconnect { throw CancellationError() }
                 }
             )
-            if let goAway, goAway.code != .ok { standardError("stopped: \(goAway.code) \(goAway.message)") }
         }
     }
 }

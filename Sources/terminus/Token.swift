@@ -12,15 +12,18 @@ struct Token: ParsableCommand {
     @Option(name: .long, help: "Device id.")
     var device: String
 
-    @Option(name: .long, help: "The device's secret: text, hex:… or base64:….")
-    var secret: String
+    @Option(name: .long, help: "The device's secret: text, hex:… or base64:… (visible in ps; prefer --secret-file).")
+    var secret: String?
+
+    @Option(name: .long, help: "Read the secret from this file (first line). Default: $TERMINUS_DEVICE_SECRET.")
+    var secretFile: String?
 
     @Option(name: .long, help: "Seconds until the token expires.")
     var ttl: Int64 = 86_400
 
     func run() throws {
-        guard let key = SecretsFile.decodeSecret(self.secret) else {
-            throw ValidationError("--secret is not valid text, hex:… or base64:…")
+        guard let key = try SecretInput.read(secret: self.secret, file: self.secretFile) else {
+            throw ValidationError("give --secret-file, $TERMINUS_DEVICE_SECRET or --secret")
         }
         guard self.ttl > 0 else { throw ValidationError("--ttl must be positive") }
         let lifetime = DeviceAuthenticator.defaultMaxTokenLifetimeSeconds

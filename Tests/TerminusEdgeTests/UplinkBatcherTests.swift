@@ -34,7 +34,8 @@ struct UplinkBatcherTests {
             self.log = log
         }
 
-        func deliveryCompleted(messageID: UInt32, kind: DeliveryKind, outcome: DeliveryOutcome) {
+        func deliveryCompleted(messageID: UInt32, kind: DeliveryKind, outcome: DeliveryOutcome, receivedAt: NIODeadline)
+        {
             self.pending += 1
             self.log.entries.append("\(self.name)\(messageID):\(outcome == .accepted ? "ok" : "retry")")
         }

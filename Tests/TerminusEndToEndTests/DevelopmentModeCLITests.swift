@@ -1,4 +1,5 @@
 import Foundation
+import TerminusAuth
 import Testing
 
 #if canImport(Glibc)
@@ -93,6 +94,7 @@ struct DevelopmentModeCLITests {
         #expect(delivered.status == 0)
         #expect(delivered.output == "DELIVERED gateway=terminus-dev\n")
         #expect(try await Self.waitFor(10) { !listener.isRunning }, "the listener exits after its one push")
+        #expect(listener.terminationStatus == 0, "device listen --count exits 0")
         #expect(Self.text(pushes).contains("topic=demo/command qos=1 payload=hello, device"))
 
         // A wrong token is refused by the API, not by the device: exit status 4.
@@ -103,6 +105,40 @@ struct DevelopmentModeCLITests {
 
         gateway.terminate()
         #expect(try await Self.waitFor(20) { !gateway.isRunning }, "SIGTERM stops the gateway")
+    }
+
+    @Test(
+        "terminus token: the secret from a file or $TERMINUS_DEVICE_SECRET; one shorter than the gateway accepts is refused"
+    )
+    func tokenSecrets() async throws {
+        let file = NSTemporaryDirectory() + "terminus-secret-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: file) }
+        try "token-secret-0123456789\n".write(toFile: file, atomically: true, encoding: .utf8)
+        let fromFile = try await Self.shell("\(Self.binary) token --device d-1 --secret-file \(file) --ttl 60")
+        let fromEnvironment = try await Self.shell(
+            "TERMINUS_DEVICE_SECRET=token-secret-0123456789 \(Self.binary) token --device d-1 --ttl 60"
+        )
+        #expect(fromFile.status == 0 && fromEnvironment.status == 0)
+        // Both are valid tokens for d-1 under that secret.
+        let now = Int64(Date().timeIntervalSince1970)
+        for output in [fromFile.output, fromEnvironment.output] {
+            let token = Array(output.trimmingCharacters(in: .whitespacesAndNewlines).utf8)
+            let verdict = DeviceToken.verify(
+                token: token,
+                deviceID: "d-1",
+                secret: Array("token-secret-0123456789".utf8),
+                now: now
+            )
+            guard case .valid = verdict else {
+                Issue.record("not a valid token: \(output)")
+                continue
+            }
+        }
+        let short = try await Self.shell("\(Self.binary) token --device d-1 --secret short-secret 2>&1")
+        #expect(short.status == 64, "a 12-byte secret")
+        #expect(short.output.contains("at least 16 bytes"), "\(short.output)")
+        let missing = try await Self.shell("\(Self.binary) token --device d-1 --secret-file /nonexistent/secret 2>&1")
+        #expect(missing.status == 64 && missing.output.contains("/nonexistent/secret"), "\(missing.output)")
     }
 
     @Test("terminus send refuses bad arguments before calling anything")

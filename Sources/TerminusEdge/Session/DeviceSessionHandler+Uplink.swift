@@ -3,6 +3,7 @@ internal import NIOCore
 internal import Synchronization
 internal import TerminusCompression
 internal import TerminusListeners
+internal import TerminusMetrics
 internal import TerminusProtocol
 internal import TerminusSessions
 
@@ -272,13 +273,14 @@ extension DeviceSessionHandler {
 
     // MARK: Outcomes
 
-    func deliveryCompleted(messageID: UInt32, kind: DeliveryKind, outcome: DeliveryOutcome) {
+    func deliveryCompleted(messageID: UInt32, kind: DeliveryKind, outcome: DeliveryOutcome, receivedAt: NIODeadline) {
         let qos: QoS? =
             switch kind {
             case .connectedEvent: nil
             case .atMostOnce: .atMostOnce
             case .atLeastOnce: .atLeastOnce
             }
+        if let qos { self.countOutcome(outcome, qos: qos, receivedAt: receivedAt) }
         let action = self.machine.deliveryCompleted(qos: qos)
         if action.publishDisconnectedEvent { self.publishDisconnectedEvent() }
         guard let context = self.context else { return }
@@ -293,6 +295,23 @@ extension DeviceSessionHandler {
         if action.closeNow {
             self.flushAcks()
             context.close(promise: nil)
+        }
+    }
+
+    /// `terminus_uplink_messages_total` and, for QoS 1, `terminus_publish_ack_duration_seconds`
+    /// (from the tick that read the PUBLISH to its outcome).
+    private func countOutcome(_ outcome: DeliveryOutcome, qos: QoS, receivedAt: NIODeadline) {
+        let metrics = self.loop.metrics
+        let counted: EdgeLoopMetrics.UplinkOutcome =
+            switch outcome {
+            case .accepted: .ok
+            case .noRoute: .noRoute
+            case .rejected: .rejected
+            case .retryLater: .retryLater
+            }
+        metrics.uplink(qos: qos, counted)
+        if qos == .atLeastOnce {
+            metrics.publishAck.record(Double((self.now - receivedAt).nanoseconds) / 1e9)
         }
     }
 }
