@@ -1,5 +1,6 @@
 internal import Foundation
 internal import NIOHTTP1
+package import TerminusListeners
 
 /// One connected device as the admin API shows it.
 package struct AdminDevice: Sendable, Codable, Equatable {
@@ -26,8 +27,9 @@ package struct AdminDevice: Sendable, Codable, Equatable {
 /// What the admin API (`/admin/…`, behind a bearer token from `admin.tokens_file`) can do:
 /// the gateway fills these in. Each runs on the admin listener's own thread.
 package struct AdminAPI: Sendable {
-    /// Bearer tokens; empty: every `/admin/…` route answers 403 (the API is off).
-    package var tokens: [String]
+    /// Bearer tokens, replaced by a configuration reload; none: every `/admin/…` route answers
+    /// 403 (the API is off).
+    package let tokens: Reloadable<BearerTokens>
     /// Devices whose id starts with `prefix`, sorted by id, after `after`, at most `limit`.
     package var devices: @Sendable (_ prefix: String, _ after: String?, _ limit: Int) -> [AdminDevice]
     package var device: @Sendable (String) -> AdminDevice?
@@ -50,7 +52,7 @@ package struct AdminAPI: Sendable {
         configuration: @escaping @Sendable () -> String,
         reload: @escaping @Sendable () -> String?
     ) {
-        self.tokens = tokens
+        self.tokens = Reloadable(BearerTokens(tokens))
         self.devices = devices
         self.device = device
         self.kick = kick
@@ -71,10 +73,11 @@ package struct AdminAPI: Sendable {
     )
         -> (HTTPResponseStatus, String)
     {
-        guard !self.tokens.isEmpty else {
+        let tokens = self.tokens.value
+        guard !tokens.isEmpty else {
             return (.forbidden, Self.error("the admin API is off: set admin.tokens_file"))
         }
-        guard self.admits(authorization) else {
+        guard tokens.accepts(authorization: authorization) else {
             return (.unauthorized, Self.error("a valid bearer token is required"))
         }
         let parts = path.split(separator: "/", omittingEmptySubsequences: true).map {
@@ -113,24 +116,6 @@ package struct AdminAPI: Sendable {
     private struct DevicePage: Codable {
         var devices: [AdminDevice]
         var next: String?
-    }
-
-    /// Constant time in the presented token (no early exit on the first differing byte).
-    private func admits(_ header: String?) -> Bool {
-        guard let header, header.hasPrefix("Bearer ") else { return false }
-        let presented = Array(header.utf8.dropFirst(7))
-        var matched = false
-        for token in self.tokens {
-            let expected = Array(token.utf8)
-            var difference = UInt8(expected.count == presented.count ? 0 : 1)
-            for index in 0..<max(expected.count, presented.count) {
-                let a = index < expected.count ? expected[index] : 0
-                let b = index < presented.count ? presented[index] : 0
-                difference |= a ^ b
-            }
-            matched = matched || difference == 0
-        }
-        return matched
     }
 
     private static func json(_ value: some Encodable) -> String {

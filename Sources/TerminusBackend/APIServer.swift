@@ -54,7 +54,7 @@ package final class APIServer: Service, Sendable {
     private let port: Int
     private let security: APISecurity
     private let service: GatewayAPIService
-    private let tokens: Reloadable<APITokens>
+    private let tokens: Reloadable<BearerTokens>
     private let group: MultiThreadedEventLoopGroup
     private let logger: Logger
     private let state = Mutex(State())
@@ -100,7 +100,7 @@ package final class APIServer: Service, Sendable {
         self.host = host
         self.port = port
         self.security = security
-        self.tokens = Reloadable(APITokens(tokens))
+        self.tokens = Reloadable(BearerTokens(tokens))
         self.service = GatewayAPIService(
             directory: directory,
             instanceID: instanceID,
@@ -405,14 +405,14 @@ private final class APICallHandler: ChannelInboundHandler {
     }
 
     private let service: GatewayAPIService
-    private let tokens: Reloadable<APITokens>
+    private let tokens: Reloadable<BearerTokens>
     private let maxRequestSize: Int
     private var method: Method?
     private var request = ByteBuffer()
     /// Answered (or refused): what else arrives is ignored.
     private var done = false
 
-    init(service: GatewayAPIService, tokens: Reloadable<APITokens>, maxRequestSize: Int) {
+    init(service: GatewayAPIService, tokens: Reloadable<BearerTokens>, maxRequestSize: Int) {
         self.service = service
         self.tokens = tokens
         self.maxRequestSize = maxRequestSize
@@ -466,7 +466,9 @@ private final class APICallHandler: ChannelInboundHandler {
             self.refuse(.unimplemented, "compressed requests are not supported", context: context)
             return nil
         }
-        guard self.tokens.value.admits(authorization: headers.first(name: "authorization")) else {
+        // No token configured: any caller (mTLS alone decides).
+        let tokens = self.tokens.value
+        guard tokens.isEmpty || tokens.accepts(authorization: headers.first(name: "authorization")) else {
             self.refuse(.unauthenticated, "a valid 'authorization: Bearer <token>' is required", context: context)
             return nil
         }
@@ -572,7 +574,7 @@ extension String {
 extension APIServer {
     /// A configuration reload: calls from now on are checked against `tokens`.
     package func reload(tokens: [String]) {
-        self.tokens.replace(with: APITokens(tokens))
+        self.tokens.replace(with: BearerTokens(tokens))
     }
 }
 

@@ -1,8 +1,9 @@
 package import Logging
 package import NIOCore
 package import ServiceLifecycle
+internal import TerminusListeners
 package import TerminusMetrics
-internal import TerminusRouting
+package import TerminusRouting
 package import TerminusSessions
 
 /// The uplink sink that routes each message to every service whose topic filters match it,
@@ -13,7 +14,8 @@ package import TerminusSessions
 /// - A message is `accepted` only when every matching service accepted it; `rejected` when
 ///   any refused it for good; otherwise `retryLater` (the device resends; services that had
 ///   accepted it see a duplicate with the same `delivery_id`). No match: `noRoute`.
-/// - The route table is an immutable snapshot.
+/// - The route table is an immutable snapshot, read once per edge batch; a configuration
+///   reload swaps in another (`reload(filters:)`) for the same services.
 /// - Its work runs in `services`: one `Service` per subscribed service (its connection
 ///   pools) and one that re-balances the pools; run them in the gateway's
 ///   `ServiceGroup`.
@@ -21,7 +23,7 @@ package final class BackendRouter: UplinkSink, Sendable {
     /// At most this many services: the route table's service set is one 64-bit word.
     package static let maxServices = ServiceSet.capacity
 
-    private let table: RouteTable
+    private let table: Reloadable<RouteTable>
     /// Per configured service, its delivery on each event loop (in the group's order).
     private let services: [[ServiceDelivery]]
     /// Which of a service's deliveries serves a loop's devices.
@@ -38,11 +40,7 @@ package final class BackendRouter: UplinkSink, Sendable {
         guard subscriptions.count <= Self.maxServices else {
             throw RouterError("at most \(Self.maxServices) services can be configured")
         }
-        var routes: [(TopicFilter, Int)] = []
-        for (index, subscription) in subscriptions.enumerated() {
-            for filter in subscription.filters { routes.append((filter, index)) }
-        }
-        self.table = RouteTable(routes: routes)
+        self.table = Reloadable(Self.routeTable(subscriptions.map(\.filters)))
         let loops = Array(group.makeIterator())
         self.loopIndex = Dictionary(uniqueKeysWithValues: loops.enumerated().map { (ObjectIdentifier($1), $0) })
         self.services = subscriptions.map { subscription in
@@ -57,6 +55,24 @@ package final class BackendRouter: UplinkSink, Sendable {
             }
         }
         self.logger = logger
+    }
+
+    private static func routeTable(_ filters: [[TopicFilter]]) -> RouteTable {
+        var routes: [(TopicFilter, Int)] = []
+        for (index, serviceFilters) in filters.enumerated() {
+            for filter in serviceFilters { routes.append((filter, index)) }
+        }
+        return RouteTable(routes: routes)
+    }
+
+    /// A configuration reload of the routes: `filters[i]` are the new topic filters of the
+    /// i-th configured service (same services, same order). Edge batches planned from now on
+    /// use the new table; batches already handed to their services finish as planned.
+    package func reload(filters: [[TopicFilter]]) throws {
+        guard filters.count == self.services.count else {
+            throw RouterError("a reload can change the services' topics, not how many services there are")
+        }
+        self.table.replace(with: Self.routeTable(filters))
     }
 
     /// The router's work as services, in start order: each subscribed service's delivery,
@@ -87,8 +103,9 @@ package final class BackendRouter: UplinkSink, Sendable {
             groups: [[Int]](repeating: [], count: self.services.count),
             outcomes: [DeliveryOutcome](repeating: .accepted, count: batch.count)
         )
+        let table = self.table.value
         for (index, message) in batch.enumerated() {
-            let matched = self.table.match(message.topic)
+            let matched = table.match(message.topic)
             if matched.isEmpty { plan.outcomes[index] = .noRoute }
             for service in matched { plan.groups[service].append(index) }
         }

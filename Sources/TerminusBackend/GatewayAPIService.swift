@@ -110,37 +110,6 @@ struct GatewayAPIService: Sendable {
     }
 }
 
-/// The API's bearer tokens, compared without stopping early or on length (constant time in the
-/// presented token's content).
-struct APITokens: Sendable {
-    let tokens: [[UInt8]]
-
-    init(_ tokens: [String]) {
-        self.tokens = tokens.map { Array($0.utf8) }
-    }
-
-    /// Whether `authorization` (the header's value) admits the caller: any caller when no token
-    /// is configured (mTLS alone decides).
-    func admits(authorization: String?) -> Bool {
-        if self.tokens.isEmpty { return true }
-        guard let header = authorization, header.hasPrefix("Bearer ") else { return false }
-        return self.accepts(Array(header.utf8.dropFirst(7)))
-    }
-
-    func accepts(_ presented: [UInt8]) -> Bool {
-        var matched = false
-        for token in self.tokens {
-            var difference = UInt8(token.count == presented.count ? 0 : 1)
-            for index in 0..<token.count {
-                let byte = index < presented.count ? presented[index] : 0
-                difference |= token[index] ^ byte
-            }
-            matched = matched || difference == 0
-        }
-        return matched
-    }
-}
-
 /// `Send` outcomes since start.
 final class SendCounts: Sendable {
     private let delivered = Atomic<Int>(0)

@@ -50,7 +50,9 @@ package final class AdmissionControl: Sendable {
         var blockedUntil: NIODeadline?
     }
 
-    let settings: Settings
+    /// Replaced by a configuration reload (`reconfigure`); read once per check.
+    private let current: Mutex<Settings>
+    var settings: Settings { self.current.withLock { $0 } }
     private let bucket: Mutex<Bucket>
     private let handshakes = Atomic<Int>(0)
     private let addresses = Mutex<[String: Int]>([:])
@@ -64,17 +66,25 @@ package final class AdmissionControl: Sendable {
     private let refusedReconnects = Atomic<Int>(0)
 
     init(settings: Settings, trackedDevices: Int) {
-        self.settings = settings
+        self.current = Mutex(settings)
         self.bucket = Mutex(Bucket(tokens: settings.acceptBurst, last: .now()))
         self.trackedDevices = max(1_024, trackedDevices)
     }
 
+    /// A configuration reload: the new limits apply from the next check on. Connections and
+    /// handshakes already counted stay counted (per-address counts are kept even when that
+    /// limit is off, so turning it on later counts what is already open).
+    func reconfigure(_ settings: Settings) {
+        self.current.withLock { $0 = settings }
+    }
+
     /// A new connection: takes a token, or says why not.
     func admitConnection(now: NIODeadline) -> Refusal? {
-        guard self.settings.acceptRate > 0 else { return nil }
+        let settings = self.settings
+        guard settings.acceptRate > 0 else { return nil }
         let admitted = self.bucket.withLock { bucket in
             let elapsed = Double((now - bucket.last).nanoseconds) / 1e9
-            bucket.tokens = min(self.settings.acceptBurst, bucket.tokens + max(0, elapsed) * self.settings.acceptRate)
+            bucket.tokens = min(settings.acceptBurst, bucket.tokens + max(0, elapsed) * settings.acceptRate)
             bucket.last = now
             guard bucket.tokens >= 1 else { return false }
             bucket.tokens -= 1
@@ -89,7 +99,8 @@ package final class AdmissionControl: Sendable {
     /// with one `handshakeEnded()`.
     func beginHandshake() -> Bool {
         let now = self.handshakes.wrappingAdd(1, ordering: .relaxed).newValue
-        guard self.settings.maxHandshakes > 0, now > self.settings.maxHandshakes else { return true }
+        let limit = self.settings.maxHandshakes
+        guard limit > 0, now > limit else { return true }
         self.handshakes.wrappingSubtract(1, ordering: .relaxed)
         self.refusedHandshakes.wrappingAdd(1, ordering: .relaxed)
         return false
@@ -100,12 +111,13 @@ package final class AdmissionControl: Sendable {
     }
 
     /// A connection from `host` opens; false (refused, counted) at `maxPerAddress`. Pair a true
-    /// answer with one `addressClosed(host)`.
+    /// answer with one `addressClosed(host)`. Counted also while the limit is off (once per
+    /// connection), so a reload that turns it on knows what is open.
     func addressOpened(_ host: String) -> Bool {
-        guard self.settings.maxPerAddress > 0 else { return true }
+        let limit = self.settings.maxPerAddress
         let admitted = self.addresses.withLock { addresses in
             let count = addresses[host, default: 0]
-            guard count < self.settings.maxPerAddress else { return false }
+            guard limit == 0 || count < limit else { return false }
             addresses[host] = count + 1
             return true
         }
@@ -114,7 +126,6 @@ package final class AdmissionControl: Sendable {
     }
 
     func addressClosed(_ host: String) {
-        guard self.settings.maxPerAddress > 0 else { return }
         self.addresses.withLock { addresses in
             let count = addresses[host, default: 0] - 1
             addresses[host] = count > 0 ? count : nil

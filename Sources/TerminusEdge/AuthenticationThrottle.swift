@@ -28,11 +28,19 @@ package final class AuthenticationThrottle: Sendable {
         var windowEnds: NIODeadline
     }
 
-    let settings: Settings
+    /// Replaced by a configuration reload (`reconfigure`); read once per HELLO.
+    private let current: Mutex<Settings>
+    var settings: Settings { self.current.withLock { $0 } }
     private let entries = Mutex<[String: Entry]>([:])
 
     package init(settings: Settings) {
-        self.settings = settings
+        self.current = Mutex(settings)
+    }
+
+    /// A configuration reload: addresses already tracked keep their counts and windows; the
+    /// new threshold and table size apply from the next HELLO.
+    package func reconfigure(_ settings: Settings) {
+        self.current.withLock { $0 = settings }
     }
 
     /// The address part of `host:port` or `[v6]:port` (devices reconnect from new ports).
@@ -46,7 +54,8 @@ package final class AuthenticationThrottle: Sendable {
 
     /// Milliseconds until `clientAddress` may try again, or nil when it may try now.
     package func refusal(for clientAddress: String, now: NIODeadline) -> UInt32? {
-        guard self.settings.failures > 0 else { return nil }
+        let settings = self.settings
+        guard settings.failures > 0 else { return nil }
         let key = Self.key(clientAddress)
         return self.entries.withLock { entries -> UInt32? in
             guard let entry = entries[key] else { return nil }
@@ -54,14 +63,15 @@ package final class AuthenticationThrottle: Sendable {
                 entries[key] = nil
                 return nil
             }
-            guard entry.failures >= self.settings.failures else { return nil }
+            guard entry.failures >= settings.failures else { return nil }
             return UInt32(clamping: (entry.windowEnds - now).nanoseconds / 1_000_000)
         }
     }
 
     /// Records a failed authentication from `clientAddress`.
     package func failed(_ clientAddress: String, now: NIODeadline) {
-        guard self.settings.failures > 0 else { return }
+        let settings = self.settings
+        guard settings.failures > 0 else { return }
         let key = Self.key(clientAddress)
         self.entries.withLock { entries in
             if var entry = entries[key], entry.windowEnds > now {
@@ -69,11 +79,11 @@ package final class AuthenticationThrottle: Sendable {
                 entries[key] = entry
                 return
             }
-            if entries.count >= self.settings.maxAddresses {
+            if entries.count >= settings.maxAddresses {
                 entries = entries.filter { $0.value.windowEnds > now }
-                guard entries.count < self.settings.maxAddresses else { return }
+                guard entries.count < settings.maxAddresses else { return }
             }
-            entries[key] = Entry(failures: 1, windowEnds: now + self.settings.window)
+            entries[key] = Entry(failures: 1, windowEnds: now + settings.window)
         }
     }
 

@@ -241,6 +241,23 @@ package final class EdgeServer: Sendable {
         if let tlsContext, let current = self.shared.tlsContext { current.replace(with: tlsContext) }
     }
 
+    /// A configuration reload of the limits that can change while devices are connected: the
+    /// admission limits (`limits.new_connections_per_second`, `new_connection_burst`,
+    /// `max_handshakes`, `max_connections_per_address`, `reconnect.*`) and `auth.throttle.*` from
+    /// the next connection or HELLO on; `limits.rate.*` for sessions that connect from now on
+    /// (a connected device keeps the rates it started with). Everything else in `settings` is
+    /// ignored: it takes a restart.
+    package func reload(limits settings: EdgeSettings) {
+        self.shared.admission.reconfigure(settings.admission)
+        self.shared.authThrottle.reconfigure(settings.authThrottle)
+        self.shared.rateLimits.replace(with: settings.rateLimits)
+    }
+
+    /// The limits `reload(limits:)` applies: admission, `auth.throttle` and `limits.rate`.
+    package static func reloadableLimitsDiffer(_ old: EdgeSettings, _ new: EdgeSettings) -> Bool {
+        old.admission != new.admission || old.authThrottle != new.authThrottle || old.rateLimits != new.rateLimits
+    }
+
     /// Closes a connection the listener does not admit, before any TLS work: with
     /// `GOAWAY(SERVER_BUSY)` and a reconnect hint where a frame can be read (plaintext without
     /// PROXY), else at once. Logged with the transport's budget (20 lines a second).

@@ -13,6 +13,9 @@ final class EdgeShared: Sendable {
     /// The device listener's TLS context, replaced by a reload (a renewed certificate): read
     /// once per accepted connection, so sessions keep the one they shook hands with.
     let tlsContext: Reloadable<NIOSSLContext>?
+    /// `limits.rate`, replaced by a reload: read once per connection, so a session keeps the
+    /// rates it started with.
+    let rateLimits: Reloadable<UplinkRateLimits>
     let directory: any SessionDirectory
     let logger: Logger
     let contexts: EdgeLoopContexts
@@ -55,6 +58,7 @@ final class EdgeShared: Sendable {
         self.settings = settings
         self.authenticator = Reloadable(authenticator)
         self.tlsContext = tlsContext.map { Reloadable($0) }
+        self.rateLimits = Reloadable(settings.rateLimits)
         self.directory = directory
         self.logger = logger
         self.contexts = contexts

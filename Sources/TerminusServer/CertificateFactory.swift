@@ -99,3 +99,24 @@ package enum CertificateFactory {
         return Issued(certificatePEM: try certificate.serializeAsPEM().pemString, privateKeyPEM: key.pemRepresentation)
     }
 }
+
+extension CertificateFactory {
+    /// Refuses a private key whose public key is not the one in the chain's first (leaf)
+    /// certificate: a configuration error naming `key` and both files, where TLS would only
+    /// say that the context could not be made. Keys swift-certificates cannot read (some
+    /// legacy encodings) are left to TLS to judge.
+    static func checkKeyMatches(certificateChain: String, privateKey privateKeyPath: String, key: String) throws {
+        guard let chainPEM = try? String(contentsOfFile: certificateChain, encoding: .utf8),
+            let keyPEM = try? String(contentsOfFile: privateKeyPath, encoding: .utf8),
+            let leafDocument = try? PEMDocument.parseMultiple(pemString: chainPEM).first,
+            let leaf = try? Certificate(derEncoded: leafDocument.derBytes),
+            let privateKey = try? Certificate.PrivateKey(pemEncoded: keyPEM)
+        else { return }
+        guard privateKey.publicKey == leaf.publicKey else {
+            throw ConfigurationError(
+                key: key,
+                "the key in \(privateKeyPath) does not match the certificate in \(certificateChain) (its public key differs)"
+            )
+        }
+    }
+}

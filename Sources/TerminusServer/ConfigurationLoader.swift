@@ -593,14 +593,70 @@ package enum ConfigurationLoader {
         if let v = try admin.int(.maxConnections, in: 1...1_000_000) { config.adminLimits.maxConnections = v }
         if let v = try admin.duration(.idleTimeout) { config.adminLimits.idleTimeout = v }
         if let listen = try admin.string(.listen) {
-            guard let parsed = GatewayConfiguration.HostPort(parsing: listen) else {
-                throw ConfigurationError(key: "admin.listen", "must be HOST:PORT")
+            guard let parsed = GatewayConfiguration.HostPort.parsingOptional(listen) else {
+                throw ConfigurationError(key: "admin.listen", "must be HOST:PORT or off")
             }
             config.adminListen = parsed
         }
     }
 
     // MARK: services
+
+    /// A service's `target` without its `dns:///`: `HOST:PORT` or `[IPv6]:PORT`, where HOST is
+    /// an IP address or a DNS name the gateway can connect to. Refused, each with its reason:
+    /// another scheme (`http://…`, `unix:…`), no host or the any-address, an IPv6 address
+    /// without brackets, a name with characters DNS does not allow, a port outside 1…65535.
+    static func serviceTarget(_ target: String, key: String) throws -> GatewayConfiguration.HostPort {
+        let usage = "must be HOST:PORT or dns:///HOST:PORT"
+        if let scheme = target.range(of: "://") {
+            throw ConfigurationError(
+                key: key,
+                "\(usage): the scheme \(target[..<scheme.upperBound]) is not supported (gRPC over HTTP/2, TLS under services[].tls)"
+            )
+        }
+        guard let colon = target.lastIndex(of: ":"), let port = Int(target[target.index(after: colon)...]) else {
+            throw ConfigurationError(key: key, "\(usage): \(target) has no port")
+        }
+        guard (1...65_535).contains(port) else {
+            throw ConfigurationError(key: key, "\(usage): port \(port) is outside 1…65535")
+        }
+        var host = String(target[..<colon])
+        if host.hasPrefix("[") && host.hasSuffix("]") {
+            host = String(host.dropFirst().dropLast())
+            guard host.contains(":"), (try? SocketAddress(ipAddress: host, port: port)) != nil else {
+                throw ConfigurationError(key: key, "\(usage): [\(host)] is not an IPv6 address")
+            }
+        } else if host.contains(":") {
+            throw ConfigurationError(key: key, "\(usage): write an IPv6 address in brackets, [\(host)]:\(port)")
+        } else if host.isEmpty {
+            throw ConfigurationError(key: key, "\(usage): the host is missing")
+        } else if !Self.isHostName(host) {
+            throw ConfigurationError(key: key, "\(usage): \(host) is not a valid host name or IPv4 address")
+        }
+        guard host != "0.0.0.0", host != "::" else {
+            throw ConfigurationError(key: key, "\(usage): \(host) is the any-address, not a host to connect to")
+        }
+        return .init(host: host, port: port)
+    }
+
+    /// A DNS name by RFC 1123 (letters, digits, hyphens; labels of 1…63 bytes, not starting
+    /// or ending with a hyphen; at most 253 bytes; `_` allowed, as Kubernetes service names in
+    /// SRV form use it), or a dotted IPv4 address.
+    static func isHostName(_ host: String) -> Bool {
+        let name = host.hasSuffix(".") ? String(host.dropLast()) : host
+        guard !name.isEmpty, name.utf8.count <= 253 else { return false }
+        let labels = name.split(separator: ".", omittingEmptySubsequences: false)
+        if labels.count == 4, labels.allSatisfy({ UInt8($0) != nil }) { return true }
+        // An all-numeric name that is not four octets (`999.1.1.1`, `10.1`) is a mistyped address.
+        if labels.last.map({ $0.allSatisfy(\.isNumber) }) == true { return false }
+        return labels.allSatisfy { label in
+            !label.isEmpty && label.utf8.count <= 63 && label.first != "-" && label.last != "-"
+                && label.utf8.allSatisfy { byte in
+                    (byte >= 0x30 && byte <= 0x39) || (byte >= 0x41 && byte <= 0x5A) || (byte >= 0x61 && byte <= 0x7A)
+                        || byte == 0x2D || byte == 0x5F
+                }
+        }
+    }
 
     enum ServiceKey: String, SectionKeys {
         case name
@@ -645,9 +701,7 @@ package enum ConfigurationLoader {
                 throw ConfigurationError(key: "\(entry.path).target", "is required (HOST:PORT)")
             }
             if target.hasPrefix("dns:///") { target.removeFirst("dns:///".count) }
-            guard let address = GatewayConfiguration.HostPort(parsing: target), address.port > 0 else {
-                throw ConfigurationError(key: "\(entry.path).target", "must be HOST:PORT or dns:///HOST:PORT")
-            }
+            let address = try Self.serviceTarget(target, key: "\(entry.path).target")
             let topics = try entry.stringList(.topics)
             guard !topics.isEmpty else {
                 throw ConfigurationError(key: "\(entry.path).topics", "needs at least one topic filter")
@@ -849,8 +903,20 @@ struct Section {
         return scalar.string
     }
 
+    /// A plain YAML integer. A quoted one (`"5000"`) is refused: the file's author wrote a
+    /// string, and a tool that templates the file may have meant something else.
     func int(_ name: String, in range: ClosedRange<Int>) throws -> Int? {
-        guard let text = try self.string(name) else { return nil }
+        guard let node = self.value(name) else { return nil }
+        guard case .scalar(let scalar) = node else {
+            throw ConfigurationError(key: self.key(name), "must be an integer")
+        }
+        let text = scalar.string
+        guard scalar.style == .plain else {
+            throw ConfigurationError(
+                key: self.key(name),
+                "must be an integer, not a quoted string: write \(text) without quotes"
+            )
+        }
         guard let value = Int(text.replacingOccurrences(of: "_", with: "")) else {
             throw ConfigurationError(key: self.key(name), "must be an integer")
         }

@@ -59,6 +59,8 @@ package final class Gateway: Service, Sendable {
     /// Where a reload reads the configuration (`terminus run` sets it: the file and the command
     /// line's overrides); nil: nothing to reload (development mode, embedding).
     package let configurationSource = Reloadable<(@Sendable () throws -> GatewayConfiguration)?>(nil)
+    /// The admin API's tokens (`admin.tokens_file`), replaced by a reload.
+    private let adminTokens: Reloadable<BearerTokens>?
     /// The admin API's drain (`POST /admin/drain`), kept so that it is awaited, not leaked.
     private let adminDrain = Mutex<Task<Void, Never>?>(nil)
 
@@ -151,6 +153,8 @@ package final class Gateway: Service, Sendable {
         let reference = GatewayReference()
         var parts: [any Service] = []
         if let listen = configuration.adminListen {
+            let api = Self.adminAPI(configuration, reference)
+            self.adminTokens = api.tokens
             let admin = AdminServer(
                 group: self.adminGroup!,
                 host: listen.host,
@@ -158,7 +162,7 @@ package final class Gateway: Service, Sendable {
                 limits: configuration.adminLimits,
                 logger: logger,
                 metrics: self.metrics,
-                api: Self.adminAPI(configuration, reference),
+                api: api,
                 ready: { ready.isReady }
             )
             self.metrics.add(ClosureMetricsSource { admin.connectionGuard.collect(into: &$0) })
@@ -172,6 +176,7 @@ package final class Gateway: Service, Sendable {
             )
         } else {
             self.adminBound = nil
+            self.adminTokens = nil
         }
         parts += self.router?.lifecycleServices ?? []
         if let api = self.api { parts.append(api) }
@@ -249,6 +254,11 @@ package final class Gateway: Service, Sendable {
         }
         let chain = try Self.loadCertificates(files.certificateChain, key: "device.tls.certificate_chain")
         let key = try Self.loadPrivateKey(files.privateKey, key: "device.tls.private_key")
+        try CertificateFactory.checkKeyMatches(
+            certificateChain: files.certificateChain,
+            privateKey: files.privateKey,
+            key: "device.tls.private_key"
+        )
         var tls = TLSConfiguration.makeServerConfiguration(
             certificateChain: chain.map { .certificate($0) },
             privateKey: .privateKey(key)
@@ -271,17 +281,38 @@ package final class Gateway: Service, Sendable {
     static func checkAPITLS(_ files: GatewayConfiguration.APITLSFiles) throws {
         _ = try Self.loadCertificates(files.certificateChain, key: "api.tls.certificate_chain")
         _ = try Self.loadPrivateKey(files.privateKey, key: "api.tls.private_key")
+        try CertificateFactory.checkKeyMatches(
+            certificateChain: files.certificateChain,
+            privateKey: files.privateKey,
+            key: "api.tls.private_key"
+        )
         if let ca = files.clientCA { _ = try Self.loadCertificates(ca, key: "api.tls.client_ca") }
     }
 
+    /// Why `path` cannot be read, in words: missing, a directory, or not readable.
+    static func unreadable(_ path: String) -> String {
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
+            return "the file \(path) does not exist"
+        }
+        if isDirectory.boolValue { return "\(path) is a directory, not a file" }
+        if !FileManager.default.isReadableFile(atPath: path) {
+            return "the file \(path) is not readable by this process"
+        }
+        return "cannot read \(path)"
+    }
+
     /// A PEM file of one or more certificates; a file that cannot be read or parsed, or holds
-    /// none, is a configuration error naming `key`.
+    /// none, is a configuration error naming `key` and the file.
     static func loadCertificates(_ path: String, key: String) throws -> [NIOSSLCertificate] {
+        guard FileManager.default.isReadableFile(atPath: path) else {
+            throw ConfigurationError(key: key, Self.unreadable(path))
+        }
         let certificates: [NIOSSLCertificate]
         do {
             certificates = try NIOSSLCertificate.fromPEMFile(path)
         } catch {
-            throw ConfigurationError(key: key, "cannot load \(path): \(error)")
+            throw ConfigurationError(key: key, "\(path) is not a PEM certificate file: \(error)")
         }
         guard !certificates.isEmpty else { throw ConfigurationError(key: key, "\(path) holds no certificate") }
         return certificates
@@ -289,10 +320,13 @@ package final class Gateway: Service, Sendable {
 
     /// A PEM private key; a file that cannot be read or parsed is a configuration error naming `key`.
     static func loadPrivateKey(_ path: String, key: String) throws -> NIOSSLPrivateKey {
+        guard FileManager.default.isReadableFile(atPath: path) else {
+            throw ConfigurationError(key: key, Self.unreadable(path))
+        }
         do {
             return try NIOSSLPrivateKey(file: path, format: .pem)
         } catch {
-            throw ConfigurationError(key: key, "cannot load \(path): \(error)")
+            throw ConfigurationError(key: key, "\(path) is not a PEM private key: \(error)")
         }
     }
 
@@ -396,13 +430,20 @@ package final class Gateway: Service, Sendable {
         _ = try? await self.runTask.withLock { $0 }?.value
     }
 
-    /// Reloads the configuration `load` returns (SIGHUP, a changed file): device secrets, the
-    /// device listener's TLS certificate, key and client CA, `auth.max_token_lifetime`, and the
-    /// API's tokens take effect at once (new HELLOs, new handshakes, new calls; established
-    /// sessions stay). Everything is loaded and checked first: when anything fails (a file
-    /// missing, a key that does not match its certificate, a YAML error) nothing changes, the
-    /// reason is logged and `terminus_config_reloads_total{outcome="refused"}` counts it.
-    /// Other keys that changed are named in the log: they take effect at the next restart.
+    /// Reloads the configuration `load` returns (SIGHUP, a changed file). What takes effect at
+    /// once (new HELLOs, handshakes, connections and calls; established sessions stay):
+    /// - device secrets and `auth.max_token_lifetime`; the device listener's TLS certificate,
+    ///   key and client CA; the API's and the admin API's tokens;
+    /// - the admission limits, `auth.throttle.*` and `limits.rate.*` (see
+    ///   `EdgeServer.reload(limits:)`);
+    /// - the services' topics (the route table), when the services themselves (names, targets,
+    ///   their settings) are those the gateway started with.
+    ///
+    /// Everything is loaded and checked first: when anything fails (a file missing, a key that
+    /// does not match its certificate, a YAML error) nothing changes, the reason is logged and
+    /// `terminus_config_reloads_total{outcome="refused"}` counts it. Keys that differ from the
+    /// configuration the process started with and cannot change while it runs are named in the
+    /// log (`restart_needed_for`): they take effect at the next restart.
     /// - Returns: whether the new configuration was applied.
     @discardableResult
     package func reload(_ load: () throws -> GatewayConfiguration) -> Bool {
@@ -431,7 +472,13 @@ package final class Gateway: Service, Sendable {
         var tlsContext: NIOSSLContext?
         if case .tls(let context, _) = security { tlsContext = context }
         self.edge.reload(authenticator: authenticator, tlsContext: tlsContext)
+        self.edge.reload(limits: next.edge)
         self.api?.reload(tokens: next.apiTokens)
+        self.adminTokens?.replace(with: BearerTokens(next.adminTokens))
+        // The route table refers to the services by position: it changes only over the
+        // services the gateway started with.
+        let sameServices = Self.serviceShapes(self.configuration) == Self.serviceShapes(next)
+        if sameServices { try? self.router?.reload(filters: next.services.map(\.filters)) }
         let previous = self.applied.withLock { applied in
             defer { applied = next }
             return applied
@@ -440,9 +487,12 @@ package final class Gateway: Service, Sendable {
         self.lastReload.store(Int(WallClock.nowSeconds()), ordering: .relaxed)
         var metadata: Logger.Metadata = [
             "secrets": "\(secrets.count)", "api_tokens": "\(next.apiTokens.count)",
+            "admin_tokens": "\(next.adminTokens.count)",
             "device_tls": "\(tlsContext != nil ? "reloaded" : "none")",
         ]
-        let restart = Self.restartKeys(previous, next)
+        if sameServices && Self.routes(previous) != Self.routes(next) { metadata["routes"] = "reloaded" }
+        if EdgeServer.reloadableLimitsDiffer(previous.edge, next.edge) { metadata["limits"] = "reloaded" }
+        let restart = Self.restartKeys(self.configuration, next)
         if !restart.isEmpty { metadata["restart_needed_for"] = "\(restart.joined(separator: ","))" }
         self.logger.notice("configuration reloaded", metadata: metadata)
         return true
@@ -560,17 +610,61 @@ package final class Gateway: Service, Sendable {
     /// Keys whose new value a reload cannot apply (listeners, transport, loops, services).
     static func restartKeys(_ old: GatewayConfiguration, _ new: GatewayConfiguration) -> [String] {
         var keys: [String] = []
-        if old.deviceListen != new.deviceListen { keys.append("device.listen") }
-        if old.transport != new.transport { keys.append("device.transport") }
-        if old.proxyProtocol != new.proxyProtocol { keys.append("device.proxy_protocol") }
-        if old.eventLoopThreads != new.eventLoopThreads { keys.append("event_loop_threads") }
-        if old.apiListen != new.apiListen { keys.append("api.listen") }
-        if old.adminListen != new.adminListen { keys.append("admin.listen") }
-        let services = { (config: GatewayConfiguration) in
-            config.services.map { "\($0.name)@\($0.host):\($0.port)/\($0.filters.map { "\($0)" })" }
+        func compare(_ key: String, _ value: (GatewayConfiguration) -> String) {
+            if value(old) != value(new) { keys.append(key) }
         }
-        if services(old) != services(new) { keys.append("services") }
+        compare("instance_id") { $0.instanceID }
+        compare("event_loop_threads") { "\($0.eventLoopThreads)" }
+        compare("device.listen") { "\($0.deviceListen)" }
+        compare("device.transport") { $0.transport.rawValue }
+        compare("device.proxy_protocol") { "\($0.proxyProtocol)/\($0.proxyHeaderMaxSize)" }
+        compare("device.tls.min_version") { $0.tls?.minimumVersion ?? "" }
+        compare("compression.dictionaries") { "\($0.dictionaries.map { "\($0.id)=\($0.file)" })" }
+        compare("api") {
+            "\($0.apiListen.map(\.description) ?? "")|\($0.apiTLS.map { "\($0)" } ?? "")|\($0.apiLimits)"
+                + "|\($0.apiMaxConcurrentCalls)|\($0.apiMaxRequestSize)|\($0.apiSendTimeoutMilliseconds)"
+        }
+        compare("admin.listen") { $0.adminListen.map(\.description) ?? "" }
+        compare("admin.max_connections") { "\($0.adminLimits)" }
+        compare("drain") { "\($0.drainGrace)|\($0.drainReconnectWindow)|\($0.drainUnreadyDelay)" }
+        compare("log") { "\($0.logLevel)|\($0.logFormat)" }
+        compare("services") { Self.serviceShapes($0) }
+        // The device limits and timeouts but those `EdgeServer.reload(limits:)` applies.
+        let edge: [(String, (EdgeSettings) -> String)] = [
+            ("limits.max_connections", { "\($0.maxConnections)" }),
+            ("limits.buffer_arena_slots", { "\($0.bufferArenaSlots.map(String.init) ?? "")" }),
+            ("limits.evict_unauthenticated_after", { "\($0.unauthenticatedEvictionAge)" }),
+            ("limits.accept_backoff", { "\($0.acceptBackoff)" }),
+            ("limits.max_frame_size", { "\($0.maxFrameSize)" }),
+            ("limits.max_inflight", { "\($0.maxInflight)" }),
+            ("limits.max_pending", { "\($0.maxPending.map(String.init) ?? "")" }),
+            ("limits.outbound_buffer", { "\($0.outboundBufferBytes)" }),
+            ("limits.max_push_frame", { "\($0.maxPushFrameSize.map(String.init) ?? "")" }),
+            ("limits.max_topic_length", { "\($0.maxTopicLength)" }),
+            ("limits.max_device_id_length", { "\($0.maxDeviceIDLength)" }),
+            ("limits.max_topic_aliases", { "\($0.maxTopicAliases)" }),
+            ("limits.batch_size", { "\($0.maxBatchSize)" }),
+            ("compression", { "\($0.inflateLimits)" }),
+            ("timeouts", { "\($0.sessionTimeouts)" }),
+            ("keepalive", { "\($0.keepaliveDefault)/\($0.keepaliveMin)/\($0.keepaliveMax)" }),
+            ("api.compress_push_above", { "\($0.pushCompressionThreshold)" }),
+            ("events.enabled", { "\($0.publishEvents)" }),
+        ]
+        for (key, value) in edge where value(old.edge) != value(new.edge) { keys.append(key) }
         return keys
+    }
+
+    /// The services as the gateway runs them, but for their topics (which a reload changes).
+    private static func serviceShapes(_ configuration: GatewayConfiguration) -> String {
+        configuration.services.map { service in
+            var shape = service
+            shape.filters = []
+            return "\(shape)"
+        }.joined(separator: ";")
+    }
+
+    private static func routes(_ configuration: GatewayConfiguration) -> String {
+        configuration.services.map { "\($0.name):\($0.filters.map { "\($0)" })" }.joined(separator: ";")
     }
 
     /// The event loops that serve devices, backends and the API (not the admin listener's).

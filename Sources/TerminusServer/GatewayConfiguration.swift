@@ -27,6 +27,13 @@ package struct GatewayConfiguration: Sendable {
             self.init(host: host, port: port)
         }
 
+        /// `admin.listen`, `--admin-listen`: `HOST:PORT`, or `off` (`.some(nil)`: no listener);
+        /// nil when `text` is neither.
+        package static func parsingOptional(_ text: String) -> HostPort?? {
+            if text == "off" { return .some(nil) }
+            return HostPort(parsing: text).map { .some($0) }
+        }
+
         package var description: String {
             self.host.contains(":") ? "[\(self.host)]:\(self.port)" : "\(self.host):\(self.port)"
         }
@@ -103,7 +110,11 @@ package struct GatewayConfiguration: Sendable {
     /// already false) so the load balancer stops sending new ones first.
     package var drainUnreadyDelay: TimeAmount = .seconds(5)
 
-    package var adminListen: HostPort?
+    /// `admin.listen`: health, readiness, `/metrics` and the admin API. On loopback unless
+    /// configured otherwise (a pod's probes and scrapes need the pod's address: the Helm chart
+    /// sets `0.0.0.0:9090`); `off` (nil) turns the listener off.
+    package var adminListen: HostPort? = Self.defaultAdminListen
+    package static let defaultAdminListen = HostPort(host: "127.0.0.1", port: 7884)
     /// `admin.tokens_file`: bearer tokens of the admin API (`/admin/…`); none: the API is off.
     package var adminTokens: [String] = []
     /// `admin.max_connections`, `admin.idle_timeout`.

@@ -15,7 +15,7 @@ package enum SecretsFile {
 
     package static func load(path: String) throws -> SecretStore {
         guard let data = FileManager.default.contents(atPath: path) else {
-            throw ConfigurationError(key: "auth.secrets_file", "cannot read \(path)")
+            throw ConfigurationError(key: "auth.secrets_file", Gateway.unreadable(path))
         }
         return try self.parse(yaml: String(decoding: data, as: UTF8.self), origin: path)
     }
@@ -23,8 +23,8 @@ package enum SecretsFile {
     package static func parse(yaml: String, origin: String = "secrets file") throws -> SecretStore {
         let root = try Section.parse(yaml: yaml, errorKey: "auth.secrets_file", what: origin)
         try root.allow(["devices", "prefixes"])
-        let devices = try self.table(root, "devices")
-        let prefixes = try self.table(root, "prefixes")
+        let devices = try self.table(root, "devices", origin: origin)
+        let prefixes = try self.table(root, "prefixes", origin: origin)
         let store = SecretStore(devices: devices, prefixes: prefixes)
         guard !store.isEmpty else {
             throw ConfigurationError(key: "auth.secrets_file", "\(origin) lists no devices and no prefixes")
@@ -32,15 +32,16 @@ package enum SecretsFile {
         return store
     }
 
-    private static func table(_ root: Section, _ name: String) throws -> [String: [UInt8]] {
+    /// A bad secret's error names the file and the entry (never the secret).
+    private static func table(_ root: Section, _ name: String, origin: String) throws -> [String: [UInt8]] {
         guard let section = try root.section(name) else { return [:] }
         var table: [String: [UInt8]] = [:]
         for key in section.keys {
             let text = try section.string(key) ?? ""
             guard let secret = Self.decodeSecret(text), secret.count >= Self.minimumSecretBytes else {
                 throw ConfigurationError(
-                    key: "\(name).\(key)",
-                    "secret must be at least \(Self.minimumSecretBytes) bytes (text, hex:… or base64:…)"
+                    key: "auth.secrets_file",
+                    "\(origin): the secret of \(name).\(key) must be at least \(Self.minimumSecretBytes) bytes (text, hex:… or base64:…)"
                 )
             }
             table[key] = secret

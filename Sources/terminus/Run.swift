@@ -25,7 +25,11 @@ struct Run: AsyncParsableCommand {
     @Option(name: .long, help: "Backend API listener (Send, Kick, Presence), overriding the file (HOST:PORT).")
     var apiListen: String?
 
-    @Option(name: .long, help: "Admin HTTP listener (/healthz, /readyz, /metrics), overriding the file (HOST:PORT).")
+    @Option(
+        name: .long,
+        help:
+            "Admin HTTP listener (/healthz, /readyz, /metrics, /admin), overriding the file (HOST:PORT, or off; default 127.0.0.1:7884)."
+    )
     var adminListen: String?
 
     @Option(name: .long, help: "Log lines as text or json, overriding log.format.")
@@ -78,8 +82,8 @@ struct Run: AsyncParsableCommand {
             }
         }
         if let adminListen {
-            guard let parsed = GatewayConfiguration.HostPort(parsing: adminListen) else {
-                throw ValidationError("--admin-listen must be HOST:PORT")
+            guard let parsed = GatewayConfiguration.HostPort.parsingOptional(adminListen) else {
+                throw ValidationError("--admin-listen must be HOST:PORT or off")
             }
             configuration.adminListen = parsed
         }

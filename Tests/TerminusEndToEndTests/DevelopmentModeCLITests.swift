@@ -46,13 +46,14 @@ struct DevelopmentModeCLITests {
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let devicePort = LoopbackSocket.freePort()
         let apiPort = LoopbackSocket.freePort()
+        let adminPort = LoopbackSocket.freePort()
         let log = directory + "/gateway.log"
         _ = FileManager.default.createFile(atPath: log, contents: nil)
         let gateway = try ChildProcess(
             Self.binary,
             [
                 "run", "--dev-directory", directory + "/dev", "--device-listen", "127.0.0.1:\(devicePort)",
-                "--api-listen", "127.0.0.1:\(apiPort)",
+                "--api-listen", "127.0.0.1:\(apiPort)", "--admin-listen", "127.0.0.1:\(adminPort)",
             ],
             standardError: .file(log)
         )
@@ -96,6 +97,9 @@ struct DevelopmentModeCLITests {
         #expect(try await Self.waitFor(10) { !listener.isRunning }, "the listener exits after its one push")
         #expect(listener.terminationStatus == 0, "device listen --count exits 0")
         #expect(Self.text(pushes).contains("topic=demo/command qos=1 payload=hello, device"))
+
+        // Development mode serves the admin listener too (on loopback; here on a free port).
+        #expect(DescriptorExhaustionTests.httpGet(adminPort, "/metrics")?.contains("terminus_build_info") == true)
 
         // A wrong token is refused by the API, not by the device: exit status 4.
         let refused = try await Self.shell(

@@ -142,6 +142,8 @@ struct DrainTests {
                 drain:
                   grace: \(grace)s
                   unready_delay: \(unready)s
+                admin:
+                  listen: off
                 services:
                   - name: silent
                     target: "127.0.0.1:\(silent.port)"

@@ -3,9 +3,12 @@ import GRPCCore
 import NIOCore
 import NIOPosix
 import TerminusAPI
+import TerminusBackend
 import TerminusClient
+import TerminusEdge
 import TerminusMetrics
 import TerminusProtocol
+import TerminusRouting
 import TerminusServer
 import Testing
 
@@ -132,6 +135,81 @@ struct ReloadTests {
         await device.close()
     }
 
+    @Test(
+        "reload under load swaps the route table, the limits and the admin tokens; a changed service set is left for a restart"
+    )
+    func reloadRoutesAndLimits() async throws {
+        let billing = try await TestBackend.start()
+        let audit = try await TestBackend.start()
+        let oldAdmin = "reload-admin-token-one-0123456789"
+        let newAdmin = "reload-admin-token-two-0123456789"
+        let services = [
+            try BackendRoutingTests.service("billing", port: billing.port, topics: ["pay/#"]),
+            try BackendRoutingTests.service("audit", port: audit.port, topics: ["audit/#"]),
+        ]
+        let gateway = try await TestGateway.start(routed: true) {
+            $0.services = services
+            $0.adminListen = .init(host: "127.0.0.1", port: 0)
+            $0.adminTokens = [oldAdmin]
+        }
+        let admin = try #require(gateway.gateway.boundAdminAddress?.port)
+        #expect(AdminAPITests.request(admin, "GET", "/admin/devices", token: oldAdmin)?.0 == 200)
+
+        // A device keeps publishing to billing through every reload below.
+        let steady = try await gateway.connect("routes-steady")
+        let publisher = Task {
+            var statuses: [TerminusCode] = []
+            for index in 0..<100 {
+                let ack = try await steady.publish(topic: "pay/done", payload: ByteBuffer(string: "p\(index)"))
+                statuses.append(ack.status)
+                try await Task.sleep(for: .milliseconds(10))
+            }
+            return statuses
+        }
+        let device = try await gateway.connect("routes-speaker")
+        #expect(try await device.publish(topic: "speaker/volume", payload: ByteBuffer(string: "v1")).status == .noRoute)
+
+        // New topics for audit, a reconnect limit of one, a new admin token.
+        var next = gateway.configuration
+        next.services[1].filters = [try TopicFilter("audit/#"), try TopicFilter("speaker/#")]
+        next.edge.admission.reconnectMax = 1
+        next.adminTokens = [newAdmin]
+        #expect(gateway.gateway.reload { next })
+        #expect(try await device.publish(topic: "speaker/volume", payload: ByteBuffer(string: "v2")).status == .ok)
+        #expect(audit.receiver.payloads == ["v2"])
+        // The limit applies from the next HELLO: a second authentication within the window is refused.
+        let first = try await RawClient.connect(port: gateway.port, tls: true)
+        _ = try await first.handshake("routes-flapper")
+        await first.close()
+        let second = try await RawClient.connect(port: gateway.port, tls: true)
+        try await second.send(TestGateway.hello("routes-flapper"))
+        #expect(await second.goAwayOnClose()?.code == .reconnectingTooOften)
+        #expect(AdminAPITests.request(admin, "GET", "/admin/devices", token: oldAdmin)?.0 == 401)
+        #expect(AdminAPITests.request(admin, "GET", "/admin/devices", token: newAdmin)?.0 == 200)
+
+        // Another service set (audit moved) cannot be applied while running: the rest is, the
+        // route table stays as it was.
+        var moved = next
+        moved.services[1].host = "127.0.0.2"
+        moved.services[1].filters = [try TopicFilter("audit/#")]
+        moved.edge.admission.reconnectMax = 0
+        #expect(gateway.gateway.reload { moved })
+        #expect(try await device.publish(topic: "speaker/volume", payload: ByteBuffer(string: "v3")).status == .ok)
+        #expect(audit.receiver.payloads == ["v2", "v3"])
+        let third = try await RawClient.connect(port: gateway.port, tls: true)
+        #expect(try await third.handshake("routes-flapper").deviceID == "routes-flapper", "reconnect limit lifted")
+
+        let statuses = try await publisher.value
+        #expect(statuses.count == 100 && statuses.allSatisfy { $0 == .ok })
+        #expect(billing.receiver.payloads.count == 100)
+        await steady.close()
+        await device.close()
+        await third.close()
+        await gateway.stop()
+        await billing.stop()
+        await audit.stop()
+    }
+
     @Test("terminus run reloads on SIGHUP and when a watched file is replaced (a ConfigMap's symlink swap)")
     func binaryReloads() async throws {
         for watch in [false, true] {
@@ -171,6 +249,8 @@ struct ReloadTests {
                   unready_delay: 0s
                 reload:
                   watch_interval: \(watch ? "200ms" : "0s")
+                admin:
+                  listen: "127.0.0.1:0"
                 """
             try config.write(toFile: directory + "/terminus.yaml", atomically: true, encoding: .utf8)
             let process = try ChildProcess(

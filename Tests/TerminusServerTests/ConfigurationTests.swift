@@ -399,6 +399,77 @@ struct ConfigurationTests {
         }
     }
 
+    @Test(
+        "check-config refuses a service target the gateway cannot use, and says why",
+        arguments: [
+            ("http://billing:50051", "the scheme http:// is not supported"),
+            ("unix:///run/billing.sock", "the scheme unix:// is not supported"),
+            ("billing", "has no port"),
+            ("billing:0", "outside 1…65535"),
+            ("billing:70000", "outside 1…65535"),
+            (":50051", "the host is missing"),
+            ("0.0.0.0:50051", "the any-address"),
+            ("::1:50051", "in brackets"),
+            ("[billing]:50051", "is not an IPv6 address"),
+            ("bill ing:50051", "not a valid host name"),
+            ("-billing:50051", "not a valid host name"),
+            ("999.1.1.1:50051", "not a valid host name"),
+        ]
+    )
+    func unusableServiceTarget(target: String, reason: String) {
+        let yaml = Self.minimal + "\nservices:\n  - name: a\n    target: \"\(target)\"\n    topics: [x]\n"
+        do {
+            _ = try ConfigurationLoader.load(yaml: yaml)
+            Issue.record("accepted the target \(target)")
+        } catch let error as ConfigurationError {
+            #expect(error.key == "services[0].target")
+            #expect("\(error)".contains(reason), "\(error)")
+        } catch {
+            Issue.record("unexpected error \(error)")
+        }
+    }
+
+    @Test("usable service targets: names, IPv4, bracketed IPv6, dns:///")
+    func usableServiceTargets() throws {
+        for (target, host, port) in [
+            ("dns:///billing.payments.svc.cluster.local:50051", "billing.payments.svc.cluster.local", 50051),
+            ("billing:1", "billing", 1), ("10.0.0.7:443", "10.0.0.7", 443), ("[fd00::7]:50051", "fd00::7", 50051),
+            ("_grpc.billing:50051", "_grpc.billing", 50051),
+        ] {
+            let yaml = Self.minimal + "\nservices:\n  - name: a\n    target: \"\(target)\"\n    topics: [x]\n"
+            let service = try #require(try ConfigurationLoader.load(yaml: yaml).services.first)
+            #expect(service.host == host && service.port == port, "\(target)")
+        }
+    }
+
+    @Test(
+        "a quoted number is refused with the key; the admin listener is on loopback unless configured, off turns it off"
+    )
+    func quotedNumbersAndAdminDefault() throws {
+        for (bad, key) in [
+            ("limits:\n  max_inflight: \"32\"\n", "limits.max_inflight"),
+            ("limits:\n  rate:\n    messages_per_second: '10'\n", "limits.rate.messages_per_second"),
+            ("services:\n  - name: a\n    target: h:1\n    topics: [x]\n    window: \"100\"\n", "services[0].window"),
+        ] {
+            do {
+                _ = try ConfigurationLoader.load(yaml: Self.minimal + "\n" + bad)
+                Issue.record("accepted a quoted number for \(key)")
+            } catch let error as ConfigurationError {
+                #expect(error.key == key)
+                #expect("\(error)".contains("not a quoted string"), "\(error)")
+            }
+        }
+        #expect(
+            try ConfigurationLoader.load(yaml: Self.minimal + "\nlimits:\n  max_inflight: 32\n").edge.maxInflight == 32
+        )
+        #expect(try ConfigurationLoader.load(yaml: Self.minimal).adminListen == .init(host: "127.0.0.1", port: 7884))
+        #expect(try ConfigurationLoader.load(yaml: Self.minimal + "\nadmin:\n  listen: off\n").adminListen == nil)
+        #expect(
+            try ConfigurationLoader.load(yaml: Self.minimal + "\nadmin:\n  listen: \"0.0.0.0:9090\"\n").adminListen
+                == .init(host: "0.0.0.0", port: 9090)
+        )
+    }
+
     @Test("api.tls with client_ca needs no tokens file; paths resolve against the file's directory")
     func apiMutualTLS() throws {
         let yaml =

@@ -87,7 +87,7 @@ extension DeviceSessionHandler {
             return
         }
         if let wait = self.shared.admission.authenticated(deviceID, now: now) {
-            let limits = settings.admission
+            let limits = self.shared.admission.settings
             self.close(
                 .reconnectingTooOften,
                 reconnectAfterMilliseconds: wait,

@@ -3,6 +3,7 @@ internal import NIOCore
 internal import NIOSSL
 internal import NIOTLS
 internal import Synchronization
+internal import TerminusListeners
 internal import TerminusMetrics
 internal import TerminusProtocol
 internal import TerminusSessions
@@ -73,7 +74,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, TimerWheelTarget, Delive
             timeouts: settings.sessionTimeouts,
             maxInflight: settings.maxInflight,
             maxPending: settings.maxPending,
-            rateLimits: settings.rateLimits
+            rateLimits: shared.rateLimits.value
         )
     }
 

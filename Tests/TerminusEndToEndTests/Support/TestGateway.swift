@@ -129,6 +129,8 @@ final class TestGateway: Sendable {
         configuration.drainGrace = .seconds(3)
         configuration.drainReconnectWindow = .milliseconds(500)
         configuration.drainUnreadyDelay = .zero
+        // Tests run gateways side by side: no fixed admin port (tests that need it set one).
+        configuration.adminListen = nil
         configure(&configuration)
         return configuration
     }
