@@ -58,7 +58,7 @@ package final class AdminServer: Sendable {
         let metrics = self.metrics
         let api = self.api
         let connectionGuard = self.connectionGuard
-        let channel = try await ServerBootstrap(group: self.group)
+        let bootstrap = ServerBootstrap(group: self.group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .serverChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
@@ -79,8 +79,12 @@ package final class AdminServer: Sendable {
                     return channel.eventLoop.makeFailedFuture(error)
                 }
             }
-            .bind(host: self.host, port: self.port)
-            .get()
+        let channel = try await ListenerBindError.binding(
+            "admin",
+            host: self.host,
+            port: self.port,
+            setting: "admin.listen or --admin-listen (off turns it off)"
+        ) { try await bootstrap.bind(host: self.host, port: self.port).get() }
         self.channel.withLock { $0 = channel }
         let address = channel.localAddress!
         self.logger.info("admin listener started", metadata: ["address": "\(address)"])

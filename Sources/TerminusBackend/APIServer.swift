@@ -142,7 +142,7 @@ package final class APIServer: Service, Sendable {
 
     private func serve() async throws {
         let tls = try self.makeTLSContext()
-        let listener = try await ServerBootstrap(group: self.group)
+        let bootstrap = ServerBootstrap(group: self.group)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .serverChannelInitializer { channel in
@@ -157,7 +157,12 @@ package final class APIServer: Service, Sendable {
                     try self.initialize(channel, tls: tls)
                 }
             }
-            .bind(host: self.host, port: self.port).get()
+        let listener = try await ListenerBindError.binding(
+            "API",
+            host: self.host,
+            port: self.port,
+            setting: "api.listen or --api-listen"
+        ) { try await bootstrap.bind(host: self.host, port: self.port).get() }
         let closing = self.state.withLock { state -> Bool in
             state.listener = listener
             return state.draining

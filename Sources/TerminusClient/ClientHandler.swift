@@ -35,6 +35,9 @@ final class ClientHandler: ChannelInboundHandler {
         self.inflater = inflater
     }
 
+    /// The first error the pipeline reported, kept for the close's description.
+    private var transportError: (any Error)?
+
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
     }
@@ -43,7 +46,12 @@ final class ClientHandler: ChannelInboundHandler {
         // Cancelled and dropped: the task's closure holds this handler (a cycle otherwise).
         self.keepaliveTask?.cancel()
         self.keepaliveTask = nil
-        let error = TerminusClientError(.connectionClosed, goAway: self.goAway, "connection closed")
+        // The first transport error (a TLS alert from the gateway, a reset) says why it closed.
+        let error = TerminusClientError(
+            .connectionClosed,
+            goAway: self.goAway,
+            self.transportError.map { "connection closed: \($0)" } ?? "connection closed"
+        )
         let refused = TerminusClientError(.refused, goAway: self.goAway, "refused by the gateway")
         self.welcomePromise.fail(self.goAway == nil ? error : refused)
         for promise in self.pending.values { promise.fail(error) }
@@ -56,6 +64,7 @@ final class ClientHandler: ChannelInboundHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if self.transportError == nil { self.transportError = error }
         context.close(promise: nil)
     }
 

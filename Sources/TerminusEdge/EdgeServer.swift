@@ -125,7 +125,12 @@ package final class EdgeServer: Sendable {
         if let allocator = Self.channelAllocator(settings: shared.settings, logger: shared.logger) {
             bootstrap = bootstrap.childChannelOption(.allocator, value: allocator)
         }
-        let channel = try await bootstrap.bind(host: self.listener.host, port: self.listener.port).get()
+        let channel = try await ListenerBindError.binding(
+            "device",
+            host: self.listener.host,
+            port: self.listener.port,
+            setting: "device.listen or --device-listen"
+        ) { try await bootstrap.bind(host: self.listener.host, port: self.listener.port).get() }
         self.serverChannel.withLock { $0 = channel }
         let address = channel.localAddress!
         self.shared.logger.info(

@@ -165,7 +165,9 @@ extension Device {
             do {
                 connection = try await TerminusConnection.connect(configuration, group: group)
             } catch {
-                standardError("connect failed: \(error)")
+                standardError(
+                    "connect failed: \(ConnectFailure.describe(error, host: configuration.host, port: configuration.port))"
+                )
                 throw ExitCode(3)
             }
             standardError(
@@ -254,7 +256,9 @@ extension Device {
                     case .disconnected(let goAway):
                         standardError("disconnected" + (goAway.map { ": \($0.code) \($0.message)" } ?? ""))
                     case .connectFailed(let error):
-                        standardError("connect failed: \(error)")
+                        standardError(
+                            "connect failed: \(ConnectFailure.describe(error, host: device.configuration.host, port: device.configuration.port))"
+                        )
                     case .waiting(let milliseconds):
                         standardError("reconnecting in \(milliseconds) ms")
                     }
