@@ -20,7 +20,19 @@ struct ConnectionOptions: ParsableArguments {
     @Option(name: .long, help: "Gateway address HOST:PORT.")
     var gateway: String = "127.0.0.1:7883"
 
-    @Option(name: .long, help: "Device id (with --cert, defaults to the certificate's name).")
+    @Option(
+        name: .customShort("h"),
+        help: ArgumentHelp("Gateway host (mosquitto style; overrides --gateway's host).", valueName: "host")
+    )
+    var host: String?
+
+    @Option(
+        name: .customShort("p"),
+        help: ArgumentHelp("Gateway port (mosquitto style; overrides --gateway's port).", valueName: "port")
+    )
+    var port: Int?
+
+    @Option(name: [.long, .customShort("i")], help: "Device id (with --cert, defaults to the certificate's name).")
     var device: String = ""
 
     @Option(name: .long, help: "Device secret (text, hex:… or base64:…); a fresh token is made from it.")
@@ -57,8 +69,13 @@ struct ConnectionOptions: ParsableArguments {
     var dictionary: [String] = []
 
     func makeConfiguration() throws -> TerminusClientConfiguration {
-        guard let address = GatewayConfiguration.HostPort(parsing: self.gateway) else {
+        guard var address = GatewayConfiguration.HostPort(parsing: self.gateway) else {
             throw ValidationError("--gateway must be HOST:PORT")
+        }
+        if let host = self.host { address.host = host }
+        if let port = self.port {
+            guard (1...65_535).contains(port) else { throw ValidationError("-p must be a port, 1…65535") }
+            address.port = port
         }
         let credential: TerminusClientConfiguration.Credential
         if let token = self.token {
@@ -117,16 +134,18 @@ func standardError(_ text: String) {
 extension Device {
     struct Publish: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Publish messages and print each ACK. Exit 0 when every QoS 1 message was accepted."
+            abstract: "Publish messages and print each ACK. Exit 0 when every QoS 1 message was accepted.",
+            // -h is the gateway host, as in mosquitto_pub; help is --help.
+            helpNames: [.long]
         )
 
         @OptionGroup var connection: ConnectionOptions
 
-        @Option(name: .long, help: "Topic to publish to.")
+        @Option(name: [.long, .customShort("t")], help: "Topic to publish to.")
         var topic: String
 
         @Option(
-            name: .long,
+            name: [.long, .customShort("m")],
             help:
                 "Message payload (repeatable). Without --message or --file, each line of standard input is one message."
         )
@@ -135,7 +154,7 @@ extension Device {
         @Option(name: .long, help: "Read one payload from this file.")
         var file: String?
 
-        @Option(name: .long, help: "QoS: 0 (no ACK) or 1 (acknowledged).")
+        @Option(name: [.long, .customShort("q")], help: "QoS: 0 (no ACK) or 1 (acknowledged).")
         var qos: UInt8 = 1
 
         @Flag(name: .long, help: "Send payloads as raw deflate.")
@@ -206,12 +225,14 @@ extension Device {
 
     struct Listen: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Stay connected, print each PUSH and acknowledge it; reconnect with backoff."
+            abstract: "Stay connected, print each PUSH and acknowledge it; reconnect with backoff.",
+            // -h is the gateway host, as in mosquitto_sub; help is --help.
+            helpNames: [.long]
         )
 
         @OptionGroup var connection: ConnectionOptions
 
-        @Option(name: .long, help: "Exit after this many pushes (0: run until interrupted).")
+        @Option(name: [.long, .customShort("C")], help: "Exit after this many pushes (0: run until interrupted).")
         var count: Int = 0
 
         @Flag(name: .long, help: "Exit when the connection ends instead of reconnecting.")

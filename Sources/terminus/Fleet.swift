@@ -10,7 +10,8 @@ extension Device {
     /// gateway's memory per idle device (`scripts/measure-idle-memory.sh`).
     struct Fleet: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Connect many devices (ids PREFIX0 … PREFIXn-1), keep them idle, then disconnect."
+            abstract: "Connect many devices (ids PREFIX0 … PREFIXn-1), keep them idle, then disconnect.",
+            helpNames: [.long]
         )
 
         @OptionGroup var connection: ConnectionOptions

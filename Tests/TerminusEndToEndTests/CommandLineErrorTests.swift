@@ -1,10 +1,12 @@
 import Foundation
+import NIOCore
 import TerminusServer
+import TerminusSessions
 import Testing
 
 /// What `terminus` prints when something is wrong, as an operator sees it: each message names
 /// the address, file or TLS alert involved.
-@Suite("Command-line errors name what is wrong", .serialized, .gatewayScope)
+@Suite("Command line: mosquitto-style short flags; errors name what is wrong", .serialized, .gatewayScope)
 struct CommandLineErrorTests {
     static var binary: String { DescriptorExhaustionTests.binary }
 
@@ -130,6 +132,22 @@ struct CommandLineErrorTests {
             result.output.contains("ended the TLS handshake with alert certificate_required"),
             "\(result.output)"
         )
+        await gateway.stop()
+    }
+
+    @Test("device publish takes -h -p -i -t -m -q as mosquitto_pub does; --help is its help")
+    func shortFlags() async throws {
+        let gateway = try await TestGateway.start()
+        let result = try await Self.terminus(
+            "device publish -h 127.0.0.1 -p \(gateway.port) -i short-flags-1 -t t/short -q 1 -m hello -m again"
+                + " --ca \(TestPKI.shared.caFile) --server-name localhost --secret \(TestGateway.secret)"
+        )
+        #expect(result.status == 0, "\(result.output)")
+        let received = gateway.sink.messages.filter { $0.deviceID == "short-flags-1" }
+        #expect(received.map(\.topic) == ["t/short", "t/short"])
+        #expect(received.map { String(buffer: $0.payload) } == ["hello", "again"])
+        let help = try await Self.terminus("device publish --help")
+        #expect(help.status == 0 && help.output.contains("-h <host>") && help.output.contains("-t, --topic"))
         await gateway.stop()
     }
 }
