@@ -3,7 +3,7 @@ package import NIOCore
 internal import NIOHPACK
 internal import NIOHTTP2
 package import NIOPosix
-internal import NIOSSL
+package import NIOSSL
 internal import ServiceLifecycle
 internal import SwiftProtobuf
 internal import Synchronization
@@ -55,6 +55,9 @@ package final class APIServer: Service, Sendable {
     private let security: APISecurity
     private let service: GatewayAPIService
     private let tokens: Reloadable<BearerTokens>
+    /// The listener's TLS context (nil: h2c), made when it starts and replaced by a reload (a
+    /// renewed certificate): read once per accepted connection.
+    private let tlsContext = Reloadable<NIOSSLContext?>(nil)
     private let group: MultiThreadedEventLoopGroup
     private let logger: Logger
     private let state = Mutex(State())
@@ -113,8 +116,10 @@ package final class APIServer: Service, Sendable {
         self.logger = logger
     }
 
-    private func makeTLSContext() throws -> NIOSSLContext? {
-        guard case .tls(let chain, let key, let clientCA) = self.security else { return nil }
+    /// The TLS context for `security` (nil for h2c). Reads the PEM files: call it off the event
+    /// loops, at start and on reload.
+    package static func makeTLSContext(_ security: APISecurity) throws -> NIOSSLContext? {
+        guard case .tls(let chain, let key, let clientCA) = security else { return nil }
         var configuration = TLSConfiguration.makeServerConfiguration(
             certificateChain: try NIOSSLCertificate.fromPEMFile(chain).map { .certificate($0) },
             privateKey: .privateKey(try NIOSSLPrivateKey(file: key, format: .pem))
@@ -141,7 +146,7 @@ package final class APIServer: Service, Sendable {
     }
 
     private func serve() async throws {
-        let tls = try self.makeTLSContext()
+        self.tlsContext.replace(with: try Self.makeTLSContext(self.security))
         let bootstrap = ServerBootstrap(group: self.group)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -154,7 +159,7 @@ package final class APIServer: Service, Sendable {
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try self.initialize(channel, tls: tls)
+                    try self.initialize(channel, tls: self.tlsContext.value)
                 }
             }
         let listener = try await ListenerBindError.binding(
@@ -580,6 +585,14 @@ extension APIServer {
     /// A configuration reload: calls from now on are checked against `tokens`.
     package func reload(tokens: [String]) {
         self.tokens.replace(with: BearerTokens(tokens))
+    }
+
+    /// A configuration reload of the listener's certificate, key and client CA (`context`, from
+    /// `makeTLSContext`): connections accepted from now on shake hands with it; those open keep
+    /// theirs. Ignored on an h2c listener (the transport changes only at a restart).
+    package func reload(tlsContext context: NIOSSLContext) {
+        guard case .tls = self.security else { return }
+        self.tlsContext.replace(with: context)
     }
 }
 

@@ -540,17 +540,8 @@ package enum ConfigurationLoader {
             config.apiListen = parsed
         }
         if let file = try api.string(.tokensFile) {
-            let path = Self.resolve(file, base)
-            guard let data = FileManager.default.contents(atPath: path) else {
-                throw ConfigurationError(key: "api.tokens_file", "cannot read \(path)")
-            }
-            config.apiTokensFile = path
-            config.apiTokens = String(decoding: data, as: UTF8.self).split(whereSeparator: \.isNewline)
-                .map { $0.trimmingCharacters(in: .whitespaces) }
-                .filter { !$0.isEmpty && !$0.hasPrefix("#") }
-            guard config.apiTokens.allSatisfy({ $0.utf8.count >= 16 }) else {
-                throw ConfigurationError(key: "api.tokens_file", "every token must be at least 16 characters")
-            }
+            config.apiTokensFile = Self.resolve(file, base)
+            config.apiTokens = try Self.tokens(file: Self.resolve(file, base), key: "api.tokens_file")
         }
         if let v = try api.duration(.sendTimeout) {
             config.apiSendTimeoutMilliseconds = UInt32(clamping: v.nanoseconds / 1_000_000)
@@ -562,6 +553,21 @@ package enum ConfigurationLoader {
                 "is required with api.listen unless api.tls.client_ca is set (callers must authenticate)"
             )
         }
+    }
+
+    /// A bearer-tokens file (`api.tokens_file`, `admin.tokens_file`): one token per line, `#`
+    /// comments and blank lines skipped, each token at least 16 characters.
+    private static func tokens(file path: String, key: String) throws -> [String] {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw ConfigurationError(key: key, Gateway.unreadable(path))
+        }
+        let tokens = String(decoding: data, as: UTF8.self).split(whereSeparator: \.isNewline)
+            .map { $0.trimmingCharacters(in: .whitespaces) }
+            .filter { !$0.isEmpty && !$0.hasPrefix("#") }
+        guard tokens.allSatisfy({ $0.utf8.count >= 16 }) else {
+            throw ConfigurationError(key: key, "every token in \(path) must be at least 16 characters")
+        }
+        return tokens
     }
 
     enum AdminKey: String, SectionKeys {
@@ -579,16 +585,8 @@ package enum ConfigurationLoader {
         throws
     {
         if let file = try admin.string(.tokensFile) {
-            let path = Self.resolve(file, base)
-            guard let data = FileManager.default.contents(atPath: path) else {
-                throw ConfigurationError(key: "admin.tokens_file", "cannot read \(path)")
-            }
-            config.adminTokens = String(decoding: data, as: UTF8.self).split(whereSeparator: \.isNewline)
-                .map { $0.trimmingCharacters(in: .whitespaces) }
-                .filter { !$0.isEmpty && !$0.hasPrefix("#") }
-            guard config.adminTokens.allSatisfy({ $0.utf8.count >= 16 }) else {
-                throw ConfigurationError(key: "admin.tokens_file", "every token must be at least 16 characters")
-            }
+            config.adminTokensFile = Self.resolve(file, base)
+            config.adminTokens = try Self.tokens(file: Self.resolve(file, base), key: "admin.tokens_file")
         }
         if let v = try admin.int(.maxConnections, in: 1...1_000_000) { config.adminLimits.maxConnections = v }
         if let v = try admin.duration(.idleTimeout) { config.adminLimits.idleTimeout = v }

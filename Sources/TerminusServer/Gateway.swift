@@ -116,9 +116,7 @@ package final class Gateway: Service, Sendable {
                     host: listen.host,
                     port: listen.port,
                     tokens: configuration.apiTokens,
-                    security: configuration.apiTLS.map {
-                        .tls(certificateChain: $0.certificateChain, privateKey: $0.privateKey, clientCA: $0.clientCA)
-                    } ?? .plaintext,
+                    security: configuration.apiTLS.map(Self.apiSecurity) ?? .plaintext,
                     directory: directory,
                     instanceID: configuration.instanceID,
                     defaultTTLMilliseconds: configuration.apiSendTimeoutMilliseconds,
@@ -450,10 +448,17 @@ package final class Gateway: Service, Sendable {
         let next: GatewayConfiguration
         let security: DeviceListener.Security
         let secrets: SecretStore
+        var apiTLS: NIOSSLContext?
         do {
             next = try load()
             security = try Self.makeSecurity(next)
             secrets = try next.secretsFile.map { try SecretsFile.load(path: $0) } ?? SecretStore()
+            // The API's certificate is swapped when the listener keeps its kind of security
+            // (TLS, with or without client certificates); anything else is a restart.
+            if let files = next.apiTLS, Self.apiTLSMode(next) == Self.apiTLSMode(self.configuration) {
+                try Self.checkAPITLS(files)
+                apiTLS = try APIServer.makeTLSContext(Self.apiSecurity(files))
+            }
         } catch {
             self.reloadsRefused.wrappingAdd(1, ordering: .relaxed)
             self.lastReloadError.withLock { $0 = "\(error)" }
@@ -474,6 +479,7 @@ package final class Gateway: Service, Sendable {
         self.edge.reload(authenticator: authenticator, tlsContext: tlsContext)
         self.edge.reload(limits: next.edge)
         self.api?.reload(tokens: next.apiTokens)
+        if let apiTLS { self.api?.reload(tlsContext: apiTLS) }
         self.adminTokens?.replace(with: BearerTokens(next.adminTokens))
         // The route table refers to the services by position: it changes only over the
         // services the gateway started with.
@@ -489,6 +495,7 @@ package final class Gateway: Service, Sendable {
             "secrets": "\(secrets.count)", "api_tokens": "\(next.apiTokens.count)",
             "admin_tokens": "\(next.adminTokens.count)",
             "device_tls": "\(tlsContext != nil ? "reloaded" : "none")",
+            "api_tls": "\(apiTLS != nil && self.api != nil ? "reloaded" : "none")",
         ]
         if sameServices && Self.routes(previous) != Self.routes(next) { metadata["routes"] = "reloaded" }
         if EdgeServer.reloadableLimitsDiffer(previous.edge, next.edge) { metadata["limits"] = "reloaded" }
@@ -621,9 +628,10 @@ package final class Gateway: Service, Sendable {
         compare("device.tls.min_version") { $0.tls?.minimumVersion ?? "" }
         compare("compression.dictionaries") { "\($0.dictionaries.map { "\($0.id)=\($0.file)" })" }
         compare("api") {
-            "\($0.apiListen.map(\.description) ?? "")|\($0.apiTLS.map { "\($0)" } ?? "")|\($0.apiLimits)"
+            "\($0.apiListen.map(\.description) ?? "")|\($0.apiLimits)"
                 + "|\($0.apiMaxConcurrentCalls)|\($0.apiMaxRequestSize)|\($0.apiSendTimeoutMilliseconds)"
         }
+        compare("api.tls (on, off, client_ca)") { Self.apiTLSMode($0) }
         compare("admin.listen") { $0.adminListen.map(\.description) ?? "" }
         compare("admin.max_connections") { "\($0.adminLimits)" }
         compare("drain") { "\($0.drainGrace)|\($0.drainReconnectWindow)|\($0.drainUnreadyDelay)" }
@@ -652,6 +660,16 @@ package final class Gateway: Service, Sendable {
         ]
         for (key, value) in edge where value(old.edge) != value(new.edge) { keys.append(key) }
         return keys
+    }
+
+    /// The API listener's kind of security: a reload can swap its certificate, not this.
+    private static func apiTLSMode(_ configuration: GatewayConfiguration) -> String {
+        guard let files = configuration.apiTLS else { return "h2c" }
+        return files.clientCA == nil ? "tls" : "mtls"
+    }
+
+    private static func apiSecurity(_ files: GatewayConfiguration.APITLSFiles) -> APISecurity {
+        .tls(certificateChain: files.certificateChain, privateKey: files.privateKey, clientCA: files.clientCA)
     }
 
     /// The services as the gateway runs them, but for their topics (which a reload changes).

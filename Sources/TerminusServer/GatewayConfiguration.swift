@@ -111,12 +111,14 @@ package struct GatewayConfiguration: Sendable {
     package var drainUnreadyDelay: TimeAmount = .seconds(5)
 
     /// `admin.listen`: health, readiness, `/metrics` and the admin API. On loopback unless
-    /// configured otherwise (a pod's probes and scrapes need the pod's address: the Helm chart
-    /// sets `0.0.0.0:9090`); `off` (nil) turns the listener off.
+    /// configured otherwise (a pod's probes and scrapes need the pod's address, e.g.
+    /// `0.0.0.0:9090`); `off` (nil) turns the listener off.
     package var adminListen: HostPort? = Self.defaultAdminListen
-    package static let defaultAdminListen = HostPort(host: "127.0.0.1", port: 7884)
+    package static let defaultAdminListen = HostPort(host: "127.0.0.1", port: 7885)
     /// `admin.tokens_file`: bearer tokens of the admin API (`/admin/…`); none: the API is off.
     package var adminTokens: [String] = []
+    /// Where `adminTokens` came from (watched for changes by `terminus run`).
+    package var adminTokensFile: String?
     /// `admin.max_connections`, `admin.idle_timeout`.
     package var adminLimits: ConnectionGuard.Limits = AdminServer.defaultLimits
     /// `api.max_connections`, `api.idle_timeout`.
@@ -139,8 +141,11 @@ package struct GatewayConfiguration: Sendable {
 
     /// The files a reload reads besides the configuration file itself.
     package var watchedFiles: [String] {
-        [self.secretsFile, self.tls?.certificateChain, self.tls?.privateKey, self.tls?.clientCA, self.apiTokensFile]
-            .compactMap { $0 }
+        [
+            self.secretsFile, self.tls?.certificateChain, self.tls?.privateKey, self.tls?.clientCA, self.apiTokensFile,
+            self.adminTokensFile, self.apiTLS?.certificateChain, self.apiTLS?.privateKey, self.apiTLS?.clientCA,
+        ]
+        .compactMap { $0 }
     }
     /// TLS for the API listener (`api.tls`); with `clientCA`, callers need a client certificate
     /// from that CA (mTLS). nil: plaintext h2c (bearer tokens only).

@@ -28,7 +28,7 @@ struct Run: AsyncParsableCommand {
     @Option(
         name: .long,
         help:
-            "Admin HTTP listener (/healthz, /readyz, /metrics, /admin), overriding the file (HOST:PORT, or off; default 127.0.0.1:7884)."
+            "Admin HTTP listener (/healthz, /readyz, /metrics, /admin), overriding the file (HOST:PORT, or off; default 127.0.0.1:7885)."
     )
     var adminListen: String?
 

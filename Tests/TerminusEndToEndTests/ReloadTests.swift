@@ -210,6 +210,49 @@ struct ReloadTests {
         await audit.stop()
     }
 
+    @Test(
+        "reload swaps the API listener's certificate for new connections; turning on client certificates needs a restart"
+    )
+    func reloadAPICertificate() async throws {
+        let pki = TestPKI.shared
+        let gateway = try await TestGateway.start {
+            $0.apiListen = .init(host: "127.0.0.1", port: 0)
+            $0.apiTokens = ["reload-api-tls-token-0123456789"]
+            $0.apiTLS = .init(certificateChain: pki.serverChain, privateKey: pki.serverKey)
+        }
+        let port = try #require(gateway.gateway.boundAPIPort)
+        let oldSerial = try #require(try Self.servedSerial(port))
+        let renewed = try CertificateFactory.issueServer(
+            ca: pki.ca,
+            commonName: "localhost",
+            dnsNames: ["localhost"],
+            ipAddresses: [[127, 0, 0, 1]]
+        )
+        let renewedSerial = try #require(try Self.serial(ofPEM: renewed.certificatePEM))
+        #expect(renewedSerial != oldSerial)
+        var next = gateway.configuration
+        next.apiTLS = .init(
+            certificateChain: pki.write(renewed.certificatePEM, name: "api-renewed.pem"),
+            privateKey: pki.write(renewed.privateKeyPEM, name: "api-renewed-key.pem")
+        )
+        #expect(gateway.gateway.reload { next })
+        #expect(try Self.servedSerial(port) == renewedSerial)
+        // Calls still work over the renewed certificate.
+        let answer = try await DownlinkAPITests.withTLSAPI(
+            gateway,
+            clientCertificate: nil,
+            token: "reload-api-tls-token-0123456789"
+        ) { try await DownlinkAPITests.presence($0, $1) }
+        #expect(answer.devices.count == 1)
+        // Another kind of security (client certificates required) waits for a restart: the
+        // reload applies, the listener keeps the certificate it has.
+        var mutual = next
+        mutual.apiTLS = .init(certificateChain: pki.serverChain, privateKey: pki.serverKey, clientCA: pki.caFile)
+        #expect(gateway.gateway.reload { mutual })
+        #expect(try Self.servedSerial(port) == renewedSerial)
+        await gateway.stop()
+    }
+
     @Test("terminus run reloads on SIGHUP and when a watched file is replaced (a ConfigMap's symlink swap)")
     func binaryReloads() async throws {
         for watch in [false, true] {

@@ -462,7 +462,7 @@ struct ConfigurationTests {
         #expect(
             try ConfigurationLoader.load(yaml: Self.minimal + "\nlimits:\n  max_inflight: 32\n").edge.maxInflight == 32
         )
-        #expect(try ConfigurationLoader.load(yaml: Self.minimal).adminListen == .init(host: "127.0.0.1", port: 7884))
+        #expect(try ConfigurationLoader.load(yaml: Self.minimal).adminListen == .init(host: "127.0.0.1", port: 7885))
         #expect(try ConfigurationLoader.load(yaml: Self.minimal + "\nadmin:\n  listen: off\n").adminListen == nil)
         #expect(
             try ConfigurationLoader.load(yaml: Self.minimal + "\nadmin:\n  listen: \"0.0.0.0:9090\"\n").adminListen
