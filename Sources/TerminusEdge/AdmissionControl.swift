@@ -171,6 +171,9 @@ package final class AdmissionControl: Sendable {
         return UInt32(clamping: max(1, wait.nanoseconds / 1_000_000))
     }
 
+    /// Device ids `limits.reconnect` tracks now (tests, diagnostics).
+    var trackedReconnects: Int { self.reconnects.withLock { $0.count } }
+
     /// The host part of `host:port` or `[v6]:port`: what `maxPerAddress` counts by.
     static func host(of address: String) -> String {
         if address.hasPrefix("["), let end = address.firstIndex(of: "]") {

@@ -21,6 +21,9 @@ final class EdgeLoopContext {
     let allocator = ByteBufferAllocator()
     var draining = false
     var drainReconnectWindowMilliseconds: UInt32 = 0
+    /// While draining: by when the gateway answers the uplinks still in flight (the end of
+    /// `drain.grace`, plus a margin); sessions closed by the drain wait for them until then.
+    var drainOutcomesBy: NIODeadline?
     /// Connections of this loop that have not authenticated yet, oldest first. Entries of
     /// sessions that authenticated or closed since are skipped lazily, so the buffer holds at
     /// most the accepts of the last handshake + HELLO timeout.

@@ -307,7 +307,10 @@ package final class EdgeServer: Sendable {
 
     /// Stops accepting, sends GOAWAY(SHUTTING_DOWN) to every session with a reconnect hint
     /// spread uniformly over `reconnectWindow`, and waits up to `grace` for them to close.
-    package func drain(reconnectWindow: TimeAmount, grace: TimeAmount) async {
+    /// - Parameter outcomesBy: when what the devices sent last is answered at the latest (the
+    ///   deliveries' shutdown deadline, plus a margin): sessions owed outcomes stay open until
+    ///   then rather than for their close grace. Nil: the close grace.
+    package func drain(reconnectWindow: TimeAmount, grace: TimeAmount, outcomesBy: NIODeadline? = nil) async {
         let channel = self.serverChannel.withLock { $0 }
         try? await channel?.close()
         let windowMilliseconds = UInt32(clamping: max(0, reconnectWindow.nanoseconds / 1_000_000))
@@ -317,6 +320,7 @@ package final class EdgeServer: Sendable {
                 let context = contexts.context(for: loop)
                 context.draining = true
                 context.drainReconnectWindowMilliseconds = windowMilliseconds
+                context.drainOutcomesBy = outcomesBy
             }.get()
         }
         let sessions = self.shared.directory.all()

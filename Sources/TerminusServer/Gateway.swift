@@ -203,9 +203,12 @@ package final class Gateway: Service, Sendable {
                     // Devices get the time left, less a reserve for the deliveries of what they
                     // sent last (a tenth of the grace, at most two seconds).
                     let reserve = TimeAmount.nanoseconds(min(2_000_000_000, drainGrace.nanoseconds / 10))
+                    // Sessions owed outcomes wait for them past the edge's part: the deliveries
+                    // answer what is in flight by the deadline at the latest.
                     await edge.drain(
                         reconnectWindow: drainWindow,
-                        grace: max(.zero, deadline - reserve - NIODeadline.now())
+                        grace: max(.zero, deadline - reserve - NIODeadline.now()),
+                        outcomesBy: deadline + .seconds(1)
                     )
                     await edge.shutdown()
                 }

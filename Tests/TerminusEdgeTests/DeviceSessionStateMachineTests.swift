@@ -172,6 +172,32 @@ struct DeviceSessionStateMachineTests {
         #expect(!e.deliveryCompleted(qos: .atLeastOnce).acknowledge, "no ACK after the close frame")
     }
 
+    @Test("a drain's close waits for the outcomes owed until the drain answers them, past the close grace")
+    func drainCloseWaitsForOutcomes() {
+        var m = self.established()
+        _ = self.publish(&m)
+        #expect(
+            m.close(.shuttingDown, reconnectAfterMilliseconds: 500, outcomesUntil: self.at(31), now: self.start)
+                == .goAway(.shuttingDown, reconnectAfterMilliseconds: 500, closeNow: false)
+        )
+        #expect(m.deadline == self.at(31), "not the close grace (2 s)")
+        #expect(m.timerFired(now: self.at(2)) == .rearm(self.at(31)))
+        let done = m.deliveryCompleted(qos: .atLeastOnce)
+        #expect(done.acknowledge && done.closeNow, "answered: ACK, then close")
+
+        // Nothing owed: the drain's deadline does not matter; a shorter one never cuts the grace.
+        var idle = self.established()
+        #expect(
+            idle.close(.shuttingDown, outcomesUntil: self.at(31), now: self.start)
+                == .goAway(.shuttingDown, reconnectAfterMilliseconds: 0, closeNow: true)
+        )
+        #expect(idle.deadline == self.at(2))
+        var early = self.established()
+        _ = self.publish(&early)
+        _ = early.close(.shuttingDown, outcomesUntil: self.at(1), now: self.start)
+        #expect(early.deadline == self.at(2))
+    }
+
     @Test("QoS 0 counts against max_pending: reads pause there, and QoS 0 decoded beyond it is dropped")
     func qos0Window() {
         var m = self.established(maxInflight: 2, maxPending: 3)

@@ -25,6 +25,39 @@ struct ThrottleTests {
         #expect(throttle.refusal(for: "[2001:db8::2]:445", now: self.start) == nil)
     }
 
+    @Test("limits.reconnect is bounded: at capacity ids past their window go first, then a new id goes untracked")
+    func reconnectTrackerCapacity() {
+        var settings = AdmissionControl.Settings()
+        (settings.reconnectMax, settings.reconnectWindow, settings.reconnectBlock) = (1, .seconds(10), .seconds(30))
+        // 1,024 ids at least are tracked, whatever the connection cap.
+        let admission = AdmissionControl(settings: settings, trackedDevices: 10)
+        for index in 0..<1_024 { #expect(admission.authenticated("d\(index)", now: self.start) == nil) }
+        #expect(admission.trackedReconnects == 1_024)
+        // Full, nothing outside its window: the new id is not tracked (fails open), so a second
+        // authentication is not refused; a tracked id still is.
+        #expect(admission.authenticated("new", now: self.start + .seconds(1)) == nil)
+        #expect(admission.authenticated("new", now: self.start + .seconds(1)) == nil)
+        #expect(admission.authenticated("d7", now: self.start + .seconds(1)) == 30_000)
+        #expect(admission.trackedReconnects == 1_024)
+        // Once the window has passed, the stale ids are pruned and the new id is tracked.
+        #expect(admission.authenticated("new", now: self.start + .seconds(11)) == nil)
+        #expect(admission.trackedReconnects == 2, "the blocked d7 and the new id")
+        #expect(admission.authenticated("new", now: self.start + .seconds(12)) != nil)
+    }
+
+    @Test("a reload changes the admission limits from the next check; open per-address counts stay")
+    func admissionReconfigure() {
+        var settings = AdmissionControl.Settings()
+        settings.maxPerAddress = 0
+        let admission = AdmissionControl(settings: settings, trackedDevices: 10)
+        #expect(admission.addressOpened("10.0.0.9") && admission.addressOpened("10.0.0.9"))
+        settings.maxPerAddress = 2
+        admission.reconfigure(settings)
+        #expect(!admission.addressOpened("10.0.0.9"), "the two opened while the limit was off count")
+        admission.addressClosed("10.0.0.9")
+        #expect(admission.addressOpened("10.0.0.9"))
+    }
+
     @Test("the table is bounded: expired entries go first, then new addresses are not tracked")
     func bounded() {
         let throttle = AuthenticationThrottle(settings: .init(failures: 1, window: .seconds(10), maxAddresses: 2))

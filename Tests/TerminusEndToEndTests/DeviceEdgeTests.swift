@@ -211,7 +211,7 @@ struct DeviceEdgeTests {
 
     @Test("no HELLO within the timeout: GOAWAY(HELLO_TIMEOUT)")
     func helloTimeout() async throws {
-        let gateway = try await TestGateway.start()
+        let gateway = try await TestGateway.start { $0.edge.helloTimeout = .seconds(1) }
         let raw = try await RawClient.connect(port: gateway.port, tls: true)
         let started = Date()
         let goAway = await raw.goAwayOnClose(within: 5)
@@ -221,7 +221,7 @@ struct DeviceEdgeTests {
 
     @Test("a TCP connection that never starts TLS is cut at the handshake timeout")
     func handshakeTimeout() async throws {
-        let gateway = try await TestGateway.start()
+        let gateway = try await TestGateway.start { $0.edge.handshakeTimeout = .seconds(2) }
         let raw = try await RawClient.connect(port: gateway.port, tls: false)
         #expect(await raw.waitUntil(5) { raw.isClosed })
         #expect(raw.frames.isEmpty)

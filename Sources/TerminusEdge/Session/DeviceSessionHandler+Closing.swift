@@ -7,7 +7,14 @@ internal import TerminusProtocol
 extension DeviceSessionHandler {
     /// Ends the session for `reason` (takeover, kick, drain: `SessionControl`; eviction).
     func close(_ reason: SessionCloseReason, reconnectAfterMilliseconds: UInt32? = nil, message: String = "") {
-        let action = self.machine.close(reason, reconnectAfterMilliseconds: reconnectAfterMilliseconds, now: self.now)
+        // A drain answers what is still in flight when it ends: the session waits for that,
+        // however short its close grace.
+        let action = self.machine.close(
+            reason,
+            reconnectAfterMilliseconds: reconnectAfterMilliseconds,
+            outcomesUntil: reason == .shuttingDown ? self.loop.drainOutcomesBy : nil,
+            now: self.now
+        )
         self.execute(action, message: message)
     }
 

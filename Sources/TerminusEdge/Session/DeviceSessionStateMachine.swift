@@ -554,9 +554,13 @@ package struct DeviceSessionStateMachine: Sendable {
 
     /// The session must end with `reason` (error, timeout, takeover, drain, kick, eviction).
     /// `reconnectAfterMilliseconds` defaults to the reason's own suggestion.
+    /// - Parameter outcomesUntil: when the outcomes still owed may take longer than the close
+    ///   grace (a drain: the gateway answers what is in flight when it ends); the session then
+    ///   waits for them until this deadline.
     package mutating func close(
         _ reason: SessionCloseReason,
         reconnectAfterMilliseconds: UInt32? = nil,
+        outcomesUntil: NIODeadline? = nil,
         now: NIODeadline
     ) -> CloseAction {
         let reconnectAfter = reconnectAfterMilliseconds ?? reason.defaultReconnectAfterMilliseconds
@@ -574,17 +578,22 @@ package struct DeviceSessionStateMachine: Sendable {
             // A protocol error closes at once; an orderly close, or one for the device's rate,
             // lets the outcomes still owed reach the device (it would resend them otherwise).
             let closeNow = !reason.waitsForOutcomes || self.inflight == 0
-            self.enterClosing(reason, awaitingOutcomes: !closeNow, now: now)
+            self.enterClosing(reason, awaitingOutcomes: !closeNow, until: closeNow ? nil : outcomesUntil, now: now)
             return .goAway(reason, reconnectAfterMilliseconds: reconnectAfter, closeNow: closeNow)
         }
     }
 
-    private mutating func enterClosing(_ reason: SessionCloseReason, awaitingOutcomes: Bool, now: NIODeadline) {
+    private mutating func enterClosing(
+        _ reason: SessionCloseReason,
+        awaitingOutcomes: Bool,
+        until: NIODeadline? = nil,
+        now: NIODeadline
+    ) {
         self.frameStartedAt = nil
         self.state = .closing(
             Closing(
                 reason: reason,
-                graceDeadline: now + self.timeouts.closeGrace,
+                graceDeadline: max(now + self.timeouts.closeGrace, until ?? now),
                 deviceID: self.deviceID,
                 uplinks: self.uplinks,
                 awaitingOutcomes: awaitingOutcomes

@@ -121,8 +121,10 @@ final class TestGateway: Sendable {
         _ = FileManager.default.createFile(atPath: dictionaryFile, contents: Data(Self.dictionary))
         configuration.dictionaries = [.init(id: 1, file: dictionaryFile)]
         configuration.edge.timerTick = .milliseconds(100)
-        configuration.edge.handshakeTimeout = .seconds(2)
-        configuration.edge.helloTimeout = .seconds(1)
+        // Generous: the whole suite runs at once on two cores, where a TLS handshake can wait
+        // seconds for CPU. The tests of these timeouts set short ones.
+        configuration.edge.handshakeTimeout = .seconds(10)
+        configuration.edge.helloTimeout = .seconds(5)
         configuration.edge.closeGrace = .seconds(2)
         configuration.edge.keepaliveMin = 1
         configuration.edge.publishEvents = false  // tests that count messages opt in
