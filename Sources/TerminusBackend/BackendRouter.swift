@@ -1,9 +1,10 @@
 package import Logging
 package import NIOCore
 package import ServiceLifecycle
+internal import Synchronization
 internal import TerminusListeners
 package import TerminusMetrics
-package import TerminusRouting
+internal import TerminusRouting
 package import TerminusSessions
 
 /// The uplink sink that routes each message to every service whose topic filters match it,
@@ -14,20 +15,35 @@ package import TerminusSessions
 /// - A message is `accepted` only when every matching service accepted it; `rejected` when
 ///   any refused it for good; otherwise `retryLater` (the device resends; services that had
 ///   accepted it see a duplicate with the same `delivery_id`). No match: `noRoute`.
-/// - The route table is an immutable snapshot, read once per edge batch; a configuration
-///   reload swaps in another (`reload(filters:)`) for the same services.
-/// - Its work runs in `services`: one `Service` per subscribed service (its connection
-///   pools) and one that re-balances the pools; run them in the gateway's
-///   `ServiceGroup`.
+/// - The route table and the services it points at are one immutable snapshot (`Routing`), read
+///   once per edge batch; a configuration reload swaps in another (`reload(subscriptions:)`):
+///   services that did not change keep their deliveries and connections, new ones start,
+///   removed ones finish what they hold and stop.
+/// - Its work runs in `lifecycleServices`: one `Service` that runs every subscribed service's
+///   deliveries (its connection pools), and one that re-balances the pools; run them in the
+///   gateway's `ServiceGroup`.
 package final class BackendRouter: UplinkSink, Sendable {
     /// At most this many services: the route table's service set is one 64-bit word.
     package static let maxServices = ServiceSet.capacity
 
-    private let table: Reloadable<RouteTable>
-    /// Per configured service, its delivery on each event loop (in the group's order).
-    private let services: [[ServiceDelivery]]
+    /// The route table and, per configured service (in the table's numbering), its delivery on
+    /// each event loop (in the group's order).
+    private struct Routing: Sendable {
+        var table: RouteTable
+        /// As configured (each delivery holds its loop's share of the window and connections).
+        var subscriptions: [Subscription]
+        var services: [[ServiceDelivery]]
+    }
+
+    private let routing: Reloadable<Routing>
     /// Which of a service's deliveries serves a loop's devices.
     private let loopIndex: [ObjectIdentifier: Int]
+    private let loops: [any EventLoop]
+    private let instanceID: String
+    private let shutdown: ShutdownDeadline
+    private let supervisor: DeliverySupervisor
+    /// Reloads one at a time (SIGHUP, the file watcher and the admin API may race).
+    private let reloading = Mutex<Void>(())
     private let logger: Logger
 
     package init(
@@ -40,21 +56,42 @@ package final class BackendRouter: UplinkSink, Sendable {
         guard subscriptions.count <= Self.maxServices else {
             throw RouterError("at most \(Self.maxServices) services can be configured")
         }
-        self.table = Reloadable(Self.routeTable(subscriptions.map(\.filters)))
         let loops = Array(group.makeIterator())
+        self.loops = loops
         self.loopIndex = Dictionary(uniqueKeysWithValues: loops.enumerated().map { (ObjectIdentifier($1), $0) })
-        self.services = subscriptions.map { subscription in
-            loops.enumerated().map { index, loop in
-                ServiceDelivery(
-                    subscription: subscription.share(index, of: loops.count),
-                    instanceID: instanceID,
-                    eventLoop: loop,
-                    logger: logger,
-                    shutdown: shutdown
-                )
-            }
-        }
+        self.instanceID = instanceID
+        self.shutdown = shutdown
         self.logger = logger
+        let services = subscriptions.map {
+            Self.deliveries($0, loops: loops, instanceID: instanceID, logger: logger, shutdown: shutdown)
+        }
+        self.routing = Reloadable(
+            Routing(
+                table: Self.routeTable(subscriptions.map(\.filters)),
+                subscriptions: subscriptions,
+                services: services
+            )
+        )
+        self.supervisor = DeliverySupervisor(services.map { LoopDeliveries(deliveries: $0) })
+    }
+
+    /// One service's deliveries, one per loop, each with its share of the window and connections.
+    private static func deliveries(
+        _ subscription: Subscription,
+        loops: [any EventLoop],
+        instanceID: String,
+        logger: Logger,
+        shutdown: ShutdownDeadline
+    ) -> [ServiceDelivery] {
+        loops.enumerated().map { index, loop in
+            ServiceDelivery(
+                subscription: subscription.share(index, of: loops.count),
+                instanceID: instanceID,
+                eventLoop: loop,
+                logger: logger,
+                shutdown: shutdown
+            )
+        }
     }
 
     private static func routeTable(_ filters: [[TopicFilter]]) -> RouteTable {
@@ -65,45 +102,106 @@ package final class BackendRouter: UplinkSink, Sendable {
         return RouteTable(routes: routes)
     }
 
-    /// A configuration reload of the routes: `filters[i]` are the new topic filters of the
-    /// i-th configured service (same services, same order). Edge batches planned from now on
-    /// use the new table; batches already handed to their services finish as planned.
-    package func reload(filters: [[TopicFilter]]) throws {
-        guard filters.count == self.services.count else {
-            throw RouterError("a reload can change the services' topics, not how many services there are")
-        }
-        self.table.replace(with: Self.routeTable(filters))
+    /// A service as a delivery runs it: everything but its topics (which only the route table
+    /// reads). Two subscriptions with the same identity share their deliveries across a reload.
+    private static func identity(_ subscription: Subscription) -> String {
+        var shape = subscription
+        shape.filters = []
+        return "\(shape)"
     }
 
-    /// The router's work as services, in start order: each subscribed service's delivery,
-    /// then the re-balancing of their pools. A `ServiceGroup` stops them in reverse order.
-    /// A service's deliveries on the several loops are one `Service` and stop together, so a
-    /// service still stops within twice its `deadline` however many loops there are.
-    package var lifecycleServices: [any Service] {
-        let deliveries = self.services.flatMap { $0 }
-        let interval = deliveries.map(\.subscription.rebalanceSeconds).min() ?? 300
-        return self.services.map { LoopDeliveries(deliveries: $0) }
-            + [Rebalancer(services: deliveries, intervalSeconds: interval)]
+    /// What a reload changed among the services.
+    package struct ServiceChange: Sendable, Equatable {
+        package var added: [String] = []
+        package var removed: [String] = []
+        /// The route table changed (topics, or which services there are).
+        package var routes = false
+
+        package init() {}
     }
+
+    /// A configuration reload of the services and their topics. A service whose settings are
+    /// unchanged (name, target, TLS, batching, window, deadline, retry, connections…) keeps its
+    /// deliveries, connections and what they hold, whatever its topics; a new or changed one
+    /// gets new deliveries, started at once; a removed or changed one finishes the batches it
+    /// has in flight, answers what it still queues `RETRY_LATER` and closes its connections.
+    /// Edge batches planned from now on use the new table; those planned before finish as
+    /// planned (a batch for a service that stopped is answered `RETRY_LATER`: its devices resend
+    /// and meet the new table).
+    /// - Throws: more than `maxServices`, or the gateway is shutting down (nothing changes).
+    package func reload(subscriptions: [Subscription]) throws -> ServiceChange {
+        guard subscriptions.count <= Self.maxServices else {
+            throw RouterError("at most \(Self.maxServices) services can be configured")
+        }
+        return try self.reloading.withLock { _ in
+            let current = self.routing.value
+            var unused = Dictionary(
+                zip(current.subscriptions, current.services).map { (Self.identity($0), ($0.name, $1)) },
+                uniquingKeysWith: { first, _ in first }
+            )
+            var change = ServiceChange()
+            var started: [[ServiceDelivery]] = []
+            let services = subscriptions.map { subscription in
+                if let kept = unused.removeValue(forKey: Self.identity(subscription)) { return kept.1 }
+                let deliveries = Self.deliveries(
+                    subscription,
+                    loops: self.loops,
+                    instanceID: self.instanceID,
+                    logger: self.logger,
+                    shutdown: self.shutdown
+                )
+                started.append(deliveries)
+                change.added.append(subscription.name)
+                return deliveries
+            }
+            guard self.supervisor.start(started.map { LoopDeliveries(deliveries: $0) }) else {
+                throw RouterError("the gateway is shutting down")
+            }
+            let table = Self.routeTable(subscriptions.map(\.filters))
+            let routes = { (subscriptions: [Subscription]) in subscriptions.map { "\($0.name):\($0.filters)" } }
+            change.routes = routes(current.subscriptions) != routes(subscriptions)
+            self.routing.replace(with: Routing(table: table, subscriptions: subscriptions, services: services))
+            for (name, deliveries) in unused.values {
+                change.removed.append(name)
+                for delivery in deliveries { delivery.retire() }
+            }
+            change.removed.sort()
+            return change
+        }
+    }
+
+    /// The router's work as services, in start order: the deliveries of every subscribed
+    /// service (those a reload adds join them), then the re-balancing of their pools. A
+    /// `ServiceGroup` stops them in reverse order; all services' deliveries stop together, so the
+    /// stop takes at most about one `deadline` however many services and loops there are.
+    package var lifecycleServices: [any Service] {
+        let interval = self.routing.value.subscriptions.map(\.rebalanceSeconds).min() ?? 300
+        return [self.supervisor, Rebalancer(intervalSeconds: interval) { [weak self] in self?.allDeliveries ?? [] }]
+    }
+
+    private var allDeliveries: [ServiceDelivery] { Array(self.routing.value.services.joined()) }
 
     /// Messages inside delivery, counted once per service: in flight, waiting for a window,
     /// or lingering.
-    package var backlog: Int { self.services.joined().reduce(0) { $0 + $1.backlog } }
+    package var backlog: Int { self.allDeliveries.reduce(0) { $0 + $1.backlog } }
 
     /// How many sending passes the services' deliveries ran: with `linger`, about one per
     /// batch rather than one per edge batch (diagnostics and tests).
-    package var senderWakeUps: Int { self.services.joined().reduce(0) { $0 + $1.senderWakeUps } }
+    package var senderWakeUps: Int { self.allDeliveries.reduce(0) { $0 + $1.senderWakeUps } }
 
     /// Edge batches handed to their delivery's loop from another thread (`ServiceDelivery.offLoopSteps`).
-    package var offLoopSteps: Int { self.services.joined().reduce(0) { $0 + $1.offLoopSteps } }
+    package var offLoopSteps: Int { self.allDeliveries.reduce(0) { $0 + $1.offLoopSteps } }
 
     /// Which messages of an edge batch go to which service: the synchronous part of `deliver`.
     package func plan(_ batch: [UplinkMessage]) -> RoutingPlan {
+        self.plan(batch, table: self.routing.value.table, services: self.routing.value.services.count)
+    }
+
+    private func plan(_ batch: [UplinkMessage], table: RouteTable, services: Int) -> RoutingPlan {
         var plan = RoutingPlan(
-            groups: [[Int]](repeating: [], count: self.services.count),
+            groups: [[Int]](repeating: [], count: services),
             outcomes: [DeliveryOutcome](repeating: .accepted, count: batch.count)
         )
-        let table = self.table.value
         for (index, message) in batch.enumerated() {
             let matched = table.match(message.topic)
             if matched.isEmpty { plan.outcomes[index] = .noRoute }
@@ -115,7 +213,9 @@ package final class BackendRouter: UplinkSink, Sendable {
     /// Hands each service its part of the batch (see `ServiceDelivery.deliver`: no task is
     /// started on the way in) and combines their answers.
     package func deliver(_ batch: [UplinkMessage], on eventLoop: any EventLoop) -> EventLoopFuture<[DeliveryOutcome]> {
-        let plan = self.plan(batch)
+        // One snapshot for the whole batch: the table's numbering is its services'.
+        let routing = self.routing.value
+        let plan = self.plan(batch, table: routing.table, services: routing.services.count)
         if plan.isEmpty { return eventLoop.makeSucceededFuture(plan.outcomes) }
         let promise = eventLoop.makePromise(of: [DeliveryOutcome].self)
         let matching = plan.groups.indices.filter { !plan.groups[$0].isEmpty }
@@ -129,7 +229,7 @@ package final class BackendRouter: UplinkSink, Sendable {
         for service in matching {
             let indices = plan.groups[service]
             let messages = indices.count == batch.count ? batch : indices.map { batch[$0] }
-            self.services[service][loop].deliver(messages, on: eventLoop) { results in
+            routing.services[service][loop].deliver(messages, on: eventLoop) { results in
                 answers.add(results, at: indices)
             }
         }
@@ -149,9 +249,8 @@ package struct RoutingPlan: Sendable {
 }
 
 /// One service's deliveries, one per event loop, run side by side: they start together, stop
-/// together at graceful shutdown, and a failure of one (a client that cannot be made) cancels the
-/// others.
-struct LoopDeliveries: Service {
+/// together, and a failure of one (a client that cannot be made) cancels the others.
+struct LoopDeliveries: Sendable {
     let deliveries: [ServiceDelivery]
 
     func run() async throws {
@@ -162,21 +261,57 @@ struct LoopDeliveries: Service {
     }
 }
 
-/// Replaces each pool's oldest connection every `intervalSeconds` (0: never), until graceful
-/// shutdown or cancellation.
-struct Rebalancer: Service {
-    let services: [ServiceDelivery]
-    let intervalSeconds: Int
+/// Runs every service's deliveries: those the router started with, and those a reload adds
+/// while it runs. Graceful shutdown reaches each delivery (it answers what it queues and
+/// settles what is in flight); once it began, nothing new is started.
+final class DeliverySupervisor: Service, Sendable {
+    private let additions: AsyncStream<LoopDeliveries>
+    private let continuation: AsyncStream<LoopDeliveries>.Continuation
+    /// False once the graceful shutdown began (or `run` returned): `start` refuses.
+    private let accepting = Mutex(true)
+
+    init(_ initial: [LoopDeliveries]) {
+        // Unbounded, but each element is one service a reload added (at most 64 a reload).
+        (self.additions, self.continuation) = AsyncStream.makeStream(of: LoopDeliveries.self)
+        for deliveries in initial { self.continuation.yield(deliveries) }
+    }
+
+    /// Starts `deliveries` beside the running ones; false when the gateway is shutting down.
+    func start(_ deliveries: [LoopDeliveries]) -> Bool {
+        self.accepting.withLock { accepting in
+            guard accepting else { return false }
+            for service in deliveries { self.continuation.yield(service) }
+            return true
+        }
+    }
 
     func run() async throws {
-        guard !self.services.isEmpty, self.intervalSeconds > 0 else {
+        defer { self.accepting.withLock { $0 = false } }
+        try await withThrowingDiscardingTaskGroup { group in
+            for await deliveries in self.additions.cancelOnGracefulShutdown() {
+                group.addTask { try await deliveries.run() }
+            }
+            self.accepting.withLock { $0 = false }
+            self.continuation.finish()
+        }
+    }
+}
+
+/// Replaces each pool's oldest connection every `intervalSeconds` (0: never), until graceful
+/// shutdown or cancellation; the deliveries are read each time (a reload changes them).
+struct Rebalancer: Service {
+    let intervalSeconds: Int
+    let services: @Sendable () -> [ServiceDelivery]
+
+    func run() async throws {
+        guard self.intervalSeconds > 0 else {
             try? await gracefulShutdown()
             return
         }
         try? await cancelWhenGracefulShutdown {
             while true {
                 try await Task.sleep(for: .seconds(self.intervalSeconds))
-                for service in self.services { service.rebalance() }
+                for service in self.services() { service.rebalance() }
             }
         }
     }
@@ -190,7 +325,7 @@ package struct RouterError: Error, CustomStringConvertible {
 extension BackendRouter: MetricsSource {
     /// Every service's deliveries, each read on its loop; a service's loops add up.
     package func collectMetrics(on eventLoop: any EventLoop) -> EventLoopFuture<MetricsSnapshot> {
-        let parts = self.services.joined().map { $0.collectMetrics() }
+        let parts = self.allDeliveries.map { $0.collectMetrics() }
         return EventLoopFuture.whenAllSucceed(parts, on: eventLoop).map { parts in
             var snapshot = MetricsSnapshot()
             for part in parts { snapshot.merge(part) }

@@ -134,6 +134,12 @@ final class ServiceDelivery: Service, Sendable {
         self.pool.rebalance()
     }
 
+    /// A reload removed or changed this service: stops as at graceful shutdown (what is queued
+    /// is answered `retryLater`, batches in flight settle), and `run` then returns.
+    func retire() {
+        self.onLoop { self.stop() }
+    }
+
     /// Runs `body` on the loop: at once when called there.
     private func onLoop(_ body: @escaping @Sendable () -> Void) {
         if self.eventLoop.inEventLoop {

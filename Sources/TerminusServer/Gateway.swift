@@ -97,6 +97,7 @@ package final class Gateway: Service, Sendable {
                 maxTokenLifetimeSeconds: configuration.maxTokenLifetimeSeconds,
                 now: clock
             )
+            try Self.checkServiceTLS(configuration.services)
             let router: BackendRouter?
             if sink == nil && !configuration.services.isEmpty {
                 router = try BackendRouter(
@@ -279,6 +280,26 @@ package final class Gateway: Service, Sendable {
 
     /// Loads the API listener's PEM files once so that a bad file is a configuration error at
     /// start (and in `check-config`), not a failed listener later.
+    /// Loads each service's TLS files (`services[].tls`: CA, client certificate and key) so that
+    /// a bad one is a configuration error naming it at start, in `check-config` and on reload,
+    /// not a service whose connections fail later.
+    static func checkServiceTLS(_ services: [Subscription]) throws {
+        for (index, service) in services.enumerated() {
+            guard case .tls(let ca, let certificate, let key, _) = service.security else { continue }
+            let path = "services[\(index)].tls"
+            if let ca { _ = try Self.loadCertificates(ca, key: "\(path).ca") }
+            if let certificate, let key {
+                _ = try Self.loadCertificates(certificate, key: "\(path).certificate")
+                _ = try Self.loadPrivateKey(key, key: "\(path).private_key")
+                try CertificateFactory.checkKeyMatches(
+                    certificateChain: certificate,
+                    privateKey: key,
+                    key: "\(path).private_key"
+                )
+            }
+        }
+    }
+
     static func checkAPITLS(_ files: GatewayConfiguration.APITLSFiles) throws {
         _ = try Self.loadCertificates(files.certificateChain, key: "api.tls.certificate_chain")
         _ = try Self.loadPrivateKey(files.privateKey, key: "api.tls.private_key")
@@ -437,8 +458,9 @@ package final class Gateway: Service, Sendable {
     ///   key and client CA; the API's and the admin API's tokens;
     /// - the admission limits, `auth.throttle.*` and `limits.rate.*` (see
     ///   `EdgeServer.reload(limits:)`);
-    /// - the services' topics (the route table), when the services themselves (names, targets,
-    ///   their settings) are those the gateway started with.
+    /// - the services and their topics (`BackendRouter.reload(subscriptions:)`: unchanged
+    ///   services keep their connections, new ones start, removed ones finish what they hold),
+    ///   when the gateway routes to services (not when it started with none);
     ///
     /// Everything is loaded and checked first: when anything fails (a file missing, a key that
     /// does not match its certificate, a YAML error) nothing changes, the reason is logged and
@@ -452,6 +474,7 @@ package final class Gateway: Service, Sendable {
         let security: DeviceListener.Security
         let secrets: SecretStore
         var apiTLS: NIOSSLContext?
+        var serviceChange = BackendRouter.ServiceChange()
         do {
             next = try load()
             security = try Self.makeSecurity(next)
@@ -462,6 +485,12 @@ package final class Gateway: Service, Sendable {
                 try Self.checkAPITLS(files)
                 apiTLS = try APIServer.makeTLSContext(Self.apiSecurity(files))
             }
+            try Self.checkServiceTLS(next.services)
+            guard !self.draining.load(ordering: .relaxed) else {
+                throw ConfigurationError(key: "", "the gateway is draining")
+            }
+            // First of what changes, since it alone can still fail (the shutdown began).
+            if let router = self.router { serviceChange = try router.reload(subscriptions: next.services) }
         } catch {
             self.reloadsRefused.wrappingAdd(1, ordering: .relaxed)
             self.lastReloadError.withLock { $0 = "\(error)" }
@@ -484,10 +513,6 @@ package final class Gateway: Service, Sendable {
         self.api?.reload(tokens: next.apiTokens)
         if let apiTLS { self.api?.reload(tlsContext: apiTLS) }
         self.adminTokens?.replace(with: BearerTokens(next.adminTokens))
-        // The route table refers to the services by position: it changes only over the
-        // services the gateway started with.
-        let sameServices = Self.serviceShapes(self.configuration) == Self.serviceShapes(next)
-        if sameServices { try? self.router?.reload(filters: next.services.map(\.filters)) }
         let previous = self.applied.withLock { applied in
             defer { applied = next }
             return applied
@@ -500,9 +525,15 @@ package final class Gateway: Service, Sendable {
             "device_tls": "\(tlsContext != nil ? "reloaded" : "none")",
             "api_tls": "\(apiTLS != nil && self.api != nil ? "reloaded" : "none")",
         ]
-        if sameServices && Self.routes(previous) != Self.routes(next) { metadata["routes"] = "reloaded" }
+        if serviceChange.routes { metadata["routes"] = "reloaded" }
+        if !serviceChange.added.isEmpty { metadata["services_added"] = "\(serviceChange.added.joined(separator: ","))" }
+        if !serviceChange.removed.isEmpty {
+            metadata["services_removed"] = "\(serviceChange.removed.joined(separator: ","))"
+        }
         if EdgeServer.reloadableLimitsDiffer(previous.edge, next.edge) { metadata["limits"] = "reloaded" }
-        let restart = Self.restartKeys(self.configuration, next)
+        var restart = Self.restartKeys(self.configuration, next)
+        // Started without services (the log sink, or an embedder's): routing needs a restart.
+        if self.router == nil && !next.services.isEmpty { restart.append("services") }
         if !restart.isEmpty { metadata["restart_needed_for"] = "\(restart.joined(separator: ","))" }
         self.logger.notice("configuration reloaded", metadata: metadata)
         return true
@@ -639,7 +670,6 @@ package final class Gateway: Service, Sendable {
         compare("admin.max_connections") { "\($0.adminLimits)" }
         compare("drain") { "\($0.drainGrace)|\($0.drainReconnectWindow)|\($0.drainUnreadyDelay)" }
         compare("log") { "\($0.logLevel)|\($0.logFormat)" }
-        compare("services") { Self.serviceShapes($0) }
         // The device limits and timeouts but those `EdgeServer.reload(limits:)` applies.
         let edge: [(String, (EdgeSettings) -> String)] = [
             ("limits.max_connections", { "\($0.maxConnections)" }),
@@ -673,19 +703,6 @@ package final class Gateway: Service, Sendable {
 
     private static func apiSecurity(_ files: GatewayConfiguration.APITLSFiles) -> APISecurity {
         .tls(certificateChain: files.certificateChain, privateKey: files.privateKey, clientCA: files.clientCA)
-    }
-
-    /// The services as the gateway runs them, but for their topics (which a reload changes).
-    private static func serviceShapes(_ configuration: GatewayConfiguration) -> String {
-        configuration.services.map { service in
-            var shape = service
-            shape.filters = []
-            return "\(shape)"
-        }.joined(separator: ";")
-    }
-
-    private static func routes(_ configuration: GatewayConfiguration) -> String {
-        configuration.services.map { "\($0.name):\($0.filters.map { "\($0)" })" }.joined(separator: ";")
     }
 
     /// The event loops that serve devices, backends and the API (not the admin listener's).

@@ -136,7 +136,7 @@ struct ReloadTests {
     }
 
     @Test(
-        "reload under load swaps the route table, the limits and the admin tokens; a changed service set is left for a restart"
+        "reload under load swaps the route table, the services, the limits and the admin tokens; no session dropped"
     )
     func reloadRoutesAndLimits() async throws {
         let billing = try await TestBackend.start()
@@ -187,15 +187,23 @@ struct ReloadTests {
         #expect(AdminAPITests.request(admin, "GET", "/admin/devices", token: oldAdmin)?.0 == 401)
         #expect(AdminAPITests.request(admin, "GET", "/admin/devices", token: newAdmin)?.0 == 200)
 
-        // Another service set (audit moved) cannot be applied while running: the rest is, the
-        // route table stays as it was.
+        // Another service set: audit removed, a new service for the speakers; billing unchanged
+        // keeps its connections and goes on acknowledging the steady device.
+        let speakers = try await TestBackend.start()
         var moved = next
-        moved.services[1].host = "127.0.0.2"
-        moved.services[1].filters = [try TopicFilter("audit/#")]
+        moved.services = [
+            next.services[0],
+            try BackendRoutingTests.service("speakers", port: speakers.port, topics: ["speaker/#"]),
+        ]
         moved.edge.admission.reconnectMax = 0
         #expect(gateway.gateway.reload { moved })
         #expect(try await device.publish(topic: "speaker/volume", payload: ByteBuffer(string: "v3")).status == .ok)
-        #expect(audit.receiver.payloads == ["v2", "v3"])
+        #expect(speakers.receiver.payloads == ["v3"])
+        #expect(audit.receiver.payloads == ["v2"])
+        #expect(try await device.publish(topic: "audit/x", payload: ByteBuffer(string: "a1")).status == .noRoute)
+        let metrics = try await gateway.gateway.metrics.scrape(on: MultiThreadedEventLoopGroup.singleton.any()).get()
+        #expect(metrics.contains("service=\"speakers\""))
+        #expect(!metrics.contains("service=\"audit\""), "a removed service leaves the scrape")
         let third = try await RawClient.connect(port: gateway.port, tls: true)
         #expect(try await third.handshake("routes-flapper").deviceID == "routes-flapper", "reconnect limit lifted")
 
@@ -208,6 +216,7 @@ struct ReloadTests {
         await gateway.stop()
         await billing.stop()
         await audit.stop()
+        await speakers.stop()
     }
 
     @Test(
