@@ -122,6 +122,21 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // A Redis client on SwiftNIO (RESP2/RESP3, pipelining, AUTH, TLS, scripts) for the fleet's
+        // shared state; no Swift Redis client is among the packages available here.
+        .target(
+            name: "TerminusRedis",
+            dependencies: [
+                "TerminusProtocol",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // Code generated from Protos/ by scripts/generate-protos.sh (committed; not built by a plugin).
         .target(
             name: "TerminusAPI",
@@ -325,9 +340,30 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // What several test targets start: child processes, loopback sockets, a redis-server.
+        .target(
+            name: "TerminusTestSupport",
+            path: "Tests/TerminusTestSupport",
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "TerminusRedisTests",
+            dependencies: [
+                "TerminusRedis",
+                "TerminusTestSupport",
+                "TerminusProtocol",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOTestUtils", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .testTarget(
             name: "TerminusEndToEndTests",
             dependencies: [
+                "TerminusTestSupport",
                 "TerminusServer",
                 "TerminusListeners",
                 "TerminusMetrics",

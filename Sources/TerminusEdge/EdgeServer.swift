@@ -9,6 +9,10 @@ package import TerminusMetrics
 internal import TerminusProtocol
 package import TerminusSessions
 
+#if canImport(Glibc)
+internal import Glibc
+#endif
+
 /// One device listener: address, transport security and PROXY protocol.
 package struct DeviceListener: Sendable {
     package enum Security: Sendable {
@@ -24,19 +28,24 @@ package struct DeviceListener: Sendable {
     package var proxyProtocol: ProxyProtocolMode
     /// The largest PROXY v2 header accepted (with TLVs).
     package var proxyHeaderMaxSize: Int
+    /// `SO_REUSEPORT`: several gateway processes on one host listen on the same port and the
+    /// kernel spreads new connections between them (`device.reuse_port`).
+    package var reusePort: Bool
 
     package init(
         host: String,
         port: Int,
         security: Security,
         proxyProtocol: ProxyProtocolMode = .off,
-        proxyHeaderMaxSize: Int = 1024
+        proxyHeaderMaxSize: Int = 1024,
+        reusePort: Bool = false
     ) {
         self.host = host
         self.port = port
         self.security = security
         self.proxyProtocol = proxyProtocol
         self.proxyHeaderMaxSize = proxyHeaderMaxSize
+        self.reusePort = reusePort
     }
 }
 
@@ -94,6 +103,7 @@ package final class EdgeServer: Sendable {
         var bootstrap = ServerBootstrap(group: self.group)
             .serverChannelOption(.backlog, value: 4096)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .serverChannelOption(.socketOption(Self.reusePort), value: listener.reusePort ? 1 : 0)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelOption(.recvAllocator, value: Self.readBuffers)
             // Output toward a device that does not read: above `high` the channel is not
@@ -183,6 +193,9 @@ package final class EdgeServer: Sendable {
     package func adopt(_ channel: any Channel) throws {
         try Self.initialize(channel: channel, shared: self.shared, listener: self.listener)
     }
+
+    /// `SO_REUSEPORT`, which `NIOBSDSocket.Option` does not name.
+    private static let reusePort = NIOBSDSocket.Option(rawValue: SO_REUSEPORT)
 
     private static func initialize(channel: any Channel, shared: EdgeShared, listener: DeviceListener) throws {
         let open = shared.openConnections.wrappingAdd(1, ordering: .relaxed).newValue

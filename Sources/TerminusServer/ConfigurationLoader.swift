@@ -201,6 +201,7 @@ package enum ConfigurationLoader {
         case tls
         case proxyProtocol = "proxy_protocol"
         case proxyHeaderMaxSize = "proxy_header_max_size"
+        case reusePort = "reuse_port"
     }
 
     enum DeviceTLSKey: String, SectionKeys {
@@ -236,6 +237,12 @@ package enum ConfigurationLoader {
             config.proxyProtocol = mode
         }
         if let size = try device.int(.proxyHeaderMaxSize, in: 232...65_551) { config.proxyHeaderMaxSize = size }
+        if let reuse = try device.string(.reusePort) {
+            guard let value = Bool(reuse) else {
+                throw ConfigurationError(key: "device.reuse_port", "must be true or false")
+            }
+            config.deviceReusePort = value
+        }
         guard let tls = try device.section(.tls, DeviceTLSKey.self) else {
             if parsedTransport == .tls {
                 throw ConfigurationError(key: "device.tls", "is required with transport: tls")

@@ -89,7 +89,8 @@ package final class Gateway: Service, Sendable {
                 port: configuration.deviceListen.port,
                 security: security,
                 proxyProtocol: configuration.proxyProtocol,
-                proxyHeaderMaxSize: configuration.proxyHeaderMaxSize
+                proxyHeaderMaxSize: configuration.proxyHeaderMaxSize,
+                reusePort: configuration.deviceReusePort
             )
             let authenticator = DeviceAuthenticator(
                 secrets: secrets,
@@ -659,6 +660,7 @@ package final class Gateway: Service, Sendable {
         compare("device.listen") { "\($0.deviceListen)" }
         compare("device.transport") { $0.transport.rawValue }
         compare("device.proxy_protocol") { "\($0.proxyProtocol)/\($0.proxyHeaderMaxSize)" }
+        compare("device.reuse_port") { "\($0.deviceReusePort)" }
         compare("device.tls.min_version") { $0.tls?.minimumVersion ?? "" }
         compare("compression.dictionaries") { "\($0.dictionaries.map { "\($0.id)=\($0.file)" })" }
         compare("api") {

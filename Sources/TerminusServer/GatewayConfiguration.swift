@@ -91,6 +91,8 @@ package struct GatewayConfiguration: Sendable {
     package var tls: TLSFiles?
     package var proxyProtocol: ProxyProtocolMode = .off
     package var proxyHeaderMaxSize = 1024
+    /// `device.reuse_port`: `SO_REUSEPORT` on the device listener (several processes, one port).
+    package var deviceReusePort = false
 
     package var secretsFile: String?
     package var dictionaries: [Dictionary] = []

@@ -12,6 +12,7 @@ import TerminusBackend
 import TerminusListeners
 import TerminusProtocol
 import TerminusSessions
+import TerminusTestSupport
 import Testing
 
 #if canImport(Glibc)

@@ -4,6 +4,7 @@ import TerminusClient
 import TerminusListeners
 import TerminusProtocol
 import TerminusServer
+import TerminusTestSupport
 import Testing
 
 #if canImport(Glibc)

@@ -1,4 +1,5 @@
 import Foundation
+import TerminusTestSupport
 import Testing
 
 #if canImport(Glibc)

@@ -1,6 +1,7 @@
 import Foundation
 import NIOCore
 import TerminusProtocol
+import TerminusTestSupport
 import Testing
 
 #if canImport(Glibc)

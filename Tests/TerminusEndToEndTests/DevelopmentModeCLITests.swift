@@ -1,5 +1,6 @@
 import Foundation
 import TerminusAuth
+import TerminusTestSupport
 import Testing
 
 #if canImport(Glibc)

@@ -5,6 +5,7 @@ import TerminusBackend
 import TerminusClient
 import TerminusProtocol
 import TerminusServer
+import TerminusTestSupport
 import Testing
 
 #if canImport(Glibc)

@@ -10,6 +10,23 @@ import Testing
 
 @Suite("Fleet behaviour", .serialized, .gatewayScope)
 struct FleetTests {
+    @Test(
+        "device.reuse_port: two gateways share one port and the kernel spreads devices over both; without it the second cannot bind"
+    )
+    func reusePort() async throws {
+        let first = try await TestGateway.start { $0.deviceReusePort = true }
+        let second = try await TestGateway.start(port: first.port) { $0.deviceReusePort = true }
+        var connections: [TerminusConnection] = []
+        for index in 0..<40 { connections.append(try await first.connect("reuse-\(index)")) }
+        let (onFirst, onSecond) = (first.gateway.openConnections, second.gateway.openConnections)
+        #expect(onFirst + onSecond == 40)
+        #expect(onFirst > 0 && onSecond > 0, "both processes got devices: \(onFirst) and \(onSecond)")
+        for connection in connections { await connection.close() }
+        await #expect(throws: (any Error).self) { _ = try await TestGateway.start(port: first.port) }
+        await first.stop()
+        await second.stop()
+    }
+
     @Test("1000 TLS devices publish concurrently: every QoS 1 message acked exactly once and present in the sink")
     func thousandDevices() async throws {
         let gateway = try await TestGateway.start()

@@ -6,6 +6,7 @@ import TerminusListeners
 import TerminusProtocol
 import TerminusServer
 import TerminusSessions
+import TerminusTestSupport
 import Testing
 
 #if canImport(Glibc)

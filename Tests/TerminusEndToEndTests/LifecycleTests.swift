@@ -7,6 +7,7 @@ import TerminusBackend
 import TerminusProtocol
 import TerminusServer
 import TerminusSessions
+import TerminusTestSupport
 import Testing
 
 #if canImport(Glibc)

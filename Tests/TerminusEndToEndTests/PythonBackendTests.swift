@@ -3,6 +3,7 @@ import NIOCore
 import TerminusClient
 import TerminusProtocol
 import TerminusServer
+import TerminusTestSupport
 import Testing
 
 /// Runs the Python backend from docs/backend.md (docs/examples/python-backend/backend.py,

@@ -10,6 +10,7 @@ import TerminusMetrics
 import TerminusProtocol
 import TerminusRouting
 import TerminusServer
+import TerminusTestSupport
 import Testing
 
 #if canImport(Glibc)

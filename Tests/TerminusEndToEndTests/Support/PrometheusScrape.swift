@@ -1,4 +1,5 @@
 import Foundation
+import TerminusTestSupport
 
 /// Scrapes a `/metrics` endpoint and parses it with the Python `prometheus_client` library's
 /// text parser (an independent reader of the format: a malformed exposition fails the parse).

@@ -1,4 +1,5 @@
 import Foundation
+import TerminusTestSupport
 
 /// The Python backend from docs/backend.md in its own process, so that tests can kill it for
 /// real (SIGKILL) and start it again on the same port.

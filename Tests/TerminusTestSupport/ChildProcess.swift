@@ -2,7 +2,7 @@ import Foundation
 import Synchronization
 
 #if canImport(Glibc)
-import Glibc
+package import Glibc
 #endif
 
 /// A child process the tests start (the gateway binary, the Python backend, a shell), through
@@ -18,8 +18,8 @@ import Glibc
 /// The child gets `/dev/null` or a file as standard input, output and error, no other
 /// descriptor of the test process (`closefrom(3)`), and default signal handling with nothing
 /// blocked (the test process's threads block some signals, which children would inherit).
-final class ChildProcess: Sendable {
-    enum Output {
+package final class ChildProcess: Sendable {
+    package enum Output {
         /// The test process's own.
         case inherit
         case null
@@ -27,11 +27,11 @@ final class ChildProcess: Sendable {
         case file(String)
     }
 
-    let processIdentifier: pid_t
+    package let processIdentifier: pid_t
     /// The wait status once reaped.
     private let status = Mutex<Int32?>(nil)
 
-    init(
+    package init(
         _ executable: String,
         _ arguments: [String],
         environment: [String: String]? = nil,
@@ -87,7 +87,7 @@ final class ChildProcess: Sendable {
         }()
 
     /// Reaps the child if it has exited; true while it runs.
-    var isRunning: Bool {
+    package var isRunning: Bool {
         self.status.withLock { status in
             guard status == nil else { return false }
             var raw: Int32 = 0
@@ -106,21 +106,21 @@ final class ChildProcess: Sendable {
     }
 
     /// Sends `signal` if the child still runs.
-    func signal(_ signal: Int32) {
+    package func signal(_ signal: Int32) {
         if self.isRunning { _ = kill(self.processIdentifier, signal) }
     }
 
     /// SIGTERM.
-    func terminate() { self.signal(SIGTERM) }
+    package func terminate() { self.signal(SIGTERM) }
 
     /// Blocks until the child exits (polling, so no lock is held while it runs).
-    func waitUntilExit() {
+    package func waitUntilExit() {
         while self.isRunning { usleep(5_000) }
     }
 
     /// The exit code, or the number of the signal that ended the child, like Foundation's
     /// `terminationStatus`; -1 before it exits.
-    var terminationStatus: Int32 {
+    package var terminationStatus: Int32 {
         guard !self.isRunning, let raw = self.status.withLock({ $0 }), raw >= 0 else { return -1 }
         let signal = raw & 0x7f
         return signal == 0 ? (raw >> 8) & 0xff : signal

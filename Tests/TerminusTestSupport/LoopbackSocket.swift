@@ -4,10 +4,10 @@ import Glibc
 
 /// Plain BSD sockets on 127.0.0.1, for tests that need what NIO hides: a small receive buffer,
 /// `SO_LINGER` resets, or more connections than a gateway has descriptors.
-enum LoopbackSocket {
+package enum LoopbackSocket {
     /// A TCP connection to 127.0.0.1:`port`, or nil when refused (or out of descriptors here).
     /// `receiveBuffer` is set before connecting, so that it bounds the TCP window.
-    static func connect(port: Int, receiveBuffer: Int32? = nil) -> Int32? {
+    package static func connect(port: Int, receiveBuffer: Int32? = nil) -> Int32? {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { return nil }
         if var size = receiveBuffer {
@@ -27,7 +27,7 @@ enum LoopbackSocket {
     }
 
     /// A port nothing listens on right now.
-    static func freePort() -> Int {
+    package static func freePort() -> Int {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         defer { close(fd) }
         var address = Self.address(port: 0)
