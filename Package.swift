@@ -137,6 +137,19 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // The fleet: the session registry in Redis (which pod holds which device).
+        .target(
+            name: "TerminusFleet",
+            dependencies: [
+                "TerminusRedis",
+                "TerminusSessions",
+                "TerminusMetrics",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // Code generated from Protos/ by scripts/generate-protos.sh (committed; not built by a plugin).
         .target(
             name: "TerminusAPI",
@@ -218,6 +231,8 @@ let package = Package(
                 "TerminusCompression",
                 "TerminusAuth",
                 "TerminusSessions",
+                "TerminusFleet",
+                "TerminusRedis",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
@@ -328,6 +343,8 @@ let package = Package(
             name: "TerminusServerTests",
             dependencies: [
                 "TerminusServer",
+                "TerminusFleet",
+                "TerminusRedis",
                 "TerminusListeners",
                 "TerminusBackend",
                 "TerminusRouting",
@@ -361,9 +378,25 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .testTarget(
+            name: "TerminusFleetTests",
+            dependencies: [
+                "TerminusFleet",
+                "TerminusRedis",
+                "TerminusSessions",
+                "TerminusTestSupport",
+                "TerminusProtocol",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
             name: "TerminusEndToEndTests",
             dependencies: [
                 "TerminusTestSupport",
+                "TerminusFleet",
+                "TerminusRedis",
                 "TerminusServer",
                 "TerminusListeners",
                 "TerminusMetrics",

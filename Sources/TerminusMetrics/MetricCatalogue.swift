@@ -114,6 +114,33 @@ package enum MetricCatalogue {
         "terminus_downlink_sends_total": Entry(kind: .counter, help: "Send calls by outcome."),
         "terminus_draining": Entry(kind: .gauge, help: "1 once the gateway drains (SIGTERM), else 0."),
         "terminus_ready": Entry(kind: .gauge, help: "1 while /readyz answers 200."),
+        "terminus_redis_connected": Entry(
+            kind: .gauge,
+            help: "1 while the connection to Redis (fleet.redis) is open."
+        ),
+        "terminus_redis_connects_total": Entry(
+            kind: .counter,
+            help: "Connections made to Redis (1, then one per reconnect)."
+        ),
+        "terminus_redis_commands_total": Entry(kind: .counter, help: "Commands sent to Redis."),
+        "terminus_redis_round_trips_total": Entry(
+            kind: .counter,
+            help: "Round trips to Redis: one per pipeline, however many commands it holds."
+        ),
+        "terminus_registry_changes_total": Entry(
+            kind: .counter,
+            help:
+                "Session registry changes (connects, disconnects) by outcome: written, or dropped (replaced by a resync)."
+        ),
+        "terminus_registry_queued": Entry(kind: .gauge, help: "Session registry changes waiting for the next flush."),
+        "terminus_registry_resyncs_total": Entry(
+            kind: .counter,
+            help: "Times this pod re-registered every session it holds (a new Redis connection)."
+        ),
+        "terminus_registry_dead_pods_swept_total": Entry(
+            kind: .counter,
+            help: "Dead pods whose records this pod removed."
+        ),
         "terminus_config_reloads_total": Entry(
             kind: .counter,
             help: "Configuration reloads (SIGHUP, a changed file) by outcome: applied or refused."

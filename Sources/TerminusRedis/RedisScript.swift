@@ -18,11 +18,11 @@ package struct RedisScript: Sendable, Hashable {
         self.sha1 = String(decoding: hex, as: UTF8.self)
     }
 
-    func evalSHA(keys: [RedisArgument], arguments: [RedisArgument]) -> RedisCommand {
+    package func evalSHA(keys: [RedisArgument], arguments: [RedisArgument]) -> RedisCommand {
         RedisCommand("EVALSHA", [RedisArgument(self.sha1), RedisArgument(keys.count)] + keys + arguments)
     }
 
-    func eval(keys: [RedisArgument], arguments: [RedisArgument]) -> RedisCommand {
+    package func eval(keys: [RedisArgument], arguments: [RedisArgument]) -> RedisCommand {
         RedisCommand("EVAL", [RedisArgument(self.source), RedisArgument(keys.count)] + keys + arguments)
     }
 }

@@ -64,6 +64,9 @@ package enum ConfigurationLoader {
         ("admin", AdminKey.self),
         ("log", LogKey.self),
         ("reload", ReloadKey.self),
+        ("fleet", FleetKey.self),
+        ("fleet.redis", FleetRedisKey.self),
+        ("fleet.redis.tls", FleetRedisTLSKey.self),
     ]
 
     /// Every key the loader reads, as a dotted path (`services[].retry.attempts`); keys that
@@ -100,6 +103,7 @@ package enum ConfigurationLoader {
         case admin
         case log
         case reload
+        case fleet
     }
 
     enum ReloadKey: String, SectionKeys {
@@ -190,6 +194,9 @@ package enum ConfigurationLoader {
         if let api = try root.section(.api, APIKey.self) { try Self.decodeAPI(api, into: &config, base: base) }
         if let admin = try root.section(.admin, AdminKey.self) {
             try Self.decodeAdmin(admin, into: &config, base: base)
+        }
+        if let fleet = try root.section(.fleet, FleetKey.self) {
+            try Self.decodeFleet(fleet, into: &config, base: base)
         }
     }
 

@@ -10,9 +10,11 @@ internal import TerminusAuth
 internal import TerminusBackend
 internal import TerminusCompression
 internal import TerminusEdge
+package import TerminusFleet
 package import TerminusListeners
 package import TerminusMetrics
 internal import TerminusProtocol
+internal import TerminusRedis
 package import TerminusSessions
 
 /// The composition root: builds the event loops, TLS context, secrets, dictionaries, the device
@@ -61,6 +63,9 @@ package final class Gateway: Service, Sendable {
     package let configurationSource = Reloadable<(@Sendable () throws -> GatewayConfiguration)?>(nil)
     /// The admin API's tokens (`admin.tokens_file`), replaced by a reload.
     private let adminTokens: Reloadable<BearerTokens>?
+    /// `fleet`: the session registry in Redis and its client (nil: on its own).
+    package let registry: SessionRegistry?
+    private let redis: RedisClient?
     /// The admin API's drain (`POST /admin/drain`), kept so that it is awaited, not leaked.
     private let adminDrain = Mutex<Task<Void, Never>?>(nil)
 
@@ -74,10 +79,22 @@ package final class Gateway: Service, Sendable {
         self.configuration = configuration
         self.applied = Mutex(configuration)
         self.clock = clock
-        self.directory = directory
         self.logger = logger
         let threads = configuration.eventLoopThreads == 0 ? System.coreCount : configuration.eventLoopThreads
         self.group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
+        // In a fleet, each session is also recorded in Redis (queued, coalesced).
+        if let fleet = configuration.fleet {
+            let local = LocalSessionDirectory()
+            let redis = RedisClient(configuration: fleet.redis, eventLoop: self.group.any(), logger: logger)
+            let registry = SessionRegistry(configuration: fleet.registry, client: redis, logger: logger) {
+                local.all()
+            }
+            (self.redis, self.registry) = (redis, registry)
+            self.directory = FleetSessionDirectory(local: local, registry: registry)
+        } else {
+            (self.redis, self.registry) = (nil, nil)
+            self.directory = directory
+        }
         self.adminGroup = configuration.adminListen == nil ? nil : MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let shutdown = self.shutdown
         do {
@@ -119,7 +136,7 @@ package final class Gateway: Service, Sendable {
                     port: listen.port,
                     tokens: configuration.apiTokens,
                     security: configuration.apiTLS.map(Self.apiSecurity) ?? .plaintext,
-                    directory: directory,
+                    directory: self.directory,
                     instanceID: configuration.instanceID,
                     defaultTTLMilliseconds: configuration.apiSendTimeoutMilliseconds,
                     maxPayloadSize: configuration.edge.inflateLimits.maxInflatedSize,
@@ -138,7 +155,7 @@ package final class Gateway: Service, Sendable {
                 listener: listener,
                 settings: configuration.edge,
                 authenticator: authenticator,
-                directory: directory,
+                directory: self.directory,
                 sink: sink ?? router ?? LoggingSink(logger: logger),
                 dictionaries: dictionaries,
                 logger: logger
@@ -177,6 +194,11 @@ package final class Gateway: Service, Sendable {
         } else {
             self.adminBound = nil
             self.adminTokens = nil
+        }
+        // Redis before the registry, both before the devices: at shutdown the registry writes
+        // the drain's disconnects and removes this pod's liveness before Redis closes.
+        if let redis = self.redis, let registry = self.registry {
+            parts += [redis, registry]
         }
         parts += self.router?.lifecycleServices ?? []
         if let api = self.api { parts.append(api) }
@@ -222,6 +244,7 @@ package final class Gateway: Service, Sendable {
         reference.gateway = self
         self.metrics.add(self.edge)
         if let router = self.router { self.metrics.add(router) }
+        if let registry = self.registry { self.metrics.add(ClosureMetricsSource { registry.collect(into: &$0) }) }
         if let api = self.api { self.metrics.add(api) }
         _ = ProcessMetrics.startTime
         self.metrics.add(
@@ -672,6 +695,7 @@ package final class Gateway: Service, Sendable {
         compare("admin.max_connections") { "\($0.adminLimits)" }
         compare("drain") { "\($0.drainGrace)|\($0.drainReconnectWindow)|\($0.drainUnreadyDelay)" }
         compare("log") { "\($0.logLevel)|\($0.logFormat)" }
+        compare("fleet") { $0.fleet.map { "\($0.redis.address)|\($0.registry)|\($0.redis.database)" } ?? "" }
         // The device limits and timeouts but those `EdgeServer.reload(limits:)` applies.
         let edge: [(String, (EdgeSettings) -> String)] = [
             ("limits.max_connections", { "\($0.maxConnections)" }),

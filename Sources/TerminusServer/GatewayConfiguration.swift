@@ -3,7 +3,9 @@ package import NIOCore
 internal import TerminusAdmin
 package import TerminusBackend
 package import TerminusEdge
+package import TerminusFleet
 package import TerminusListeners
+package import TerminusRedis
 
 /// Everything `terminus run` needs, resolved from defaults, the YAML file and flags, in that
 /// order of precedence (flags win). `docs/configuration.md` documents each YAML key.
@@ -119,6 +121,20 @@ package struct GatewayConfiguration: Sendable {
     package static let defaultAdminListen = HostPort(host: "127.0.0.1", port: 7885)
     /// `admin.tokens_file`: bearer tokens of the admin API (`/admin/…`); none: the API is off.
     package var adminTokens: [String] = []
+    /// `fleet`: the session registry in Redis; nil: this gateway is on its own.
+    package var fleet: Fleet?
+    /// Where the Redis password came from (watched; never shown).
+    package var fleetPasswordFile: String?
+
+    package struct Fleet: Sendable {
+        package var redis: RedisClient.Configuration
+        package var registry: SessionRegistry.Configuration
+
+        package init(redis: RedisClient.Configuration, registry: SessionRegistry.Configuration) {
+            self.redis = redis
+            self.registry = registry
+        }
+    }
     /// Where `adminTokens` came from (watched for changes by `terminus run`).
     package var adminTokensFile: String?
     /// `admin.max_connections`, `admin.idle_timeout`.

@@ -5,8 +5,10 @@ import TerminusAuth
 import TerminusBackend
 import TerminusCompression
 import TerminusEdge
+import TerminusFleet
 import TerminusListeners
 import TerminusProtocol
+import TerminusRedis
 import TerminusRouting
 import TerminusServer
 import Testing
@@ -468,6 +470,61 @@ struct ConfigurationTests {
             try ConfigurationLoader.load(yaml: Self.minimal + "\nadmin:\n  listen: \"0.0.0.0:9090\"\n").adminListen
                 == .init(host: "0.0.0.0", port: 9090)
         )
+    }
+
+    @Test("fleet: Redis address, ACL user, password file, TLS, lease; its errors name the key")
+    func fleet() throws {
+        let directory = NSTemporaryDirectory() + "terminus-fleet-config-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        try "redis-password-0123\n".write(toFile: directory + "/redis-password", atomically: true, encoding: .utf8)
+        let yaml =
+            Self.minimal + """
+
+                instance_id: gw-3
+                fleet:
+                  internal_address: "10.1.2.3:7886"
+                  lease: 20s
+                  flush_interval: 10ms
+                  redis:
+                    address: "redis.internal:6380"
+                    username: gateway
+                    password_file: redis-password
+                    database: 2
+                    key_prefix: "prod:"
+                    tls:
+                      server_name: redis.internal
+                """
+        let config = try ConfigurationLoader.load(yaml: yaml, baseDirectory: directory)
+        let fleet = try #require(config.fleet)
+        #expect(fleet.redis.host == "redis.internal" && fleet.redis.port == 6380)
+        #expect(fleet.redis.username == "gateway" && fleet.redis.password == "redis-password-0123")
+        #expect(fleet.redis.database == 2 && fleet.redis.tls != nil && fleet.redis.serverName == "redis.internal")
+        #expect(fleet.registry.podID == "gw-3", "the pod id defaults to instance_id")
+        #expect(fleet.registry.podAddress == "10.1.2.3:7886" && fleet.registry.keyPrefix == "prod:")
+        #expect(fleet.registry.lease == .seconds(20) && fleet.registry.flushInterval == .milliseconds(10))
+        #expect(config.fleetPasswordFile == directory + "/redis-password")
+        #expect(try ConfigurationLoader.load(yaml: Self.minimal).fleet == nil)
+
+        for (bad, key) in [
+            ("fleet:\n  lease: 20s\n", "fleet.redis.address"),
+            ("fleet:\n  redis:\n    address: nowhere\n", "fleet.redis.address"),
+            ("fleet:\n  pod_id: \"a|b\"\n  redis:\n    address: \"r:1\"\n", "fleet.pod_id"),
+            ("fleet:\n  lease: 1s\n  redis:\n    address: \"r:1\"\n", "fleet.lease"),
+            ("fleet:\n  redis:\n    address: \"r:1\"\n    database: \"2\"\n", "fleet.redis.database"),
+            (
+                "fleet:\n  redis:\n    address: \"r:1\"\n    password_file: /nonexistent/pw\n",
+                "fleet.redis.password_file"
+            ),
+            ("fleet:\n  redis:\n    address: \"r:1\"\n    sentinel: x\n", "fleet.redis.sentinel"),
+        ] {
+            do {
+                _ = try ConfigurationLoader.load(yaml: Self.minimal + "\n" + bad)
+                Issue.record("accepted \(key)")
+            } catch let error as ConfigurationError {
+                #expect(error.key == key, "\(error)")
+            }
+        }
     }
 
     @Test("api.tls with client_ca needs no tokens file; paths resolve against the file's directory")

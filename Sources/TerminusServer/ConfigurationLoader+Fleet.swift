@@ -1,0 +1,84 @@
+internal import Foundation
+internal import NIOCore
+internal import NIOSSL
+internal import TerminusFleet
+internal import TerminusRedis
+
+extension ConfigurationLoader {
+    enum FleetKey: String, SectionKeys {
+        case podID = "pod_id"
+        case internalAddress = "internal_address"
+        case lease
+        case flushInterval = "flush_interval"
+        case redis
+    }
+
+    enum FleetRedisKey: String, SectionKeys {
+        case address
+        case username
+        case passwordFile = "password_file"
+        case database
+        case keyPrefix = "key_prefix"
+        case commandTimeout = "command_timeout"
+        case protocolVersion = "protocol"
+        case tls
+    }
+
+    enum FleetRedisTLSKey: String, SectionKeys {
+        case ca
+        case serverName = "server_name"
+    }
+
+    /// `fleet`: the session registry in Redis. Without `fleet.redis.address` the pod stays on
+    /// its own (no fleet).
+    static func decodeFleet(_ fleet: Keyed<FleetKey>, into config: inout GatewayConfiguration, base: String) throws {
+        guard let redis = try fleet.section(.redis, FleetRedisKey.self), let address = try redis.string(.address) else {
+            throw ConfigurationError(key: "fleet.redis.address", "is required in fleet (HOST:PORT of Redis)")
+        }
+        guard let hostPort = GatewayConfiguration.HostPort(parsing: address), hostPort.port > 0 else {
+            throw ConfigurationError(key: "fleet.redis.address", "must be HOST:PORT")
+        }
+        var client = RedisClient.Configuration(host: hostPort.host, port: hostPort.port)
+        client.username = try redis.string(.username)
+        if let file = try redis.string(.passwordFile) {
+            let path = Self.resolve(file, base)
+            guard let data = FileManager.default.contents(atPath: path) else {
+                throw ConfigurationError(key: "fleet.redis.password_file", Gateway.unreadable(path))
+            }
+            let password = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+            guard !password.isEmpty else {
+                throw ConfigurationError(key: "fleet.redis.password_file", "\(path) is empty")
+            }
+            client.password = password
+            config.fleetPasswordFile = path
+        }
+        if let v = try redis.int(.database, in: 0...15) { client.database = v }
+        if let v = try redis.int(.protocolVersion, in: 2...3) { client.protocolVersion = v }
+        if let v = try redis.duration(.commandTimeout) { client.commandTimeout = v }
+        if let tls = try redis.section(.tls, FleetRedisTLSKey.self) {
+            var configuration = TLSConfiguration.makeClientConfiguration()
+            if let ca = try tls.string(.ca) { configuration.trustRoots = .file(Self.resolve(ca, base)) }
+            client.tls = configuration
+            client.serverName = try tls.string(.serverName)
+        }
+        let podID = try fleet.string(.podID) ?? config.instanceID
+        guard !podID.isEmpty, !podID.contains("|"), podID.utf8.count <= 253 else {
+            throw ConfigurationError(key: "fleet.pod_id", "must be 1…253 bytes without '|'")
+        }
+        client.clientName = "terminus-\(podID)"
+        var registry = SessionRegistry.Configuration(podID: podID, podAddress: try fleet.string(.internalAddress) ?? "")
+        if let prefix = try redis.string(.keyPrefix) { registry.keyPrefix = prefix }
+        if let v = try fleet.duration(.lease) {
+            guard v >= .seconds(3) else { throw ConfigurationError(key: "fleet.lease", "must be at least 3s") }
+            registry.lease = .nanoseconds(v.nanoseconds)
+        }
+        if let v = try fleet.string(.flushInterval) {
+            guard let amount = Section.parseDuration(v), amount.nanoseconds > 0, amount.nanoseconds <= 1_000_000_000
+            else {
+                throw ConfigurationError(key: "fleet.flush_interval", "must be a duration from 1ms to 1s")
+            }
+            registry.flushInterval = .nanoseconds(amount.nanoseconds)
+        }
+        config.fleet = .init(redis: client, registry: registry)
+    }
+}

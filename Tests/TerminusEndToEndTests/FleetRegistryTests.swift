@@ -1,0 +1,67 @@
+import Foundation
+import NIOCore
+import NIOPosix
+import TerminusClient
+import TerminusFleet
+import TerminusMetrics
+import TerminusRedis
+import TerminusServer
+import TerminusTestSupport
+import Testing
+
+/// Gateways with `fleet` configured against a real redis-server: each session is recorded where
+/// any pod finds it, and a stopping pod takes its liveness with it.
+@Suite("Fleet: the session registry of running gateways", .serialized, .gatewayScope)
+struct FleetRegistryTests {
+    static func gateway(_ pod: String, redis: RedisServer) async throws -> TestGateway {
+        try await TestGateway.start {
+            var client = RedisClient.Configuration(host: "127.0.0.1", port: redis.port)
+            client.clientName = "terminus-\(pod)"
+            var registry = SessionRegistry.Configuration(podID: pod, podAddress: "127.0.0.1:0")
+            registry.lease = .seconds(3)
+            $0.fleet = .init(redis: client, registry: registry)
+        }
+    }
+
+    static func eventually(_ seconds: Double = 5, _ condition: () async -> Bool) async -> Bool {
+        let deadline = ContinuousClock.now + .milliseconds(Int64(seconds * 1000))
+        while ContinuousClock.now < deadline {
+            if await condition() { return true }
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        return await condition()
+    }
+
+    @Test(
+        "a device's pod is recorded at connect, found by every pod, moved when it reconnects elsewhere, gone after it leaves"
+    )
+    func registryFollowsDevices() async throws {
+        let redis = try await RedisServer.start()
+        defer { redis.stop() }
+        let a = try await Self.gateway("pod-a", redis: redis)
+        let b = try await Self.gateway("pod-b", redis: redis)
+        let registryA = try #require(a.gateway.registry)
+        let registryB = try #require(b.gateway.registry)
+
+        let device = try await a.connect("speaker-fleet-1")
+        #expect(await Self.eventually { (try? await registryB.lookup("speaker-fleet-1"))??.podID == "pod-a" })
+        let record = try #require(try await registryA.lookup("speaker-fleet-1"))
+        #expect(record.clientAddress.hasPrefix("127.0.0.1:"))
+        #expect(await Self.eventually { (try? await registryA.livePods().sorted()) == ["pod-a", "pod-b"] })
+
+        await device.close()
+        #expect(await Self.eventually { (try? await registryB.lookup("speaker-fleet-1")) == .some(nil) })
+        let again = try await b.connect("speaker-fleet-1")
+        #expect(await Self.eventually { (try? await registryA.lookup("speaker-fleet-1"))??.podID == "pod-b" })
+
+        let text = try await a.gateway.metrics.scrape(on: MultiThreadedEventLoopGroup.singleton.any()).get()
+        #expect(text.contains("terminus_redis_connected 1"))
+        #expect(text.contains("terminus_registry_changes_total{outcome=\"written\"} 2"), "a connect and a disconnect")
+
+        // A pod that stops removes its liveness: others stop routing to it at once.
+        await a.stop()
+        #expect(try await registryB.livePods() == ["pod-b"])
+        await again.close()
+        await b.stop()
+    }
+}
