@@ -144,6 +144,7 @@ let package = Package(
                 "TerminusRedis",
                 "TerminusSessions",
                 "TerminusMetrics",
+                "TerminusProtocol",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

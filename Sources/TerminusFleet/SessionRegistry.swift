@@ -4,6 +4,7 @@ internal import NIOCore
 internal import ServiceLifecycle
 internal import Synchronization
 package import TerminusMetrics
+internal import TerminusProtocol
 package import TerminusRedis
 package import TerminusSessions
 
@@ -93,6 +94,8 @@ package final class SessionRegistry: Service, Sendable {
     private let client: RedisClient
     /// The sessions this pod holds (for a resync).
     private let sessions: @Sendable () -> [SessionHandle]
+    /// This pod's session of a device (for a takeover from another pod).
+    private let local: @Sendable (String) -> SessionHandle?
     private let logger: Logger
     /// Drawn at start: with the connection id it makes each record's epoch unique across
     /// restarts.
@@ -103,17 +106,37 @@ package final class SessionRegistry: Service, Sendable {
     private let resyncs = Atomic<Int>(0)
     private let swept = Atomic<Int>(0)
     private let passCount = Atomic<Int>(0)
+    private let takeovers = Atomic<Int>(0)
 
+    /// - Parameters:
+    ///   - sessions: every session this pod holds (a resync registers them).
+    ///   - local: this pod's session of a device, if any (a takeover ends it).
     package init(
         configuration: Configuration,
         client: RedisClient,
         logger: Logger,
-        sessions: @escaping @Sendable () -> [SessionHandle]
+        sessions: @escaping @Sendable () -> [SessionHandle],
+        local: @escaping @Sendable (String) -> SessionHandle?
     ) {
         self.configuration = configuration
         self.client = client
         self.logger = logger
         self.sessions = sessions
+        self.local = local
+        // Takeovers: another pod that registered one of this pod's devices says so here.
+        client.onMessage { [weak self] _, payload in self?.received(String(buffer: payload)) }
+        client.subscribe([self.prefix + "pod:" + configuration.podID + ":control"])
+    }
+
+    /// `replaced|{device}|{epoch}`: the device connected to another pod; this pod's session of
+    /// it gets `GOAWAY(REPLACED)` if it is still the connection with that epoch (a newer one
+    /// here stays).
+    private func received(_ message: String) {
+        let parts = message.split(separator: "|", maxSplits: 2, omittingEmptySubsequences: false)
+        guard parts.count == 3, parts[0] == "replaced" else { return }
+        guard let handle = self.local(String(parts[1])), self.record(for: handle).epoch == parts[2] else { return }
+        self.takeovers.wrappingAdd(1, ordering: .relaxed)
+        handle.control.goAway(.replaced, reconnectAfterMilliseconds: 0, message: "connected through another gateway")
     }
 
     // MARK: keys
@@ -275,22 +298,50 @@ package final class SessionRegistry: Service, Sendable {
                 )
             }
         }
-        try await self.send(commands)
+        let answers = try await self.send(commands)
         self.written.wrappingAdd(changes.count, ordering: .relaxed)
+        let registered = changes.map { change -> String? in
+            if case .register(let id, _) = change { return id }
+            return nil
+        }
+        try await self.announceTakeovers(registered, answers)
     }
 
-    /// Sends `commands` in pipelines of `maxPipeline`; a `NOSCRIPT` answer (scripts flushed on
-    /// the server) asks for a resync, which loads them again.
-    private func send(_ commands: [RedisCommand]) async throws {
+    /// For each device this pod just registered (`ids[i]`, nil for other commands) whose
+    /// previous record (`answers[i]`) was another pod's: tells that pod, which ends its session
+    /// if it is still that connection (`received`). One round trip for all of them.
+    private func announceTakeovers(_ ids: [String?], _ answers: [RESPValue]) async throws {
+        var notices: [RedisCommand] = []
+        for (id, answer) in zip(ids, answers) {
+            guard let id, let text = answer.string, let previous = Record(decoding: text),
+                previous.podID != self.configuration.podID
+            else { continue }
+            notices.append(
+                RedisCommand(
+                    "PUBLISH",
+                    RedisArgument(self.prefix + "pod:" + previous.podID + ":control"),
+                    RedisArgument("replaced|\(id)|\(previous.epoch)")
+                )
+            )
+        }
+        if !notices.isEmpty { _ = try await self.send(notices) }
+    }
+
+    /// Sends `commands` in pipelines of `maxPipeline` and returns their answers; a `NOSCRIPT`
+    /// answer (scripts flushed on the server) asks for a resync, which loads them again.
+    private func send(_ commands: [RedisCommand]) async throws -> [RESPValue] {
         var start = 0
+        var all: [RESPValue] = []
         while start < commands.count {
             let part = Array(commands[start..<min(commands.count, start + self.configuration.maxPipeline)])
             let answers = try await self.client.send(part)
             if answers.contains(where: { if case .error(let m) = $0 { m.hasPrefix("NOSCRIPT") } else { false } }) {
                 self.state.withLock { $0.resyncRequested = true }
             }
+            all += answers
             start += part.count
         }
+        return all
     }
 
     /// After a new connection (Redis restarted, or was unreachable): loads the scripts,
@@ -336,7 +387,11 @@ package final class SessionRegistry: Service, Sendable {
                 )
             )
         }
-        try await self.send(commands)
+        // A device another pod also holds (it connected there while this pod could not write,
+        // or before this pod's first pass): the record now says here, and the other pod's
+        // session ends, so that one session survives.
+        let answers = try await self.send(commands)
+        try await self.announceTakeovers(held.map(\.deviceID) + gone.map { _ in nil }, answers)
         self.state.withLock { $0.syncedAtConnect = connects }
         self.resyncs.wrappingAdd(1, ordering: .relaxed)
         self.logger.info(
@@ -387,6 +442,7 @@ package final class SessionRegistry: Service, Sendable {
         snapshot.gauge(SeriesKey("terminus_registry_queued"), self.queued)
         snapshot.count(SeriesKey("terminus_registry_resyncs_total"), self.resyncCount)
         snapshot.count(SeriesKey("terminus_registry_dead_pods_swept_total"), self.podsSwept)
+        snapshot.count(SeriesKey("terminus_registry_takeovers_total"), self.takeoverCount)
     }
 
     /// Changes written, dropped (queue overflow), resyncs and dead pods swept since start.
@@ -394,6 +450,8 @@ package final class SessionRegistry: Service, Sendable {
     package var changesDropped: Int { self.dropped.load(ordering: .relaxed) }
     package var resyncCount: Int { self.resyncs.load(ordering: .relaxed) }
     package var podsSwept: Int { self.swept.load(ordering: .relaxed) }
+    /// Sessions this pod ended because their device connected through another pod.
+    package var takeoverCount: Int { self.takeovers.load(ordering: .relaxed) }
     package var queued: Int { self.state.withLock { $0.queue.count } }
     /// Passes of the loop (`tick`) since start.
     package var passes: Int { self.passCount.load(ordering: .relaxed) }

@@ -137,6 +137,10 @@ package enum MetricCatalogue {
             kind: .counter,
             help: "Times this pod re-registered every session it holds (a new Redis connection)."
         ),
+        "terminus_registry_takeovers_total": Entry(
+            kind: .counter,
+            help: "Sessions this pod ended (GOAWAY REPLACED) because their device connected through another pod."
+        ),
         "terminus_registry_dead_pods_swept_total": Entry(
             kind: .counter,
             help: "Dead pods whose records this pod removed."

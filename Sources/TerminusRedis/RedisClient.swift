@@ -58,6 +58,8 @@ package final class RedisClient: Service, Sendable {
         var waiters: [CheckedContinuation<Void, Never>] = []
         var connects = 0
         var lastError: RedisError?
+        /// Subscribed on every new connection.
+        var channels: [String] = []
     }
 
     package let configuration: Configuration
@@ -66,6 +68,8 @@ package final class RedisClient: Service, Sendable {
     private let state = Mutex(State())
     /// Commands and round trips (one per `send`) since start, for the metrics and the
     /// registry's round-trip budget.
+    /// Where Pub/Sub messages go (`onMessage`).
+    private let messageHandler = Mutex<(@Sendable (String, ByteBuffer) -> Void)?>(nil)
     private let commandCount = Atomic<Int>(0)
     private let roundTripCount = Atomic<Int>(0)
 
@@ -73,6 +77,23 @@ package final class RedisClient: Service, Sendable {
         self.configuration = configuration
         self.eventLoop = eventLoop
         self.logger = logger
+    }
+
+    /// Pub/Sub messages of the channels `subscribe` named (channel, payload) go to `handler`,
+    /// called on the connection's event loop. Needs `protocolVersion` 3.
+    package func onMessage(_ handler: @escaping @Sendable (String, ByteBuffer) -> Void) {
+        self.messageHandler.withLock { $0 = handler }
+    }
+
+    /// Subscribes to `channels` now (when connected) and on every connection from now on.
+    /// RESP3 only: over RESP2 a subscribed connection could not take commands.
+    package func subscribe(_ channels: [String]) {
+        guard self.configuration.protocolVersion == 3 else { return }
+        let connection = self.state.withLock { state in
+            state.channels += channels
+            return state.connection
+        }
+        connection?.subscribe(channels)
     }
 
     /// Connects, and reconnects after every break with `configuration.reconnect`, until graceful
@@ -83,9 +104,18 @@ package final class RedisClient: Service, Sendable {
         await withTaskCancellationOrGracefulShutdownHandler {
             while !Task.isCancelled && !Task.isShuttingDownGracefully {
                 do {
-                    let connection = try await RedisConnection.connect(self.configuration, on: self.eventLoop)
+                    let connection = try await RedisConnection.connect(
+                        self.configuration,
+                        on: self.eventLoop,
+                        onMessage: { [weak self] channel, payload in
+                            self?.messageHandler.withLock { $0 }?(channel, payload)
+                        }
+                    )
                     failures = 0
                     let waiters = self.state.withLock { state in
+                        // SUBSCRIBE goes out before any command can use the connection: a
+                        // message published in answer to this pod's first writes is not missed.
+                        connection.subscribe(state.channels)
                         state.connection = connection
                         state.connects += 1
                         state.lastError = nil

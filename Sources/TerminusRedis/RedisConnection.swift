@@ -19,9 +19,12 @@ package final class RedisConnection: Sendable {
 
     /// Connects, then says `HELLO` (RESP3, with `AUTH` when a password is set) or `AUTH` (RESP2),
     /// `SELECT`s the database and names the client. A refused password is `authentication`.
+    /// - Parameter onMessage: called on the connection's loop with each Pub/Sub message
+    ///   (channel, payload) of the channels `subscribe` asked for.
     package static func connect(
         _ configuration: RedisClient.Configuration,
-        on eventLoop: any EventLoop
+        on eventLoop: any EventLoop,
+        onMessage: (@Sendable (String, ByteBuffer) -> Void)? = nil
     ) async throws -> RedisConnection {
         let tls: NIOSSLContext?
         do {
@@ -47,7 +50,11 @@ package final class RedisConnection: Sendable {
                         )
                     )
                     try sync.addHandler(
-                        RedisHandler(timeout: configuration.commandTimeout, maxPending: configuration.maxPending)
+                        RedisHandler(
+                            timeout: configuration.commandTimeout,
+                            maxPending: configuration.maxPending,
+                            onMessage: onMessage
+                        )
                     )
                 }
             }
@@ -120,6 +127,19 @@ package final class RedisConnection: Sendable {
         return promise.futureResult
     }
 
+    /// `SUBSCRIBE channels`: RESP3 only (the connection goes on taking commands; messages
+    /// arrive as pushes, for `onMessage`). The server's confirmations are pushes too, not answers.
+    package func subscribe(_ channels: [String]) {
+        guard !channels.isEmpty else { return }
+        let handler = self.handler
+        let command = RedisCommand("SUBSCRIBE", channels.map { RedisArgument($0) })
+        if self.channel.eventLoop.inEventLoop {
+            handler.value.write(command)
+        } else {
+            self.channel.eventLoop.execute { handler.value.write(command) }
+        }
+    }
+
     package var closeFuture: EventLoopFuture<Void> { self.channel.closeFuture }
 
     package var isActive: Bool { self.channel.isActive }
@@ -144,14 +164,24 @@ final class RedisHandler: ChannelInboundHandler {
 
     private let timeout: TimeAmount
     private let maxPending: Int
+    private let onMessage: (@Sendable (String, ByteBuffer) -> Void)?
     private var waiting = CircularBuffer<Waiting>()
     private var pendingCommands = 0
     private var context: ChannelHandlerContext?
     private var failure: RedisError?
 
-    init(timeout: TimeAmount, maxPending: Int) {
+    init(timeout: TimeAmount, maxPending: Int, onMessage: (@Sendable (String, ByteBuffer) -> Void)? = nil) {
         self.timeout = timeout
         self.maxPending = maxPending
+        self.onMessage = onMessage
+    }
+
+    /// Writes a command no answer is matched to (`SUBSCRIBE` over RESP3).
+    func write(_ command: RedisCommand) {
+        guard let context = self.context, context.channel.isActive else { return }
+        var buffer = context.channel.allocator.buffer(capacity: command.encodedSize)
+        command.encode(into: &buffer)
+        context.writeAndFlush(self.wrapOutboundOut(buffer), promise: nil)
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -183,8 +213,14 @@ final class RedisHandler: ChannelInboundHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch self.unwrapInboundIn(data) {
-        case .push:
-            // Out-of-band (client tracking, pub/sub): not used by Terminus; dropped.
+        case .push(let values):
+            // Pub/Sub messages (`message`, channel, payload) go to `onMessage`; the rest
+            // (subscribe confirmations, client tracking) is dropped.
+            if values.count == 3, values[0].string == "message", let channel = values[1].string,
+                case .bulkString(let payload) = values[2]
+            {
+                self.onMessage?(channel, payload)
+            }
             return
         case .reply(let value):
             guard var first = self.waiting.first else {

@@ -86,9 +86,13 @@ package final class Gateway: Service, Sendable {
         if let fleet = configuration.fleet {
             let local = LocalSessionDirectory()
             let redis = RedisClient(configuration: fleet.redis, eventLoop: self.group.any(), logger: logger)
-            let registry = SessionRegistry(configuration: fleet.registry, client: redis, logger: logger) {
-                local.all()
-            }
+            let registry = SessionRegistry(
+                configuration: fleet.registry,
+                client: redis,
+                logger: logger,
+                sessions: { local.all() },
+                local: { local.lookup($0) }
+            )
             (self.redis, self.registry) = (redis, registry)
             self.directory = FleetSessionDirectory(local: local, registry: registry)
         } else {

@@ -4,8 +4,10 @@ import NIOPosix
 import TerminusClient
 import TerminusFleet
 import TerminusMetrics
+import TerminusProtocol
 import TerminusRedis
 import TerminusServer
+import TerminusSessions
 import TerminusTestSupport
 import Testing
 
@@ -62,6 +64,68 @@ struct FleetRegistryTests {
         await a.stop()
         #expect(try await registryB.livePods() == ["pod-b"])
         await again.close()
+        await b.stop()
+    }
+
+    @Test("takeover across pods: a device that connects through pod B ends its session on pod A with GOAWAY(REPLACED)")
+    func takeoverAcrossPods() async throws {
+        let redis = try await RedisServer.start()
+        defer { redis.stop() }
+        let a = try await Self.gateway("pod-a", redis: redis)
+        let b = try await Self.gateway("pod-b", redis: redis)
+        let first = try await RawClient.connect(port: a.port, tls: true)
+        _ = try await first.handshake("printer-takeover")
+        #expect(
+            await Self.eventually { (try? await b.gateway.registry?.lookup("printer-takeover"))??.podID == "pod-a" }
+        )
+        let second = try await RawClient.connect(port: b.port, tls: true)
+        _ = try await second.handshake("printer-takeover")
+        let goAway = await first.goAwayOnClose(within: 5)
+        #expect(goAway?.code == .replaced)
+        #expect(!second.isClosed)
+        #expect(try await a.gateway.registry?.lookup("printer-takeover")?.podID == "pod-b")
+        #expect(a.gateway.registry?.takeoverCount == 1)
+        await second.close()
+        await a.stop()
+        await b.stop()
+    }
+
+    @Test(
+        "takeover race: the same devices connect through two pods at once; exactly one session of each survives, where the registry says"
+    )
+    func takeoverRace() async throws {
+        let redis = try await RedisServer.start()
+        defer { redis.stop() }
+        let a = try await Self.gateway("pod-a", redis: redis)
+        let b = try await Self.gateway("pod-b", redis: redis)
+        let devices = (0..<12).map { "racer-\($0)" }
+        var pairs: [(RawClient, RawClient)] = []
+        for device in devices {
+            async let onA = RawClient.connect(port: a.port, tls: true)
+            async let onB = RawClient.connect(port: b.port, tls: true)
+            let (clientA, clientB) = try await (onA, onB)
+            async let helloA: Void = clientA.send(TestGateway.hello(device))
+            async let helloB: Void = clientB.send(TestGateway.hello(device))
+            _ = try await (helloA, helloB)
+            pairs.append((clientA, clientB))
+        }
+        let registry = try #require(a.gateway.registry)
+        // Settled: each device open on exactly one pod, and the registry names that pod.
+        let settled = await Self.eventually(10) { pairs.allSatisfy { $0.0.isClosed != $0.1.isClosed } }
+        #expect(
+            settled,
+            "exactly one session of each device survives: \(pairs.map { "\($0.0.isClosed)/\($0.1.isClosed) \($0.0.frames.last.map { "\($0)" } ?? "-") \($0.1.frames.last.map { "\($0)" } ?? "-")" })"
+        )
+        for (device, pair) in zip(devices, pairs) {
+            let survivor = pair.0.isClosed ? "pod-b" : "pod-a"
+            #expect(await Self.eventually { (try? await registry.lookup(device))??.podID == survivor }, "\(device)")
+            #expect(a.gateway.directory.lookup(device) == nil || b.gateway.directory.lookup(device) == nil)
+        }
+        for (clientA, clientB) in pairs {
+            await clientA.close()
+            await clientB.close()
+        }
+        await a.stop()
         await b.stop()
     }
 }

@@ -62,10 +62,10 @@ struct SessionRegistryTests {
             self.registry = SessionRegistry(
                 configuration: settings,
                 client: client,
-                logger: SessionRegistryTests.logger
-            ) {
-                local.all()
-            }
+                logger: SessionRegistryTests.logger,
+                sessions: { local.all() },
+                local: { local.lookup($0) }
+            )
             self.directory = FleetSessionDirectory(local: local, registry: self.registry)
             #expect(await client.waitUntilConnected(timeout: .seconds(5)))
         }
