@@ -88,6 +88,7 @@ package final class APIServer: Service, Sendable {
         tokens: [String],
         security: APISecurity = .plaintext,
         directory: any SessionDirectory,
+        locator: (any DeviceLocator)? = nil,
         instanceID: String,
         defaultTTLMilliseconds: UInt32 = 10_000,
         maxPayloadSize: Int = 256 * 1024,
@@ -106,6 +107,7 @@ package final class APIServer: Service, Sendable {
         self.tokens = Reloadable(BearerTokens(tokens))
         self.service = GatewayAPIService(
             directory: directory,
+            locator: locator,
             instanceID: instanceID,
             defaultTTLMilliseconds: defaultTTLMilliseconds,
             maxPayloadSize: maxPayloadSize,
@@ -411,6 +413,7 @@ private final class APICallHandler: ChannelInboundHandler {
         case resourceExhausted = 8
         case unimplemented = 12
         case internalError = 13
+        case unavailable = 14
         case unauthenticated = 16
     }
 
@@ -517,7 +520,12 @@ private final class APICallHandler: ChannelInboundHandler {
             case .kick:
                 self.answer(self.service.kick(try Terminus_V1_KickRequest(serializedBytes: bytes)), context: context)
             case .presence:
-                guard let response = self.service.presence(try Terminus_V1_PresenceRequest(serializedBytes: bytes))
+                let loop = context.eventLoop
+                guard
+                    let answer = self.service.presence(
+                        try Terminus_V1_PresenceRequest(serializedBytes: bytes),
+                        on: loop
+                    )
                 else {
                     return self.refuse(
                         .invalidArgument,
@@ -525,7 +533,15 @@ private final class APICallHandler: ChannelInboundHandler {
                         context: context
                     )
                 }
-                self.answer(response, context: context)
+                self.done = true
+                answer.hop(to: loop).assumeIsolated().whenComplete { result in
+                    switch result {
+                    case .success(let response): self.answer(response, context: context)
+                    case .failure(let error):
+                        self.done = false
+                        self.refuse(.unavailable, "the fleet's registry cannot be read: \(error)", context: context)
+                    }
+                }
             }
         } catch {
             self.refuse(.invalidArgument, "the request is not a valid message: \(error)", context: context)

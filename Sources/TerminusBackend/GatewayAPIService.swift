@@ -11,6 +11,9 @@ internal import TerminusSessions
 /// once.
 struct GatewayAPIService: Sendable {
     let directory: any SessionDirectory
+    /// The fleet's registry: `Presence` answers for devices on other pods too (nil: this pod's
+    /// own only).
+    let locator: (any DeviceLocator)?
     let instanceID: String
     let defaultTTLMilliseconds: UInt32
     let maxPayloadSize: Int
@@ -91,8 +94,14 @@ struct GatewayAPIService: Sendable {
         return response
     }
 
-    /// nil when the call asks for more than `maxPresenceIDs` devices.
-    func presence(_ request: Terminus_V1_PresenceRequest) -> Terminus_V1_PresenceResponse? {
+    /// nil when the call asks for more than `maxPresenceIDs` devices. This pod's devices are
+    /// answered from its directory; in a fleet the others from the registry (one round trip),
+    /// with the pod that holds each as `gateway_instance`. The future fails when the registry
+    /// cannot be read (the API answers `UNAVAILABLE`).
+    func presence(
+        _ request: Terminus_V1_PresenceRequest,
+        on eventLoop: any EventLoop
+    ) -> EventLoopFuture<Terminus_V1_PresenceResponse>? {
         guard request.deviceIds.count <= Self.maxPresenceIDs else { return nil }
         var response = Terminus_V1_PresenceResponse()
         response.devices = request.deviceIds.map { id in
@@ -106,7 +115,23 @@ struct GatewayAPIService: Sendable {
             }
             return presence
         }
-        return response
+        let elsewhere = response.devices.filter { !$0.online }.map(\.deviceID)
+        guard let locator = self.locator, !elsewhere.isEmpty else { return eventLoop.makeSucceededFuture(response) }
+        let promise = eventLoop.makePromise(of: Terminus_V1_PresenceResponse.self)
+        let answer = response
+        promise.completeWithTask {
+            let found = try await locator.locate(elsewhere)
+            var response = answer
+            for index in response.devices.indices {
+                guard let remote = found[response.devices[index].deviceID] else { continue }
+                response.devices[index].online = true
+                response.devices[index].sinceUnixMs = remote.connectedAtMs
+                response.devices[index].clientAddress = remote.clientAddress
+                response.devices[index].gatewayInstance = remote.podID
+            }
+            return response
+        }
+        return promise.futureResult
     }
 }
 

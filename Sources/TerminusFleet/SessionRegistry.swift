@@ -91,7 +91,7 @@ package final class SessionRegistry: Service, Sendable {
     }
 
     package let configuration: Configuration
-    private let client: RedisClient
+    package let client: RedisClient
     /// The sessions this pod holds (for a resync).
     private let sessions: @Sendable () -> [SessionHandle]
     /// This pod's session of a device (for a takeover from another pod).
@@ -455,4 +455,35 @@ package final class SessionRegistry: Service, Sendable {
     package var queued: Int { self.state.withLock { $0.queue.count } }
     /// Passes of the loop (`tick`) since start.
     package var passes: Int { self.passCount.load(ordering: .relaxed) }
+}
+
+extension SessionRegistry: DeviceLocator {
+    /// One `lookup` script per device, pipelined (one round trip per `maxPipeline` ids).
+    package func locate(_ deviceIDs: [String]) async throws -> [String: RemoteDevice] {
+        var found: [String: RemoteDevice] = [:]
+        var start = 0
+        while start < deviceIDs.count {
+            let part = Array(deviceIDs[start..<min(deviceIDs.count, start + self.configuration.maxPipeline)])
+            let answers = try await self.client.send(
+                part.map {
+                    RegistryScripts.lookup.evalSHA(keys: [self.deviceKey($0)], arguments: [RedisArgument(self.prefix)])
+                }
+            )
+            for (id, answer) in zip(part, answers) {
+                if case .error(let message) = answer {
+                    // Scripts flushed on the server: load them at the next pass, answer unknown now.
+                    if message.hasPrefix("NOSCRIPT") { self.state.withLock { $0.resyncRequested = true } }
+                    throw RedisError(.server, "lookup: \(message)")
+                }
+                guard let record = answer.string.flatMap(Record.init(decoding:)) else { continue }
+                found[id] = RemoteDevice(
+                    podID: record.podID,
+                    connectedAtMs: record.connectedAtMs,
+                    clientAddress: record.clientAddress
+                )
+            }
+            start += part.count
+        }
+        return found
+    }
 }

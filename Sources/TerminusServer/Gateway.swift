@@ -141,6 +141,7 @@ package final class Gateway: Service, Sendable {
                     tokens: configuration.apiTokens,
                     security: configuration.apiTLS.map(Self.apiSecurity) ?? .plaintext,
                     directory: self.directory,
+                    locator: self.registry,
                     instanceID: configuration.instanceID,
                     defaultTTLMilliseconds: configuration.apiSendTimeoutMilliseconds,
                     maxPayloadSize: configuration.edge.inflateLimits.maxInflatedSize,

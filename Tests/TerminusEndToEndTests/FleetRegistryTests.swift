@@ -1,6 +1,8 @@
 import Foundation
+import GRPCCore
 import NIOCore
 import NIOPosix
+import TerminusAPI
 import TerminusClient
 import TerminusFleet
 import TerminusMetrics
@@ -17,6 +19,8 @@ import Testing
 struct FleetRegistryTests {
     static func gateway(_ pod: String, redis: RedisServer) async throws -> TestGateway {
         try await TestGateway.start {
+            $0.apiListen = .init(host: "127.0.0.1", port: 0)
+            $0.apiTokens = [DownlinkAPITests.token]
             var client = RedisClient.Configuration(host: "127.0.0.1", port: redis.port)
             client.clientName = "terminus-\(pod)"
             var registry = SessionRegistry.Configuration(podID: pod, podAddress: "127.0.0.1:0")
@@ -98,6 +102,13 @@ struct FleetRegistryTests {
         defer { redis.stop() }
         let a = try await Self.gateway("pod-a", redis: redis)
         let b = try await Self.gateway("pod-b", redis: redis)
+        // Both pods past their first pass with Redis (a race in the first milliseconds of a
+        // pod's life is not what this test covers: see docs/cluster.md).
+        #expect(
+            await Self.eventually {
+                (a.gateway.registry?.resyncCount ?? 0) >= 1 && (b.gateway.registry?.resyncCount ?? 0) >= 1
+            }
+        )
         let devices = (0..<12).map { "racer-\($0)" }
         var pairs: [(RawClient, RawClient)] = []
         for device in devices {
@@ -125,6 +136,48 @@ struct FleetRegistryTests {
             await clientA.close()
             await clientB.close()
         }
+        await a.stop()
+        await b.stop()
+    }
+
+    @Test(
+        "Presence is fleet-wide: any pod answers for a device on another, naming that pod; Redis down: UNAVAILABLE at once"
+    )
+    func fleetPresence() async throws {
+        let redis = try await RedisServer.start()
+        defer { redis.stop() }
+        let a = try await Self.gateway("pod-a", redis: redis)
+        let b = try await Self.gateway("pod-b", redis: redis)
+        let onA = try await a.connect("presence-on-a")
+        let onB = try await b.connect("presence-on-b")
+        let registry = try #require(b.gateway.registry)
+        #expect(await Self.eventually { (try? await registry.lookup("presence-on-a"))??.podID == "pod-a" })
+        let ask = { @Sendable (ids: [String]) async throws -> Terminus_V1_PresenceResponse in
+            try await DownlinkAPITests.withAPI(b) { api, metadata in
+                var request = Terminus_V1_PresenceRequest()
+                request.deviceIds = ids
+                return try await api.presence(request, metadata: metadata)
+            }
+        }
+        let answer = try await ask(["presence-on-a", "presence-on-b", "presence-nowhere"])
+        let byID = Dictionary(uniqueKeysWithValues: answer.devices.map { ($0.deviceID, $0) })
+        #expect(byID["presence-on-a"]?.online == true && byID["presence-on-a"]?.gatewayInstance == "pod-a")
+        #expect(byID["presence-on-a"]?.clientAddress.hasPrefix("127.0.0.1:") == true)
+        #expect(byID["presence-on-b"]?.online == true && byID["presence-on-b"]?.gatewayInstance == "gw-test")
+        #expect(byID["presence-nowhere"]?.online == false)
+
+        redis.kill()
+        #expect(await Self.eventually { !(b.gateway.registry?.client.isConnected ?? true) })
+        let started = ContinuousClock.now
+        await #expect {
+            _ = try await ask(["presence-on-a"])
+        } throws: { error in
+            (error as? RPCError)?.code == .unavailable
+        }
+        #expect(ContinuousClock.now - started < .seconds(2), "no hang")
+        #expect(try await ask(["presence-on-b"]).devices.first?.online == true, "this pod's own still answer")
+        await onA.close()
+        await onB.close()
         await a.stop()
         await b.stop()
     }
