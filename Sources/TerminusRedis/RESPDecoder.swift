@@ -65,14 +65,7 @@ package struct RESPDecoder: NIOSingleStepByteToMessageDecoder {
                 continue
             case UInt8(ascii: ">"):
                 guard let count = try self.length(&buffer, allowNull: false) else { return nil }
-                try self.checkElements(count)
-                var elements: [RESPValue] = []
-                elements.reserveCapacity(min(count, 64))
-                for _ in 0..<count {
-                    guard let element = try self.value(&buffer, depth: depth + 1) else { return nil }
-                    elements.append(element)
-                }
-                return .push(elements)
+                return try self.elements(&buffer, count: count, depth: depth).map { .push($0) }
             default:
                 buffer.moveReaderIndex(to: buffer.readerIndex - 1)
                 return try self.value(&buffer, depth: depth).map { .reply($0) }
@@ -121,14 +114,7 @@ package struct RESPDecoder: NIOSingleStepByteToMessageDecoder {
         case UInt8(ascii: "*"), UInt8(ascii: "~"):
             guard let count = try self.length(&buffer, allowNull: type == UInt8(ascii: "*")) else { return nil }
             if count < 0 { return .null }
-            try self.checkElements(count)
-            var elements: [RESPValue] = []
-            elements.reserveCapacity(min(count, 64))
-            for _ in 0..<count {
-                guard let element = try self.value(&buffer, depth: depth + 1) else { return nil }
-                elements.append(element)
-            }
-            return .array(elements)
+            return try self.elements(&buffer, count: count, depth: depth).map { .array($0) }
         case UInt8(ascii: "%"):
             guard let count = try self.length(&buffer, allowNull: false) else { return nil }
             try self.checkElements(count)
@@ -166,6 +152,19 @@ package struct RESPDecoder: NIOSingleStepByteToMessageDecoder {
         default:
             throw RedisError(.protocolViolation, "unknown RESP type byte 0x\(String(type, radix: 16))")
         }
+    }
+
+    /// The `count` values of an aggregate (array, set, push), one level deeper; nil when more
+    /// bytes are needed.
+    private func elements(_ buffer: inout ByteBuffer, count: Int, depth: Int) throws -> [RESPValue]? {
+        try self.checkElements(count)
+        var elements: [RESPValue] = []
+        elements.reserveCapacity(min(count, 64))
+        for _ in 0..<count {
+            guard let element = try self.value(&buffer, depth: depth + 1) else { return nil }
+            elements.append(element)
+        }
+        return elements
     }
 
     private func checkElements(_ count: Int) throws {

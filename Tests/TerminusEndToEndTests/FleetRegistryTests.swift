@@ -29,15 +29,6 @@ struct FleetRegistryTests {
         }
     }
 
-    static func eventually(_ seconds: Double = 5, _ condition: () async -> Bool) async -> Bool {
-        let deadline = ContinuousClock.now + .milliseconds(Int64(seconds * 1000))
-        while ContinuousClock.now < deadline {
-            if await condition() { return true }
-            try? await Task.sleep(for: .milliseconds(20))
-        }
-        return await condition()
-    }
-
     @Test(
         "a device's pod is recorded at connect, found by every pod, moved when it reconnects elsewhere, gone after it leaves"
     )
@@ -50,15 +41,15 @@ struct FleetRegistryTests {
         let registryB = try #require(b.gateway.registry)
 
         let device = try await a.connect("speaker-fleet-1")
-        #expect(await Self.eventually { (try? await registryB.lookup("speaker-fleet-1"))??.podID == "pod-a" })
+        #expect(await eventually { (try? await registryB.lookup("speaker-fleet-1"))??.podID == "pod-a" })
         let record = try #require(try await registryA.lookup("speaker-fleet-1"))
         #expect(record.clientAddress.hasPrefix("127.0.0.1:"))
-        #expect(await Self.eventually { (try? await registryA.livePods().sorted()) == ["pod-a", "pod-b"] })
+        #expect(await eventually { (try? await registryA.livePods().sorted()) == ["pod-a", "pod-b"] })
 
         await device.close()
-        #expect(await Self.eventually { (try? await registryB.lookup("speaker-fleet-1")) == .some(nil) })
+        #expect(await eventually { (try? await registryB.lookup("speaker-fleet-1")) == .some(nil) })
         let again = try await b.connect("speaker-fleet-1")
-        #expect(await Self.eventually { (try? await registryA.lookup("speaker-fleet-1"))??.podID == "pod-b" })
+        #expect(await eventually { (try? await registryA.lookup("speaker-fleet-1"))??.podID == "pod-b" })
 
         let text = try await a.gateway.metrics.scrape(on: MultiThreadedEventLoopGroup.singleton.any()).get()
         #expect(text.contains("terminus_redis_connected 1"))
@@ -80,7 +71,7 @@ struct FleetRegistryTests {
         let first = try await RawClient.connect(port: a.port, tls: true)
         _ = try await first.handshake("printer-takeover")
         #expect(
-            await Self.eventually { (try? await b.gateway.registry?.lookup("printer-takeover"))??.podID == "pod-a" }
+            await eventually { (try? await b.gateway.registry?.lookup("printer-takeover"))??.podID == "pod-a" }
         )
         let second = try await RawClient.connect(port: b.port, tls: true)
         _ = try await second.handshake("printer-takeover")
@@ -105,7 +96,7 @@ struct FleetRegistryTests {
         // Both pods past their first pass with Redis (a race in the first milliseconds of a
         // pod's life is not what this test covers: see docs/cluster.md).
         #expect(
-            await Self.eventually {
+            await eventually {
                 (a.gateway.registry?.resyncCount ?? 0) >= 1 && (b.gateway.registry?.resyncCount ?? 0) >= 1
             }
         )
@@ -122,14 +113,14 @@ struct FleetRegistryTests {
         }
         let registry = try #require(a.gateway.registry)
         // Settled: each device open on exactly one pod, and the registry names that pod.
-        let settled = await Self.eventually(10) { pairs.allSatisfy { $0.0.isClosed != $0.1.isClosed } }
+        let settled = await eventually(10) { pairs.allSatisfy { $0.0.isClosed != $0.1.isClosed } }
         #expect(
             settled,
             "exactly one session of each device survives: \(pairs.map { "\($0.0.isClosed)/\($0.1.isClosed) \($0.0.frames.last.map { "\($0)" } ?? "-") \($0.1.frames.last.map { "\($0)" } ?? "-")" })"
         )
         for (device, pair) in zip(devices, pairs) {
             let survivor = pair.0.isClosed ? "pod-b" : "pod-a"
-            #expect(await Self.eventually { (try? await registry.lookup(device))??.podID == survivor }, "\(device)")
+            #expect(await eventually { (try? await registry.lookup(device))??.podID == survivor }, "\(device)")
             #expect(a.gateway.directory.lookup(device) == nil || b.gateway.directory.lookup(device) == nil)
         }
         for (clientA, clientB) in pairs {
@@ -151,7 +142,7 @@ struct FleetRegistryTests {
         let onA = try await a.connect("presence-on-a")
         let onB = try await b.connect("presence-on-b")
         let registry = try #require(b.gateway.registry)
-        #expect(await Self.eventually { (try? await registry.lookup("presence-on-a"))??.podID == "pod-a" })
+        #expect(await eventually { (try? await registry.lookup("presence-on-a"))??.podID == "pod-a" })
         let ask = { @Sendable (ids: [String]) async throws -> Terminus_V1_PresenceResponse in
             try await DownlinkAPITests.withAPI(b) { api, metadata in
                 var request = Terminus_V1_PresenceRequest()
@@ -167,7 +158,7 @@ struct FleetRegistryTests {
         #expect(byID["presence-nowhere"]?.online == false)
 
         redis.kill()
-        #expect(await Self.eventually { !(b.gateway.registry?.client.isConnected ?? true) })
+        #expect(await eventually { !(b.gateway.registry?.client.isConnected ?? true) })
         let started = ContinuousClock.now
         await #expect {
             _ = try await ask(["presence-on-a"])

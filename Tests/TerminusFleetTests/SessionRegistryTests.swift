@@ -130,7 +130,7 @@ struct SessionRegistryTests {
         let loop = Task { try await pod.registry.run() }
         defer { loop.cancel() }
         // The first pass resyncs (loads the scripts); the wave starts after it.
-        #expect(await Self.eventually { pod.registry.resyncCount == 1 })
+        #expect(await eventually { pod.registry.resyncCount == 1 })
         let (commandsBefore, tripsBefore) = (pod.client.commandsSent, pod.client.roundTrips)
         let started = ContinuousClock.now
         // 10,000 connects spread over one second, 100 every 10 ms.
@@ -140,7 +140,7 @@ struct SessionRegistryTests {
             }
             try await Task.sleep(until: started + .milliseconds(10 * (wave + 1)))
         }
-        #expect(await Self.eventually { pod.registry.changesWritten == 10_000 })
+        #expect(await eventually { pod.registry.changesWritten == 10_000 })
         let elapsed = ContinuousClock.now - started
         let commands = pod.client.commandsSent - commandsBefore
         let trips = pod.client.roundTrips - tripsBefore
@@ -174,7 +174,7 @@ struct SessionRegistryTests {
         #expect(try await survivor.registry.livePods().sorted() == ["pod-dying", "pod-survivor"])
         // The dying pod stops (no heartbeat); within its lease its devices stop resolving.
         await dying.stop()
-        #expect(await Self.eventually(3) { (try? await survivor.registry.lookup("speaker-7")) == .some(nil) })
+        #expect(await eventually(3) { (try? await survivor.registry.lookup("speaker-7")) == .some(nil) })
         // After two leases, the survivor's sweep removes the records and the pod.
         try await Task.sleep(for: .seconds(2))
         await survivor.registry.tick()
@@ -196,7 +196,7 @@ struct SessionRegistryTests {
         await pod.registry.tick()
         #expect(pod.registry.resyncCount == 1, "the first connection is a resync too")
         server.kill()
-        #expect(await Self.eventually { !pod.client.isConnected })
+        #expect(await eventually { !pod.client.isConnected })
         pod.directory.unregister(leaving)
         await pod.registry.tick()  // Redis is down: nothing is written, nothing hangs
         try await server.restart()
@@ -208,12 +208,4 @@ struct SessionRegistryTests {
         #expect(try await pod.client.execute(RedisCommand("SCARD", "terminus:pod:pod-resync:devices")).int == 3)
     }
 
-    static func eventually(_ seconds: Double = 5, _ condition: () async -> Bool) async -> Bool {
-        let deadline = ContinuousClock.now + .milliseconds(Int64(seconds * 1000))
-        while ContinuousClock.now < deadline {
-            if await condition() { return true }
-            try? await Task.sleep(for: .milliseconds(20))
-        }
-        return await condition()
-    }
 }

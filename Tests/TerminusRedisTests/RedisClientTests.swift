@@ -165,7 +165,7 @@ struct RedisClientTests {
         ) {
             (client: RedisClient) async throws in
             // Once its first attempt has failed (a loaded machine takes a while).
-            let refused = await Self.eventually {
+            let refused = await eventually {
                 do {
                     try await client.execute(RedisCommand("PING"))
                     return false
@@ -191,7 +191,7 @@ struct RedisClientTests {
                 (error as? RedisError)?.code == .timeout
             }
             #expect(ContinuousClock.now - started < .seconds(2))
-            #expect(await Self.eventually { (try? await client.execute(RedisCommand("PING"))) != nil })
+            #expect(await eventually { (try? await client.execute(RedisCommand("PING"))) != nil })
             #expect(client.connects == 2)
         }
     }
@@ -203,7 +203,7 @@ struct RedisClientTests {
         try await Self.withClient(Self.configuration(server)) { (client: RedisClient) async throws in
             try await client.execute(RedisCommand("SET", "before", "1"))
             server.kill()
-            #expect(await Self.eventually { !client.isConnected })
+            #expect(await eventually { !client.isConnected })
             let started = ContinuousClock.now
             await #expect {
                 try await client.execute(RedisCommand("GET", "before"))
@@ -280,12 +280,4 @@ struct RedisClientTests {
         }
     }
 
-    static func eventually(_ seconds: Double = 5, _ condition: () async -> Bool) async -> Bool {
-        let deadline = ContinuousClock.now + .milliseconds(Int64(seconds * 1000))
-        while ContinuousClock.now < deadline {
-            if await condition() { return true }
-            try? await Task.sleep(for: .milliseconds(20))
-        }
-        return await condition()
-    }
 }
