@@ -81,14 +81,18 @@ package final class APIServer: Service, Sendable {
 
     private let maxConcurrentCalls: Int
     private let maxRequestSize: Int
+    /// `api`, or `fleet` for the fleet's internal listener (its `listener` label in metrics).
+    private let name: String
 
     package init(
         host: String,
         port: Int,
         tokens: [String],
         security: APISecurity = .plaintext,
+        name: String = "api",
         directory: any SessionDirectory,
         locator: (any DeviceLocator)? = nil,
+        forwarder: (any PodForwarding)? = nil,
         instanceID: String,
         defaultTTLMilliseconds: UInt32 = 10_000,
         maxPayloadSize: Int = 256 * 1024,
@@ -105,15 +109,17 @@ package final class APIServer: Service, Sendable {
         self.port = port
         self.security = security
         self.tokens = Reloadable(BearerTokens(tokens))
+        self.name = name
         self.service = GatewayAPIService(
             directory: directory,
             locator: locator,
+            forwarder: forwarder,
             instanceID: instanceID,
             defaultTTLMilliseconds: defaultTTLMilliseconds,
             maxPayloadSize: maxPayloadSize,
             maxTopicLength: maxTopicLength
         )
-        self.connectionGuard = ConnectionGuard(name: "api", limits: limits, logger: logger)
+        self.connectionGuard = ConnectionGuard(name: name, limits: limits, logger: logger)
         self.group = group
         self.logger = logger
     }
@@ -404,7 +410,7 @@ private final class APICallHandler: ChannelInboundHandler {
     typealias OutboundOut = HTTP2Frame.FramePayload
 
     private enum Method {
-        case send, kick, presence
+        case send, sendMany, kick, presence
     }
 
     /// gRPC status codes used here.
@@ -469,6 +475,7 @@ private final class APICallHandler: ChannelInboundHandler {
         let method: Method
         switch headers.first(name: ":path") {
         case "/terminus.v1.Gateway/Send": method = .send
+        case "/terminus.v1.Gateway/SendMany": method = .sendMany
         case "/terminus.v1.Gateway/Kick": method = .kick
         case "/terminus.v1.Gateway/Presence": method = .presence
         case let path:
@@ -507,18 +514,25 @@ private final class APICallHandler: ChannelInboundHandler {
             switch method {
             case .send:
                 let request = try Terminus_V1_SendRequest(serializedBytes: bytes)
-                self.done = true
+                self.reply(self.service.send(request, on: context.eventLoop), context: context)
+            case .sendMany:
                 let loop = context.eventLoop
-                self.service.send(request, on: loop).hop(to: loop).assumeIsolated().whenComplete { result in
-                    switch result {
-                    case .success(let response): self.answer(response, context: context)
-                    case .failure(let error):
-                        self.done = false
-                        self.refuse(.internalError, "\(error)", context: context)
-                    }
+                guard
+                    let answer = self.service.sendMany(
+                        try Terminus_V1_SendManyRequest(serializedBytes: bytes),
+                        on: loop
+                    )
+                else {
+                    return self.refuse(
+                        .invalidArgument,
+                        "at most \(GatewayAPIService.maxSendManyIDs) device ids per call",
+                        context: context
+                    )
                 }
+                self.reply(answer, context: context)
             case .kick:
-                self.answer(self.service.kick(try Terminus_V1_KickRequest(serializedBytes: bytes)), context: context)
+                let request = try Terminus_V1_KickRequest(serializedBytes: bytes)
+                self.reply(self.service.kick(request, on: context.eventLoop), context: context)
             case .presence:
                 let loop = context.eventLoop
                 guard
@@ -533,18 +547,24 @@ private final class APICallHandler: ChannelInboundHandler {
                         context: context
                     )
                 }
-                self.done = true
-                answer.hop(to: loop).assumeIsolated().whenComplete { result in
-                    switch result {
-                    case .success(let response): self.answer(response, context: context)
-                    case .failure(let error):
-                        self.done = false
-                        self.refuse(.unavailable, "the fleet's registry cannot be read: \(error)", context: context)
-                    }
-                }
+                self.reply(answer, context: context)
             }
         } catch {
             self.refuse(.invalidArgument, "the request is not a valid message: \(error)", context: context)
+        }
+    }
+
+    /// Answers with what `answer` brings, on the stream's loop. A call about devices of other
+    /// pods fails with `FleetUnavailable` when the fleet cannot answer: `UNAVAILABLE`.
+    private func reply(_ answer: EventLoopFuture<some SwiftProtobuf.Message>, context: ChannelHandlerContext) {
+        self.done = true
+        answer.hop(to: context.eventLoop).assumeIsolated().whenComplete { result in
+            self.done = false
+            switch result {
+            case .success(let response): self.answer(response, context: context)
+            case .failure(let error as FleetUnavailable): self.refuse(.unavailable, error.description, context: context)
+            case .failure(let error): self.refuse(.internalError, "\(error)", context: context)
+            }
         }
     }
 
@@ -616,8 +636,12 @@ extension APIServer: MetricsSource {
     package func collectMetrics(on eventLoop: any EventLoop) -> EventLoopFuture<MetricsSnapshot> {
         var snapshot = MetricsSnapshot()
         self.connectionGuard.collect(into: &snapshot)
+        // The fleet's internal listener counts the sends other pods forwarded here apart: the
+        // pod that took the call counted them already.
+        let series =
+            self.name == "api" ? "terminus_downlink_sends_total" : "terminus_fleet_forwarded_sends_served_total"
         for (outcome, count) in self.service.sends.byOutcome {
-            snapshot.count(SeriesKey("terminus_downlink_sends_total", ["outcome": outcome]), count)
+            snapshot.count(SeriesKey(series, ["outcome": outcome]), count)
         }
         return eventLoop.makeSucceededFuture(snapshot)
     }

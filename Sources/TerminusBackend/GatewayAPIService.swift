@@ -5,15 +5,21 @@ internal import TerminusAPI
 internal import TerminusProtocol
 internal import TerminusSessions
 
-/// What the `terminus.v1.Gateway` service does (`Send`, `Kick`, `Presence`), apart from the
-/// transport: `APICallHandler` reads a call on its HTTP/2 stream and hands the request here,
-/// on the stream's event loop; `Send` answers with a future of the device's loop, the others at
-/// once.
+/// What the `terminus.v1.Gateway` service does (`Send`, `SendMany`, `Kick`, `Presence`), apart
+/// from the transport: `APICallHandler` reads a call on its HTTP/2 stream and hands the request
+/// here, on the stream's event loop; a `Send` to a device of this pod answers with a future of
+/// the device's loop.
+///
+/// In a fleet, a device this pod does not hold is looked up in the registry (`locator`) and the
+/// call forwarded to its pod (`forwarder`), whose answer is passed on as is. Without them (a
+/// pod on its own, or the fleet's internal listener, which answers for its own devices only)
+/// such a device is offline.
 struct GatewayAPIService: Sendable {
     let directory: any SessionDirectory
-    /// The fleet's registry: `Presence` answers for devices on other pods too (nil: this pod's
-    /// own only).
+    /// The fleet's registry: calls reach devices on other pods too (nil: this pod's own only).
     let locator: (any DeviceLocator)?
+    /// Calls the pod that holds a device (nil: this pod's own devices only).
+    let forwarder: (any PodForwarding)?
     let instanceID: String
     let defaultTTLMilliseconds: UInt32
     let maxPayloadSize: Int
@@ -22,8 +28,9 @@ struct GatewayAPIService: Sendable {
     /// uplink messages: atomics will do).
     let sends = SendCounts()
 
-    /// At most this many device ids in one `Presence` call.
+    /// At most this many device ids in one `Presence` or `SendMany` call.
     static let maxPresenceIDs = 10_000
+    static let maxSendManyIDs = 10_000
 
     func send(
         _ request: Terminus_V1_SendRequest,
@@ -40,13 +47,19 @@ struct GatewayAPIService: Sendable {
             return eventLoop.makeSucceededFuture(response)
         }
         guard let session = self.directory.lookup(request.deviceID) else {
-            response.outcome = .offline
-            self.sends.count(.offline)
-            return eventLoop.makeSucceededFuture(response)
+            return self.sendElsewhere(request, response: response, on: eventLoop)
         }
+        return self.push(request, to: session, response: response)
+    }
+
+    /// Pushes to a session of this pod and answers with the device's outcome.
+    private func push(
+        _ request: Terminus_V1_SendRequest,
+        to session: SessionHandle,
+        response instance: Terminus_V1_SendResponse
+    ) -> EventLoopFuture<Terminus_V1_SendResponse> {
         let sends = self.sends
         let ttl = request.ttlMs == 0 ? self.defaultTTLMilliseconds : request.ttlMs
-        let instance = response
         return session.control.push(
             topic: request.topic,
             payload: ByteBuffer(bytes: request.payload),
@@ -70,28 +83,238 @@ struct GatewayAPIService: Sendable {
         }
     }
 
+    /// A device this pod does not hold: forwarded to its pod when the registry names a live
+    /// one, else offline. Fails with `FleetUnavailable` when the registry cannot be read or the
+    /// pod refuses the call.
+    private func sendElsewhere(
+        _ request: Terminus_V1_SendRequest,
+        response: Terminus_V1_SendResponse,
+        on eventLoop: any EventLoop
+    ) -> EventLoopFuture<Terminus_V1_SendResponse> {
+        var offline = response
+        offline.outcome = .offline
+        guard let locator = self.locator, let forwarder = self.forwarder else {
+            self.sends.count(.offline)
+            return eventLoop.makeSucceededFuture(offline)
+        }
+        let sends = self.sends
+        // The TTL this pod would apply, so that the forwarded call's deadline can follow it.
+        var request = request
+        if request.ttlMs == 0 { request.ttlMs = self.defaultTTLMilliseconds }
+        let promise = eventLoop.makePromise(of: Terminus_V1_SendResponse.self)
+        promise.completeWithTask { [request, offline] in
+            let located: [String: RemoteDevice]
+            do {
+                located = try await Self.locate([request.deviceID], locator, forwarder)
+            } catch {
+                sends.count(.unavailable)
+                throw error
+            }
+            guard let pod = located[request.deviceID] else {
+                sends.count(.offline)
+                return offline
+            }
+            do {
+                let answer = try await forwarder.send(request, to: pod)
+                sends.count(answer.outcome)
+                return answer
+            } catch PodForwardingError.unreachable {
+                sends.count(.offline)
+                return offline
+            } catch {
+                sends.count(.unavailable)
+                throw FleetUnavailable("\(error)")
+            }
+        }
+        return promise.futureResult
+    }
+
+    /// The live pods other than this one that hold `ids` (one registry round trip). A record
+    /// naming this pod for a device it does not hold is stale (the device left, its disconnect
+    /// not written yet): offline.
+    private static func locate(
+        _ ids: [String],
+        _ locator: any DeviceLocator,
+        _ forwarder: any PodForwarding
+    ) async throws -> [String: RemoteDevice] {
+        let found: [String: RemoteDevice]
+        do {
+            found = try await locator.locate(ids)
+        } catch {
+            throw FleetUnavailable("the fleet's registry cannot be read: \(error)")
+        }
+        return found.filter { $0.value.podID != forwarder.podID && !$0.value.podAddress.isEmpty }
+    }
+
     func invalid(_ request: Terminus_V1_SendRequest) -> TerminusCode? {
         do {
             try Topic.validateDeviceID(request.deviceID, maxLength: 255)
         } catch {
             return .invalidDeviceID
         }
+        return self.invalidMessage(topic: request.topic, payloadSize: request.payload.count, qos: request.qos)
+    }
+
+    /// What is wrong with a message, whatever its device.
+    private func invalidMessage(topic: String, payloadSize: Int, qos: UInt32) -> TerminusCode? {
         do {
-            try Topic.validatePublishTopic(request.topic, maxLength: self.maxTopicLength)
+            try Topic.validatePublishTopic(topic, maxLength: self.maxTopicLength)
         } catch {
             return .invalidTopic
         }
-        if request.payload.count > self.maxPayloadSize { return .frameTooLarge }
-        if request.qos > 1 { return .malformedFrame }
+        if payloadSize > self.maxPayloadSize { return .frameTooLarge }
+        if qos > 1 { return .malformedFrame }
         return nil
     }
 
-    func kick(_ request: Terminus_V1_KickRequest) -> Terminus_V1_KickResponse {
+    /// One message to many devices; nil when the call names more than `maxSendManyIDs`. Each
+    /// distinct id is sent to once: this pod's devices directly, the others with one forwarded
+    /// `SendMany` per pod that holds some of them, all at once. Devices the registry cannot be
+    /// asked about, or whose pod refuses the call, are answered `UNAVAILABLE`.
+    func sendMany(
+        _ request: Terminus_V1_SendManyRequest,
+        on eventLoop: any EventLoop
+    ) -> EventLoopFuture<Terminus_V1_SendManyResponse>? {
+        guard request.deviceIds.count <= Self.maxSendManyIDs else { return nil }
+        var seen = Set<String>()
+        var local: [EventLoopFuture<Terminus_V1_SendResult>] = []
+        var elsewhere: [String] = []
+        let invalid = self.invalidMessage(topic: request.topic, payloadSize: request.payload.count, qos: request.qos)
+        for id in request.deviceIds where seen.insert(id).inserted {
+            var single = Terminus_V1_SendRequest()
+            single.deviceID = id
+            single.topic = request.topic
+            single.payload = request.payload
+            single.qos = request.qos
+            single.ttlMs = request.ttlMs
+            var response = Terminus_V1_SendResponse()
+            response.gatewayInstance = self.instanceID
+            if let code = invalid ?? self.invalid(single) {
+                response.outcome = .rejected
+                response.deviceStatus = UInt32(code.rawValue)
+                self.sends.count(.rejected)
+                local.append(eventLoop.makeSucceededFuture(Self.result(id, response)))
+            } else if let session = self.directory.lookup(id) {
+                local.append(self.push(single, to: session, response: response).map { Self.result(id, $0) })
+            } else {
+                elsewhere.append(id)
+            }
+        }
+        let forwarded = self.sendManyElsewhere(request, ids: elsewhere, on: eventLoop)
+        return EventLoopFuture.whenAllSucceed(local, on: eventLoop).and(forwarded).map { local, remote in
+            var byID = remote
+            for result in local { byID[result.deviceID] = result }
+            var response = Terminus_V1_SendManyResponse()
+            response.results = request.deviceIds.map { byID[$0] ?? Self.result($0, outcome: .offline) }
+            return response
+        }
+    }
+
+    /// The devices of `ids` (none of them on this pod): grouped by the pod that holds them, one
+    /// forwarded `SendMany` per pod, all at once. Never fails: an id without an answer is
+    /// offline.
+    private func sendManyElsewhere(
+        _ request: Terminus_V1_SendManyRequest,
+        ids: [String],
+        on eventLoop: any EventLoop
+    ) -> EventLoopFuture<[String: Terminus_V1_SendResult]> {
+        guard !ids.isEmpty, let locator = self.locator, let forwarder = self.forwarder else {
+            for _ in ids { self.sends.count(.offline) }
+            return eventLoop.makeSucceededFuture([:])
+        }
+        let sends = self.sends
+        var request = request
+        if request.ttlMs == 0 { request.ttlMs = self.defaultTTLMilliseconds }
+        let promise = eventLoop.makePromise(of: [String: Terminus_V1_SendResult].self)
+        promise.completeWithTask { [request] in
+            var results: [String: Terminus_V1_SendResult] = [:]
+            do {
+                let pods = Dictionary(
+                    grouping: try await Self.locate(ids, locator, forwarder).sorted { $0.key < $1.key }
+                ) {
+                    $0.value.podID
+                }
+                let answers = await withTaskGroup(of: [Terminus_V1_SendResult].self) { group in
+                    for located in pods.values {
+                        var part = request
+                        part.deviceIds = located.map(\.key)
+                        let pod = located[0].value
+                        group.addTask { await Self.forwardMany(part, to: pod, forwarder) }
+                    }
+                    return await group.reduce(into: [Terminus_V1_SendResult]()) { $0 += $1 }
+                }
+                // Only what was asked: a pod's answer cannot add devices.
+                let asked = Set(ids)
+                for result in answers where asked.contains(result.deviceID) { results[result.deviceID] = result }
+            } catch {
+                for id in ids { results[id] = Self.result(id, outcome: .unavailable) }
+            }
+            for id in ids { sends.count(results[id]?.outcome ?? .offline) }
+            return results
+        }
+        return promise.futureResult
+    }
+
+    /// One forwarded `SendMany`: an unreachable pod's devices are offline; those of a pod that
+    /// refuses the call are unavailable.
+    private static func forwardMany(
+        _ request: Terminus_V1_SendManyRequest,
+        to pod: RemoteDevice,
+        _ forwarder: any PodForwarding
+    ) async -> [Terminus_V1_SendResult] {
+        do {
+            return try await forwarder.sendMany(request, to: pod).results
+        } catch PodForwardingError.unreachable {
+            return request.deviceIds.map { Self.result($0, outcome: .offline) }
+        } catch {
+            return request.deviceIds.map { Self.result($0, outcome: .unavailable) }
+        }
+    }
+
+    private static func result(_ id: String, _ response: Terminus_V1_SendResponse) -> Terminus_V1_SendResult {
+        var result = Terminus_V1_SendResult()
+        result.deviceID = id
+        result.outcome = response.outcome
+        result.deviceStatus = response.deviceStatus
+        result.gatewayInstance = response.outcome == .offline ? "" : response.gatewayInstance
+        return result
+    }
+
+    private static func result(_ id: String, outcome: Terminus_V1_SendResponse.Outcome) -> Terminus_V1_SendResult {
+        var result = Terminus_V1_SendResult()
+        result.deviceID = id
+        result.outcome = outcome
+        return result
+    }
+
+    /// Disconnects a device with GOAWAY(KICKED), wherever in the fleet it is.
+    func kick(
+        _ request: Terminus_V1_KickRequest,
+        on eventLoop: any EventLoop
+    ) -> EventLoopFuture<Terminus_V1_KickResponse> {
         var response = Terminus_V1_KickResponse()
-        guard let session = self.directory.lookup(request.deviceID) else { return response }
-        session.control.goAway(.kicked, reconnectAfterMilliseconds: 0, message: String(request.reason.prefix(200)))
-        response.kicked = true
-        return response
+        if let session = self.directory.lookup(request.deviceID) {
+            session.control.goAway(.kicked, reconnectAfterMilliseconds: 0, message: String(request.reason.prefix(200)))
+            response.kicked = true
+            return eventLoop.makeSucceededFuture(response)
+        }
+        guard let locator = self.locator, let forwarder = self.forwarder else {
+            return eventLoop.makeSucceededFuture(response)
+        }
+        let promise = eventLoop.makePromise(of: Terminus_V1_KickResponse.self)
+        promise.completeWithTask { [response] in
+            guard let pod = try await Self.locate([request.deviceID], locator, forwarder)[request.deviceID] else {
+                return response
+            }
+            do {
+                return try await forwarder.kick(request, to: pod)
+            } catch PodForwardingError.unreachable {
+                return response
+            } catch {
+                throw FleetUnavailable("\(error)")
+            }
+        }
+        return promise.futureResult
     }
 
     /// nil when the call asks for more than `maxPresenceIDs` devices. This pod's devices are
@@ -120,7 +343,12 @@ struct GatewayAPIService: Sendable {
         let promise = eventLoop.makePromise(of: Terminus_V1_PresenceResponse.self)
         let answer = response
         promise.completeWithTask {
-            let found = try await locator.locate(elsewhere)
+            let found: [String: RemoteDevice]
+            do {
+                found = try await locator.locate(elsewhere)
+            } catch {
+                throw FleetUnavailable("the fleet's registry cannot be read: \(error)")
+            }
             var response = answer
             for index in response.devices.indices {
                 guard let remote = found[response.devices[index].deviceID] else { continue }
@@ -141,23 +369,27 @@ final class SendCounts: Sendable {
     private let rejected = Atomic<Int>(0)
     private let timeout = Atomic<Int>(0)
     private let offline = Atomic<Int>(0)
+    private let unavailable = Atomic<Int>(0)
 
     func count(_ outcome: Terminus_V1_SendResponse.Outcome) {
         switch outcome {
         case .delivered: self.delivered.wrappingAdd(1, ordering: .relaxed)
         case .rejected: self.rejected.wrappingAdd(1, ordering: .relaxed)
         case .timeout: self.timeout.wrappingAdd(1, ordering: .relaxed)
+        case .unavailable: self.unavailable.wrappingAdd(1, ordering: .relaxed)
         default: self.offline.wrappingAdd(1, ordering: .relaxed)
         }
     }
 
-    /// By the outcome's name in the API (`DELIVERED`, `OFFLINE`, `TIMEOUT`, `REJECTED`).
+    /// By the outcome's name in the API (`DELIVERED`, `OFFLINE`, `TIMEOUT`, `REJECTED`,
+    /// `UNAVAILABLE`).
     var byOutcome: [(String, Int)] {
         [
             ("delivered", self.delivered.load(ordering: .relaxed)),
             ("offline", self.offline.load(ordering: .relaxed)),
             ("timeout", self.timeout.load(ordering: .relaxed)),
             ("rejected", self.rejected.load(ordering: .relaxed)),
+            ("unavailable", self.unavailable.load(ordering: .relaxed)),
         ]
     }
 }

@@ -44,14 +44,15 @@ package enum RegistryScripts {
         """
     )
 
-    /// KEYS: device. ARGV: prefix. The device's record when its pod is alive (its liveness key
-    /// exists), else nil.
+    /// KEYS: device. ARGV: prefix. The device's record and its pod's internal address when the
+    /// pod is alive (its liveness key exists), else nil.
     package static let lookup = RedisScript(
         """
         local record = redis.call('GET', KEYS[1])
         if not record then return nil end
         local pod = string.match(record, '^([^|]*)')
-        if redis.call('EXISTS', ARGV[1] .. 'pod:' .. pod) == 1 then return record end
+        local address = redis.call('GET', ARGV[1] .. 'pod:' .. pod)
+        if address then return {record, address} end
         return nil
         """
     )

@@ -28,7 +28,8 @@ package final class SessionRegistry: Service, Sendable {
     package struct Configuration: Sendable {
         /// This pod's id (`fleet.pod_id`; default: the host name, the pod's name on Kubernetes).
         package var podID: String
-        /// Where other pods reach this one (`fleet.internal_address`).
+        /// Where other pods reach this one (`fleet.internal_address`); empty until the gateway
+        /// knows it (`advertise(_:)`, once its internal listener is bound).
         package var podAddress: String
         package var keyPrefix = "terminus:"
         /// How long a pod counts as alive after its last heartbeat.
@@ -88,6 +89,8 @@ package final class SessionRegistry: Service, Sendable {
         var resyncRequested = false
         var lastHeartbeat: ContinuousClock.Instant?
         var lastSweep: ContinuousClock.Instant?
+        /// This pod's internal address as written with the heartbeat.
+        var podAddress: String
     }
 
     package let configuration: Configuration
@@ -100,7 +103,7 @@ package final class SessionRegistry: Service, Sendable {
     /// Drawn at start: with the connection id it makes each record's epoch unique across
     /// restarts.
     private let processEpoch = String(UInt64.random(in: 1...UInt64.max), radix: 36)
-    private let state = Mutex(State())
+    private let state: Mutex<State>
     private let written = Atomic<Int>(0)
     private let dropped = Atomic<Int>(0)
     private let resyncs = Atomic<Int>(0)
@@ -119,6 +122,7 @@ package final class SessionRegistry: Service, Sendable {
         local: @escaping @Sendable (String) -> SessionHandle?
     ) {
         self.configuration = configuration
+        self.state = Mutex(State(podAddress: configuration.podAddress))
         self.client = client
         self.logger = logger
         self.sessions = sessions
@@ -192,7 +196,15 @@ package final class SessionRegistry: Service, Sendable {
             keys: [self.deviceKey(deviceID)],
             arguments: [RedisArgument(self.prefix)]
         )
-        return answer.string.flatMap(Record.init(decoding:))
+        return Self.located(answer)?.record
+    }
+
+    /// A `lookup` script's answer: the record and its pod's internal address.
+    private static func located(_ answer: RESPValue) -> (record: Record, podAddress: String)? {
+        guard let parts = answer.array, parts.count == 2, let text = parts[0].string,
+            let record = Record(decoding: text), let address = parts[1].string
+        else { return nil }
+        return (record, address)
     }
 
     /// Pods whose liveness key exists now.
@@ -252,6 +264,18 @@ package final class SessionRegistry: Service, Sendable {
         }
     }
 
+    /// Where other pods reach this one from now on (HOST:PORT of its internal listener): written
+    /// with the next pass's heartbeat.
+    package func advertise(_ address: String) {
+        self.state.withLock {
+            $0.podAddress = address
+            $0.lastHeartbeat = nil
+        }
+    }
+
+    /// This pod's internal address as advertised.
+    package var podAddress: String { self.state.withLock { $0.podAddress } }
+
     private func heartbeat() async throws {
         let milliseconds =
             self.configuration.lease.components.seconds * 1_000
@@ -260,7 +284,7 @@ package final class SessionRegistry: Service, Sendable {
             RedisCommand(
                 "SET",
                 self.podKey(self.configuration.podID),
-                RedisArgument(self.configuration.podAddress),
+                RedisArgument(self.podAddress),
                 "PX",
                 RedisArgument(max(1, milliseconds))
             ),
@@ -475,9 +499,10 @@ extension SessionRegistry: DeviceLocator {
                     if message.hasPrefix("NOSCRIPT") { self.state.withLock { $0.resyncRequested = true } }
                     throw RedisError(.server, "lookup: \(message)")
                 }
-                guard let record = answer.string.flatMap(Record.init(decoding:)) else { continue }
+                guard let (record, address) = Self.located(answer) else { continue }
                 found[id] = RemoteDevice(
                     podID: record.podID,
+                    podAddress: address,
                     connectedAtMs: record.connectedAtMs,
                     clientAddress: record.clientAddress
                 )

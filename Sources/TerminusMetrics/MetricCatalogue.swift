@@ -111,7 +111,10 @@ package enum MetricCatalogue {
                 "Connections (each with its Deliver stream) opened to a service, by outcome; all but the first are reconnects."
         ),
         // Downlink and lifecycle.
-        "terminus_downlink_sends_total": Entry(kind: .counter, help: "Send calls by outcome."),
+        "terminus_downlink_sends_total": Entry(
+            kind: .counter,
+            help: "Send calls (and each device of a SendMany) by outcome."
+        ),
         "terminus_draining": Entry(kind: .gauge, help: "1 once the gateway drains (SIGTERM), else 0."),
         "terminus_ready": Entry(kind: .gauge, help: "1 while /readyz answers 200."),
         "terminus_redis_connected": Entry(
@@ -140,6 +143,16 @@ package enum MetricCatalogue {
         "terminus_registry_takeovers_total": Entry(
             kind: .counter,
             help: "Sessions this pod ended (GOAWAY REPLACED) because their device connected through another pod."
+        ),
+        "terminus_fleet_forwards_total": Entry(
+            kind: .counter,
+            help:
+                "Calls forwarded to the pod holding the device, by method and result: answered, unreachable (answered OFFLINE), refused (answered UNAVAILABLE)."
+        ),
+        "terminus_fleet_peers": Entry(kind: .gauge, help: "Pods this pod holds a connection to for forwarded calls."),
+        "terminus_fleet_forwarded_sends_served_total": Entry(
+            kind: .counter,
+            help: "Sends other pods forwarded to this pod's devices, by outcome."
         ),
         "terminus_registry_dead_pods_swept_total": Entry(
             kind: .counter,

@@ -7,7 +7,9 @@ internal import TerminusRedis
 extension ConfigurationLoader {
     enum FleetKey: String, SectionKeys {
         case podID = "pod_id"
+        case listen
         case internalAddress = "internal_address"
+        case tokenFile = "token_file"
         case lease
         case flushInterval = "flush_interval"
         case redis
@@ -66,7 +68,26 @@ extension ConfigurationLoader {
             throw ConfigurationError(key: "fleet.pod_id", "must be 1…253 bytes without '|'")
         }
         client.clientName = "terminus-\(podID)"
-        var registry = SessionRegistry.Configuration(podID: podID, podAddress: try fleet.string(.internalAddress) ?? "")
+        // Pod-to-pod calls: the internal listener, where others reach it, and their token.
+        var listen = GatewayConfiguration.defaultFleetListen
+        if let text = try fleet.string(.listen) {
+            guard let parsed = GatewayConfiguration.HostPort(parsing: text) else {
+                throw ConfigurationError(key: "fleet.listen", "must be HOST:PORT")
+            }
+            listen = parsed
+        }
+        let internalAddress = try fleet.string(.internalAddress)
+        if let internalAddress {
+            guard let parsed = GatewayConfiguration.HostPort(parsing: internalAddress), parsed.port > 0,
+                !["0.0.0.0", "::"].contains(parsed.host)
+            else {
+                throw ConfigurationError(
+                    key: "fleet.internal_address",
+                    "must be the HOST:PORT other pods dial (the pod's IP and fleet.listen's port)"
+                )
+            }
+        }
+        var registry = SessionRegistry.Configuration(podID: podID, podAddress: internalAddress ?? "")
         if let prefix = try redis.string(.keyPrefix) { registry.keyPrefix = prefix }
         if let v = try fleet.duration(.lease) {
             guard v >= .seconds(3) else { throw ConfigurationError(key: "fleet.lease", "must be at least 3s") }
@@ -79,6 +100,16 @@ extension ConfigurationLoader {
             }
             registry.flushInterval = .nanoseconds(amount.nanoseconds)
         }
-        config.fleet = .init(redis: client, registry: registry)
+        guard let tokenFile = try fleet.string(.tokenFile) else {
+            throw ConfigurationError(
+                key: "fleet.token_file",
+                "is required in fleet (a file of bearer tokens, at least 16 characters each, that pods present to each other; the first is sent)"
+            )
+        }
+        let tokens = try Self.tokens(file: Self.resolve(tokenFile, base), key: "fleet.token_file")
+        guard !tokens.isEmpty else {
+            throw ConfigurationError(key: "fleet.token_file", "\(Self.resolve(tokenFile, base)) holds no token")
+        }
+        config.fleet = .init(redis: client, registry: registry, listen: listen, tokens: tokens)
     }
 }

@@ -571,7 +571,7 @@ package enum ConfigurationLoader {
 
     /// A bearer-tokens file (`api.tokens_file`, `admin.tokens_file`): one token per line, `#`
     /// comments and blank lines skipped, each token at least 16 characters.
-    private static func tokens(file path: String, key: String) throws -> [String] {
+    static func tokens(file path: String, key: String) throws -> [String] {
         guard let data = FileManager.default.contents(atPath: path) else {
             throw ConfigurationError(key: key, Gateway.unreadable(path))
         }

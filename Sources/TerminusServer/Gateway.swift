@@ -35,6 +35,10 @@ package final class Gateway: Service, Sendable {
     private let edge: EdgeServer
     private let router: BackendRouter?
     private let api: APIServer?
+    /// `fleet.listen`: where other pods forward calls about this pod's devices (nil: no fleet).
+    private let internalAPI: APIServer?
+    /// Forwards calls about devices of other pods to them (nil: no fleet).
+    private let forwarder: PodForwarder?
     private let draining = Atomic<Bool>(false)
     private let running = Atomic<Bool>(false)
     private let logger: Logger
@@ -95,10 +99,17 @@ package final class Gateway: Service, Sendable {
             )
             (self.redis, self.registry) = (redis, registry)
             self.directory = FleetSessionDirectory(local: local, registry: registry)
+            self.forwarder = PodForwarder(
+                configuration: .init(podID: fleet.registry.podID, token: fleet.tokens[0]),
+                group: self.group,
+                logger: logger
+            )
         } else {
-            (self.redis, self.registry) = (nil, nil)
+            (self.redis, self.registry, self.forwarder) = (nil, nil, nil)
             self.directory = directory
         }
+        // In a fleet, the API names the pod (`gateway_instance`) as the registry does.
+        let instanceID = configuration.fleet?.registry.podID ?? configuration.instanceID
         self.adminGroup = configuration.adminListen == nil ? nil : MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let shutdown = self.shutdown
         do {
@@ -142,7 +153,8 @@ package final class Gateway: Service, Sendable {
                     security: configuration.apiTLS.map(Self.apiSecurity) ?? .plaintext,
                     directory: self.directory,
                     locator: self.registry,
-                    instanceID: configuration.instanceID,
+                    forwarder: self.forwarder,
+                    instanceID: instanceID,
                     defaultTTLMilliseconds: configuration.apiSendTimeoutMilliseconds,
                     maxPayloadSize: configuration.edge.inflateLimits.maxInflatedSize,
                     maxTopicLength: configuration.edge.maxTopicLength,
@@ -154,6 +166,27 @@ package final class Gateway: Service, Sendable {
                 )
             } else {
                 self.api = nil
+            }
+            // Answers for this pod's own devices only: a forwarded call goes no further.
+            let directory = self.directory
+            let group = self.group
+            self.internalAPI = configuration.fleet.map { fleet in
+                APIServer(
+                    host: fleet.listen.host,
+                    port: fleet.listen.port,
+                    tokens: fleet.tokens,
+                    name: "fleet",
+                    directory: directory,
+                    instanceID: instanceID,
+                    defaultTTLMilliseconds: configuration.apiSendTimeoutMilliseconds,
+                    maxPayloadSize: configuration.edge.inflateLimits.maxInflatedSize,
+                    maxTopicLength: configuration.edge.maxTopicLength,
+                    limits: configuration.apiLimits,
+                    maxConcurrentCalls: configuration.apiMaxConcurrentCalls,
+                    maxRequestSize: configuration.apiMaxRequestSize,
+                    group: group,
+                    logger: logger
+                )
             }
             self.edge = try EdgeServer(
                 group: self.group,
@@ -205,6 +238,10 @@ package final class Gateway: Service, Sendable {
         if let redis = self.redis, let registry = self.registry {
             parts += [redis, registry]
         }
+        // Other pods forward to this one until its devices are gone.
+        if let forwarder = self.forwarder, let internalAPI = self.internalAPI {
+            parts += [forwarder, internalAPI]
+        }
         parts += self.router?.lifecycleServices ?? []
         if let api = self.api { parts.append(api) }
         let edge = self.edge
@@ -250,6 +287,8 @@ package final class Gateway: Service, Sendable {
         self.metrics.add(self.edge)
         if let router = self.router { self.metrics.add(router) }
         if let registry = self.registry { self.metrics.add(ClosureMetricsSource { registry.collect(into: &$0) }) }
+        if let forwarder = self.forwarder { self.metrics.add(ClosureMetricsSource { forwarder.collect(into: &$0) }) }
+        if let internalAPI = self.internalAPI { self.metrics.add(internalAPI) }
         if let api = self.api { self.metrics.add(api) }
         _ = ProcessMetrics.startTime
         self.metrics.add(
@@ -312,6 +351,20 @@ package final class Gateway: Service, Sendable {
     /// Loads each service's TLS files (`services[].tls`: CA, client certificate and key) so that
     /// a bad one is a configuration error naming it at start, in `check-config` and on reload,
     /// not a service whose connections fail later.
+    /// Where other pods reach this one when `fleet.internal_address` is not set: `listen`'s
+    /// host, or, when it binds every address, the address the host name resolves to (on
+    /// Kubernetes, `/etc/hosts` maps the pod's name to its IP), with the bound port.
+    package static func internalAddress(_ listen: GatewayConfiguration.HostPort, port: Int) -> String {
+        var host = listen.host
+        if ["0.0.0.0", "::", ""].contains(host) {
+            var name = [CChar](repeating: 0, count: 256)
+            gethostname(&name, name.count - 1)
+            let hostName = String(decoding: name.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            host = (try? SocketAddress.makeAddressResolvingHost(hostName, port: port).ipAddress) ?? hostName
+        }
+        return host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
+    }
+
     static func checkServiceTLS(_ services: [Subscription]) throws {
         for (index, service) in services.enumerated() {
             guard case .tls(let ca, let certificate, let key, _) = service.security else { continue }
@@ -448,6 +501,14 @@ package final class Gateway: Service, Sendable {
             let port = try await api.listeningPort
             self.apiPort.withLock { $0 = port }
             self.logger.info("API listener started", metadata: ["port": "\(port)"])
+        }
+        if let internalAPI = self.internalAPI, let fleet = self.configuration.fleet, let registry = self.registry {
+            let port = try await internalAPI.listeningPort
+            let address =
+                registry.podAddress.isEmpty ? Self.internalAddress(fleet.listen, port: port) : registry.podAddress
+            registry.advertise(address)
+            self.internalPort.withLock { $0 = port }
+            self.logger.info("fleet listener started", metadata: ["port": "\(port)", "internal_address": "\(address)"])
         }
         if !self.draining.load(ordering: .relaxed) { self.readyFlag.set(true) }
         self.startup.succeed(address)
@@ -700,7 +761,9 @@ package final class Gateway: Service, Sendable {
         compare("admin.max_connections") { "\($0.adminLimits)" }
         compare("drain") { "\($0.drainGrace)|\($0.drainReconnectWindow)|\($0.drainUnreadyDelay)" }
         compare("log") { "\($0.logLevel)|\($0.logFormat)" }
-        compare("fleet") { $0.fleet.map { "\($0.redis.address)|\($0.registry)|\($0.redis.database)" } ?? "" }
+        compare("fleet") {
+            $0.fleet.map { "\($0.redis.address)|\($0.registry)|\($0.redis.database)|\($0.listen)|\($0.tokens)" } ?? ""
+        }
         // The device limits and timeouts but those `EdgeServer.reload(limits:)` applies.
         let edge: [(String, (EdgeSettings) -> String)] = [
             ("limits.max_connections", { "\($0.maxConnections)" }),
@@ -744,6 +807,9 @@ package final class Gateway: Service, Sendable {
 
     private let adminAddress = Mutex<SocketAddress?>(nil)
     private let apiPort = Mutex<Int?>(nil)
+    private let internalPort = Mutex<Int?>(nil)
+    /// The fleet's internal listener's port, once bound.
+    package var boundInternalPort: Int? { self.internalPort.withLock { $0 } }
 
     /// The API listener's bound port, once started (nil without `api.listen`).
     package var boundAPIPort: Int? { self.apiPort.withLock { $0 } }

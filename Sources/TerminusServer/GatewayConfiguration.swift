@@ -128,13 +128,28 @@ package struct GatewayConfiguration: Sendable {
 
     package struct Fleet: Sendable {
         package var redis: RedisClient.Configuration
+        /// `registry.podAddress` is `fleet.internal_address`, empty when not set: the gateway
+        /// then advertises its internal listener's address once bound (`listen`'s host, or the
+        /// host name's address when it binds every address).
         package var registry: SessionRegistry.Configuration
+        /// `fleet.listen`: the internal listener other pods forward calls to.
+        package var listen: HostPort
+        /// `fleet.token_file`: the internal listener accepts any of them; the first is sent.
+        package var tokens: [String]
 
-        package init(redis: RedisClient.Configuration, registry: SessionRegistry.Configuration) {
+        package init(
+            redis: RedisClient.Configuration,
+            registry: SessionRegistry.Configuration,
+            listen: HostPort = GatewayConfiguration.defaultFleetListen,
+            tokens: [String]
+        ) {
             self.redis = redis
             self.registry = registry
+            self.listen = listen
+            self.tokens = tokens
         }
     }
+    package static let defaultFleetListen = HostPort(host: "0.0.0.0", port: 7886)
     /// Where `adminTokens` came from (watched for changes by `terminus run`).
     package var adminTokensFile: String?
     /// `admin.max_connections`, `admin.idle_timeout`.

@@ -10,11 +10,14 @@ package protocol DeviceLocator: Sendable {
 /// A device connected to some pod of the fleet.
 package struct RemoteDevice: Sendable, Hashable {
     package var podID: String
+    /// Where other pods reach the pod (HOST:PORT of its internal listener).
+    package var podAddress: String
     package var connectedAtMs: Int64
     package var clientAddress: String
 
-    package init(podID: String, connectedAtMs: Int64, clientAddress: String) {
+    package init(podID: String, podAddress: String, connectedAtMs: Int64, clientAddress: String) {
         self.podID = podID
+        self.podAddress = podAddress
         self.connectedAtMs = connectedAtMs
         self.clientAddress = clientAddress
     }

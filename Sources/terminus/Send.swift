@@ -142,6 +142,8 @@ struct Send: AsyncParsableCommand {
             return ("OFFLINE\(gateway)", 2)
         case .timeout:
             return ("TIMEOUT\(gateway)", 3)
+        case .unavailable:
+            return ("UNAVAILABLE\(gateway)", 4)
         case .UNRECOGNIZED(let value):
             return ("UNKNOWN outcome \(value)\(gateway)", 4)
         }

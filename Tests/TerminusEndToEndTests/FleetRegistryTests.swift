@@ -17,15 +17,26 @@ import Testing
 /// any pod finds it, and a stopping pod takes its liveness with it.
 @Suite("Fleet: the session registry of running gateways", .serialized, .gatewayScope)
 struct FleetRegistryTests {
-    static func gateway(_ pod: String, redis: RedisServer) async throws -> TestGateway {
+    static let fleetToken = "fleet-token-0123456789abcdef"
+
+    static func gateway(
+        _ pod: String,
+        redis: RedisServer,
+        fleetTokens: [String] = [Self.fleetToken]
+    ) async throws -> TestGateway {
         try await TestGateway.start {
             $0.apiListen = .init(host: "127.0.0.1", port: 0)
             $0.apiTokens = [DownlinkAPITests.token]
             var client = RedisClient.Configuration(host: "127.0.0.1", port: redis.port)
             client.clientName = "terminus-\(pod)"
-            var registry = SessionRegistry.Configuration(podID: pod, podAddress: "127.0.0.1:0")
+            var registry = SessionRegistry.Configuration(podID: pod, podAddress: "")
             registry.lease = .seconds(3)
-            $0.fleet = .init(redis: client, registry: registry)
+            $0.fleet = .init(
+                redis: client,
+                registry: registry,
+                listen: .init(host: "127.0.0.1", port: 0),
+                tokens: fleetTokens
+            )
         }
     }
 
@@ -154,7 +165,7 @@ struct FleetRegistryTests {
         let byID = Dictionary(uniqueKeysWithValues: answer.devices.map { ($0.deviceID, $0) })
         #expect(byID["presence-on-a"]?.online == true && byID["presence-on-a"]?.gatewayInstance == "pod-a")
         #expect(byID["presence-on-a"]?.clientAddress.hasPrefix("127.0.0.1:") == true)
-        #expect(byID["presence-on-b"]?.online == true && byID["presence-on-b"]?.gatewayInstance == "gw-test")
+        #expect(byID["presence-on-b"]?.online == true && byID["presence-on-b"]?.gatewayInstance == "pod-b")
         #expect(byID["presence-nowhere"]?.online == false)
 
         redis.kill()

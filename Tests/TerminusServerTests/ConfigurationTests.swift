@@ -478,12 +478,19 @@ struct ConfigurationTests {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: directory) }
         try "redis-password-0123\n".write(toFile: directory + "/redis-password", atomically: true, encoding: .utf8)
+        try "# pods\nfleet-token-new-0123456789\nfleet-token-old-0123456789\n".write(
+            toFile: directory + "/fleet-tokens",
+            atomically: true,
+            encoding: .utf8
+        )
         let yaml =
             Self.minimal + """
 
                 instance_id: gw-3
                 fleet:
-                  internal_address: "10.1.2.3:7886"
+                  listen: "0.0.0.0:9786"
+                  internal_address: "10.1.2.3:9786"
+                  token_file: fleet-tokens
                   lease: 20s
                   flush_interval: 10ms
                   redis:
@@ -501,7 +508,20 @@ struct ConfigurationTests {
         #expect(fleet.redis.username == "gateway" && fleet.redis.password == "redis-password-0123")
         #expect(fleet.redis.database == 2 && fleet.redis.tls != nil && fleet.redis.serverName == "redis.internal")
         #expect(fleet.registry.podID == "gw-3", "the pod id defaults to instance_id")
-        #expect(fleet.registry.podAddress == "10.1.2.3:7886" && fleet.registry.keyPrefix == "prod:")
+        #expect(fleet.registry.podAddress == "10.1.2.3:9786" && fleet.registry.keyPrefix == "prod:")
+        #expect(fleet.listen == .init(host: "0.0.0.0", port: 9786))
+        #expect(fleet.tokens == ["fleet-token-new-0123456789", "fleet-token-old-0123456789"])
+        // Without internal_address, the gateway advertises its listener once bound.
+        let derived = try ConfigurationLoader.load(
+            yaml: yaml.replacingOccurrences(of: "  internal_address: \"10.1.2.3:9786\"\n", with: ""),
+            baseDirectory: directory
+        )
+        #expect(derived.fleet?.registry.podAddress == "")
+        #expect(
+            Gateway.internalAddress(.init(host: "10.0.0.7", port: 0), port: 41_000) == "10.0.0.7:41000"
+        )
+        #expect(Gateway.internalAddress(.init(host: "::1", port: 0), port: 41_000) == "[::1]:41000")
+        #expect(!Gateway.internalAddress(.init(host: "0.0.0.0", port: 7886), port: 7886).hasPrefix("0.0.0.0"))
         #expect(fleet.registry.lease == .seconds(20) && fleet.registry.flushInterval == .milliseconds(10))
         #expect(config.fleetPasswordFile == directory + "/redis-password")
         #expect(try ConfigurationLoader.load(yaml: Self.minimal).fleet == nil)
@@ -517,6 +537,13 @@ struct ConfigurationTests {
                 "fleet.redis.password_file"
             ),
             ("fleet:\n  redis:\n    address: \"r:1\"\n    sentinel: x\n", "fleet.redis.sentinel"),
+            ("fleet:\n  redis:\n    address: \"r:1\"\n", "fleet.token_file"),
+            ("fleet:\n  token_file: /nonexistent/t\n  redis:\n    address: \"r:1\"\n", "fleet.token_file"),
+            ("fleet:\n  listen: nowhere\n  redis:\n    address: \"r:1\"\n", "fleet.listen"),
+            (
+                "fleet:\n  internal_address: \"0.0.0.0:7886\"\n  redis:\n    address: \"r:1\"\n",
+                "fleet.internal_address"
+            ),
         ] {
             do {
                 _ = try ConfigurationLoader.load(yaml: Self.minimal + "\n" + bad)

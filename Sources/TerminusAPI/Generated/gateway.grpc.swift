@@ -2,6 +2,13 @@
 ///
 /// Callers authenticate with "authorization: Bearer <token>" metadata (tokens from the
 /// gateway's configuration) or with a client certificate; anything else is UNAUTHENTICATED.
+///
+/// In a fleet (docs/cluster.md) any pod answers for every device: a call about a device held
+/// by another pod is forwarded to that pod and answered as if local, `gateway_instance` naming
+/// the pod that holds the device. When the fleet's registry cannot be read, `Send`, `Kick` and
+/// `Presence` about devices this pod does not hold fail at once with status UNAVAILABLE
+/// (`SendMany` answers OUTCOME_UNAVAILABLE for those devices); this pod's own devices are
+/// still served.
 
 // DO NOT EDIT.
 // swift-format-ignore-file
@@ -38,6 +45,19 @@ public enum Terminus_V1_Gateway: Sendable {
                 type: .unary
             )
         }
+        /// Namespace for "SendMany" metadata.
+        public enum SendMany: Sendable {
+            /// Request type for "SendMany".
+            public typealias Input = Terminus_V1_SendManyRequest
+            /// Response type for "SendMany".
+            public typealias Output = Terminus_V1_SendManyResponse
+            /// Descriptor for "SendMany".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "terminus.v1.Gateway"),
+                method: "SendMany",
+                type: .unary
+            )
+        }
         /// Namespace for "Kick" metadata.
         public enum Kick: Sendable {
             /// Request type for "Kick".
@@ -67,6 +87,7 @@ public enum Terminus_V1_Gateway: Sendable {
         /// Descriptors for all methods in the "terminus.v1.Gateway" service.
         public static let descriptors: [GRPCCore.MethodDescriptor] = [
             Send.descriptor,
+            SendMany.descriptor,
             Kick.descriptor,
             Presence.descriptor
         ]
@@ -112,6 +133,25 @@ extension Terminus_V1_Gateway {
             request: GRPCCore.StreamingServerRequest<Terminus_V1_SendRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Terminus_V1_SendResponse>
+
+        /// Handle the "SendMany" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Sends one downlink message to each of many devices (a notice to a group of terminals) and
+        /// > reports what happened for each.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Terminus_V1_SendManyRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Terminus_V1_SendManyResponse` messages.
+        func sendMany(
+            request: GRPCCore.StreamingServerRequest<Terminus_V1_SendManyRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Terminus_V1_SendManyResponse>
 
         /// Handle the "Kick" method.
         ///
@@ -176,6 +216,25 @@ extension Terminus_V1_Gateway {
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.ServerResponse<Terminus_V1_SendResponse>
 
+        /// Handle the "SendMany" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Sends one downlink message to each of many devices (a notice to a group of terminals) and
+        /// > reports what happened for each.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Terminus_V1_SendManyRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Terminus_V1_SendManyResponse` message.
+        func sendMany(
+            request: GRPCCore.ServerRequest<Terminus_V1_SendManyRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Terminus_V1_SendManyResponse>
+
         /// Handle the "Kick" method.
         ///
         /// > Source IDL Documentation:
@@ -237,6 +296,25 @@ extension Terminus_V1_Gateway {
             context: GRPCCore.ServerContext
         ) async throws -> Terminus_V1_SendResponse
 
+        /// Handle the "SendMany" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Sends one downlink message to each of many devices (a notice to a group of terminals) and
+        /// > reports what happened for each.
+        ///
+        /// - Parameters:
+        ///   - request: A `Terminus_V1_SendManyRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Terminus_V1_SendManyResponse` to respond with.
+        func sendMany(
+            request: Terminus_V1_SendManyRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Terminus_V1_SendManyResponse
+
         /// Handle the "Kick" method.
         ///
         /// > Source IDL Documentation:
@@ -291,6 +369,17 @@ extension Terminus_V1_Gateway.StreamingServiceProtocol {
             }
         )
         router.registerHandler(
+            forMethod: Terminus_V1_Gateway.Method.SendMany.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Terminus_V1_SendManyRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Terminus_V1_SendManyResponse>(),
+            handler: { request, context in
+                try await self.sendMany(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
             forMethod: Terminus_V1_Gateway.Method.Kick.descriptor,
             deserializer: GRPCProtobuf.ProtobufDeserializer<Terminus_V1_KickRequest>(),
             serializer: GRPCProtobuf.ProtobufSerializer<Terminus_V1_KickResponse>(),
@@ -329,6 +418,17 @@ extension Terminus_V1_Gateway.ServiceProtocol {
         return GRPCCore.StreamingServerResponse(single: response)
     }
 
+    public func sendMany(
+        request: GRPCCore.StreamingServerRequest<Terminus_V1_SendManyRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Terminus_V1_SendManyResponse> {
+        let response = try await self.sendMany(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
     public func kick(
         request: GRPCCore.StreamingServerRequest<Terminus_V1_KickRequest>,
         context: GRPCCore.ServerContext
@@ -361,6 +461,19 @@ extension Terminus_V1_Gateway.SimpleServiceProtocol {
     ) async throws -> GRPCCore.ServerResponse<Terminus_V1_SendResponse> {
         return GRPCCore.ServerResponse<Terminus_V1_SendResponse>(
             message: try await self.send(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func sendMany(
+        request: GRPCCore.ServerRequest<Terminus_V1_SendManyRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Terminus_V1_SendManyResponse> {
+        return GRPCCore.ServerResponse<Terminus_V1_SendManyResponse>(
+            message: try await self.sendMany(
                 request: request.message,
                 context: context
             ),
@@ -425,6 +538,30 @@ extension Terminus_V1_Gateway {
             deserializer: some GRPCCore.MessageDeserializer<Terminus_V1_SendResponse>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Terminus_V1_SendResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "SendMany" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Sends one downlink message to each of many devices (a notice to a group of terminals) and
+        /// > reports what happened for each.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Terminus_V1_SendManyRequest` message.
+        ///   - serializer: A serializer for `Terminus_V1_SendManyRequest` messages.
+        ///   - deserializer: A deserializer for `Terminus_V1_SendManyResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func sendMany<Result>(
+            request: GRPCCore.ClientRequest<Terminus_V1_SendManyRequest>,
+            serializer: some GRPCCore.MessageSerializer<Terminus_V1_SendManyRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Terminus_V1_SendManyResponse>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Terminus_V1_SendManyResponse>) async throws -> Result
         ) async throws -> Result where Result: Sendable
 
         /// Call the "Kick" method.
@@ -517,6 +654,41 @@ extension Terminus_V1_Gateway {
             try await self.client.unary(
                 request: request,
                 descriptor: Terminus_V1_Gateway.Method.Send.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "SendMany" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Sends one downlink message to each of many devices (a notice to a group of terminals) and
+        /// > reports what happened for each.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Terminus_V1_SendManyRequest` message.
+        ///   - serializer: A serializer for `Terminus_V1_SendManyRequest` messages.
+        ///   - deserializer: A deserializer for `Terminus_V1_SendManyResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func sendMany<Result>(
+            request: GRPCCore.ClientRequest<Terminus_V1_SendManyRequest>,
+            serializer: some GRPCCore.MessageSerializer<Terminus_V1_SendManyRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Terminus_V1_SendManyResponse>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Terminus_V1_SendManyResponse>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Terminus_V1_Gateway.Method.SendMany.descriptor,
                 serializer: serializer,
                 deserializer: deserializer,
                 options: options,
@@ -626,6 +798,36 @@ extension Terminus_V1_Gateway.ClientProtocol {
         )
     }
 
+    /// Call the "SendMany" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Sends one downlink message to each of many devices (a notice to a group of terminals) and
+    /// > reports what happened for each.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Terminus_V1_SendManyRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func sendMany<Result>(
+        request: GRPCCore.ClientRequest<Terminus_V1_SendManyRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Terminus_V1_SendManyResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.sendMany(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Terminus_V1_SendManyRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Terminus_V1_SendManyResponse>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
     /// Call the "Kick" method.
     ///
     /// > Source IDL Documentation:
@@ -715,6 +917,40 @@ extension Terminus_V1_Gateway.ClientProtocol {
             metadata: metadata
         )
         return try await self.send(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "SendMany" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Sends one downlink message to each of many devices (a notice to a group of terminals) and
+    /// > reports what happened for each.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func sendMany<Result>(
+        _ message: Terminus_V1_SendManyRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Terminus_V1_SendManyResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Terminus_V1_SendManyRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.sendMany(
             request: request,
             options: options,
             onResponse: handleResponse

@@ -12,6 +12,13 @@
 ///
 /// Callers authenticate with "authorization: Bearer <token>" metadata (tokens from the
 /// gateway's configuration) or with a client certificate; anything else is UNAUTHENTICATED.
+///
+/// In a fleet (docs/cluster.md) any pod answers for every device: a call about a device held
+/// by another pod is forwarded to that pod and answered as if local, `gateway_instance` naming
+/// the pod that holds the device. When the fleet's registry cannot be read, `Send`, `Kick` and
+/// `Presence` about devices this pod does not hold fail at once with status UNAVAILABLE
+/// (`SendMany` answers OUTCOME_UNAVAILABLE for those devices); this pod's own devices are
+/// still served.
 
 #if canImport(FoundationEssentials)
 import FoundationEssentials
@@ -80,6 +87,10 @@ public nonisolated struct Terminus_V1_SendResponse: Sendable {
 
     /// The device answered with a non-OK status (device_status), or the message was invalid.
     case rejected // = 3
+
+    /// SendMany only: the fleet's registry could not be read, or the pod holding the device
+    /// refused the forwarded call; nothing was sent. (Send fails with status UNAVAILABLE.)
+    case unavailable // = 4
     case UNRECOGNIZED(Int)
 
     public init() {
@@ -92,6 +103,7 @@ public nonisolated struct Terminus_V1_SendResponse: Sendable {
       case 1: self = .offline
       case 2: self = .timeout
       case 3: self = .rejected
+      case 4: self = .unavailable
       default: self = .UNRECOGNIZED(rawValue)
       }
     }
@@ -102,6 +114,7 @@ public nonisolated struct Terminus_V1_SendResponse: Sendable {
       case .offline: return 1
       case .timeout: return 2
       case .rejected: return 3
+      case .unavailable: return 4
       case .UNRECOGNIZED(let i): return i
       }
     }
@@ -112,9 +125,64 @@ public nonisolated struct Terminus_V1_SendResponse: Sendable {
       .offline,
       .timeout,
       .rejected,
+      .unavailable,
     ]
 
   }
+
+  public init() {}
+}
+
+public nonisolated struct Terminus_V1_SendManyRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// At most 10,000 ids; an id given twice is sent to once and answered at each place.
+  public var deviceIds: [String] = []
+
+  public var topic: String = String()
+
+  public var payload: Data = Data()
+
+  /// As in SendRequest.
+  public var qos: UInt32 = 0
+
+  public var ttlMs: UInt32 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Terminus_V1_SendResult: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var deviceID: String = String()
+
+  public var outcome: Terminus_V1_SendResponse.Outcome = .delivered
+
+  public var deviceStatus: UInt32 = 0
+
+  /// The pod holding the device (empty when it is offline).
+  public var gatewayInstance: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Terminus_V1_SendManyResponse: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// One per requested id, same order.
+  public var results: [Terminus_V1_SendResult] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 }
@@ -287,7 +355,132 @@ nonisolated extension Terminus_V1_SendResponse: SwiftProtobuf.Message, SwiftProt
 }
 
 nonisolated extension Terminus_V1_SendResponse.Outcome: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0OUTCOME_DELIVERED\0\u{1}OUTCOME_OFFLINE\0\u{1}OUTCOME_TIMEOUT\0\u{1}OUTCOME_REJECTED\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0OUTCOME_DELIVERED\0\u{1}OUTCOME_OFFLINE\0\u{1}OUTCOME_TIMEOUT\0\u{1}OUTCOME_REJECTED\0\u{1}OUTCOME_UNAVAILABLE\0")
+}
+
+nonisolated extension Terminus_V1_SendManyRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".SendManyRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}device_ids\0\u{1}topic\0\u{1}payload\0\u{1}qos\0\u{3}ttl_ms\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedStringField(value: &self.deviceIds) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.topic) }()
+      case 3: try { try decoder.decodeSingularBytesField(value: &self.payload) }()
+      case 4: try { try decoder.decodeSingularUInt32Field(value: &self.qos) }()
+      case 5: try { try decoder.decodeSingularUInt32Field(value: &self.ttlMs) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.deviceIds.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.deviceIds, fieldNumber: 1)
+    }
+    if !self.topic.isEmpty {
+      try visitor.visitSingularStringField(value: self.topic, fieldNumber: 2)
+    }
+    if !self.payload.isEmpty {
+      try visitor.visitSingularBytesField(value: self.payload, fieldNumber: 3)
+    }
+    if self.qos != 0 {
+      try visitor.visitSingularUInt32Field(value: self.qos, fieldNumber: 4)
+    }
+    if self.ttlMs != 0 {
+      try visitor.visitSingularUInt32Field(value: self.ttlMs, fieldNumber: 5)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Terminus_V1_SendManyRequest, rhs: Terminus_V1_SendManyRequest) -> Bool {
+    if lhs.deviceIds != rhs.deviceIds {return false}
+    if lhs.topic != rhs.topic {return false}
+    if lhs.payload != rhs.payload {return false}
+    if lhs.qos != rhs.qos {return false}
+    if lhs.ttlMs != rhs.ttlMs {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Terminus_V1_SendResult: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".SendResult"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}device_id\0\u{1}outcome\0\u{3}device_status\0\u{3}gateway_instance\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.deviceID) }()
+      case 2: try { try decoder.decodeSingularEnumField(value: &self.outcome) }()
+      case 3: try { try decoder.decodeSingularUInt32Field(value: &self.deviceStatus) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self.gatewayInstance) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.deviceID.isEmpty {
+      try visitor.visitSingularStringField(value: self.deviceID, fieldNumber: 1)
+    }
+    if self.outcome != .delivered {
+      try visitor.visitSingularEnumField(value: self.outcome, fieldNumber: 2)
+    }
+    if self.deviceStatus != 0 {
+      try visitor.visitSingularUInt32Field(value: self.deviceStatus, fieldNumber: 3)
+    }
+    if !self.gatewayInstance.isEmpty {
+      try visitor.visitSingularStringField(value: self.gatewayInstance, fieldNumber: 4)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Terminus_V1_SendResult, rhs: Terminus_V1_SendResult) -> Bool {
+    if lhs.deviceID != rhs.deviceID {return false}
+    if lhs.outcome != rhs.outcome {return false}
+    if lhs.deviceStatus != rhs.deviceStatus {return false}
+    if lhs.gatewayInstance != rhs.gatewayInstance {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Terminus_V1_SendManyResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".SendManyResponse"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}results\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedMessageField(value: &self.results) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.results.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.results, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Terminus_V1_SendManyResponse, rhs: Terminus_V1_SendManyResponse) -> Bool {
+    if lhs.results != rhs.results {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
 }
 
 nonisolated extension Terminus_V1_KickRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
