@@ -155,7 +155,12 @@ struct FleetProcessTests {
         }
     }
 
-    static func send(_ pod: Pod, _ device: String, _ text: String, ttl: UInt32 = 2000) async throws
+    static func send(
+        _ pod: Pod,
+        _ device: String,
+        _ text: String,
+        ttl: UInt32 = 2000
+    ) async throws
         -> Terminus_V1_SendResponse
     {
         try await Self.api(pod) { api, metadata in
