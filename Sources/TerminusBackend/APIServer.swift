@@ -93,6 +93,7 @@ package final class APIServer: Service, Sendable {
         directory: any SessionDirectory,
         locator: (any DeviceLocator)? = nil,
         forwarder: (any PodForwarding)? = nil,
+        store: (any MessageStoring)? = nil,
         instanceID: String,
         defaultTTLMilliseconds: UInt32 = 10_000,
         maxPayloadSize: Int = 256 * 1024,
@@ -114,6 +115,7 @@ package final class APIServer: Service, Sendable {
             directory: directory,
             locator: locator,
             forwarder: forwarder,
+            store: store,
             instanceID: instanceID,
             defaultTTLMilliseconds: defaultTTLMilliseconds,
             maxPayloadSize: maxPayloadSize,
@@ -416,6 +418,7 @@ private final class APICallHandler: ChannelInboundHandler {
     /// gRPC status codes used here.
     private enum Status: Int {
         case invalidArgument = 3
+        case failedPrecondition = 9
         case resourceExhausted = 8
         case unimplemented = 12
         case internalError = 13
@@ -563,6 +566,8 @@ private final class APICallHandler: ChannelInboundHandler {
             switch result {
             case .success(let response): self.answer(response, context: context)
             case .failure(let error as FleetUnavailable): self.refuse(.unavailable, error.description, context: context)
+            case .failure(let error as StoreNotConfigured):
+                self.refuse(.failedPrecondition, error.description, context: context)
             case .failure(let error): self.refuse(.internalError, "\(error)", context: context)
             }
         }

@@ -20,6 +20,8 @@ struct GatewayAPIService: Sendable {
     let locator: (any DeviceLocator)?
     /// Calls the pod that holds a device (nil: this pod's own devices only).
     let forwarder: (any PodForwarding)?
+    /// The fleet's offline store (`store_ttl_ms`; nil: no fleet, such a `Send` is refused).
+    let store: (any MessageStoring)?
     let instanceID: String
     let defaultTTLMilliseconds: UInt32
     let maxPayloadSize: Int
@@ -46,17 +48,72 @@ struct GatewayAPIService: Sendable {
             self.sends.count(.rejected)
             return eventLoop.makeSucceededFuture(response)
         }
+        if request.storeTtlMs > 0 && self.store == nil {
+            self.sends.count(.rejected)
+            return eventLoop.makeFailedFuture(StoreNotConfigured())
+        }
         guard let session = self.directory.lookup(request.deviceID) else {
             return self.sendElsewhere(request, response: response, on: eventLoop)
         }
-        return self.push(request, to: session, response: response)
+        guard request.storeTtlMs > 0, let store = self.store else {
+            return self.push(request, to: session, response: response)
+        }
+        // Older stored messages go first: this one joins them.
+        if store.mustQueue(request.deviceID) {
+            return self.keep(request, response: response, on: eventLoop)
+        }
+        let sends = self.sends
+        return self.push(request, to: session, response: response, count: false).flatMap { [response] answer in
+            guard answer.outcome == .timeout || answer.outcome == .offline else {
+                sends.count(answer.outcome)
+                return session.eventLoop.makeSucceededFuture(answer)
+            }
+            return self.keep(request, response: response, on: session.eventLoop)
+        }
     }
 
-    /// Pushes to a session of this pod and answers with the device's outcome.
+    /// Stores the message (`store_ttl_ms`): `STORED`; when one of the device's caps would be
+    /// passed, `REJECTED(RETRY_LATER)` (not stored: a backend asked to store learns that it was
+    /// not). Fails with `FleetUnavailable` when the store cannot be written.
+    private func keep(
+        _ request: Terminus_V1_SendRequest,
+        response: Terminus_V1_SendResponse,
+        on eventLoop: any EventLoop
+    ) -> EventLoopFuture<Terminus_V1_SendResponse> {
+        guard let store = self.store else { return eventLoop.makeFailedFuture(StoreNotConfigured()) }
+        let sends = self.sends
+        let promise = eventLoop.makePromise(of: Terminus_V1_SendResponse.self)
+        promise.completeWithTask {
+            var answer = response
+            do {
+                if try await store.store(
+                    deviceID: request.deviceID,
+                    topic: request.topic,
+                    payload: ByteBuffer(bytes: request.payload),
+                    ttlMilliseconds: request.storeTtlMs
+                ) {
+                    answer.outcome = .stored
+                } else {
+                    answer.outcome = .rejected
+                    answer.deviceStatus = UInt32(TerminusCode.retryLater.rawValue)
+                }
+            } catch {
+                sends.count(.unavailable)
+                throw FleetUnavailable("the message could not be stored: \(error)")
+            }
+            sends.count(answer.outcome)
+            return answer
+        }
+        return promise.futureResult
+    }
+
+    /// Pushes to a session of this pod and answers with the device's outcome (counted unless
+    /// `count` is false).
     private func push(
         _ request: Terminus_V1_SendRequest,
         to session: SessionHandle,
-        response instance: Terminus_V1_SendResponse
+        response instance: Terminus_V1_SendResponse,
+        count: Bool = true
     ) -> EventLoopFuture<Terminus_V1_SendResponse> {
         let sends = self.sends
         let ttl = request.ttlMs == 0 ? self.defaultTTLMilliseconds : request.ttlMs
@@ -78,7 +135,7 @@ struct GatewayAPIService: Sendable {
             case .connectionClosed:
                 response.outcome = .offline
             }
-            sends.count(response.outcome)
+            if count { sends.count(response.outcome) }
             return response
         }
     }
@@ -93,7 +150,9 @@ struct GatewayAPIService: Sendable {
     ) -> EventLoopFuture<Terminus_V1_SendResponse> {
         var offline = response
         offline.outcome = .offline
+        let storing = request.storeTtlMs > 0
         guard let locator = self.locator, let forwarder = self.forwarder else {
+            if storing { return self.keep(request, response: response, on: eventLoop) }
             self.sends.count(.offline)
             return eventLoop.makeSucceededFuture(offline)
         }
@@ -111,6 +170,7 @@ struct GatewayAPIService: Sendable {
                 throw error
             }
             guard let pod = located[request.deviceID] else {
+                if storing { return try await self.keep(request, response: response, on: eventLoop).get() }
                 sends.count(.offline)
                 return offline
             }
@@ -119,6 +179,7 @@ struct GatewayAPIService: Sendable {
                 sends.count(answer.outcome)
                 return answer
             } catch PodForwardingError.unreachable {
+                if storing { return try await self.keep(request, response: response, on: eventLoop).get() }
                 sends.count(.offline)
                 return offline
             } catch {
@@ -153,6 +214,7 @@ struct GatewayAPIService: Sendable {
             return .invalidDeviceID
         }
         return self.invalidMessage(topic: request.topic, payloadSize: request.payload.count, qos: request.qos)
+            ?? self.invalidStore(request)
     }
 
     /// What is wrong with a message, whatever its device.
@@ -165,6 +227,11 @@ struct GatewayAPIService: Sendable {
         if payloadSize > self.maxPayloadSize { return .frameTooLarge }
         if qos > 1 { return .malformedFrame }
         return nil
+    }
+
+    /// `store_ttl_ms` is for QoS 1 messages only (a stored message is removed at its ACK).
+    private func invalidStore(_ request: Terminus_V1_SendRequest) -> TerminusCode? {
+        request.storeTtlMs > 0 && request.qos != 1 ? .malformedFrame : nil
     }
 
     /// One message to many devices; nil when the call names more than `maxSendManyIDs`. Each
@@ -319,7 +386,8 @@ struct GatewayAPIService: Sendable {
 
     /// nil when the call asks for more than `maxPresenceIDs` devices. This pod's devices are
     /// answered from its directory; in a fleet the others from the registry (one round trip),
-    /// with the pod that holds each as `gateway_instance`. The future fails when the registry
+    /// with the pod that holds each as `gateway_instance`, and every device's stored messages
+    /// from the store (one round trip at the same time). The future fails when the registry
     /// cannot be read (the API answers `UNAVAILABLE`).
     func presence(
         _ request: Terminus_V1_PresenceRequest,
@@ -338,18 +406,28 @@ struct GatewayAPIService: Sendable {
             }
             return presence
         }
-        let elsewhere = response.devices.filter { !$0.online }.map(\.deviceID)
-        guard let locator = self.locator, !elsewhere.isEmpty else { return eventLoop.makeSucceededFuture(response) }
+        let elsewhere = self.locator == nil ? [] : response.devices.filter { !$0.online }.map(\.deviceID)
+        guard !elsewhere.isEmpty || self.store != nil else { return eventLoop.makeSucceededFuture(response) }
+        let (locator, store) = (self.locator, self.store)
         let promise = eventLoop.makePromise(of: Terminus_V1_PresenceResponse.self)
         let answer = response
         promise.completeWithTask {
-            let found: [String: RemoteDevice]
-            do {
-                found = try await locator.locate(elsewhere)
-            } catch {
-                throw FleetUnavailable("the fleet's registry cannot be read: \(error)")
+            // Both round trips at once; stored counts that cannot be read are left at 0.
+            async let counts = try? store?.counts(request.deviceIds)
+            var found: [String: RemoteDevice] = [:]
+            if let locator, !elsewhere.isEmpty {
+                do {
+                    found = try await locator.locate(elsewhere)
+                } catch {
+                    throw FleetUnavailable("the fleet's registry cannot be read: \(error)")
+                }
             }
             var response = answer
+            if let counts = await counts {
+                for index in response.devices.indices {
+                    response.devices[index].storedMessages = UInt32(counts[response.devices[index].deviceID] ?? 0)
+                }
+            }
             for index in response.devices.indices {
                 guard let remote = found[response.devices[index].deviceID] else { continue }
                 response.devices[index].online = true
@@ -370,6 +448,7 @@ final class SendCounts: Sendable {
     private let timeout = Atomic<Int>(0)
     private let offline = Atomic<Int>(0)
     private let unavailable = Atomic<Int>(0)
+    private let stored = Atomic<Int>(0)
 
     func count(_ outcome: Terminus_V1_SendResponse.Outcome) {
         switch outcome {
@@ -377,12 +456,13 @@ final class SendCounts: Sendable {
         case .rejected: self.rejected.wrappingAdd(1, ordering: .relaxed)
         case .timeout: self.timeout.wrappingAdd(1, ordering: .relaxed)
         case .unavailable: self.unavailable.wrappingAdd(1, ordering: .relaxed)
+        case .stored: self.stored.wrappingAdd(1, ordering: .relaxed)
         default: self.offline.wrappingAdd(1, ordering: .relaxed)
         }
     }
 
     /// By the outcome's name in the API (`DELIVERED`, `OFFLINE`, `TIMEOUT`, `REJECTED`,
-    /// `UNAVAILABLE`).
+    /// `UNAVAILABLE`, `STORED`).
     var byOutcome: [(String, Int)] {
         [
             ("delivered", self.delivered.load(ordering: .relaxed)),
@@ -390,6 +470,7 @@ final class SendCounts: Sendable {
             ("timeout", self.timeout.load(ordering: .relaxed)),
             ("rejected", self.rejected.load(ordering: .relaxed)),
             ("unavailable", self.unavailable.load(ordering: .relaxed)),
+            ("stored", self.stored.load(ordering: .relaxed)),
         ]
     }
 }

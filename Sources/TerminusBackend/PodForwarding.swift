@@ -1,3 +1,4 @@
+package import NIOCore
 package import TerminusAPI
 package import TerminusSessions
 
@@ -49,4 +50,30 @@ package struct FleetUnavailable: Error, CustomStringConvertible {
     package var description: String
 
     package init(_ description: String) { self.description = description }
+}
+
+/// The fleet's offline message store (`Send` with `store_ttl_ms`), as the API uses it.
+package protocol MessageStoring: Sendable {
+    /// The longest a message is kept (`fleet.store.max_ttl`); longer TTLs are shortened to it.
+    var maxTTLMilliseconds: UInt32 { get }
+    /// Whether a stored-class message for this pod's session of `deviceID` must go through the
+    /// store rather than straight to the device: stored messages are being delivered to it, or
+    /// whether there are any is not known yet (it just connected). Keeps them in order.
+    func mustQueue(_ deviceID: String) -> Bool
+    /// Appends a message for `deviceID`: true when stored, false when one of the device's caps
+    /// would be passed. Throws when Redis cannot be reached.
+    func store(deviceID: String, topic: String, payload: ByteBuffer, ttlMilliseconds: UInt32) async throws -> Bool
+    /// How many live messages are stored for each device (one round trip). Throws when Redis
+    /// cannot be reached.
+    func counts(_ deviceIDs: [String]) async throws -> [String: Int]
+}
+
+/// `store_ttl_ms` on a gateway without a store (no `fleet`): the API answers
+/// `FAILED_PRECONDITION`.
+package struct StoreNotConfigured: Error, CustomStringConvertible {
+    package var description: String {
+        "store_ttl_ms needs the fleet's store (a fleet section with Redis, docs/cluster.md)"
+    }
+
+    package init() {}
 }

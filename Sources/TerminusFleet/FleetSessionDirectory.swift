@@ -7,13 +7,18 @@ package import TerminusSessions
 package final class FleetSessionDirectory: SessionDirectory {
     package let local: LocalSessionDirectory
     package let registry: SessionRegistry
+    /// Told of each session, so that its stored messages come before new ones.
+    package let store: DeviceMessageStore?
 
-    package init(local: LocalSessionDirectory, registry: SessionRegistry) {
+    package init(local: LocalSessionDirectory, registry: SessionRegistry, store: DeviceMessageStore? = nil) {
         self.local = local
         self.registry = registry
+        self.store = store
     }
 
     package func register(_ handle: SessionHandle) -> SessionHandle? {
+        // Before the registry's write, which tells the store what waits for the device.
+        self.store?.sessionStarted(handle)
         let displaced = self.local.register(handle)
         self.registry.registered(handle)
         return displaced
@@ -21,6 +26,7 @@ package final class FleetSessionDirectory: SessionDirectory {
 
     package func unregister(_ handle: SessionHandle) {
         self.local.unregister(handle)
+        self.store?.sessionEnded(handle)
         // Deleted in Redis only while the record is still this connection's.
         self.registry.unregistered(handle)
     }

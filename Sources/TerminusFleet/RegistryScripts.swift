@@ -10,13 +10,16 @@ package import TerminusRedis
 /// - `{prefix}pod:{pod}:devices`: a set of the device ids the pod registered, so that the
 ///   survivors can remove a dead pod's records.
 /// - `{prefix}pods`: a sorted set of pod ids scored by their last heartbeat (Unix ms).
+/// - `{prefix}store:{id}`, `{prefix}store:{id}:bytes`: messages stored for the device
+///   (`StoreScripts`).
 ///
 /// The scripts build key names from their arguments: fine for a standalone or primary/replica
 /// Redis (TencentDB for Redis standard edition); not for Redis Cluster.
 package enum RegistryScripts {
     /// KEYS: device, this pod's set. ARGV: record, device id, pod, prefix. Sets the record,
     /// adds the id to the pod's set, and takes it out of the previous pod's set; returns the
-    /// previous record (nil when there was none).
+    /// previous record (nil when there was none) and how many messages are stored for the
+    /// device (`StoreScripts`; expired ones included).
     package static let register = RedisScript(
         """
         local previous = redis.call('GET', KEYS[1])
@@ -26,7 +29,7 @@ package enum RegistryScripts {
           local pod = string.match(previous, '^([^|]*)')
           if pod ~= ARGV[3] then redis.call('SREM', ARGV[4] .. 'pod:' .. pod .. ':devices', ARGV[2]) end
         end
-        return previous
+        return {previous, redis.call('XLEN', ARGV[4] .. 'store:' .. ARGV[2])}
         """
     )
 

@@ -110,6 +110,9 @@ package final class SessionRegistry: Service, Sendable {
     private let swept = Atomic<Int>(0)
     private let passCount = Atomic<Int>(0)
     private let takeovers = Atomic<Int>(0)
+    /// Told how many messages are stored for a device this pod registered (at its connect,
+    /// and when another pod stores one for it).
+    private let storedListener = Mutex<(@Sendable (String, Int) -> Void)?>(nil)
 
     /// - Parameters:
     ///   - sessions: every session this pod holds (a resync registers them).
@@ -132,13 +135,18 @@ package final class SessionRegistry: Service, Sendable {
         client.subscribe([self.prefix + "pod:" + configuration.podID + ":control"])
     }
 
-    /// `replaced|{device}|{epoch}`: the device connected to another pod; this pod's session of
+    /// `replaced|{epoch}|{device}`: the device connected to another pod; this pod's session of
     /// it gets `GOAWAY(REPLACED)` if it is still the connection with that epoch (a newer one
-    /// here stays).
+    /// here stays). `stored|{device}`: another pod stored a message for a device this pod
+    /// holds. The device id comes last: it may contain `|`.
     private func received(_ message: String) {
+        if message.hasPrefix("stored|") {
+            self.storedListener.withLock { $0 }?(String(message.dropFirst("stored|".count)), 1)
+            return
+        }
         let parts = message.split(separator: "|", maxSplits: 2, omittingEmptySubsequences: false)
         guard parts.count == 3, parts[0] == "replaced" else { return }
-        guard let handle = self.local(String(parts[1])), self.record(for: handle).epoch == parts[2] else { return }
+        guard let handle = self.local(String(parts[2])), self.record(for: handle).epoch == parts[1] else { return }
         self.takeovers.wrappingAdd(1, ordering: .relaxed)
         handle.control.goAway(.replaced, reconnectAfterMilliseconds: 0, message: "connected through another gateway")
     }
@@ -264,6 +272,13 @@ package final class SessionRegistry: Service, Sendable {
         }
     }
 
+    /// Calls `listener` with a device id and how many messages the store holds for it, for
+    /// every device this pod registers (after the write) and for each `stored` notice from
+    /// another pod (with 1: at least one).
+    package func onStoredMessages(_ listener: @escaping @Sendable (String, Int) -> Void) {
+        self.storedListener.withLock { $0 = listener }
+    }
+
     /// Where other pods reach this one from now on (HOST:PORT of its internal listener): written
     /// with the next pass's heartbeat.
     package func advertise(_ address: String) {
@@ -331,20 +346,24 @@ package final class SessionRegistry: Service, Sendable {
         try await self.announceTakeovers(registered, answers)
     }
 
-    /// For each device this pod just registered (`ids[i]`, nil for other commands) whose
-    /// previous record (`answers[i]`) was another pod's: tells that pod, which ends its session
-    /// if it is still that connection (`received`). One round trip for all of them.
+    /// For each device this pod just registered (`ids[i]`, nil for other commands): tells the
+    /// store how many messages wait for it, and, when its previous record (`answers[i]`) was
+    /// another pod's, tells that pod, which ends its session if it is still that connection
+    /// (`received`). One round trip for all the notices.
     private func announceTakeovers(_ ids: [String?], _ answers: [RESPValue]) async throws {
         var notices: [RedisCommand] = []
+        let stored = self.storedListener.withLock { $0 }
         for (id, answer) in zip(ids, answers) {
-            guard let id, let text = answer.string, let previous = Record(decoding: text),
+            guard let id, let parts = answer.array, parts.count == 2 else { continue }
+            stored?(id, Int(parts[1].int ?? 0))
+            guard let text = parts[0].string, let previous = Record(decoding: text),
                 previous.podID != self.configuration.podID
             else { continue }
             notices.append(
                 RedisCommand(
                     "PUBLISH",
                     RedisArgument(self.prefix + "pod:" + previous.podID + ":control"),
-                    RedisArgument("replaced|\(id)|\(previous.epoch)")
+                    RedisArgument("replaced|\(previous.epoch)|\(id)")
                 )
             )
         }
@@ -449,7 +468,7 @@ package final class SessionRegistry: Service, Sendable {
     }
 
     /// Unix time in milliseconds (heartbeat scores are compared across pods).
-    private static func nowMilliseconds() -> Int64 {
+    static func nowMilliseconds() -> Int64 {
         Int64(Date().timeIntervalSince1970 * 1_000)
     }
 
@@ -493,11 +512,15 @@ extension SessionRegistry: DeviceLocator {
                     RegistryScripts.lookup.evalSHA(keys: [self.deviceKey($0)], arguments: [RedisArgument(self.prefix)])
                 }
             )
-            for (id, answer) in zip(part, answers) {
+            for (id, var answer) in zip(part, answers) {
                 if case .error(let message) = answer {
-                    // Scripts flushed on the server: load them at the next pass, answer unknown now.
-                    if message.hasPrefix("NOSCRIPT") { self.state.withLock { $0.resyncRequested = true } }
-                    throw RedisError(.server, "lookup: \(message)")
+                    guard message.hasPrefix("NOSCRIPT") else { throw RedisError(.server, "lookup: \(message)") }
+                    // Not loaded yet (a new Redis, or scripts flushed): `run` loads it.
+                    answer = try await self.client.run(
+                        RegistryScripts.lookup,
+                        keys: [self.deviceKey(id)],
+                        arguments: [RedisArgument(self.prefix)]
+                    )
                 }
                 guard let (record, address) = Self.located(answer) else { continue }
                 found[id] = RemoteDevice(

@@ -154,6 +154,15 @@ package enum MetricCatalogue {
             kind: .counter,
             help: "Sends other pods forwarded to this pod's devices, by outcome."
         ),
+        "terminus_store_messages_total": Entry(
+            kind: .counter,
+            help:
+                "Offline store: messages stored, refused as full, delivered from the store (acknowledged), rejected by the device, or failed (the store could not be written)."
+        ),
+        "terminus_store_replays": Entry(
+            kind: .gauge,
+            help: "Devices of this pod whose stored messages are being delivered now."
+        ),
         "terminus_registry_dead_pods_swept_total": Entry(
             kind: .counter,
             help: "Dead pods whose records this pod removed."

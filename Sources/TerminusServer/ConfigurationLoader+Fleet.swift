@@ -13,6 +13,14 @@ extension ConfigurationLoader {
         case lease
         case flushInterval = "flush_interval"
         case redis
+        case store
+    }
+
+    enum FleetStoreKey: String, SectionKeys {
+        case maxMessages = "max_messages"
+        case maxBytes = "max_bytes"
+        case maxTTL = "max_ttl"
+        case pushTimeout = "push_timeout"
     }
 
     enum FleetRedisKey: String, SectionKeys {
@@ -110,6 +118,28 @@ extension ConfigurationLoader {
         guard !tokens.isEmpty else {
             throw ConfigurationError(key: "fleet.token_file", "\(Self.resolve(tokenFile, base)) holds no token")
         }
-        config.fleet = .init(redis: client, registry: registry, listen: listen, tokens: tokens)
+        var fleetConfiguration = GatewayConfiguration.Fleet(
+            redis: client,
+            registry: registry,
+            listen: listen,
+            tokens: tokens
+        )
+        if let store = try fleet.section(.store, FleetStoreKey.self) {
+            if let v = try store.int(.maxMessages, in: 1...100_000) { fleetConfiguration.store.maxMessages = v }
+            if let v = try store.int(.maxBytes, in: 1_024...67_108_864) { fleetConfiguration.store.maxBytes = v }
+            if let v = try store.duration(.maxTTL) {
+                guard v >= .seconds(1), v <= .seconds(30 * 86_400) else {
+                    throw ConfigurationError(key: "fleet.store.max_ttl", "must be from 1s to 720h")
+                }
+                fleetConfiguration.store.maxTTL = .nanoseconds(v.nanoseconds)
+            }
+            if let v = try store.duration(.pushTimeout) {
+                guard v >= .milliseconds(100), v <= .seconds(300) else {
+                    throw ConfigurationError(key: "fleet.store.push_timeout", "must be from 100ms to 5m")
+                }
+                fleetConfiguration.store.pushTimeout = .nanoseconds(v.nanoseconds)
+            }
+        }
+        config.fleet = fleetConfiguration
     }
 }

@@ -67,6 +67,7 @@ package enum ConfigurationLoader {
         ("fleet", FleetKey.self),
         ("fleet.redis", FleetRedisKey.self),
         ("fleet.redis.tls", FleetRedisTLSKey.self),
+        ("fleet.store", FleetStoreKey.self),
     ]
 
     /// Every key the loader reads, as a dotted path (`services[].retry.attempts`); keys that

@@ -39,6 +39,8 @@ package final class Gateway: Service, Sendable {
     private let internalAPI: APIServer?
     /// Forwards calls about devices of other pods to them (nil: no fleet).
     private let forwarder: PodForwarder?
+    /// The offline message store (nil: no fleet).
+    private let store: DeviceMessageStore?
     private let draining = Atomic<Bool>(false)
     private let running = Atomic<Bool>(false)
     private let logger: Logger
@@ -97,15 +99,24 @@ package final class Gateway: Service, Sendable {
                 sessions: { local.all() },
                 local: { local.lookup($0) }
             )
-            (self.redis, self.registry) = (redis, registry)
-            self.directory = FleetSessionDirectory(local: local, registry: registry)
+            let store = DeviceMessageStore(
+                configuration: fleet.store,
+                client: redis,
+                keyPrefix: fleet.registry.keyPrefix,
+                podID: fleet.registry.podID,
+                local: { local.lookup($0) },
+                logger: logger
+            )
+            registry.onStoredMessages { store.waiting($0, count: $1) }
+            (self.redis, self.registry, self.store) = (redis, registry, store)
+            self.directory = FleetSessionDirectory(local: local, registry: registry, store: store)
             self.forwarder = PodForwarder(
                 configuration: .init(podID: fleet.registry.podID, token: fleet.tokens[0]),
                 group: self.group,
                 logger: logger
             )
         } else {
-            (self.redis, self.registry, self.forwarder) = (nil, nil, nil)
+            (self.redis, self.registry, self.forwarder, self.store) = (nil, nil, nil, nil)
             self.directory = directory
         }
         // In a fleet, the API names the pod (`gateway_instance`) as the registry does.
@@ -154,6 +165,7 @@ package final class Gateway: Service, Sendable {
                     directory: self.directory,
                     locator: self.registry,
                     forwarder: self.forwarder,
+                    store: self.store,
                     instanceID: instanceID,
                     defaultTTLMilliseconds: configuration.apiSendTimeoutMilliseconds,
                     maxPayloadSize: configuration.edge.inflateLimits.maxInflatedSize,
@@ -170,6 +182,7 @@ package final class Gateway: Service, Sendable {
             // Answers for this pod's own devices only: a forwarded call goes no further.
             let directory = self.directory
             let group = self.group
+            let store = self.store
             self.internalAPI = configuration.fleet.map { fleet in
                 APIServer(
                     host: fleet.listen.host,
@@ -177,6 +190,7 @@ package final class Gateway: Service, Sendable {
                     tokens: fleet.tokens,
                     name: "fleet",
                     directory: directory,
+                    store: store,
                     instanceID: instanceID,
                     defaultTTLMilliseconds: configuration.apiSendTimeoutMilliseconds,
                     maxPayloadSize: configuration.edge.inflateLimits.maxInflatedSize,
@@ -239,8 +253,8 @@ package final class Gateway: Service, Sendable {
             parts += [redis, registry]
         }
         // Other pods forward to this one until its devices are gone.
-        if let forwarder = self.forwarder, let internalAPI = self.internalAPI {
-            parts += [forwarder, internalAPI]
+        if let store = self.store, let forwarder = self.forwarder, let internalAPI = self.internalAPI {
+            parts += [store, forwarder, internalAPI]
         }
         parts += self.router?.lifecycleServices ?? []
         if let api = self.api { parts.append(api) }
@@ -288,6 +302,7 @@ package final class Gateway: Service, Sendable {
         if let router = self.router { self.metrics.add(router) }
         if let registry = self.registry { self.metrics.add(ClosureMetricsSource { registry.collect(into: &$0) }) }
         if let forwarder = self.forwarder { self.metrics.add(ClosureMetricsSource { forwarder.collect(into: &$0) }) }
+        if let store = self.store { self.metrics.add(ClosureMetricsSource { store.collect(into: &$0) }) }
         if let internalAPI = self.internalAPI { self.metrics.add(internalAPI) }
         if let api = self.api { self.metrics.add(api) }
         _ = ProcessMetrics.startTime
@@ -762,7 +777,9 @@ package final class Gateway: Service, Sendable {
         compare("drain") { "\($0.drainGrace)|\($0.drainReconnectWindow)|\($0.drainUnreadyDelay)" }
         compare("log") { "\($0.logLevel)|\($0.logFormat)" }
         compare("fleet") {
-            $0.fleet.map { "\($0.redis.address)|\($0.registry)|\($0.redis.database)|\($0.listen)|\($0.tokens)" } ?? ""
+            $0.fleet.map {
+                "\($0.redis.address)|\($0.registry)|\($0.redis.database)|\($0.listen)|\($0.tokens)|\($0.store)"
+            } ?? ""
         }
         // The device limits and timeouts but those `EdgeServer.reload(limits:)` applies.
         let edge: [(String, (EdgeSettings) -> String)] = [

@@ -136,6 +136,8 @@ package struct GatewayConfiguration: Sendable {
         package var listen: HostPort
         /// `fleet.token_file`: the internal listener accepts any of them; the first is sent.
         package var tokens: [String]
+        /// `fleet.store`: the offline message store's caps.
+        package var store = DeviceMessageStore.Configuration()
 
         package init(
             redis: RedisClient.Configuration,

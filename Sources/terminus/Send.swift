@@ -60,6 +60,13 @@ struct Send: AsyncParsableCommand {
     @Option(name: .long, help: "How long the gateway waits for the device's ACK (250ms, 10s, …).")
     var timeout: String = "10s"
 
+    @Option(
+        name: .long,
+        help:
+            "Keep the message this long if the device is offline or does not acknowledge (a fleet's store; 1h, 24h, …)."
+    )
+    var storeTTL: String?
+
     func validate() throws {
         guard GatewayConfiguration.HostPort(parsing: self.api) != nil else {
             throw ValidationError("--api must be HOST:PORT")
@@ -70,6 +77,12 @@ struct Send: AsyncParsableCommand {
             timeout.nanoseconds / 1_000_000 <= Int64(UInt32.max)
         else {
             throw ValidationError("--timeout must be a duration such as 250ms or 10s")
+        }
+        if let ttl = self.storeTTL {
+            guard let amount = ConfigurationLoader.parseDuration(ttl), amount.nanoseconds >= 1_000_000,
+                amount.nanoseconds / 1_000_000 <= Int64(UInt32.max)
+            else { throw ValidationError("--store-ttl must be a duration such as 1h or 24h") }
+            guard self.qos == 1 else { throw ValidationError("--store-ttl needs --qos 1") }
         }
         if (self.cert == nil) != (self.key == nil) { throw ValidationError("--cert and --key go together") }
         if !self.tls && (self.ca != nil || self.cert != nil) {
@@ -85,6 +98,9 @@ struct Send: AsyncParsableCommand {
         request.topic = self.topic
         request.qos = self.qos
         request.ttlMs = UInt32(milliseconds)
+        if let ttl = self.storeTTL.flatMap(ConfigurationLoader.parseDuration) {
+            request.storeTtlMs = UInt32(ttl.nanoseconds / 1_000_000)
+        }
         if let file = self.file {
             guard let data = FileManager.default.contents(atPath: file) else {
                 throw ValidationError("cannot read \(file)")
@@ -144,6 +160,8 @@ struct Send: AsyncParsableCommand {
             return ("TIMEOUT\(gateway)", 3)
         case .unavailable:
             return ("UNAVAILABLE\(gateway)", 4)
+        case .stored:
+            return ("STORED\(gateway)", 5)
         case .UNRECOGNIZED(let value):
             return ("UNKNOWN outcome \(value)\(gateway)", 4)
         }

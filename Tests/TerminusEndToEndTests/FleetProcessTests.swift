@@ -190,7 +190,7 @@ struct FleetProcessTests {
     }
 
     @Test(
-        "Send through C reaches the device on A, Presence through B; Redis away and back: uplink unharmed, registry rebuilt; takeover by B; kill -9 of B: OFFLINE within the bound, the device comes back through A"
+        "Send through C reaches the device on A, Presence through B; Redis away and back: uplink unharmed, registry rebuilt; takeover by B; kill -9 of B: OFFLINE within the bound, a message stored meanwhile, the device back through A gets it first and once"
     )
     func fleetOfProcesses() async throws {
         #expect(FileManager.default.isExecutableFile(atPath: DescriptorExhaustionTests.binary))
@@ -274,14 +274,26 @@ struct FleetProcessTests {
             !c.metrics().contains("terminus_fleet_forwards_total{method=\"send\",result=\"unreachable\"} 0"),
             "the dead pod was tried, not skipped"
         )
-        // Within the lease, Presence stops naming the dead pod.
+        // Stored while the device is away, through the pod that cannot reach the dead one.
+        let stored = try await Self.api(c) { api, metadata in
+            var request = DownlinkAPITests.send("speaker-p1", "while away", ttl: 1000)
+            request.storeTtlMs = 600_000
+            return try await api.send(request, metadata: metadata)
+        }
+        #expect(stored.outcome == .stored)
+        // Within the lease, Presence stops naming the dead pod; it counts the stored message.
         #expect(await eventually(6) { (try? await Self.presence(c, "speaker-p1"))?.online == false })
+        #expect(try await Self.presence(a, "speaker-p1")?.storedMessages == 1)
         // The device reconnects through A and is reachable again.
         let third = FleetDownlinkTests.Acknowledging(
             try await TerminusConnection.connect(a.device("speaker-p1"), group: group)
         )
+        // What was stored arrives first (a Send without store_ttl_ms is not ordered against it).
+        #expect(await eventually { third.received == ["while away"] }, "\(third.received)")
         #expect(await eventually { (try? await Self.send(c, "speaker-p1", "back", ttl: 1000))?.outcome == .delivered })
         #expect(third.received.contains("back"))
+        #expect(third.received.filter { $0 == "while away" }.count == 1)
+        #expect(await eventually { (try? await Self.presence(c, "speaker-p1"))?.storedMessages == 0 })
         #expect(second.received == ["via b"])
         await third.close()
         await second.close()

@@ -22,7 +22,8 @@ struct FleetRegistryTests {
     static func gateway(
         _ pod: String,
         redis: RedisServer,
-        fleetTokens: [String] = [Self.fleetToken]
+        fleetTokens: [String] = [Self.fleetToken],
+        store: DeviceMessageStore.Configuration = .init()
     ) async throws -> TestGateway {
         try await TestGateway.start {
             $0.apiListen = .init(host: "127.0.0.1", port: 0)
@@ -37,6 +38,7 @@ struct FleetRegistryTests {
                 listen: .init(host: "127.0.0.1", port: 0),
                 tokens: fleetTokens
             )
+            $0.fleet?.store = store
         }
     }
 

@@ -54,6 +54,12 @@ public nonisolated struct Terminus_V1_SendRequest: Sendable {
   /// How long to wait for the device's ACK (QoS 1); 0 means the gateway default.
   public var ttlMs: UInt32 = 0
 
+  /// Store-and-forward (QoS 1, a fleet with Redis; docs/cluster.md): when the device is offline,
+  /// or does not acknowledge within ttl_ms, the message is kept for this long (at most
+  /// fleet.store.max_ttl) and answered OUTCOME_STORED; the device gets it, in order with the
+  /// other stored messages, when it next connects to any pod. 0: not stored.
+  public var storeTtlMs: UInt32 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -91,6 +97,10 @@ public nonisolated struct Terminus_V1_SendResponse: Sendable {
     /// SendMany only: the fleet's registry could not be read, or the pod holding the device
     /// refused the forwarded call; nothing was sent. (Send fails with status UNAVAILABLE.)
     case unavailable // = 4
+
+    /// store_ttl_ms was set and the message is kept for the device (it was offline, did not
+    /// acknowledge in time, or older stored messages are still being delivered to it).
+    case stored // = 5
     case UNRECOGNIZED(Int)
 
     public init() {
@@ -104,6 +114,7 @@ public nonisolated struct Terminus_V1_SendResponse: Sendable {
       case 2: self = .timeout
       case 3: self = .rejected
       case 4: self = .unavailable
+      case 5: self = .stored
       default: self = .UNRECOGNIZED(rawValue)
       }
     }
@@ -115,6 +126,7 @@ public nonisolated struct Terminus_V1_SendResponse: Sendable {
       case .timeout: return 2
       case .rejected: return 3
       case .unavailable: return 4
+      case .stored: return 5
       case .UNRECOGNIZED(let i): return i
       }
     }
@@ -126,6 +138,7 @@ public nonisolated struct Terminus_V1_SendResponse: Sendable {
       .timeout,
       .rejected,
       .unavailable,
+      .stored,
     ]
 
   }
@@ -242,6 +255,10 @@ public nonisolated struct Terminus_V1_DevicePresence: Sendable {
 
   public var gatewayInstance: String = String()
 
+  /// Messages stored for the device (store_ttl_ms), not yet acknowledged and not expired; 0 also
+  /// when the store cannot be read (then only this pod's devices are answered at all).
+  public var storedMessages: UInt32 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -266,7 +283,7 @@ fileprivate nonisolated let _protobuf_package = "terminus.v1"
 
 nonisolated extension Terminus_V1_SendRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".SendRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}device_id\0\u{1}topic\0\u{1}payload\0\u{1}qos\0\u{3}ttl_ms\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}device_id\0\u{1}topic\0\u{1}payload\0\u{1}qos\0\u{3}ttl_ms\0\u{3}store_ttl_ms\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -279,6 +296,7 @@ nonisolated extension Terminus_V1_SendRequest: SwiftProtobuf.Message, SwiftProto
       case 3: try { try decoder.decodeSingularBytesField(value: &self.payload) }()
       case 4: try { try decoder.decodeSingularUInt32Field(value: &self.qos) }()
       case 5: try { try decoder.decodeSingularUInt32Field(value: &self.ttlMs) }()
+      case 6: try { try decoder.decodeSingularUInt32Field(value: &self.storeTtlMs) }()
       default: break
       }
     }
@@ -300,6 +318,9 @@ nonisolated extension Terminus_V1_SendRequest: SwiftProtobuf.Message, SwiftProto
     if self.ttlMs != 0 {
       try visitor.visitSingularUInt32Field(value: self.ttlMs, fieldNumber: 5)
     }
+    if self.storeTtlMs != 0 {
+      try visitor.visitSingularUInt32Field(value: self.storeTtlMs, fieldNumber: 6)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -309,6 +330,7 @@ nonisolated extension Terminus_V1_SendRequest: SwiftProtobuf.Message, SwiftProto
     if lhs.payload != rhs.payload {return false}
     if lhs.qos != rhs.qos {return false}
     if lhs.ttlMs != rhs.ttlMs {return false}
+    if lhs.storeTtlMs != rhs.storeTtlMs {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -355,7 +377,7 @@ nonisolated extension Terminus_V1_SendResponse: SwiftProtobuf.Message, SwiftProt
 }
 
 nonisolated extension Terminus_V1_SendResponse.Outcome: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0OUTCOME_DELIVERED\0\u{1}OUTCOME_OFFLINE\0\u{1}OUTCOME_TIMEOUT\0\u{1}OUTCOME_REJECTED\0\u{1}OUTCOME_UNAVAILABLE\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0OUTCOME_DELIVERED\0\u{1}OUTCOME_OFFLINE\0\u{1}OUTCOME_TIMEOUT\0\u{1}OUTCOME_REJECTED\0\u{1}OUTCOME_UNAVAILABLE\0\u{1}OUTCOME_STORED\0")
 }
 
 nonisolated extension Terminus_V1_SendManyRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
@@ -580,7 +602,7 @@ nonisolated extension Terminus_V1_PresenceRequest: SwiftProtobuf.Message, SwiftP
 
 nonisolated extension Terminus_V1_DevicePresence: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".DevicePresence"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}device_id\0\u{1}online\0\u{3}since_unix_ms\0\u{3}client_address\0\u{3}gateway_instance\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}device_id\0\u{1}online\0\u{3}since_unix_ms\0\u{3}client_address\0\u{3}gateway_instance\0\u{3}stored_messages\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -593,6 +615,7 @@ nonisolated extension Terminus_V1_DevicePresence: SwiftProtobuf.Message, SwiftPr
       case 3: try { try decoder.decodeSingularInt64Field(value: &self.sinceUnixMs) }()
       case 4: try { try decoder.decodeSingularStringField(value: &self.clientAddress) }()
       case 5: try { try decoder.decodeSingularStringField(value: &self.gatewayInstance) }()
+      case 6: try { try decoder.decodeSingularUInt32Field(value: &self.storedMessages) }()
       default: break
       }
     }
@@ -614,6 +637,9 @@ nonisolated extension Terminus_V1_DevicePresence: SwiftProtobuf.Message, SwiftPr
     if !self.gatewayInstance.isEmpty {
       try visitor.visitSingularStringField(value: self.gatewayInstance, fieldNumber: 5)
     }
+    if self.storedMessages != 0 {
+      try visitor.visitSingularUInt32Field(value: self.storedMessages, fieldNumber: 6)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -623,6 +649,7 @@ nonisolated extension Terminus_V1_DevicePresence: SwiftProtobuf.Message, SwiftPr
     if lhs.sinceUnixMs != rhs.sinceUnixMs {return false}
     if lhs.clientAddress != rhs.clientAddress {return false}
     if lhs.gatewayInstance != rhs.gatewayInstance {return false}
+    if lhs.storedMessages != rhs.storedMessages {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
