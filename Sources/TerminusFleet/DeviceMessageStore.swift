@@ -244,6 +244,9 @@ package final class DeviceMessageStore: MessageStoring, Service, Sendable {
                     timeout: TimeAmount(self.configuration.pushTimeout)
                 ).get()
                 switch outcome {
+                case .rejected(.slowConsumer):
+                    // Not refused by the device: it is not reading. Kept for the next connect.
+                    return self.finish(deviceID, session.connectionID)
                 case .delivered, .rejected:
                     // Acknowledged, or refused by the device (counted): either way it is done.
                     if case .rejected = outcome { self.count(.rejected) } else { self.count(.delivered) }

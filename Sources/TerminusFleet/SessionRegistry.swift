@@ -182,16 +182,18 @@ package final class SessionRegistry: Service, Sendable {
     }
 
     private func enqueue(_ change: Change) {
-        let overflow = self.state.withLock { state -> Bool in
+        let dropped = self.state.withLock { state -> Int in
             guard state.queue.count < self.configuration.maxQueued else {
+                // This change and every queued one: the resync writes what they would have.
+                let dropped = state.queue.count + 1
                 state.queue.removeAll(keepingCapacity: false)
                 state.resyncRequested = true
-                return true
+                return dropped
             }
             state.queue.append(change)
-            return false
+            return 0
         }
-        if overflow { self.dropped.wrappingAdd(1, ordering: .relaxed) }
+        if dropped > 0 { self.dropped.wrappingAdd(dropped, ordering: .relaxed) }
     }
 
     // MARK: reads
@@ -496,6 +498,8 @@ package final class SessionRegistry: Service, Sendable {
     /// Sessions this pod ended because their device connected through another pod.
     package var takeoverCount: Int { self.takeovers.load(ordering: .relaxed) }
     package var queued: Int { self.state.withLock { $0.queue.count } }
+    /// Changes dropped (the queue overflowed, or Redis was away) since start.
+    package var droppedCount: Int { self.dropped.load(ordering: .relaxed) }
     /// Passes of the loop (`tick`) since start.
     package var passes: Int { self.passCount.load(ordering: .relaxed) }
 }

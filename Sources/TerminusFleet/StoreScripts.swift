@@ -7,29 +7,34 @@ package import TerminusRedis
 ///   latest message.
 /// - `{prefix}store:{id}:bytes`: the topics' and payloads' bytes in the stream (the byte cap).
 ///
-/// Expired entries are removed by whichever script comes across them first; every script reads
-/// at most the stream's whole length, which the caps bound (`fleet.store.max_messages`).
+/// Expired entries are removed by `take` (a delivery), by `add` when a cap is reached, or with
+/// the key (it expires with its latest message); a script reads at most the stream's whole
+/// length, which the caps bound (`fleet.store.max_messages`, `max_bytes`).
 package enum StoreScripts {
     /// KEYS: stream, bytes, device record. ARGV: now (ms), expiry (ms), topic, payload, max
     /// messages, max bytes, prefix, this pod, device id. Appends the message unless a cap would
-    /// be passed. Returns `{'OK' | 'FULL', pod}`, `pod` being the live pod that holds the device
+    /// be passed (expired messages are removed first, then not counted). Returns `{'OK' | 'FULL', pod}`, `pod` being the live pod that holds the device
     /// (false when none); when that is another pod, tells it (`stored|{id}` on its channel).
     package static let add = RedisScript(
         """
         local now = tonumber(ARGV[1])
-        local count = 0
+        local count = redis.call('XLEN', KEYS[1])
         local bytes = tonumber(redis.call('GET', KEYS[2]) or '0')
-        for _, entry in ipairs(redis.call('XRANGE', KEYS[1], '-', '+')) do
-          local f = entry[2]
-          if tonumber(f[2]) <= now then
-            redis.call('XDEL', KEYS[1], entry[1])
-            bytes = bytes - #f[4] - #f[6]
-          else
-            count = count + 1
-          end
-        end
-        if bytes < 0 then bytes = 0 end
         local size = #ARGV[3] + #ARGV[4]
+        if count + 1 > tonumber(ARGV[5]) or bytes + size > tonumber(ARGV[6]) then
+          -- At a cap: expired messages do not count.
+          count = 0
+          for _, entry in ipairs(redis.call('XRANGE', KEYS[1], '-', '+')) do
+            local f = entry[2]
+            if tonumber(f[2]) <= now then
+              redis.call('XDEL', KEYS[1], entry[1])
+              bytes = bytes - #f[4] - #f[6]
+            else
+              count = count + 1
+            end
+          end
+          if bytes < 0 then bytes = 0 end
+        end
         local pod = false
         local record = redis.call('GET', KEYS[3])
         if record then

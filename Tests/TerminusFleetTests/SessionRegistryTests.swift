@@ -42,7 +42,7 @@ struct SessionRegistryTests {
         let directory: FleetSessionDirectory
         private let running: Task<Void, any Error>
 
-        init(_ server: RedisServer, pod: String, lease: Duration = .seconds(15)) async throws {
+        init(_ server: RedisServer, pod: String, lease: Duration = .seconds(15), maxQueued: Int? = nil) async throws {
             var configuration = RedisClient.Configuration(host: "127.0.0.1", port: server.port)
             configuration.reconnect = RetryPolicy(
                 maxAttempts: nil,
@@ -59,6 +59,7 @@ struct SessionRegistryTests {
             let local = LocalSessionDirectory()
             var settings = SessionRegistry.Configuration(podID: pod, podAddress: "127.0.0.1:9\(pod.count)")
             settings.lease = lease
+            if let maxQueued { settings.maxQueued = maxQueued }
             self.registry = SessionRegistry(
                 configuration: settings,
                 client: client,
@@ -206,6 +207,26 @@ struct SessionRegistryTests {
         for handle in kept { #expect(try await pod.registry.lookup(handle.deviceID)?.podID == "pod-resync") }
         #expect(try await pod.registry.lookup("leaving") == nil)
         #expect(try await pod.client.execute(RedisCommand("SCARD", "terminus:pod:pod-resync:devices")).int == 3)
+    }
+
+    @Test("a queue past fleet's maxQueued is dropped, counted, and replaced by a resync that writes every session")
+    func queueOverflow() async throws {
+        let server = try await RedisServer.start()
+        defer { server.stop() }
+        let pod = try await Pod(server, pod: "pod-overflow", maxQueued: 5)
+        defer { Task { await pod.stop() } }
+        await pod.registry.tick()  // the first connection's resync
+        let handles = (0..<8).map { Self.handle("burst-\($0)", connection: UInt64(100 + $0)) }
+        for handle in handles { _ = pod.directory.register(handle) }
+        // The sixth change found five queued: all six dropped; the last two queued again.
+        #expect(pod.registry.droppedCount == 6)
+        #expect(pod.registry.queued == 2)
+        await pod.registry.tick()
+        #expect(pod.registry.resyncCount == 2, "the overflow asked for a resync")
+        #expect(pod.registry.queued == 0)
+        for handle in handles {
+            #expect(try await pod.registry.lookup(handle.deviceID)?.podID == "pod-overflow", "\(handle.deviceID)")
+        }
     }
 
 }

@@ -491,6 +491,11 @@ struct ConfigurationTests {
                   listen: "0.0.0.0:9786"
                   internal_address: "10.1.2.3:9786"
                   token_file: fleet-tokens
+                  store:
+                    max_messages: 150
+                    max_bytes: 262144
+                    max_ttl: 24h
+                    push_timeout: 5s
                   lease: 20s
                   flush_interval: 10ms
                   redis:
@@ -511,6 +516,8 @@ struct ConfigurationTests {
         #expect(fleet.registry.podAddress == "10.1.2.3:9786" && fleet.registry.keyPrefix == "prod:")
         #expect(fleet.listen == .init(host: "0.0.0.0", port: 9786))
         #expect(fleet.tokens == ["fleet-token-new-0123456789", "fleet-token-old-0123456789"])
+        #expect(fleet.store.maxMessages == 150 && fleet.store.maxBytes == 262_144)
+        #expect(fleet.store.maxTTL == .seconds(86_400) && fleet.store.pushTimeout == .seconds(5))
         // Without internal_address, the gateway advertises its listener once bound.
         let derived = try ConfigurationLoader.load(
             yaml: yaml.replacingOccurrences(of: "  internal_address: \"10.1.2.3:9786\"\n", with: ""),
@@ -540,6 +547,18 @@ struct ConfigurationTests {
             ("fleet:\n  redis:\n    address: \"r:1\"\n", "fleet.token_file"),
             ("fleet:\n  token_file: /nonexistent/t\n  redis:\n    address: \"r:1\"\n", "fleet.token_file"),
             ("fleet:\n  listen: nowhere\n  redis:\n    address: \"r:1\"\n", "fleet.listen"),
+            (
+                "fleet:\n  token_file: \(directory)/fleet-tokens\n  redis:\n    address: \"r:1\"\n  store:\n    max_ttl: 800h\n",
+                "fleet.store.max_ttl"
+            ),
+            (
+                "fleet:\n  token_file: \(directory)/fleet-tokens\n  redis:\n    address: \"r:1\"\n  store:\n    max_messages: 0\n",
+                "fleet.store.max_messages"
+            ),
+            (
+                "fleet:\n  token_file: \(directory)/fleet-tokens\n  redis:\n    address: \"r:1\"\n  store:\n    keep: 1\n",
+                "fleet.store.keep"
+            ),
             (
                 "fleet:\n  internal_address: \"0.0.0.0:7886\"\n  redis:\n    address: \"r:1\"\n",
                 "fleet.internal_address"
