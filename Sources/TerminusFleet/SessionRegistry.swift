@@ -15,9 +15,11 @@ package import TerminusSessions
 ///   pod's liveness key, which the pod refreshes every third of `lease`. When a pod dies its
 ///   key expires, lookups stop answering for its devices at once, and a survivor removes its
 ///   records (`sweep`, a bounded batch per call).
-/// - **Coalesced writes.** Connects and disconnects are queued and written every
-///   `flushInterval` as one pipeline (one round trip, one `EVALSHA` per change), however many
-///   event loops and devices there are: at most 1 s / `flushInterval` round trips a second.
+/// - **Coalesced writes.** Connects and disconnects are queued; the first one wakes the loop,
+///   which writes what was queued within `flushInterval` as one pipeline (one round trip, one
+///   `EVALSHA` per change), however many event loops and devices there are: at most
+///   1 s / `flushInterval` round trips a second. Idle, the loop wakes only for the heartbeat
+///   and the sweep.
 /// - **Epochs.** A record names the connection (`epoch`: this process's random epoch and the
 ///   connection id); a disconnect deletes the record only while it is still that connection's.
 /// - **Redis unavailable.** Changes that cannot be written are dropped; once Redis answers
@@ -110,6 +112,8 @@ package final class SessionRegistry: Service, Sendable {
     private let swept = Atomic<Int>(0)
     private let passCount = Atomic<Int>(0)
     private let takeovers = Atomic<Int>(0)
+    /// Wakes the loop when a change is queued.
+    private let wakeup = Wakeup()
     /// Told how many messages are stored for a device this pod registered (at its connect,
     /// and when another pod stores one for it).
     private let storedListener = Mutex<(@Sendable (String, Int) -> Void)?>(nil)
@@ -194,6 +198,7 @@ package final class SessionRegistry: Service, Sendable {
             return 0
         }
         if dropped > 0 { self.dropped.wrappingAdd(dropped, ordering: .relaxed) }
+        self.wakeup.signal()
     }
 
     // MARK: reads
@@ -234,6 +239,11 @@ package final class SessionRegistry: Service, Sendable {
     package func run() async throws {
         try? await cancelWhenGracefulShutdown {
             while true {
+                // Idle, the loop sleeps until the next heartbeat or sweep is due (polling Redis's
+                // return every 250 ms while it is away); a queued change wakes it, and the
+                // changes of the next `flushInterval` go with it.
+                await self.wakeup.wait(timeout: self.idleWait())
+                try Task.checkCancellation()
                 try await Task.sleep(for: self.configuration.flushInterval)
                 await self.tick()
             }
@@ -244,6 +254,20 @@ package final class SessionRegistry: Service, Sendable {
             RedisCommand("DEL", self.podKey(self.configuration.podID)),
             RedisCommand("ZREM", self.podsKey, RedisArgument(self.configuration.podID)),
         ])
+    }
+
+    /// How long the loop may sleep with nothing queued: until the next heartbeat or sweep.
+    private func idleWait() -> Duration {
+        guard self.client.isConnected else { return .milliseconds(250) }
+        let now = ContinuousClock.now
+        return self.state.withLock { state in
+            if state.resyncRequested || !state.queue.isEmpty || state.syncedAtConnect != self.client.connects {
+                return .zero
+            }
+            let heartbeat = state.lastHeartbeat.map { $0 + self.configuration.lease / 3 - now } ?? .zero
+            let sweep = state.lastSweep.map { $0 + self.configuration.lease - now } ?? .zero
+            return max(.zero, min(heartbeat, sweep))
+        }
     }
 
     /// One pass: resync when the connection is new, flush, heartbeat, sweep (tests call it).
@@ -288,6 +312,7 @@ package final class SessionRegistry: Service, Sendable {
             $0.podAddress = address
             $0.lastHeartbeat = nil
         }
+        self.wakeup.signal()
     }
 
     /// This pod's internal address as advertised.

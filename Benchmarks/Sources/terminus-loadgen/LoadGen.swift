@@ -41,6 +41,9 @@ struct TargetOptions: ParsableArguments {
     @Option(name: .long, help: "Source addresses 127.0.0.2 … (0: let the kernel choose).")
     var sources: Int = 4
 
+    @Option(name: .long, help: "Skip this many source addresses (several load generators: distinct sources).")
+    var sourceOffset: Int = 0
+
     var host: String { (try? HostPort(self.target, option: "--target"))?.host ?? "" }
     var port: Int { (try? HostPort(self.target, option: "--target"))?.port ?? 0 }
 
@@ -58,7 +61,7 @@ struct TargetOptions: ParsableArguments {
             serverName: self.serverName,
             host: self.host,
             port: self.port,
-            source: SourceAddresses(count: self.sources).address(for: index)
+            source: SourceAddresses(count: self.sources, offset: self.sourceOffset).address(for: index)
         )
     }
 }
@@ -177,8 +180,24 @@ struct Fleet: AsyncParsableCommand {
     @Option(name: .long, help: "The sink holds each batch this long (a slow backend).")
     var sinkDelayMs: Int = 0
 
-    @Option(name: .long, help: "The gateway's API listener for downlink Send, HOST:PORT.")
+    @Option(
+        name: .long,
+        help:
+            "The gateway's API listener for downlink Send, HOST:PORT; several, comma-separated, each NAME@HOST:PORT to tell Sends answered by the pod called from forwarded ones (a random one per Send)."
+    )
     var api: String?
+
+    @Option(name: .long, help: "Wait until this file exists before publishing and sending (runs in step).")
+    var startFile: String?
+
+    @Flag(name: .long, help: "Devices whose connection drops connect again after a random delay (--reconnect-jitter).")
+    var reconnect = false
+
+    @Option(name: .long, help: "Largest delay before a reconnect, seconds.")
+    var reconnectJitter: Double = 2
+
+    @Option(name: .long, help: "Seconds to keep the devices (reconnecting with --reconnect) after the send phase.")
+    var hold: Int = 0
 
     @Option(name: .long, help: "Bearer token for the API listener.")
     var apiToken: String?
@@ -339,11 +358,28 @@ struct FleetRun {
         var tls = TLSConfiguration.makeClientConfiguration()
         tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(o.target.ca))
         let compression = ClientCompression(dictionaries: try DictionarySet([1: Traffic.dictionary]))
-        let sources = SourceAddresses(count: o.target.sources)
+        let sources = SourceAddresses(count: o.target.sources, offset: o.target.sourceOffset)
         let before = o.target.sample()
         let rampStart = ContinuousClock.now
         let failures = Locked(0)
         let mqttContext = o.protocol == .mqtt ? try RawTLS.clientContext(caFile: o.target.ca, tls13Only: false) : nil
+        let target = o.target
+        let (prefix, secret) = (o.prefix, o.secret)
+        let clientTLS = tls
+        let makeConfiguration = { @Sendable (index: Int) -> TerminusClientConfiguration in
+            var configuration = TerminusClientConfiguration(
+                host: target.host,
+                port: target.port,
+                tls: clientTLS,
+                deviceID: "\(prefix)\(index)",
+                credential: .secret(Array(secret.utf8), ttlSeconds: 86_400),
+                compression: compression
+            )
+            configuration.serverHostname = target.serverName
+            configuration.localAddress = sources.address(for: index)
+            configuration.keepaliveSeconds = 540
+            return configuration
+        }
         let connections = try await withThrowingTaskGroup(of: (Int, (any FleetConnection)?).self) { tasks in
             var result = [(any FleetConnection)?](repeating: nil, count: o.devices)
             var running = 0
@@ -355,18 +391,7 @@ struct FleetRun {
                     result[i] = connection
                     running -= 1
                 }
-                var configuration = TerminusClientConfiguration(
-                    host: o.target.host,
-                    port: o.target.port,
-                    tls: tls,
-                    deviceID: "\(o.prefix)\(index)",
-                    credential: .secret(Array(o.secret.utf8), ttlSeconds: 86_400),
-                    compression: compression
-                )
-                configuration.serverHostname = o.target.serverName
-                configuration.localAddress = sources.address(for: index)
-                configuration.keepaliveSeconds = 540
-                let config = configuration
+                let config = makeConfiguration(index)
                 tasks.addTask {
                     do {
                         if let mqttContext {
@@ -429,9 +454,20 @@ struct FleetRun {
             )
         }
 
-        // Downlink: every device acknowledges its pushes.
+        // Downlink: every device acknowledges its pushes; with --reconnect, a keeper does that
+        // and connects the device again when its connection drops.
         var pushTasks: [Task<Void, Never>] = []
-        if o.sendRate > 0 {
+        let keeper =
+            o.reconnect ? DeviceKeeper(jitter: o.reconnectJitter, group: group, configuration: makeConfiguration) : nil
+        if let keeper {
+            for (index, connection) in connections.enumerated() {
+                guard let connection = connection as? TerminusConnection,
+                    let number = Int(connection.welcome.deviceID.dropFirst(o.prefix.count))
+                else { continue }
+                _ = index
+                pushTasks.append(Task { await keeper.keep(number, connection) })
+            }
+        } else if o.sendRate > 0 {
             for case let connection as TerminusConnection in connections {
                 pushTasks.append(
                     Task {
@@ -446,9 +482,18 @@ struct FleetRun {
         var publish: FleetReport.Publish?
         var downlink: FleetReport.Downlink?
         var timeline: [TimelinePoint] = []
+        if let file = o.startFile {
+            progress("waiting for \(file)")
+            while !FileManager.default.fileExists(atPath: file) { try await Task.sleep(for: .milliseconds(50)) }
+        }
         if !connections.isEmpty && (o.rate > 0 || o.closedLoop != nil || o.sendRate > 0) {
             (publish, downlink, timeline) = try await self.publishPhase(connections, sink: sink)
         }
+        if o.hold > 0 {
+            progress("holding the devices for \(o.hold) s")
+            try await Task.sleep(for: .seconds(o.hold))
+        }
+        let reconnects = keeper?.finish()
 
         if o.largeRecord, var measured = memory {
             let message = RawTLS.largeMessage(size: 16_000)
@@ -465,8 +510,9 @@ struct FleetRun {
             memory = measured
         }
         for task in pushTasks { task.cancel() }
+        let open: [any FleetConnection] = keeper?.current ?? connections
         await withTaskGroup(of: Void.self) { closing in
-            for (index, connection) in connections.enumerated() {
+            for (index, connection) in open.enumerated() {
                 closing.addTask { await connection.close() }
                 if index % 512 == 511 { await closing.waitForAll() }
             }
@@ -483,6 +529,7 @@ struct FleetRun {
             memory: memory,
             publish: publish,
             downlink: downlink,
+            reconnects: reconnects,
             timeline: timeline
         )
     }
@@ -548,19 +595,28 @@ struct FleetRun {
         let downlinkStats = Locked(
             (
                 sent: 0, outcomes: [String: Int](),
-                latency: Histogram<UInt64>(highestTrackableValue: 60_000_000, numberOfSignificantValueDigits: .three)
+                latency: Histogram<UInt64>(highestTrackableValue: 60_000_000, numberOfSignificantValueDigits: .three),
+                local: Histogram<UInt64>(highestTrackableValue: 60_000_000, numberOfSignificantValueDigits: .three),
+                forwarded: Histogram<UInt64>(highestTrackableValue: 60_000_000, numberOfSignificantValueDigits: .three)
             )
         )
         let sender = Task {
             guard o.sendRate > 0, let api = o.api else { return }
             do {
-                let address = try HostPort(api, option: "--api")
-                let transport = try HTTP2ClientTransport.Posix(
-                    target: .ipv4(address: address.host, port: address.port),
-                    transportSecurity: .plaintext
-                )
-                try await withGRPCClient(transport: transport) { client in
-                    let gateway = Terminus_V1_Gateway.Client(wrapping: client)
+                // NAME@HOST:PORT, or HOST:PORT alone.
+                let endpoints = try api.split(separator: ",").map {
+                    entry -> (name: String?, client: GRPCClient<HTTP2ClientTransport.Posix>) in
+                    let parts = entry.split(separator: "@", maxSplits: 1)
+                    let address = try HostPort(String(parts.last!), option: "--api")
+                    let transport = try HTTP2ClientTransport.Posix(
+                        target: .ipv4(address: address.host, port: address.port),
+                        transportSecurity: .plaintext
+                    )
+                    return (parts.count == 2 ? String(parts[0]) : nil, GRPCClient(transport: transport))
+                }
+                try await withThrowingDiscardingTaskGroup { running in
+                    for endpoint in endpoints { running.addTask { try await endpoint.client.runConnections() } }
+                    defer { for endpoint in endpoints { endpoint.client.beginGracefulShutdown() } }
                     var metadata: Metadata = [:]
                     if let token = o.apiToken { metadata.addString("Bearer \(token)", forKey: "authorization") }
                     let headers = metadata
@@ -576,12 +632,18 @@ struct FleetRun {
                                 request.qos = 1
                                 request.ttlMs = 5000
                                 let send = request
+                                let endpoint = endpoints[Int.random(in: 0..<endpoints.count)]
+                                let gateway = Terminus_V1_Gateway.Client(wrapping: endpoint.client)
                                 calls.addTask {
                                     let started = DispatchTime.now().uptimeNanoseconds
                                     let outcome: String
+                                    var local: Bool?
                                     do {
                                         let reply = try await gateway.send(send, metadata: headers)
                                         outcome = "\(reply.outcome)"
+                                        if let name = endpoint.name, reply.outcome == .delivered {
+                                            local = reply.gatewayInstance == name
+                                        }
                                     } catch {
                                         outcome = "RPC_ERROR"
                                     }
@@ -590,6 +652,8 @@ struct FleetRun {
                                         $0.sent += 1
                                         $0.outcomes[outcome, default: 0] += 1
                                         _ = $0.latency.record(micros)
+                                        if local == true { _ = $0.local.record(micros) }
+                                        if local == false { _ = $0.forwarded.record(micros) }
                                     }
                                 }
                             }
@@ -702,6 +766,10 @@ struct FleetRun {
                 outcomes: d.outcomes,
                 latencyMicros: Percentiles(d.latency)
             )
+            if d.local.totalCount + d.forwarded.totalCount > 0 {
+                downlink?.localMicros = Percentiles(d.local)
+                downlink?.forwardedMicros = Percentiles(d.forwarded)
+            }
             if !publishing, let first = measureStart?.1, let endSample, sendsAtEnd > sendsAtStart {
                 downlink?.gatewayCPUMicrosPerSend =
                     (endSample.cpuSeconds - first.cpuSeconds) * 1_000_000 / Double(sendsAtEnd - sendsAtStart)

@@ -142,10 +142,11 @@ enum RawTLS {
 /// Source addresses 127.0.0.2 … so that many connections never run out of ephemeral ports.
 struct SourceAddresses: Sendable {
     let count: Int
+    var offset = 0
 
     func address(for index: Int) -> String? {
         guard self.count > 0 else { return nil }
-        let n = 2 + index % self.count
+        let n = 2 + self.offset + index % self.count
         return "127.0.\(n / 256).\(n % 256)"
     }
 }

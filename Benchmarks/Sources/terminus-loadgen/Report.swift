@@ -76,6 +76,18 @@ struct FleetReport: Codable, Sendable {
         var latencyMicros: Percentiles
         /// Gateway CPU per Send answered in the measured window (only without uplink traffic).
         var gatewayCPUMicrosPerSend: Double?
+        /// With named API endpoints (`--api NAME@HOST:PORT,…`): Sends answered by the pod
+        /// called (the device was there) and those it forwarded to another pod.
+        var localMicros: Percentiles?
+        var forwardedMicros: Percentiles?
+    }
+
+    /// `--reconnect`: devices that lost their connection and connected again.
+    struct Reconnects: Codable, Sendable {
+        var lost: Int
+        var reconnected: Int
+        /// From the first loss to the last reconnect.
+        var seconds: Double
     }
 
     var label: String
@@ -88,6 +100,7 @@ struct FleetReport: Codable, Sendable {
     var memory: Memory?
     var publish: Publish?
     var downlink: Downlink?
+    var reconnects: Reconnects?
     var timeline: [TimelinePoint]
 
     static func machineDescription() -> String {
@@ -156,6 +169,19 @@ struct FleetReport: Codable, Sendable {
                 "| downlink outcomes | \(d.outcomes.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ")) |"
             )
             lines.append("| Send p50 / p99 | \(Self.ms(d.latencyMicros.p50)) / \(Self.ms(d.latencyMicros.p99)) ms |")
+            if let local = d.localMicros, let forwarded = d.forwardedMicros {
+                lines.append(
+                    "| Send p50 / p99, device on the pod called (\(local.count)) | \(Self.ms(local.p50)) / \(Self.ms(local.p99)) ms |"
+                )
+                lines.append(
+                    "| Send p50 / p99, forwarded to another pod (\(forwarded.count)) | \(Self.ms(forwarded.p50)) / \(Self.ms(forwarded.p99)) ms |"
+                )
+            }
+        }
+        if let r = self.reconnects {
+            lines.append(
+                "| devices lost / reconnected | \(r.lost) / \(r.reconnected) in \(Self.f(r.seconds, 1)) s |"
+            )
         }
         lines.append("")
         return lines.joined(separator: "\n")
