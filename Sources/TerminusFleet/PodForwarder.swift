@@ -31,10 +31,28 @@ package final class PodForwarder: PodForwarding, Service, Sendable {
         /// Peers connected at once, at most (the fleet's pods; beyond, the least recently used
         /// is closed).
         package var maxPeers = 512
+        /// `fleet.tls`: mutual TLS between pods (this pod's certificate, the CA that issued
+        /// every pod's); nil: h2c.
+        package var tls: TLSFiles?
 
         package init(podID: String, token: String) {
             self.podID = podID
             self.token = token
+        }
+    }
+
+    /// PEM files for mutual TLS between pods.
+    package struct TLSFiles: Sendable {
+        package var certificateChain: String
+        package var privateKey: String
+        /// Issued every pod's certificate. Pods are dialled by IP: the certificate is checked
+        /// against this CA, not against a host name.
+        package var ca: String
+
+        package init(certificateChain: String, privateKey: String, ca: String) {
+            self.certificateChain = certificateChain
+            self.privateKey = privateKey
+            self.ca = ca
         }
     }
 
@@ -48,7 +66,7 @@ package final class PodForwarder: PodForwarding, Service, Sendable {
     private struct State {
         var peers: [String: Peer] = [:]
         var stopped = false
-        var lastRefusalLog: ContinuousClock.Instant?
+        var lastFailureLog: ContinuousClock.Instant?
     }
 
     private enum Method: String, CaseIterable {
@@ -143,7 +161,7 @@ package final class PodForwarder: PodForwarding, Service, Sendable {
             do {
                 transport = try HTTP2ClientTransport.Posix(
                     target: target,
-                    transportSecurity: .plaintext,
+                    transportSecurity: self.transportSecurity,
                     eventLoopGroup: self.group
                 )
             } catch {
@@ -161,6 +179,17 @@ package final class PodForwarder: PodForwarding, Service, Sendable {
             return .success(client)
         }
         return Terminus_V1_Gateway.Client(wrapping: try made.get())
+    }
+
+    private var transportSecurity: HTTP2ClientTransport.Posix.TransportSecurity {
+        guard let tls = self.configuration.tls else { return .plaintext }
+        return .mTLS(
+            certificateChain: [.file(path: tls.certificateChain, format: .pem)],
+            privateKey: .file(path: tls.privateKey, format: .pem)
+        ) {
+            $0.trustRoots = .certificates([.file(path: tls.ca, format: .pem)])
+            $0.serverCertificateVerification = .noHostnameVerification
+        }
     }
 
     /// A `HOST:PORT` (or `[IPv6]:PORT`) address as a gRPC target.
@@ -200,8 +229,10 @@ package final class PodForwarder: PodForwarding, Service, Sendable {
                 self.count(method, .unreachable)
             } else {
                 self.count(method, .refused)
-                self.logRefusal(failure)
             }
+            // A dead pod, or a misconfiguration (another token, a certificate the CA did not
+            // issue): the operator needs to see which.
+            self.logFailure(failure)
             throw failure
         }
     }
@@ -219,14 +250,14 @@ package final class PodForwarder: PodForwarding, Service, Sendable {
     }
 
     /// At most one line per ten seconds: a misconfigured token fails every forwarded call.
-    private func logRefusal(_ failure: PodForwardingError) {
+    private func logFailure(_ failure: PodForwardingError) {
         let now = ContinuousClock.now
         let log = self.state.withLock { state in
-            guard state.lastRefusalLog.map({ now - $0 >= .seconds(10) }) ?? true else { return false }
-            state.lastRefusalLog = now
+            guard state.lastFailureLog.map({ now - $0 >= .seconds(10) }) ?? true else { return false }
+            state.lastFailureLog = now
             return true
         }
-        if log { self.logger.warning("forwarded call refused", metadata: ["error": "\(failure)"]) }
+        if log { self.logger.warning("forwarded call failed", metadata: ["error": "\(failure)"]) }
     }
 
     private func count(_ method: Method, _ result: CallResult) {

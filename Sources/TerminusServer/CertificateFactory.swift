@@ -32,15 +32,18 @@ package enum CertificateFactory {
         commonName: String,
         dnsNames: [String],
         ipAddresses: [[UInt8]],
-        days: Int = 825
+        days: Int = 825,
+        clientAuth: Bool = false
     ) throws -> Issued {
         var names: [GeneralName] = dnsNames.map { .dnsName($0) }
         names += ipAddresses.map { .ipAddress(ASN1OctetString(contentBytes: $0[...])) }
         let sans = SubjectAlternativeNames(names)
+        // A fleet's pods present one certificate both ways (`fleet.tls`): server and client.
+        let usages: [ExtendedKeyUsage.Usage] = clientAuth ? [.serverAuth, .clientAuth] : [.serverAuth]
         let extensions = try Certificate.Extensions {
             Critical(BasicConstraints.notCertificateAuthority)
             Critical(KeyUsage(digitalSignature: true))
-            try ExtendedKeyUsage([.serverAuth])
+            try ExtendedKeyUsage(usages)
             sans
         }
         return try self.issue(ca: ca, commonName: commonName, days: days, extensions: extensions)

@@ -14,6 +14,13 @@ extension ConfigurationLoader {
         case flushInterval = "flush_interval"
         case redis
         case store
+        case tls
+    }
+
+    enum FleetTLSKey: String, SectionKeys {
+        case certificateChain = "certificate_chain"
+        case privateKey = "private_key"
+        case ca
     }
 
     enum FleetStoreKey: String, SectionKeys {
@@ -139,6 +146,21 @@ extension ConfigurationLoader {
                 }
                 fleetConfiguration.store.pushTimeout = .nanoseconds(v.nanoseconds)
             }
+        }
+        if let tls = try fleet.section(.tls, FleetTLSKey.self) {
+            guard let chain = try tls.string(.certificateChain), let key = try tls.string(.privateKey),
+                let ca = try tls.string(.ca)
+            else {
+                throw ConfigurationError(
+                    key: "fleet.tls",
+                    "needs certificate_chain, private_key and ca (mutual TLS: every pod presents a certificate from ca)"
+                )
+            }
+            fleetConfiguration.tls = .init(
+                certificateChain: Self.resolve(chain, base),
+                privateKey: Self.resolve(key, base),
+                ca: Self.resolve(ca, base)
+            )
         }
         config.fleet = fleetConfiguration
     }

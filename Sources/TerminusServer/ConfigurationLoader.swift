@@ -68,6 +68,7 @@ package enum ConfigurationLoader {
         ("fleet.redis", FleetRedisKey.self),
         ("fleet.redis.tls", FleetRedisTLSKey.self),
         ("fleet.store", FleetStoreKey.self),
+        ("fleet.tls", FleetTLSKey.self),
     ]
 
     /// Every key the loader reads, as a dotted path (`services[].retry.attempts`); keys that

@@ -110,11 +110,9 @@ package final class Gateway: Service, Sendable {
             registry.onStoredMessages { store.waiting($0, count: $1) }
             (self.redis, self.registry, self.store) = (redis, registry, store)
             self.directory = FleetSessionDirectory(local: local, registry: registry, store: store)
-            self.forwarder = PodForwarder(
-                configuration: .init(podID: fleet.registry.podID, token: fleet.tokens[0]),
-                group: self.group,
-                logger: logger
-            )
+            var forwarding = PodForwarder.Configuration(podID: fleet.registry.podID, token: fleet.tokens[0])
+            forwarding.tls = fleet.tls
+            self.forwarder = PodForwarder(configuration: forwarding, group: self.group, logger: logger)
         } else {
             (self.redis, self.registry, self.forwarder, self.store) = (nil, nil, nil, nil)
             self.directory = directory
@@ -180,6 +178,7 @@ package final class Gateway: Service, Sendable {
                 self.api = nil
             }
             // Answers for this pod's own devices only: a forwarded call goes no further.
+            if let files = configuration.fleet?.tls { try Self.checkFleetTLS(files) }
             let directory = self.directory
             let group = self.group
             let store = self.store
@@ -188,6 +187,9 @@ package final class Gateway: Service, Sendable {
                     host: fleet.listen.host,
                     port: fleet.listen.port,
                     tokens: fleet.tokens,
+                    security: fleet.tls.map {
+                        .tls(certificateChain: $0.certificateChain, privateKey: $0.privateKey, clientCA: $0.ca)
+                    } ?? .plaintext,
                     name: "fleet",
                     directory: directory,
                     store: store,
@@ -395,6 +397,18 @@ package final class Gateway: Service, Sendable {
                 )
             }
         }
+    }
+
+    /// `fleet.tls`'s files: readable, the key the certificate's, the CA a certificate.
+    static func checkFleetTLS(_ files: PodForwarder.TLSFiles) throws {
+        _ = try Self.loadCertificates(files.certificateChain, key: "fleet.tls.certificate_chain")
+        _ = try Self.loadPrivateKey(files.privateKey, key: "fleet.tls.private_key")
+        try CertificateFactory.checkKeyMatches(
+            certificateChain: files.certificateChain,
+            privateKey: files.privateKey,
+            key: "fleet.tls.private_key"
+        )
+        _ = try Self.loadCertificates(files.ca, key: "fleet.tls.ca")
     }
 
     static func checkAPITLS(_ files: GatewayConfiguration.APITLSFiles) throws {
@@ -779,6 +793,7 @@ package final class Gateway: Service, Sendable {
         compare("fleet") {
             $0.fleet.map {
                 "\($0.redis.address)|\($0.registry)|\($0.redis.database)|\($0.listen)|\($0.tokens)|\($0.store)"
+                    + "|\(String(describing: $0.tls))"
             } ?? ""
         }
         // The device limits and timeouts but those `EdgeServer.reload(limits:)` applies.

@@ -138,6 +138,8 @@ package struct GatewayConfiguration: Sendable {
         package var tokens: [String]
         /// `fleet.store`: the offline message store's caps.
         package var store = DeviceMessageStore.Configuration()
+        /// `fleet.tls`: mutual TLS between pods (nil: h2c, the token alone).
+        package var tls: PodForwarder.TLSFiles?
 
         package init(
             redis: RedisClient.Configuration,

@@ -195,6 +195,53 @@ struct FleetDownlinkTests {
     }
 
     @Test(
+        "fleet.tls: pods forward over mutual TLS with certificates from the fleet's CA; a pod whose certificate another CA issued is not reached"
+    )
+    func mutualTLSBetweenPods() async throws {
+        let redis = try await RedisServer.start()
+        defer { redis.stop() }
+        let pki = TestPKI.shared
+        func files(_ ca: CertificateFactory.Issued, _ name: String) throws -> PodForwarder.TLSFiles {
+            let pod = try CertificateFactory.issueServer(
+                ca: ca,
+                commonName: name,
+                dnsNames: [],
+                ipAddresses: [[127, 0, 0, 1]],
+                clientAuth: true
+            )
+            return PodForwarder.TLSFiles(
+                certificateChain: pki.write(pod.certificatePEM, name: "\(name).pem"),
+                privateKey: pki.write(pod.privateKeyPEM, name: "\(name)-key.pem"),
+                ca: pki.write(ca.certificatePEM, name: "\(name)-ca.pem")
+            )
+        }
+        let fleetCA = try CertificateFactory.makeCA(commonName: "Terminus fleet test CA")
+        let a = try await FleetRegistryTests.gateway("pod-a", redis: redis, tls: try files(fleetCA, "pod-a"))
+        let b = try await FleetRegistryTests.gateway("pod-b", redis: redis, tls: try files(fleetCA, "pod-b"))
+        let strangerCA = try CertificateFactory.makeCA(commonName: "Another CA")
+        let x = try await FleetRegistryTests.gateway("pod-x", redis: redis, tls: try files(strangerCA, "pod-x"))
+        let onA = Acknowledging(try await a.connect("speaker-tls"))
+        let onX = try await x.connect("speaker-elsewhere")
+        #expect(await Self.registered(["speaker-tls", "speaker-elsewhere"], on: b))
+        let (delivered, unreached) = try await DownlinkAPITests.withAPI(b) { api, metadata in
+            (
+                try await api.send(DownlinkAPITests.send("speaker-tls", "over TLS"), metadata: metadata),
+                try await api.send(DownlinkAPITests.send("speaker-elsewhere", "x", ttl: 500), metadata: metadata)
+            )
+        }
+        #expect(delivered.outcome == .delivered && delivered.gatewayInstance == "pod-a")
+        #expect(await eventually { onA.received == ["over TLS"] })
+        #expect(unreached.outcome == .offline, "the handshake fails: pod-x cannot be reached")
+        let text = try await b.gateway.metrics.scrape(on: MultiThreadedEventLoopGroup.singleton.any()).get()
+        #expect(!text.contains("terminus_fleet_forwards_total{method=\"send\",result=\"unreachable\"} 0"))
+        await onA.close()
+        await onX.close()
+        await a.stop()
+        await b.stop()
+        await x.stop()
+    }
+
+    @Test(
         "Redis down: calls about other pods' devices answer UNAVAILABLE at once, this pod's own devices are still served"
     )
     func redisDown() async throws {

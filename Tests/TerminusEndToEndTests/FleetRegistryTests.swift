@@ -23,7 +23,8 @@ struct FleetRegistryTests {
         _ pod: String,
         redis: RedisServer,
         fleetTokens: [String] = [Self.fleetToken],
-        store: DeviceMessageStore.Configuration = .init()
+        store: DeviceMessageStore.Configuration = .init(),
+        tls: PodForwarder.TLSFiles? = nil
     ) async throws -> TestGateway {
         try await TestGateway.start {
             $0.apiListen = .init(host: "127.0.0.1", port: 0)
@@ -39,6 +40,7 @@ struct FleetRegistryTests {
                 tokens: fleetTokens
             )
             $0.fleet?.store = store
+            $0.fleet?.tls = tls
         }
     }
 
