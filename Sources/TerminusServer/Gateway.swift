@@ -401,25 +401,26 @@ package final class Gateway: Service, Sendable {
 
     /// `fleet.tls`'s files: readable, the key the certificate's, the CA a certificate.
     static func checkFleetTLS(_ files: PodForwarder.TLSFiles) throws {
-        _ = try Self.loadCertificates(files.certificateChain, key: "fleet.tls.certificate_chain")
-        _ = try Self.loadPrivateKey(files.privateKey, key: "fleet.tls.private_key")
-        try CertificateFactory.checkKeyMatches(
-            certificateChain: files.certificateChain,
-            privateKey: files.privateKey,
-            key: "fleet.tls.private_key"
-        )
-        _ = try Self.loadCertificates(files.ca, key: "fleet.tls.ca")
+        try Self.checkTLSFiles(files.certificateChain, files.privateKey, ca: files.ca, keys: "fleet.tls", caKey: "ca")
     }
 
     static func checkAPITLS(_ files: GatewayConfiguration.APITLSFiles) throws {
-        _ = try Self.loadCertificates(files.certificateChain, key: "api.tls.certificate_chain")
-        _ = try Self.loadPrivateKey(files.privateKey, key: "api.tls.private_key")
-        try CertificateFactory.checkKeyMatches(
-            certificateChain: files.certificateChain,
-            privateKey: files.privateKey,
-            key: "api.tls.private_key"
+        try Self.checkTLSFiles(
+            files.certificateChain,
+            files.privateKey,
+            ca: files.clientCA,
+            keys: "api.tls",
+            caKey: "client_ca"
         )
-        if let ca = files.clientCA { _ = try Self.loadCertificates(ca, key: "api.tls.client_ca") }
+    }
+
+    /// A listener's PEM files: readable, the key the certificate's, the CA (if any) a certificate;
+    /// errors name `keys`.certificate_chain, `keys`.private_key, `keys`.`caKey`.
+    private static func checkTLSFiles(_ chain: String, _ key: String, ca: String?, keys: String, caKey: String) throws {
+        _ = try Self.loadCertificates(chain, key: "\(keys).certificate_chain")
+        _ = try Self.loadPrivateKey(key, key: "\(keys).private_key")
+        try CertificateFactory.checkKeyMatches(certificateChain: chain, privateKey: key, key: "\(keys).private_key")
+        if let ca { _ = try Self.loadCertificates(ca, key: "\(keys).\(caKey)") }
     }
 
     /// Why `path` cannot be read, in words: missing, a directory, or not readable.

@@ -77,8 +77,8 @@ struct DrainTests {
     func unreadyDelay() async throws {
         let gateway = try await TestGateway.start {
             $0.adminListen = .init(host: "127.0.0.1", port: 0)
-            $0.drainUnreadyDelay = .milliseconds(1500)
-            $0.drainGrace = .seconds(4)
+            $0.drainUnreadyDelay = .milliseconds(3000)
+            $0.drainGrace = .seconds(5)
         }
         let admin = try #require(gateway.gateway.boundAdminAddress?.port)
         #expect(DescriptorExhaustionTests.httpGet(admin, "/readyz")?.contains("200 OK") == true)
@@ -88,18 +88,19 @@ struct DrainTests {
             await RawClient.poll(1) { DescriptorExhaustionTests.httpGet(admin, "/readyz")?.contains("503") == true },
             "readiness still true"
         )
-        // Within the delay a new device is served as usual.
+        // Within the delay a new device is served as usual (3 s: a TLS handshake under the
+        // whole suite, three gateway processes included, once took more than 1.5 s).
         let late = try await RawClient.connect(port: gateway.port, tls: true)
         let welcome = try await late.handshake("drain-late")
         #expect(welcome.deviceID == "drain-late")
-        #expect(ContinuousClock.now - started < .milliseconds(1500))
+        #expect(ContinuousClock.now - started < .milliseconds(3000))
         // Then the listener closes and the device gets GOAWAY(SHUTTING_DOWN).
         #expect(await late.goAwayOnClose(within: 5)?.code == .shuttingDown)
-        #expect(ContinuousClock.now - started >= .milliseconds(1500))
+        #expect(ContinuousClock.now - started >= .milliseconds(3000))
         let refused = (try? await RawClient.connect(port: gateway.port, tls: true)) == nil
         #expect(refused, "the listener still accepted after the delay")
         await stopping.value
-        #expect(ContinuousClock.now - started < .seconds(5))
+        #expect(ContinuousClock.now - started < .seconds(6))
     }
 
     @Test("/healthz and /readyz answer while every gateway event loop is busy (the admin listener has its own thread)")
