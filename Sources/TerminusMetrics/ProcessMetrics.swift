@@ -40,12 +40,12 @@ package enum ProcessMetrics {
     package static let startTime: Double = Date().timeIntervalSince1970
 }
 
-/// What `terminus --version` and `terminus_build_info` report.
+/// What `terminus --version` and `terminus_build_info` report: `BuildStamp`, which the image
+/// build writes (`deploy/stamp-build`).
 package enum BuildInfo {
-    package static let version = "0.1.0"
-    /// The commit the image was built from: `deploy/Dockerfile` passes it as `TERMINUS_COMMIT`.
-    package static let commit: String = {
-        let value = ProcessInfo.processInfo.environment["TERMINUS_COMMIT"] ?? ""
-        return value.isEmpty ? "unknown" : value
-    }()
+    package static let version = BuildStamp.version
+    /// The commit the binary was built from (`unknown` for a source checkout).
+    package static let commit = BuildStamp.commit
+    /// `terminus --version`: the version, then the commit.
+    package static let description = "\(version) (commit \(commit))"
 }

@@ -3,7 +3,7 @@ import TerminusMetrics
 
 @main
 struct Terminus: AsyncParsableCommand {
-    static let version = BuildInfo.version
+    static let version = BuildInfo.description
 
     static let configuration = CommandConfiguration(
         commandName: "terminus",
