@@ -47,6 +47,14 @@ app.kubernetes.io/part-of: terminus
 {{- end -}}
 {{- end -}}
 
+{{- define "terminus.configMapName" -}}
+{{- if .Values.reload -}}
+{{- include "terminus.fullname" . -}}
+{{- else -}}
+{{- printf "%s-%s" (include "terminus.fullname" . | trunc 52 | trimSuffix "-") (include "terminus.configFile" . | sha256sum | trunc 10) -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Where each Secret is mounted in the pod. */}}
 {{- define "terminus.paths" -}}
 config: /etc/terminus/config
@@ -95,6 +103,23 @@ redisCA: /etc/terminus/redis-ca
 {{- end -}}
 {{- if and $v.deviceService.clb.gracefulShutdown (not $v.deviceService.clb.directAccess) -}}
 {{- fail "deviceService.clb.gracefulShutdown needs deviceService.clb.directAccess (TKE sets CLB weights per pod only with direct access)" -}}
+{{- end -}}
+{{- if and (not $v.deviceService.clb.directAccess) (not $v.device.proxyProtocol) (eq $v.deviceService.externalTrafficPolicy "Cluster") (ne $v.deviceService.type "ClusterIP") -}}
+{{- fail "deviceService.clb.directAccess false with externalTrafficPolicy Cluster and no PROXY protocol: kube-proxy would hide every device behind a node address (limits per address and the authentication throttle would then hit whole nodes); set device.proxyProtocol true or externalTrafficPolicy Local" -}}
+{{- end -}}
+{{- if eq $v.device.transport "plaintext" -}}
+{{- if and (eq $v.deviceService.type "LoadBalancer") (not (hasKey $v.deviceService.annotations "service.cloud.tencent.com/specify-protocol")) -}}
+{{- fail "device.transport plaintext needs TLS ended before the pods: a TCP_SSL CLB listener through deviceService.annotations service.cloud.tencent.com/specify-protocol (docs/deploy.md)" -}}
+{{- end -}}
+{{- if $v.deviceService.clb.serviceConfig.create -}}
+{{- fail "deviceService.clb.serviceConfig.create describes a TCP listener; with device.transport plaintext (a TCP_SSL listener) configure the CLB listener through the annotations instead" -}}
+{{- end -}}
+{{- end -}}
+{{- if and (eq (toString $v.updateStrategy.maxSurge) "0") (eq (toString $v.updateStrategy.maxUnavailable) "0") -}}
+{{- fail "updateStrategy.maxSurge and maxUnavailable cannot both be 0: a rollout could never start" -}}
+{{- end -}}
+{{- if and $v.autoscaling.enabled (gt (int $v.autoscaling.minReplicas) (int $v.autoscaling.maxReplicas)) -}}
+{{- fail "autoscaling.minReplicas is above autoscaling.maxReplicas" -}}
 {{- end -}}
 {{- if ge (int $v.drain.unreadyDelaySeconds) (int $v.drain.graceSeconds) -}}
 {{- fail "drain.unreadyDelaySeconds must be shorter than drain.graceSeconds" -}}
@@ -228,7 +253,7 @@ capabilities:
 {{- $_ := set $c "reload" (dict "watch_interval" (printf "%ds" (int $v.reloadWatchIntervalSeconds))) -}}
 {{- if $v.fleet.enabled -}}
 {{- $fleet := deepCopy $v.config.fleet -}}
-{{- $redis := dict "address" $v.fleet.redis.address "username" $v.fleet.redis.username "database" $v.fleet.redis.database "key_prefix" $v.fleet.redis.keyPrefix -}}
+{{- $redis := dict "address" $v.fleet.redis.address "username" $v.fleet.redis.username "database" $v.fleet.redis.database "key_prefix" $v.fleet.redis.keyPrefix "protocol" $v.fleet.redis.protocol "command_timeout" (printf "%dms" (int $v.fleet.redis.commandTimeoutMilliseconds)) -}}
 {{- if $v.fleet.redis.password.secretName -}}
 {{- $_ := set $redis "password_file" (printf "%s/%s" $p.redisPassword $v.fleet.redis.password.key) -}}
 {{- end -}}
