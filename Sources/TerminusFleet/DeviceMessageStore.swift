@@ -58,8 +58,9 @@ package final class DeviceMessageStore: MessageStoring, Service, Sendable {
     private let local: @Sendable (String) -> SessionHandle?
     private let logger: Logger
     private let replays = Mutex<[String: Replay]>([:])
-    private let starts: AsyncStream<String>
-    private let start: AsyncStream<String>.Continuation
+    /// Replays to begin: a device and the connection its replay is for.
+    private let starts: AsyncStream<(deviceID: String, connectionID: UInt64)>
+    private let start: AsyncStream<(deviceID: String, connectionID: UInt64)>.Continuation
     private let counters = Mutex<[Int]>(Array(repeating: 0, count: Outcome.allCases.count))
 
     /// - Parameter local: this pod's session of a device, if any.
@@ -188,15 +189,15 @@ package final class DeviceMessageStore: MessageStoring, Service, Sendable {
             replays[deviceID] = replay
             return true
         }
-        if begin { self.start.yield(deviceID) }
+        if begin { self.start.yield((deviceID, session.connectionID)) }
     }
 
     /// Runs the replays until graceful shutdown.
     package func run() async throws {
         await withGracefulShutdownHandler {
             await withDiscardingTaskGroup { group in
-                for await deviceID in self.starts {
-                    group.addTask { await self.replay(deviceID) }
+                for await begin in self.starts {
+                    group.addTask { await self.replay(begin.deviceID, for: begin.connectionID) }
                 }
             }
         } onGracefulShutdown: {
@@ -204,12 +205,15 @@ package final class DeviceMessageStore: MessageStoring, Service, Sendable {
         }
     }
 
-    /// Delivers `deviceID`'s stored messages in order to this pod's session of it.
-    private func replay(_ deviceID: String) async {
+    /// Delivers `deviceID`'s stored messages in order to this pod's session of it, connection
+    /// `connectionID`. It stops when that connection is no longer the device's here: a new
+    /// connection of the device starts a replay of its own, and two replays for one connection
+    /// would push the same messages twice.
+    private func replay(_ deviceID: String, for connectionID: UInt64) async {
         while !Task.isShuttingDownGracefully {
-            guard let session = self.local(deviceID),
-                self.replays.withLock({ $0[deviceID]?.connectionID }) == session.connectionID
-            else { return self.finish(deviceID, nil) }
+            guard let session = self.local(deviceID), session.connectionID == connectionID,
+                self.replays.withLock({ $0[deviceID]?.connectionID }) == connectionID
+            else { return self.finish(deviceID, connectionID) }
             let entries: [(id: RedisArgument, topic: String, payload: ByteBuffer)]
             do {
                 entries = try await self.take(deviceID)
@@ -263,9 +267,10 @@ package final class DeviceMessageStore: MessageStoring, Service, Sendable {
         }
     }
 
-    private func finish(_ deviceID: String, _ connectionID: UInt64?) {
+    /// The replay for `connectionID` ended; a newer connection's entry stays.
+    private func finish(_ deviceID: String, _ connectionID: UInt64) {
         self.replays.withLock { replays in
-            if connectionID == nil || replays[deviceID]?.connectionID == connectionID { replays[deviceID] = nil }
+            if replays[deviceID]?.connectionID == connectionID { replays[deviceID] = nil }
         }
     }
 

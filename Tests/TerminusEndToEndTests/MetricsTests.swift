@@ -54,7 +54,7 @@ struct MetricsTests {
         }
 
         // Every family the catalogue has a type for is typed so in the scrape.
-        #expect(samples.contains { $0.name == "terminus_build_info" && $0.labels["version"] == "0.1.0" })
+        #expect(samples.contains { $0.name == "terminus_build_info" && $0.labels["version"] == BuildInfo.version })
         #expect(samples.value("terminus_uplink_messages_total", ["qos": "1", "outcome": "ok"]) == 5)
         #expect(samples.value("terminus_uplink_messages_total", ["qos": "1", "outcome": "no_route"]) == 1)
         #expect(samples.value("terminus_uplink_messages_total", ["qos": "0", "outcome": "ok"]) == 2)
