@@ -50,6 +50,22 @@ let package = Package(
             name: "CTerminusZlib",
             linkerSettings: [.linkedLibrary("z")]
         ),
+        // A thin module over the system OpenSSL 3 (libssl-dev): the lean TLS engine's AEADs
+        // and, later, its handshake.
+        .target(
+            name: "CTerminusOpenSSL",
+            linkerSettings: [.linkedLibrary("ssl"), .linkedLibrary("crypto")]
+        ),
+        // The lean TLS engine (issue 16): TLS 1.3 record protection with per-thread AEAD state.
+        .target(
+            name: "TerminusLeanTLS",
+            dependencies: [
+                "CTerminusOpenSSL",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .target(
             name: "TerminusProtocol",
             dependencies: [
@@ -305,6 +321,14 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .testTarget(
+            name: "TerminusLeanTLSTests",
+            dependencies: [
+                "TerminusLeanTLS",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
             name: "TerminusRoutingTests",
             dependencies: ["TerminusRouting"],
             swiftSettings: swiftSettings
@@ -417,7 +441,9 @@ let package = Package(
                 "TerminusClient",
                 "TerminusProtocol",
                 "TerminusAuth",
+                "TerminusLeanTLS",
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "Crypto", package: "swift-crypto"),
@@ -438,7 +464,7 @@ if Context.environment["TERMINUS_CORE_ONLY"] == "1" {
         "CTerminusZlib", "TerminusProtocol", "TerminusCompression", "TerminusRouting", "TerminusAuth",
         "TerminusSessions", "TerminusListeners", "TerminusMetrics", "TerminusEdge", "TerminusProtocolTests",
         "TerminusCompressionTests",
-        "TerminusRoutingTests", "TerminusEdgeTests",
+        "TerminusRoutingTests", "TerminusEdgeTests", "CTerminusOpenSSL", "TerminusLeanTLS", "TerminusLeanTLSTests",
     ]
     package.targets = package.targets.filter { core.contains($0.name) }
     package.products = package.products.filter { core.contains($0.name) }

@@ -64,12 +64,23 @@ package final class RedisConnection: Sendable {
         } catch {
             throw RedisError(.connectionFailed, "cannot connect to \(configuration.address): \(error)")
         }
-        let connection = try await eventLoop.submit {
-            RedisConnection(
-                channel: channel,
-                handler: try channel.pipeline.syncOperations.handler(type: RedisHandler.self)
+        let connection: RedisConnection
+        do {
+            connection = try await eventLoop.submit {
+                RedisConnection(
+                    channel: channel,
+                    handler: try channel.pipeline.syncOperations.handler(type: RedisHandler.self)
+                )
+            }.get()
+        } catch {
+            // The connection ended before it could be used (a TLS handshake the server refused
+            // can close it this early): the pipeline is gone.
+            channel.close(promise: nil)
+            throw RedisError(
+                .connectionFailed,
+                "connection to \(configuration.address) closed while it was set up: \(error)"
             )
-        }.get()
+        }
         do {
             try await connection.greet(configuration)
         } catch {

@@ -1,0 +1,108 @@
+// A thin module over the system OpenSSL 3 (libssl-dev): what the lean TLS engine
+// (TerminusLeanTLS) calls. Only what Swift cannot call directly is here (OpenSSL's macros,
+// and loops over EVP calls that would cost a crossing each).
+#ifndef C_TERMINUS_OPENSSL_H
+#define C_TERMINUS_OPENSSL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/// The AEADs of TLS 1.3 and of TLS 1.2's ECDHE AEAD suites.
+typedef enum {
+    TERMINUS_AEAD_AES_128_GCM = 1,
+    TERMINUS_AEAD_AES_256_GCM = 2,
+    TERMINUS_AEAD_CHACHA20_POLY1305 = 3,
+} terminus_aead;
+
+/// A cipher context for one thread (an event loop): the algorithms are fetched once when it is
+/// made, and every record of every connection on that thread is sealed or opened with it (the
+/// connection keeps only its key, IV and sequence number).
+typedef struct terminus_aead_context terminus_aead_context;
+
+/// NULL when OpenSSL cannot provide one of the AEADs.
+terminus_aead_context *terminus_aead_context_new(void);
+void terminus_aead_context_free(terminus_aead_context *context);
+
+/// Encrypts `length` bytes from `input` into `output` (the same pointer: in place) with `key`
+/// and the 12-byte `nonce`, authenticating `aad` as well, and writes the 16-byte tag to `tag`.
+/// Returns 1, or 0 on failure.
+int terminus_aead_seal(terminus_aead_context *context, terminus_aead aead, const uint8_t *key,
+                       const uint8_t *nonce, const uint8_t *aad, size_t aad_length,
+                       const uint8_t *input, uint8_t *output, size_t length, uint8_t *tag);
+
+/// Decrypts `length` bytes from `input` into `output` (or in place) and checks the 16-byte `tag`.
+/// Returns 1 when the record is authentic, 0 otherwise (`output` then holds nothing meaningful).
+int terminus_aead_open(terminus_aead_context *context, terminus_aead aead, const uint8_t *key,
+                       const uint8_t *nonce, const uint8_t *aad, size_t aad_length,
+                       const uint8_t *input, uint8_t *output, size_t length, const uint8_t *tag);
+
+
+// MARK: the handshake, by OpenSSL over memory BIOs
+
+/// A server TLS context (OpenSSL's SSL_CTX): certificate, key, client CA, versions, suites.
+/// Shared by every event loop; made once, off the loops.
+typedef struct terminus_tls_server terminus_tls_server;
+
+/// `client_auth`: 0 none, 1 optional, 2 required (then `client_ca_file` is needed).
+/// `min_version`: 0x0303 (TLS 1.2) or 0x0304 (TLS 1.3). `tickets`: TLS 1.3 session tickets sent
+/// after each full handshake (0: none, and no TLS 1.2 tickets either). NULL on failure, with
+/// the reason in `error`.
+terminus_tls_server *terminus_tls_server_new(const char *certificate_chain_file, const char *private_key_file,
+                                             const char *client_ca_file, int client_auth, int min_version,
+                                             size_t tickets, char *error, size_t error_capacity);
+void terminus_tls_server_free(terminus_tls_server *server);
+
+/// One connection's handshake: OpenSSL's SSL object between two memory BIOs. Freed as soon
+/// as the handshake is over; the record layer keeps only the keys it yields.
+typedef struct terminus_tls_handshake terminus_tls_handshake;
+
+terminus_tls_handshake *terminus_tls_handshake_new(terminus_tls_server *server);
+void terminus_tls_handshake_free(terminus_tls_handshake *handshake);
+
+enum {
+    TERMINUS_HANDSHAKE_FAILED = -1,
+    TERMINUS_HANDSHAKE_WANTS_MORE = 0,
+    TERMINUS_HANDSHAKE_DONE = 1,
+};
+
+/// Gives OpenSSL `length` bytes the peer sent (the caller feeds one record at a time, so that
+/// OpenSSL never reads past the handshake) and runs the handshake as far as they allow.
+int terminus_tls_handshake_advance(terminus_tls_handshake *handshake, const uint8_t *bytes, size_t length);
+
+/// What OpenSSL has written for the peer (handshake records, tickets, an alert): its length,
+/// and a copy of up to `capacity` bytes of it, which are then taken.
+size_t terminus_tls_handshake_pending_output(terminus_tls_handshake *handshake);
+size_t terminus_tls_handshake_read_output(terminus_tls_handshake *handshake, uint8_t *buffer, size_t capacity);
+
+/// Why the handshake failed (OpenSSL's error queue), into `buffer`.
+void terminus_tls_handshake_error(terminus_tls_handshake *handshake, char *buffer, size_t capacity);
+
+/// What the record layer needs once the handshake is done.
+typedef struct {
+    /// 0x0304 (TLS 1.3) or 0x0303 (TLS 1.2).
+    uint16_t version;
+    /// The IANA id of the negotiated suite (0x1301, 0xC02B, ...).
+    uint16_t cipher_suite;
+    /// TLS 1.3: the application traffic secrets (`secret_length` bytes each).
+    uint8_t client_secret[48];
+    uint8_t server_secret[48];
+    uint8_t secret_length;
+    /// TLS 1.3: records OpenSSL already wrote with the server's application keys (its
+    /// NewSessionTicket messages): the server's next record has this sequence number.
+    uint64_t server_application_records;
+    /// TLS 1.2: the master secret and the two randoms, for the key block.
+    uint8_t master_secret[48];
+    uint8_t client_random[32];
+    uint8_t server_random[32];
+    /// Whether the handshake resumed a session (a ticket).
+    int resumed;
+} terminus_tls_keys;
+
+/// Fills `keys`; 1 when the handshake is done and every secret was seen, else 0.
+int terminus_tls_handshake_keys(terminus_tls_handshake *handshake, terminus_tls_keys *keys);
+
+/// The peer's certificate in DER, verified by OpenSSL (mTLS): its length (0 when there is
+/// none), copied when `capacity` allows.
+size_t terminus_tls_handshake_peer_certificate(terminus_tls_handshake *handshake, uint8_t *buffer, size_t capacity);
+
+#endif

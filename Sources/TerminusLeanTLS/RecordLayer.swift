@@ -1,0 +1,180 @@
+internal import CTerminusOpenSSL
+package import NIOCore
+
+/// The AEAD state of one thread (an event loop): every record of every lean TLS connection on
+/// that thread is sealed and opened with it. Use it on its thread only.
+package final class AEADContext {
+    let pointer: OpaquePointer
+
+    /// Fails when the system OpenSSL lacks one of the AEADs.
+    package init() throws {
+        guard let pointer = terminus_aead_context_new() else { throw LeanTLSError.internalError("no AEAD context") }
+        self.pointer = pointer
+    }
+
+    deinit { terminus_aead_context_free(self.pointer) }
+}
+
+/// TLS record content types (RFC 8446, 5.1).
+package enum ContentType: UInt8, Sendable {
+    case changeCipherSpec = 20
+    case alert = 21
+    case handshake = 22
+    case applicationData = 23
+}
+
+/// What ends a lean TLS connection, each with the alert it sends (RFC 8446, 6.2).
+package enum LeanTLSError: Error, Equatable, Sendable {
+    /// A record that does not authenticate: `bad_record_mac`.
+    case badRecordMAC
+    /// A record longer than TLS allows: `record_overflow`.
+    case recordOverflow
+    /// A record or message not allowed here: `unexpected_message`.
+    case unexpectedMessage(String)
+    /// A malformed record or message: `decode_error`.
+    case decodeError(String)
+    /// The sequence number would wrap; the connection must end (RFC 8446, 5.5).
+    case sequenceExhausted
+    /// The peer sent a fatal alert, or closed (close_notify).
+    case alertReceived(level: UInt8, description: UInt8)
+    case internalError(String)
+
+    /// The alert description this error is reported to the peer with.
+    package var alertDescription: UInt8 {
+        switch self {
+        case .badRecordMAC: 20
+        case .recordOverflow: 22
+        case .unexpectedMessage: 10
+        case .decodeError: 50
+        case .sequenceExhausted, .internalError: 80
+        case .alertReceived: 0
+        }
+    }
+}
+
+/// TLS 1.3 record protection (RFC 8446, 5.2 and 5.4): framing, sealing and opening records.
+/// Nothing is kept here: each call takes the direction's keys and the thread's AEAD context.
+package enum TLS13Records {
+    /// The record header's length.
+    package static let headerLength = 5
+    /// The largest plaintext a record carries (2^14).
+    package static let maxPlaintext = 16_384
+    /// The largest protected record body: 2^14 + 256 (RFC 8446, 5.2).
+    package static let maxCiphertext = 16_384 + 256
+    static let tagLength = 16
+
+    /// Takes one complete record (header and body) from the front of `buffer`, or nil when it
+    /// holds less than a record; throws at once for a header no TLS 1.3 peer sends after the
+    /// handshake, before its body arrives.
+    package static func nextRecord(from buffer: inout ByteBuffer) throws -> ByteBuffer? {
+        guard buffer.readableBytes >= Self.headerLength,
+            let type = buffer.getInteger(at: buffer.readerIndex, as: UInt8.self),
+            let length = buffer.getInteger(at: buffer.readerIndex + 3, as: UInt16.self)
+        else { return nil }
+        guard type == ContentType.applicationData.rawValue else {
+            throw LeanTLSError.unexpectedMessage("an unprotected record of type \(type) after the handshake")
+        }
+        guard Int(length) <= Self.maxCiphertext else { throw LeanTLSError.recordOverflow }
+        guard Int(length) >= Self.tagLength + 1 else { throw LeanTLSError.decodeError("a record shorter than its tag") }
+        return buffer.readSlice(length: Self.headerLength + Int(length))
+    }
+
+    /// Opens `record` (one complete record, as `nextRecord` gives it): its inner content type
+    /// and its content, decrypted into a new buffer.
+    package static func open(
+        _ record: ByteBuffer,
+        keys: inout TrafficKeys,
+        context: AEADContext,
+        allocator: ByteBufferAllocator
+    ) throws -> (type: ContentType, content: ByteBuffer) {
+        let bodyLength = record.readableBytes - Self.headerLength
+        let cipherLength = bodyLength - Self.tagLength
+        guard keys.canProtectAnotherRecord else { throw LeanTLSError.sequenceExhausted }
+        var plaintext = allocator.buffer(capacity: cipherLength)
+        var authentic = false
+        let key = keys.key
+        let aead = keys.suite.aead
+        plaintext.writeWithUnsafeMutableBytes(minimumWritableBytes: cipherLength) { output in
+            record.withUnsafeReadableBytes { input -> Int in
+                let base = input.baseAddress!.assumingMemoryBound(to: UInt8.self)
+                authentic =
+                    keys.withNextNonce { nonce in
+                        terminus_aead_open(
+                            context.pointer,
+                            aead,
+                            key,
+                            nonce,
+                            base,
+                            Self.headerLength,
+                            base + Self.headerLength,
+                            output.baseAddress!.assumingMemoryBound(to: UInt8.self),
+                            cipherLength,
+                            base + Self.headerLength + cipherLength
+                        )
+                    } == 1
+                return authentic ? cipherLength : 0
+            }
+        }
+        guard authentic else { throw LeanTLSError.badRecordMAC }
+        // TLSInnerPlaintext: content, the content type, then zero padding.
+        var end = plaintext.writerIndex
+        while end > plaintext.readerIndex, plaintext.getInteger(at: end - 1, as: UInt8.self) == 0 { end -= 1 }
+        guard end > plaintext.readerIndex, let typeByte = plaintext.getInteger(at: end - 1, as: UInt8.self) else {
+            throw LeanTLSError.unexpectedMessage("a record with no content type")
+        }
+        guard end - 1 - plaintext.readerIndex <= Self.maxPlaintext else { throw LeanTLSError.recordOverflow }
+        guard let type = ContentType(rawValue: typeByte), type != .changeCipherSpec else {
+            throw LeanTLSError.unexpectedMessage("a protected record of inner type \(typeByte)")
+        }
+        plaintext.moveWriterIndex(to: end - 1)
+        return (type, plaintext)
+    }
+
+    /// Seals `content` as records of inner type `type` (as many as its length needs, each at
+    /// most 2^14 bytes of it), appended to `output`; each record's inner plaintext padded with
+    /// `padding` zero bytes (RFC 8446, 5.4).
+    package static func seal(
+        _ content: ByteBuffer,
+        type: ContentType,
+        keys: inout TrafficKeys,
+        context: AEADContext,
+        padding: Int = 0,
+        into output: inout ByteBuffer
+    ) throws {
+        precondition(padding >= 0 && padding <= Self.maxCiphertext - Self.tagLength - 1 - Self.maxPlaintext)
+        var remaining = content
+        repeat {
+            guard keys.canProtectAnotherRecord else { throw LeanTLSError.sequenceExhausted }
+            let chunk = remaining.readSlice(length: min(remaining.readableBytes, Self.maxPlaintext))!
+            let innerLength = chunk.readableBytes + 1 + padding
+            let start = output.writerIndex
+            output.writeInteger(ContentType.applicationData.rawValue)
+            output.writeInteger(UInt16(0x0303))
+            output.writeInteger(UInt16(innerLength + Self.tagLength))
+            output.writeImmutableBuffer(chunk)
+            output.writeInteger(type.rawValue)
+            output.writeRepeatingByte(0, count: padding + Self.tagLength)
+            let offset = start - output.readerIndex
+            let key = keys.key
+            let aead = keys.suite.aead
+            let sealed = output.withUnsafeMutableReadableBytes { bytes -> Int32 in
+                let base = bytes.baseAddress!.assumingMemoryBound(to: UInt8.self) + offset
+                return keys.withNextNonce { nonce in
+                    terminus_aead_seal(
+                        context.pointer,
+                        aead,
+                        key,
+                        nonce,
+                        base,
+                        Self.headerLength,
+                        base + Self.headerLength,
+                        base + Self.headerLength,
+                        innerLength,
+                        base + Self.headerLength + innerLength
+                    )
+                }
+            }
+            guard sealed == 1 else { throw LeanTLSError.internalError("sealing a record failed") }
+        } while remaining.readableBytes > 0
+    }
+}

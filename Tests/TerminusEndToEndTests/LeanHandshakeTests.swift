@@ -1,0 +1,183 @@
+import Foundation
+import NIOCore
+import NIOEmbedded
+import NIOSSL
+import TerminusLeanTLS
+import TerminusServer
+import Testing
+
+/// The lean engine's handshake: OpenSSL on memory BIOs, fed record by record, against
+/// swift-nio-ssl's client (BoringSSL); then records both ways under the keys it leaves.
+@Suite("Lean TLS: OpenSSL's handshake, then the lean record layer")
+struct LeanHandshakeTests {
+    struct Files {
+        let directory: String
+        let ca: CertificateFactory.Issued
+
+        init() throws {
+            self.directory = NSTemporaryDirectory() + "lean-tls-\(UUID().uuidString)"
+            try FileManager.default.createDirectory(atPath: self.directory, withIntermediateDirectories: true)
+            self.ca = try CertificateFactory.makeCA(commonName: "lean test CA")
+            let server = try CertificateFactory.issueServer(
+                ca: self.ca,
+                commonName: "localhost",
+                dnsNames: ["localhost"],
+                ipAddresses: [[127, 0, 0, 1]]
+            )
+            try self.ca.certificatePEM.write(toFile: self.path("ca.pem"), atomically: true, encoding: .utf8)
+            try server.certificatePEM.write(toFile: self.path("server.pem"), atomically: true, encoding: .utf8)
+            try server.privateKeyPEM.write(toFile: self.path("server-key.pem"), atomically: true, encoding: .utf8)
+        }
+
+        func path(_ name: String) -> String { self.directory + "/" + name }
+        func remove() { try? FileManager.default.removeItem(atPath: self.directory) }
+    }
+
+    /// Runs the handshake between `client` and `handshake`, feeding OpenSSL one record at a
+    /// time, until OpenSSL is done; returns how many records it was fed.
+    static func run(_ handshake: LeanHandshake, with client: EmbeddedChannel) throws -> (LeanHandshake.Progress, Int) {
+        var fromClient = ByteBufferAllocator().buffer(capacity: 0)
+        var fed = 0
+        for _ in 0..<20 {
+            while let bytes = try client.readOutbound(as: ByteBuffer.self) { fromClient.writeImmutableBuffer(bytes) }
+            var progress = LeanHandshake.Progress.wantsMore
+            while progress == .wantsMore, let record = try TLSRecordFramer.nextRecord(from: &fromClient) {
+                progress = handshake.advance(record)
+                fed += 1
+            }
+            var toClient = ByteBufferAllocator().buffer(capacity: 0)
+            handshake.takeOutput(into: &toClient)
+            // A failed handshake's alert makes the client throw: what it shows is checked by the
+            // caller.
+            if toClient.readableBytes > 0 { _ = try? client.writeInbound(toClient) }
+            if progress != .wantsMore {
+                // Nothing of the client's may be left unread by OpenSSL but what follows it.
+                #expect(fromClient.readableBytes == 0)
+                return (progress, fed)
+            }
+        }
+        return (.wantsMore, fed)
+    }
+
+    static func client(
+        _ files: Files,
+        version: TLSVersion,
+        certificate: CertificateFactory.Issued? = nil
+    ) throws -> EmbeddedChannel {
+        var configuration = TLSConfiguration.makeClientConfiguration()
+        configuration.minimumTLSVersion = version
+        configuration.maximumTLSVersion = version
+        configuration.trustRoots = .certificates([
+            try NIOSSLCertificate(bytes: Array(files.ca.certificatePEM.utf8), format: .pem)
+        ])
+        if let certificate {
+            configuration.certificateChain = [
+                .certificate(try NIOSSLCertificate(bytes: Array(certificate.certificatePEM.utf8), format: .pem))
+            ]
+            configuration.privateKey = .privateKey(
+                try NIOSSLPrivateKey(bytes: Array(certificate.privateKeyPEM.utf8), format: .pem)
+            )
+        }
+        let channel = EmbeddedChannel()
+        try channel.pipeline.syncOperations.addHandler(
+            NIOSSLClientHandler(context: try NIOSSLContext(configuration: configuration), serverHostname: "localhost")
+        )
+        channel.connect(to: try SocketAddress(ipAddress: "127.0.0.1", port: 7883), promise: nil)
+        channel.embeddedEventLoop.run()
+        return channel
+    }
+
+    @Test(
+        "TLS 1.3 with two session tickets: the keys OpenSSL leaves carry records both ways, the server's from sequence 2"
+    )
+    func tls13() throws {
+        let files = try Files()
+        defer { files.remove() }
+        let context = try LeanTLSServerContext(
+            certificateChainFile: files.path("server.pem"),
+            privateKeyFile: files.path("server-key.pem"),
+            tickets: 2
+        )
+        let client = try Self.client(files, version: .tlsv13)
+        let handshake = try LeanHandshake(context: context)
+        let (progress, fed) = try Self.run(handshake, with: client)
+        #expect(progress == .done)
+        #expect(fed >= 2)  // ClientHello, (CCS), Finished
+        var keys = try handshake.finish()
+        #expect(keys.version == 0x0304 && !keys.resumed && keys.peerCertificate == nil)
+        #expect(keys.write.sequence == 2 && keys.read.sequence == 0)
+
+        let aead = try AEADContext()
+        let allocator = ByteBufferAllocator()
+        // Client to server.
+        try client.writeOutbound(ByteBuffer(string: "hello from the device"))
+        var wire = allocator.buffer(capacity: 0)
+        while let bytes = try client.readOutbound(as: ByteBuffer.self) { wire.writeImmutableBuffer(bytes) }
+        let record = try #require(try TLS13Records.nextRecord(from: &wire))
+        let opened = try TLS13Records.open(record, keys: &keys.read, context: aead, allocator: allocator)
+        #expect(opened.type == .applicationData && opened.content == ByteBuffer(string: "hello from the device"))
+        // Server to client, after the two tickets.
+        var out = allocator.buffer(capacity: 0)
+        try TLS13Records.seal(
+            ByteBuffer(string: "hello from the gateway"),
+            type: .applicationData,
+            keys: &keys.write,
+            context: aead,
+            into: &out
+        )
+        try client.writeInbound(out)
+        #expect(try client.readInbound(as: ByteBuffer.self) == ByteBuffer(string: "hello from the gateway"))
+    }
+
+    @Test("mutual TLS: OpenSSL verifies the client's certificate and hands it over before it is freed")
+    func mutualTLS() throws {
+        let files = try Files()
+        defer { files.remove() }
+        let device = try CertificateFactory.issueClient(ca: files.ca, deviceID: "printer-0042")
+        let context = try LeanTLSServerContext(
+            certificateChainFile: files.path("server.pem"),
+            privateKeyFile: files.path("server-key.pem"),
+            clientCAFile: files.path("ca.pem"),
+            clientAuthentication: .required,
+            minimumVersion: 0x0304
+        )
+        let client = try Self.client(files, version: .tlsv13, certificate: device)
+        let handshake = try LeanHandshake(context: context)
+        #expect(try Self.run(handshake, with: client).0 == .done)
+        let keys = try handshake.finish()
+        let der = try #require(keys.peerCertificate)
+        let certificate = try NIOSSLCertificate(bytes: der, format: .der)
+        let pem = try NIOSSLCertificate(bytes: Array(device.certificatePEM.utf8), format: .pem)
+        #expect(certificate == pem)
+        #expect(keys.write.sequence == 0)  // no tickets
+
+        // Without a certificate the handshake fails in OpenSSL, which writes an alert.
+        let anonymous = try Self.client(files, version: .tlsv13)
+        let refused = try LeanHandshake(context: context)
+        let (progress, _) = try Self.run(refused, with: anonymous)
+        guard case .failed(let reason) = progress else {
+            Issue.record("a client without a certificate was accepted: \(progress)")
+            return
+        }
+        #expect(reason.contains("certificate"), "\(reason)")
+    }
+
+    @Test("a certificate and a key that do not match are refused when the context is made")
+    func mismatchedKey() throws {
+        let files = try Files()
+        defer { files.remove() }
+        let other = try CertificateFactory.issueServer(
+            ca: files.ca,
+            commonName: "other",
+            dnsNames: ["other"],
+            ipAddresses: []
+        )
+        try other.privateKeyPEM.write(toFile: files.path("other-key.pem"), atomically: true, encoding: .utf8)
+        #expect(throws: LeanTLSError.self) {
+            try LeanTLSServerContext(
+                certificateChainFile: files.path("server.pem"),
+                privateKeyFile: files.path("other-key.pem")
+            )
+        }
+    }
+}

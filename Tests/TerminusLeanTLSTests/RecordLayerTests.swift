@@ -1,0 +1,236 @@
+import NIOCore
+import TerminusLeanTLS
+import Testing
+
+extension Array where Element == UInt8 {
+    init(hex: String) {
+        var bytes: [UInt8] = []
+        var index = hex.startIndex
+        while index < hex.endIndex {
+            let next = hex.index(index, offsetBy: 2)
+            bytes.append(UInt8(hex[index..<next], radix: 16)!)
+            index = next
+        }
+        self = bytes
+    }
+}
+
+extension ByteBuffer {
+    init(hex: String) { self.init(bytes: [UInt8](hex: hex)) }
+    var bytes: [UInt8] { Array(self.readableBytesView) }
+}
+
+/// TLS 1.3 record protection against RFC 8448's traces, then its edges.
+@Suite("Lean TLS: TLS 1.3 records")
+struct RecordLayerTests {
+    let suite = LeanCipherSuite.tls13AES128GCMSHA256
+    let allocator = ByteBufferAllocator()
+
+    @Test("traffic keys and IVs are derived from the secrets as RFC 8448 shows")
+    func keySchedule() {
+        let server = TrafficKeys(suite: self.suite, secret: [UInt8](hex: RFC8448.serverApSecret))
+        #expect(server.key == [UInt8](hex: RFC8448.serverApKey))
+        #expect(server.iv == [UInt8](hex: RFC8448.serverApIv))
+        let client = TrafficKeys(suite: self.suite, secret: [UInt8](hex: RFC8448.clientApSecret))
+        #expect(client.key == [UInt8](hex: RFC8448.clientApKey))
+        #expect(client.iv == [UInt8](hex: RFC8448.clientApIv))
+        let handshake = TrafficKeys(suite: self.suite, secret: [UInt8](hex: RFC8448.serverHsSecret))
+        #expect(handshake.key == [UInt8](hex: RFC8448.serverHsKey))
+        #expect(handshake.iv == [UInt8](hex: RFC8448.serverHsIv))
+    }
+
+    @Test(
+        "the server's records are sealed byte for byte as in RFC 8448: the ticket (sequence 0), data (1), close_notify (2)"
+    )
+    func sealAsTheServer() throws {
+        let context = try AEADContext()
+        var keys = TrafficKeys(suite: self.suite, secret: [UInt8](hex: RFC8448.serverApSecret))
+        var output = self.allocator.buffer(capacity: 512)
+        try TLS13Records.seal(
+            ByteBuffer(hex: RFC8448.newSessionTicketPayload),
+            type: .handshake,
+            keys: &keys,
+            context: context,
+            into: &output
+        )
+        #expect(output.bytes == [UInt8](hex: RFC8448.newSessionTicketRecord))
+        output.clear()
+        try TLS13Records.seal(
+            ByteBuffer(bytes: Array(0..<50)),
+            type: .applicationData,
+            keys: &keys,
+            context: context,
+            into: &output
+        )
+        #expect(output.bytes == [UInt8](hex: RFC8448.serverAppDataRecord))
+        output.clear()
+        try TLS13Records.seal(ByteBuffer(bytes: [1, 0]), type: .alert, keys: &keys, context: context, into: &output)
+        #expect(output.bytes == [UInt8](hex: RFC8448.serverAlertRecord))
+        #expect(keys.sequence == 3)
+    }
+
+    @Test("the client's records of RFC 8448 open, coalesced in one read: data (sequence 0), then close_notify (1)")
+    func openAsTheServer() throws {
+        let context = try AEADContext()
+        var keys = TrafficKeys(suite: self.suite, secret: [UInt8](hex: RFC8448.clientApSecret))
+        var input = ByteBuffer(hex: RFC8448.clientAppDataRecord + RFC8448.clientAlertRecord)
+        let first = try #require(try TLS13Records.nextRecord(from: &input))
+        let data = try TLS13Records.open(first, keys: &keys, context: context, allocator: self.allocator)
+        #expect(data.type == .applicationData)
+        #expect(data.content.bytes == Array(0..<50))
+        let second = try #require(try TLS13Records.nextRecord(from: &input))
+        let alert = try TLS13Records.open(second, keys: &keys, context: context, allocator: self.allocator)
+        #expect(alert.type == .alert)
+        #expect(alert.content.bytes == [1, 0])
+        #expect(input.readableBytes == 0)
+        #expect(try TLS13Records.nextRecord(from: &input) == nil)
+    }
+
+    @Test("a record split anywhere waits for its last byte")
+    func split() throws {
+        let record = [UInt8](hex: RFC8448.clientAppDataRecord)
+        for cut in [1, 4, 5, 6, record.count - 1] {
+            var input = ByteBuffer(bytes: record[0..<cut])
+            #expect(try TLS13Records.nextRecord(from: &input) == nil)
+            #expect(input.readableBytes == cut)
+            input.writeBytes(record[cut...])
+            #expect(try TLS13Records.nextRecord(from: &input)?.readableBytes == record.count)
+        }
+    }
+
+    @Test("a changed byte, a replayed record, or a record under the wrong key is bad_record_mac")
+    func tampering() throws {
+        let context = try AEADContext()
+        let record = [UInt8](hex: RFC8448.clientAppDataRecord)
+        for position in [0, 3, 5, 20, record.count - 1] {
+            var changed = record
+            changed[position] ^= 0x01
+            var keys = TrafficKeys(suite: self.suite, secret: [UInt8](hex: RFC8448.clientApSecret))
+            var input = ByteBuffer(bytes: changed)
+            // A changed header may already be refused as a header.
+            guard let framed = try? TLS13Records.nextRecord(from: &input) else { continue }
+            #expect(throws: LeanTLSError.badRecordMAC) {
+                try TLS13Records.open(framed, keys: &keys, context: context, allocator: self.allocator)
+            }
+        }
+        // The same record again: its sequence number has moved on.
+        var keys = TrafficKeys(suite: self.suite, secret: [UInt8](hex: RFC8448.clientApSecret))
+        _ = try TLS13Records.open(ByteBuffer(bytes: record), keys: &keys, context: context, allocator: self.allocator)
+        #expect(throws: LeanTLSError.badRecordMAC) {
+            try TLS13Records.open(ByteBuffer(bytes: record), keys: &keys, context: context, allocator: self.allocator)
+        }
+        var serverKeys = TrafficKeys(suite: self.suite, secret: [UInt8](hex: RFC8448.serverApSecret))
+        #expect(throws: LeanTLSError.badRecordMAC) {
+            try TLS13Records.open(
+                ByteBuffer(bytes: record),
+                keys: &serverKeys,
+                context: context,
+                allocator: self.allocator
+            )
+        }
+    }
+
+    @Test("headers no TLS 1.3 peer sends after the handshake are refused before the body arrives")
+    func headers() throws {
+        var handshake = ByteBuffer(bytes: [22, 3, 3, 0, 40])
+        #expect(throws: LeanTLSError.unexpectedMessage("an unprotected record of type 22 after the handshake")) {
+            try TLS13Records.nextRecord(from: &handshake)
+        }
+        var long = ByteBuffer(bytes: [23, 3, 3, 0x41, 0x01])
+        #expect(throws: LeanTLSError.recordOverflow) { try TLS13Records.nextRecord(from: &long) }
+        var short = ByteBuffer(bytes: [23, 3, 3, 0, 16])
+        #expect(throws: LeanTLSError.decodeError("a record shorter than its tag")) {
+            try TLS13Records.nextRecord(from: &short)
+        }
+        var longest = ByteBuffer(bytes: [23, 3, 3, 0x41, 0x00])
+        #expect(try TLS13Records.nextRecord(from: &longest) == nil)
+    }
+
+    @Test(
+        "every suite round-trips content of any length, split into records of at most 2^14 bytes, with and without padding",
+        arguments: LeanCipherSuite.allCases
+    )
+    func roundTrip(suite: LeanCipherSuite) throws {
+        let context = try AEADContext()
+        let secret = [UInt8](repeating: 7, count: suite.hashLength)
+        for length in [0, 1, 16_383, 16_384, 16_385, 40_000] {
+            for padding in [0, 5] {
+                var writer = TrafficKeys(suite: suite, secret: secret)
+                var reader = TrafficKeys(suite: suite, secret: secret)
+                let content = ByteBuffer(bytes: (0..<length).map { UInt8(truncatingIfNeeded: $0 &* 31) })
+                var wire = self.allocator.buffer(capacity: 0)
+                try TLS13Records.seal(
+                    content,
+                    type: .applicationData,
+                    keys: &writer,
+                    context: context,
+                    padding: padding,
+                    into: &wire
+                )
+                var received = self.allocator.buffer(capacity: length)
+                var records = 0
+                while let record = try TLS13Records.nextRecord(from: &wire) {
+                    #expect(record.readableBytes <= 5 + 16_384 + 256)
+                    var opened = try TLS13Records.open(
+                        record,
+                        keys: &reader,
+                        context: context,
+                        allocator: self.allocator
+                    )
+                    #expect(opened.type == .applicationData)
+                    received.writeBuffer(&opened.content)
+                    records += 1
+                }
+                #expect(received == content)
+                #expect(records == max(1, (length + 16_383) / 16_384))
+                #expect(writer.sequence == UInt64(records) && reader.sequence == UInt64(records))
+            }
+        }
+    }
+
+    @Test(
+        "KeyUpdate: both sides move to the next secret, sequence 0; the old keys no longer open",
+        arguments: LeanCipherSuite.allCases
+    )
+    func keyUpdate(suite: LeanCipherSuite) throws {
+        let context = try AEADContext()
+        var writer = TrafficKeys(suite: suite, secret: [UInt8](repeating: 3, count: suite.hashLength), sequence: 41)
+        var reader = writer
+        let old = writer
+        writer.update()
+        reader.update()
+        #expect(writer.sequence == 0 && writer.secret != old.secret && writer.key != old.key && writer.iv != old.iv)
+        var wire = self.allocator.buffer(capacity: 64)
+        try TLS13Records.seal(
+            ByteBuffer(string: "after the update"),
+            type: .applicationData,
+            keys: &writer,
+            context: context,
+            into: &wire
+        )
+        var stale = old
+        let record = try #require(try TLS13Records.nextRecord(from: &wire))
+        #expect(throws: LeanTLSError.badRecordMAC) {
+            try TLS13Records.open(record, keys: &stale, context: context, allocator: self.allocator)
+        }
+        let opened = try TLS13Records.open(record, keys: &reader, context: context, allocator: self.allocator)
+        #expect(opened.content == ByteBuffer(string: "after the update"))
+    }
+
+    @Test("the last sequence number is never used: the connection must end instead")
+    func sequenceExhaustion() throws {
+        let context = try AEADContext()
+        var keys = TrafficKeys(suite: self.suite, secret: [UInt8](repeating: 1, count: 32), sequence: .max)
+        var output = self.allocator.buffer(capacity: 64)
+        #expect(throws: LeanTLSError.sequenceExhausted) {
+            try TLS13Records.seal(
+                ByteBuffer(string: "x"),
+                type: .applicationData,
+                keys: &keys,
+                context: context,
+                into: &output
+            )
+        }
+        #expect(output.readableBytes == 0)
+    }
+}
