@@ -62,6 +62,8 @@ let package = Package(
             dependencies: [
                 "CTerminusOpenSSL",
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOTLS", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
             swiftSettings: swiftSettings
@@ -99,6 +101,7 @@ let package = Package(
         .target(
             name: "TerminusEdge",
             dependencies: [
+                "TerminusLeanTLS",
                 "TerminusMetrics",
                 "TerminusProtocol",
                 "TerminusCompression",
@@ -242,6 +245,7 @@ let package = Package(
         .target(
             name: "TerminusServer",
             dependencies: [
+                "TerminusLeanTLS",
                 "TerminusMetrics",
                 "TerminusAdmin",
                 "TerminusListeners",

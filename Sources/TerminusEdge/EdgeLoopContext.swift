@@ -1,6 +1,7 @@
 internal import Logging
 internal import NIOCore
 internal import TerminusCompression
+internal import TerminusLeanTLS
 internal import TerminusSessions
 
 /// Everything the sessions of one event loop share: the inflater (one zlib context per
@@ -20,6 +21,8 @@ final class EdgeLoopContext {
     /// release returns touched pages to the kernel on every message.
     let allocator = ByteBufferAllocator()
     var draining = false
+    /// The lean TLS engine's AEAD state for this loop's connections, made at the first.
+    private var aeadContext: AEADContext?
     var drainReconnectWindowMilliseconds: UInt32 = 0
     /// While draining: by when the gateway answers the uplinks still in flight (the end of
     /// `drain.grace`, plus a margin); sessions closed by the drain wait for them until then.
@@ -50,6 +53,14 @@ final class EdgeLoopContext {
 }
 
 extension EdgeLoopContext {
+    /// This loop's AEAD context (the lean TLS engine), made when first asked for.
+    func aead() throws -> AEADContext {
+        if let made = self.aeadContext { return made }
+        let made = try AEADContext()
+        self.aeadContext = made
+        return made
+    }
+
     /// Bounded by `max_connections` (a loop never holds more unauthenticated connections than
     /// that); beyond it the oldest entry is forgotten, which only loses an eviction candidate.
     func trackUnauthenticated(_ session: DeviceSessionHandler, now: NIODeadline) {

@@ -4,6 +4,7 @@ internal import NIOPosix
 package import NIOSSL
 internal import Synchronization
 package import TerminusCompression
+package import TerminusLeanTLS
 internal import TerminusListeners
 package import TerminusMetrics
 internal import TerminusProtocol
@@ -18,6 +19,9 @@ package struct DeviceListener: Sendable {
     package enum Security: Sendable {
         /// TLS terminated here with one shared context (built off the event loop).
         case tls(NIOSSLContext, verifiesClientCertificates: Bool)
+        /// TLS terminated here by the lean engine (`device.tls.engine: lean`): OpenSSL for the
+        /// handshake, then only the record keys per connection.
+        case leanTLS(LeanTLSServerContext, verifiesClientCertificates: Bool)
         /// TLS is ended upstream; frames arrive in the clear.
         case plaintext
     }
@@ -71,18 +75,21 @@ package final class EdgeServer: Sendable {
         self.listener = listener
         let contexts = try EdgeLoopContexts(group: group, settings: settings, dictionaries: dictionaries, sink: sink)
         let verifies: Bool
-        let tlsContext: NIOSSLContext?
+        var tlsContext: NIOSSLContext?
+        var leanContext: LeanTLSServerContext?
         switch listener.security {
         case .tls(let context, let verifiesClientCertificates):
             (tlsContext, verifies) = (context, verifiesClientCertificates)
-        case .plaintext: (tlsContext, verifies) = (nil, false)
+        case .leanTLS(let context, let verifiesClientCertificates):
+            (leanContext, verifies) = (context, verifiesClientCertificates)
+        case .plaintext: verifies = false
         }
-        var usesTLS = false
-        if case .tls = listener.security { usesTLS = true }
+        let usesTLS = tlsContext != nil || leanContext != nil
         self.shared = EdgeShared(
             settings: settings,
             authenticator: authenticator,
             tlsContext: tlsContext,
+            leanContext: leanContext,
             directory: directory,
             logger: logger,
             contexts: contexts,
@@ -243,10 +250,12 @@ package final class EdgeServer: Sendable {
             let parser = ProxyHeaderParser(mode: listener.proxyProtocol, maxHeaderSize: listener.proxyHeaderMaxSize)
             try sync.addHandler(ProxyProtocolHandler(parser: parser, logger: shared.logger))
         }
+        let loop = shared.contexts.context(for: channel.eventLoop)
         if let context = shared.tlsContext?.value {
             try sync.addHandler(NIOSSLServerHandler(context: context))
+        } else if let context = shared.leanContext?.value {
+            try sync.addHandler(LeanTLSServerHandler(context: context, aead: try loop.aead()))
         }
-        let loop = shared.contexts.context(for: channel.eventLoop)
         try sync.addHandler(DeviceSessionHandler(shared: shared, loop: loop, now: loop.eventLoop.now))
     }
 
@@ -254,9 +263,14 @@ package final class EdgeServer: Sendable {
     /// new connections shake hands with `tlsContext` (a renewed certificate). Sessions already
     /// established keep going. A TLS context on a plaintext listener (or none on a TLS one) is
     /// ignored: the transport changes only at a restart.
-    package func reload(authenticator: DeviceAuthenticator, tlsContext: NIOSSLContext?) {
+    package func reload(
+        authenticator: DeviceAuthenticator,
+        tlsContext: NIOSSLContext?,
+        leanContext: LeanTLSServerContext? = nil
+    ) {
         self.shared.authenticator.replace(with: authenticator)
         if let tlsContext, let current = self.shared.tlsContext { current.replace(with: tlsContext) }
+        if let leanContext, let current = self.shared.leanContext { current.replace(with: leanContext) }
     }
 
     /// A configuration reload of the limits that can change while devices are connected: the

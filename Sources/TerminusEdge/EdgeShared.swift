@@ -2,6 +2,7 @@ internal import Logging
 internal import NIOCore
 internal import NIOSSL
 internal import Synchronization
+internal import TerminusLeanTLS
 internal import TerminusListeners
 internal import TerminusSessions
 
@@ -13,6 +14,8 @@ final class EdgeShared: Sendable {
     /// The device listener's TLS context, replaced by a reload (a renewed certificate): read
     /// once per accepted connection, so sessions keep the one they shook hands with.
     let tlsContext: Reloadable<NIOSSLContext>?
+    /// The lean engine's OpenSSL context, when the listener uses it instead; replaced the same way.
+    let leanContext: Reloadable<LeanTLSServerContext>?
     /// `limits.rate`, replaced by a reload: read once per connection, so a session keeps the
     /// rates it started with.
     let rateLimits: Reloadable<UplinkRateLimits>
@@ -49,6 +52,7 @@ final class EdgeShared: Sendable {
         settings: EdgeSettings,
         authenticator: DeviceAuthenticator,
         tlsContext: NIOSSLContext? = nil,
+        leanContext: LeanTLSServerContext? = nil,
         directory: any SessionDirectory,
         logger: Logger,
         contexts: EdgeLoopContexts,
@@ -58,6 +62,7 @@ final class EdgeShared: Sendable {
         self.settings = settings
         self.authenticator = Reloadable(authenticator)
         self.tlsContext = tlsContext.map { Reloadable($0) }
+        self.leanContext = leanContext.map { Reloadable($0) }
         self.rateLimits = Reloadable(settings.rateLimits)
         self.directory = directory
         self.logger = logger

@@ -35,8 +35,10 @@ package enum LeanTLSError: Error, Equatable, Sendable {
     case decodeError(String)
     /// The sequence number would wrap; the connection must end (RFC 8446, 5.5).
     case sequenceExhausted
-    /// The peer sent a fatal alert, or closed (close_notify).
+    /// The peer sent a fatal alert.
     case alertReceived(level: UInt8, description: UInt8)
+    /// OpenSSL refused the handshake (its alert is already written).
+    case handshakeFailed(String)
     case internalError(String)
 
     /// The alert description this error is reported to the peer with.
@@ -47,7 +49,7 @@ package enum LeanTLSError: Error, Equatable, Sendable {
         case .unexpectedMessage: 10
         case .decodeError: 50
         case .sequenceExhausted, .internalError: 80
-        case .alertReceived: 0
+        case .alertReceived, .handshakeFailed: 0
         }
     }
 }

@@ -219,6 +219,7 @@ package enum ConfigurationLoader {
         case clientCA = "client_ca"
         case clientAuth = "client_auth"
         case minVersion = "min_version"
+        case engine
     }
 
     private static func decodeDevice(
@@ -289,6 +290,12 @@ package enum ConfigurationLoader {
                 throw ConfigurationError(key: "device.tls.min_version", "must be \"1.2\" or \"1.3\"")
             }
             files.minimumVersion = version
+        }
+        if let engine = try tls.string(.engine) {
+            guard let parsed = GatewayConfiguration.TLSEngine(rawValue: engine) else {
+                throw ConfigurationError(key: "device.tls.engine", "must be nio-ssl or lean")
+            }
+            files.engine = parsed
         }
         config.tls = files
     }

@@ -11,6 +11,7 @@ internal import TerminusBackend
 internal import TerminusCompression
 internal import TerminusEdge
 package import TerminusFleet
+internal import TerminusLeanTLS
 package import TerminusListeners
 package import TerminusMetrics
 internal import TerminusProtocol
@@ -350,6 +351,28 @@ package final class Gateway: Service, Sendable {
             certificateChain: chain.map { .certificate($0) },
             privateKey: .privateKey(key)
         )
+        if files.engine == .lean {
+            // The lean record layer protects TLS 1.3 records; TLS 1.2's (issue 16) are not built.
+            guard files.minimumVersion == "1.3" else {
+                throw ConfigurationError(
+                    key: "device.tls.min_version",
+                    "must be \"1.3\" with engine: lean (its TLS 1.2 record layer is not built yet)"
+                )
+            }
+            do {
+                let context = try LeanTLSServerContext(
+                    certificateChainFile: files.certificateChain,
+                    privateKeyFile: files.privateKey,
+                    clientCAFile: files.clientAuth == .none ? nil : files.clientCA,
+                    clientAuthentication: files.clientAuth == .required
+                        ? .required : files.clientAuth == .optional ? .optional : .none,
+                    minimumVersion: 0x0304
+                )
+                return .leanTLS(context, verifiesClientCertificates: files.clientAuth != .none)
+            } catch {
+                throw ConfigurationError(key: "device.tls", "invalid TLS configuration for the lean engine: \(error)")
+            }
+        }
         tls.minimumTLSVersion = files.minimumVersion == "1.3" ? .tlsv13 : .tlsv12
         if let caFile = files.clientCA, files.clientAuth != .none {
             tls.trustRoots = .certificates(try Self.loadCertificates(caFile, key: "device.tls.client_ca"))
@@ -627,8 +650,10 @@ package final class Gateway: Service, Sendable {
             now: self.clock
         )
         var tlsContext: NIOSSLContext?
+        var leanContext: LeanTLSServerContext?
         if case .tls(let context, _) = security { tlsContext = context }
-        self.edge.reload(authenticator: authenticator, tlsContext: tlsContext)
+        if case .leanTLS(let context, _) = security { leanContext = context }
+        self.edge.reload(authenticator: authenticator, tlsContext: tlsContext, leanContext: leanContext)
         self.edge.reload(limits: next.edge)
         self.api?.reload(tokens: next.apiTokens)
         if let apiTLS { self.api?.reload(tlsContext: apiTLS) }

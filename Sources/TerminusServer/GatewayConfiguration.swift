@@ -55,6 +55,14 @@ package struct GatewayConfiguration: Sendable {
         case required
     }
 
+    /// Which TLS implementation terminates device connections (`device.tls.engine`).
+    package enum TLSEngine: String, Sendable {
+        /// swift-nio-ssl (BoringSSL): the connection's TLS state lives as long as it does.
+        case nioSSL = "nio-ssl"
+        /// OpenSSL for the handshake, then a record layer keeping only the keys (issue 16).
+        case lean
+    }
+
     package struct TLSFiles: Sendable {
         package var certificateChain: String
         package var privateKey: String
@@ -62,6 +70,8 @@ package struct GatewayConfiguration: Sendable {
         package var clientAuth: ClientAuth = .none
         /// "1.2" or "1.3".
         package var minimumVersion: String = "1.2"
+        /// `device.tls.engine`.
+        package var engine: TLSEngine = .nioSSL
 
         package init(certificateChain: String, privateKey: String) {
             self.certificateChain = certificateChain

@@ -3,6 +3,7 @@ internal import NIOCore
 internal import NIOSSL
 internal import NIOTLS
 internal import Synchronization
+internal import TerminusLeanTLS
 internal import TerminusListeners
 internal import TerminusMetrics
 internal import TerminusProtocol
@@ -120,9 +121,14 @@ final class DeviceSessionHandler: ChannelDuplexHandler, TimerWheelTarget, Delive
                 }
                 context.channel.closeFuture.whenComplete { _ in admission.addressClosed(host) }
             }
+        case let peer as LeanTLSPeerCertificate:
+            // The lean engine's handshake: the certificate OpenSSL verified, before it was freed.
+            if self.shared.readsClientCertificates {
+                self.certificateDeviceID = CertificateIdentity.deviceID(of: peer.certificate)
+            }
         case let tls as TLSUserEvent:
             if case .handshakeCompleted = tls {
-                if self.shared.readsClientCertificates,
+                if self.shared.readsClientCertificates, self.certificateDeviceID == nil,
                     let certificate = try? context.pipeline.syncOperations.nioSSL_peerCertificate()
                 {
                     self.certificateDeviceID = CertificateIdentity.deviceID(of: certificate)
@@ -194,6 +200,8 @@ final class DeviceSessionHandler: ChannelDuplexHandler, TimerWheelTarget, Delive
         case let error as NIOSSLError:
             self.closeForTransport(.tlsFailed, "\(error)")
         case let error as BoringSSLError:
+            self.closeForTransport(.tlsFailed, "\(error)")
+        case let error as LeanTLSError:
             self.closeForTransport(.tlsFailed, "\(error)")
         default:
             self.closeForTransport(self.deviceID == nil ? .tlsFailed : .internalError, "\(error)")

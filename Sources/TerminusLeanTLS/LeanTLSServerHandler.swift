@@ -1,0 +1,249 @@
+package import NIOCore
+package import NIOSSL
+internal import NIOTLS
+
+/// The client's certificate, verified by OpenSSL during the lean engine's handshake: fired
+/// just before `TLSUserEvent.handshakeCompleted`, for the session to take the device id from.
+package struct LeanTLSPeerCertificate: Sendable {
+    package let certificate: NIOSSLCertificate
+}
+
+/// The lean TLS engine on a server channel (`device.tls.engine: lean`). The handshake runs in
+/// OpenSSL, fed one record at a time; once it is done OpenSSL's connection object is freed and
+/// only the two directions' keys and sequence numbers stay, with the bytes of an incomplete
+/// record when one is pending. Records are sealed and opened with the event loop's
+/// `AEADContext`. Fires `TLSUserEvent.handshakeCompleted` as NIOSSL's handler does, so the
+/// session code is the same for both engines.
+package final class LeanTLSServerHandler: ChannelDuplexHandler, RemovableChannelHandler {
+    package typealias InboundIn = ByteBuffer
+    package typealias InboundOut = ByteBuffer
+    package typealias OutboundIn = ByteBuffer
+    package typealias OutboundOut = ByteBuffer
+
+    private enum State {
+        case handshaking(LeanHandshake)
+        case established
+        case closed
+    }
+
+    private var state: State
+    /// Once established: each direction's keys. Stored properties, changed in place: a read can
+    /// call back into `write` (the session answers inside `fireChannelRead`).
+    private var readKeys: TrafficKeys?
+    private var writeKeys: TrafficKeys?
+    /// An incomplete record's bytes (copied out of the read buffer, so that nothing larger is
+    /// kept), or nil.
+    private var pending: ByteBuffer?
+    private let aead: AEADContext
+    private var sentCloseNotify = false
+
+    /// - Parameter aead: the event loop's AEAD context (one per loop, shared by its channels).
+    package init(context: LeanTLSServerContext, aead: AEADContext) throws {
+        self.state = .handshaking(try LeanHandshake(context: context))
+        self.aead = aead
+    }
+
+    package func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var input = self.unwrapInboundIn(data)
+        if var pending = self.pending {
+            self.pending = nil
+            pending.writeBuffer(&input)
+            input = pending
+        }
+        do {
+            try self.process(&input, context: context)
+        } catch let error as LeanTLSError {
+            self.fail(error, context: context)
+            return
+        } catch {
+            self.fail(.internalError("\(error)"), context: context)
+            return
+        }
+        if input.readableBytes > 0, case .closed = self.state {
+            return
+        } else if input.readableBytes > 0 {
+            var kept = context.channel.allocator.buffer(capacity: input.readableBytes)
+            kept.writeBuffer(&input)
+            self.pending = kept
+        }
+    }
+
+    private func process(_ input: inout ByteBuffer, context: ChannelHandlerContext) throws {
+        if case .handshaking(let handshake) = self.state {
+            while let record = try TLSRecordFramer.nextRecord(from: &input) {
+                let progress = handshake.advance(record)
+                self.flushHandshakeOutput(handshake, context: context)
+                switch progress {
+                case .wantsMore:
+                    continue
+                case .failed(let reason):
+                    // OpenSSL wrote its alert above.
+                    self.state = .closed
+                    context.fireErrorCaught(LeanTLSError.handshakeFailed(reason))
+                    context.close(promise: nil)
+                    return
+                case .done:
+                    let keys = try handshake.finish()
+                    self.state = .established
+                    self.readKeys = keys.read
+                    self.writeKeys = keys.write
+                    if let der = keys.peerCertificate,
+                        let certificate = try? NIOSSLCertificate(bytes: der, format: .der)
+                    {
+                        context.fireUserInboundEventTriggered(LeanTLSPeerCertificate(certificate: certificate))
+                    }
+                    context.fireUserInboundEventTriggered(TLSUserEvent.handshakeCompleted(negotiatedProtocol: nil))
+                }
+                break
+            }
+        }
+        guard case .established = self.state else { return }
+        while case .established = self.state, let record = try TLS13Records.nextRecord(from: &input) {
+            let opened = try TLS13Records.open(
+                record,
+                keys: &self.readKeys!,
+                context: self.aead,
+                allocator: context.channel.allocator
+            )
+            switch opened.type {
+            case .applicationData:
+                if opened.content.readableBytes > 0 { context.fireChannelRead(self.wrapInboundOut(opened.content)) }
+            case .alert:
+                try self.received(alert: opened.content, context: context)
+                return
+            case .handshake:
+                try self.received(handshake: opened.content, context: context)
+            case .changeCipherSpec:
+                throw LeanTLSError.unexpectedMessage("change_cipher_spec after the handshake")
+            }
+        }
+    }
+
+    /// close_notify ends the connection quietly; any other alert is fatal in TLS 1.3.
+    private func received(alert: ByteBuffer, context: ChannelHandlerContext) throws {
+        guard alert.readableBytes == 2, let level = alert.getInteger(at: alert.readerIndex, as: UInt8.self),
+            let description = alert.getInteger(at: alert.readerIndex + 1, as: UInt8.self)
+        else { throw LeanTLSError.decodeError("an alert of \(alert.readableBytes) bytes") }
+        self.state = .closed
+        if description == 0 {
+            context.close(promise: nil)
+        } else {
+            context.fireErrorCaught(LeanTLSError.alertReceived(level: level, description: description))
+            context.close(promise: nil)
+        }
+    }
+
+    /// After the handshake a client may send KeyUpdate only (RFC 8446, 4.6.3); anything else,
+    /// post-handshake authentication included, is refused.
+    private func received(handshake messages: ByteBuffer, context: ChannelHandlerContext) throws {
+        var messages = messages
+        while messages.readableBytes > 0 {
+            guard let type = messages.readInteger(as: UInt8.self),
+                let high = messages.readInteger(as: UInt8.self),
+                let low = messages.readInteger(as: UInt16.self),
+                messages.readableBytes >= Int(high) << 16 | Int(low)
+            else { throw LeanTLSError.decodeError("a handshake message split across records") }
+            let length = Int(high) << 16 | Int(low)
+            guard type == 24 else {
+                throw LeanTLSError.unexpectedMessage("handshake message \(type) after the handshake")
+            }
+            guard length == 1, let request = messages.readInteger(as: UInt8.self), request <= 1 else {
+                throw LeanTLSError.decodeError("a malformed KeyUpdate")
+            }
+            self.readKeys!.update()
+            if request == 1 {
+                // update_requested: answer with our own KeyUpdate (update_not_requested) under the
+                // current keys, then move to the next ones.
+                var output = context.channel.allocator.buffer(capacity: 32)
+                try TLS13Records.seal(
+                    ByteBuffer(bytes: [24, 0, 0, 1, 0]),
+                    type: .handshake,
+                    keys: &self.writeKeys!,
+                    context: self.aead,
+                    into: &output
+                )
+                self.writeKeys!.update()
+                context.writeAndFlush(self.wrapOutboundOut(output), promise: nil)
+            }
+        }
+    }
+
+    private func flushHandshakeOutput(_ handshake: LeanHandshake, context: ChannelHandlerContext) {
+        var output = context.channel.allocator.buffer(capacity: 0)
+        handshake.takeOutput(into: &output)
+        if output.readableBytes > 0 { context.writeAndFlush(self.wrapOutboundOut(output), promise: nil) }
+    }
+
+    /// Sends the fatal alert `error` calls for (when keys exist), tells the pipeline, closes.
+    private func fail(_ error: LeanTLSError, context: ChannelHandlerContext) {
+        if case .established = self.state, self.writeKeys != nil, error.alertDescription != 0 {
+            var output = context.channel.allocator.buffer(capacity: 32)
+            if (try? TLS13Records.seal(
+                ByteBuffer(bytes: [2, error.alertDescription]),
+                type: .alert,
+                keys: &self.writeKeys!,
+                context: self.aead,
+                into: &output
+            )) != nil {
+                context.writeAndFlush(self.wrapOutboundOut(output), promise: nil)
+            }
+        }
+        self.state = .closed
+        self.pending = nil
+        self.readKeys = nil
+        self.writeKeys = nil
+        context.fireErrorCaught(error)
+        context.close(promise: nil)
+    }
+
+    package func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        guard case .established = self.state, self.writeKeys != nil else {
+            promise?.fail(LeanTLSError.unexpectedMessage("a write before the handshake is done or after close"))
+            return
+        }
+        let content = self.unwrapOutboundIn(data)
+        let records = (content.readableBytes + TLS13Records.maxPlaintext - 1) / TLS13Records.maxPlaintext
+        var output = context.channel.allocator.buffer(capacity: content.readableBytes + max(1, records) * 22)
+        do {
+            try TLS13Records.seal(
+                content,
+                type: .applicationData,
+                keys: &self.writeKeys!,
+                context: self.aead,
+                into: &output
+            )
+        } catch {
+            // Only the sequence number's end can fail a seal: the connection must end.
+            promise?.fail(error)
+            self.fail(error as? LeanTLSError ?? .internalError("\(error)"), context: context)
+            return
+        }
+        context.write(self.wrapOutboundOut(output), promise: promise)
+    }
+
+    /// close_notify before the connection closes, once.
+    package func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
+        if mode == .all, !self.sentCloseNotify, case .established = self.state, self.writeKeys != nil {
+            self.sentCloseNotify = true
+            var output = context.channel.allocator.buffer(capacity: 32)
+            if (try? TLS13Records.seal(
+                ByteBuffer(bytes: [1, 0]),
+                type: .alert,
+                keys: &self.writeKeys!,
+                context: self.aead,
+                into: &output
+            )) != nil {
+                context.writeAndFlush(self.wrapOutboundOut(output), promise: nil)
+            }
+        }
+        context.close(mode: mode, promise: promise)
+    }
+
+    package func channelInactive(context: ChannelHandlerContext) {
+        self.state = .closed
+        self.pending = nil
+        self.readKeys = nil
+        self.writeKeys = nil
+        context.fireChannelInactive()
+    }
+}
