@@ -6,7 +6,7 @@
 #
 # SECONDS_PER_TARGET defaults to 30; 0 only replays the seed corpus and the regression inputs.
 # TARGETs default to all of them (fuzz-frame-decoder fuzz-hello-token fuzz-proxy-header
-# fuzz-inflate fuzz-topic-filter fuzz-config).
+# fuzz-inflate fuzz-topic-filter fuzz-config fuzz-lean-records).
 #
 # Each target runs over a temporary copy of Fuzz/Corpus/<target> plus Fuzz/Regressions/<target>
 # (inputs that once crashed), so the repository's corpus is never written. Crash, timeout and
@@ -20,7 +20,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
-all_targets=(fuzz-frame-decoder fuzz-hello-token fuzz-proxy-header fuzz-inflate fuzz-topic-filter fuzz-config)
+all_targets=(fuzz-frame-decoder fuzz-hello-token fuzz-proxy-header fuzz-inflate fuzz-topic-filter fuzz-config fuzz-lean-records)
 seconds=${1:-30}
 [ $# -gt 0 ] && shift
 if ! [[ $seconds =~ ^[0-9]+$ ]]; then
@@ -40,12 +40,12 @@ scratch=$root/Fuzz/.build
 artifacts=$scratch/fuzz-artifacts
 logs=$scratch/fuzz-logs
 
-# What a fresh machine may lack: zlib's headers (CTerminusZlib). libFuzzer itself ships with the
-# Swift toolchain (lib/swift/clang/lib/linux/libclang_rt.fuzzer-*.a); no Debian package provides
-# it to swiftc.
-if ! dpkg -s zlib1g-dev >/dev/null 2>&1; then
+# What a fresh machine may lack: zlib's and OpenSSL's headers (CTerminusZlib, CTerminusOpenSSL).
+# libFuzzer itself ships with the Swift toolchain (lib/swift/clang/lib/linux/
+# libclang_rt.fuzzer-*.a); no Debian package provides it to swiftc.
+if ! dpkg -s zlib1g-dev libssl-dev >/dev/null 2>&1; then
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq zlib1g-dev
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq zlib1g-dev libssl-dev
 fi
 swiftc=$(readlink -f "$(command -v swiftc)")
 runtime_dir=$(dirname "$swiftc")/../lib/swift/clang/lib/linux

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Measures the gateway's resident memory per idle device session.
 #
-#   scripts/measure-idle-memory.sh [COUNT] [tls|plaintext] [ROUNDS]
+#   scripts/measure-idle-memory.sh [COUNT] [tls|plaintext] [ROUNDS] [nio-ssl|lean]
 #
+# The fourth argument picks the TLS engine (`device.tls.engine`; lean takes TLS 1.3 only).
 # Builds the release binary, starts a gateway (its own process), connects COUNT idle devices
 # from a second process spread over source addresses 127.0.0.2…, and reads VmRSS from
 # /proc/PID/status of the gateway before, during and after. Per-device figure:
@@ -14,6 +15,7 @@ set -euo pipefail
 count=${1:-10000}
 transport=${2:-tls}
 rounds=${3:-1}
+engine=${4:-nio-ssl}
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 swift build -c release --product terminus >/dev/null
@@ -33,7 +35,9 @@ client_tls=(--ca "$work/dev/ca.pem" --server-name localhost)
 if [ "$transport" = tls ]; then
   tls_block="  tls:
     certificate_chain: $work/dev/server.pem
-    private_key: $work/dev/server-key.pem"
+    private_key: $work/dev/server-key.pem
+    engine: $engine
+    min_version: \"1.3\""
 else
   client_tls=(--plaintext)
 fi
@@ -77,4 +81,4 @@ for round in $(seq 1 "$rounds"); do
   grep fleet "$work/fleet.log"
 done
 per_device=$(( (during_first - before) * 1024 / count ))
-echo "transport=$transport devices=$count rss_before_kib=$before rss_with_devices_kib=$during_first per_device_bytes=$per_device rss_after_each_round_kib=${afters[*]}"
+echo "transport=$transport engine=$engine devices=$count rss_before_kib=$before rss_with_devices_kib=$during_first per_device_bytes=$per_device rss_after_each_round_kib=${afters[*]}"

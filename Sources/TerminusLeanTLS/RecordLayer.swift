@@ -118,13 +118,14 @@ package enum TLS13Records {
             }
         }
         guard authentic else { throw LeanTLSError.badRecordMAC }
-        // TLSInnerPlaintext: content, the content type, then zero padding.
+        // TLSInnerPlaintext (content, the content type, then zero padding) is at most 2^14 + 1
+        // bytes (RFC 8446, 5.4).
+        guard cipherLength <= Self.maxPlaintext + 1 else { throw LeanTLSError.recordOverflow }
         var end = plaintext.writerIndex
         while end > plaintext.readerIndex, plaintext.getInteger(at: end - 1, as: UInt8.self) == 0 { end -= 1 }
         guard end > plaintext.readerIndex, let typeByte = plaintext.getInteger(at: end - 1, as: UInt8.self) else {
             throw LeanTLSError.unexpectedMessage("a record with no content type")
         }
-        guard end - 1 - plaintext.readerIndex <= Self.maxPlaintext else { throw LeanTLSError.recordOverflow }
         guard let type = ContentType(rawValue: typeByte), type != .changeCipherSpec else {
             throw LeanTLSError.unexpectedMessage("a protected record of inner type \(typeByte)")
         }
@@ -132,9 +133,9 @@ package enum TLS13Records {
         return (type, plaintext)
     }
 
-    /// Seals `content` as records of inner type `type` (as many as its length needs, each at
-    /// most 2^14 bytes of it), appended to `output`; each record's inner plaintext padded with
-    /// `padding` zero bytes (RFC 8446, 5.4).
+    /// Seals `content` as records of inner type `type` (as many as its length needs), appended
+    /// to `output`; each record's inner plaintext padded with `padding` zero bytes (RFC 8446,
+    /// 5.4), and at most 2^14 + 1 bytes with its type and padding.
     package static func seal(
         _ content: ByteBuffer,
         type: ContentType,
@@ -143,40 +144,74 @@ package enum TLS13Records {
         padding: Int = 0,
         into output: inout ByteBuffer
     ) throws {
-        precondition(padding >= 0 && padding <= Self.maxCiphertext - Self.tagLength - 1 - Self.maxPlaintext)
+        precondition(padding >= 0 && padding < Self.maxPlaintext)
         var remaining = content
         repeat {
-            guard keys.canProtectAnotherRecord else { throw LeanTLSError.sequenceExhausted }
-            let chunk = remaining.readSlice(length: min(remaining.readableBytes, Self.maxPlaintext))!
-            let innerLength = chunk.readableBytes + 1 + padding
+            let chunk = remaining.readSlice(length: min(remaining.readableBytes, Self.maxPlaintext - padding))!
             let start = output.writerIndex
-            output.writeInteger(ContentType.applicationData.rawValue)
-            output.writeInteger(UInt16(0x0303))
-            output.writeInteger(UInt16(innerLength + Self.tagLength))
+            Self.writeHeader(innerLength: chunk.readableBytes + 1 + padding, into: &output)
             output.writeImmutableBuffer(chunk)
             output.writeInteger(type.rawValue)
             output.writeRepeatingByte(0, count: padding + Self.tagLength)
-            let offset = start - output.readerIndex
-            let key = keys.key
-            let aead = keys.suite.aead
-            let sealed = output.withUnsafeMutableReadableBytes { bytes -> Int32 in
-                let base = bytes.baseAddress!.assumingMemoryBound(to: UInt8.self) + offset
-                return keys.withNextNonce { nonce in
-                    terminus_aead_seal(
-                        context.pointer,
-                        aead,
-                        key,
-                        nonce,
-                        base,
-                        Self.headerLength,
-                        base + Self.headerLength,
-                        base + Self.headerLength,
-                        innerLength,
-                        base + Self.headerLength + innerLength
-                    )
-                }
-            }
-            guard sealed == 1 else { throw LeanTLSError.internalError("sealing a record failed") }
+            try Self.encryptRecord(at: start, in: &output, keys: &keys, context: context)
         } while remaining.readableBytes > 0
+    }
+
+    /// Seals `inner` as one record's whole TLSInnerPlaintext, whatever it holds (the fuzz
+    /// target makes records no peer should send with it).
+    package static func seal(
+        innerPlaintext inner: ByteBuffer,
+        keys: inout TrafficKeys,
+        context: AEADContext,
+        into output: inout ByteBuffer
+    ) throws {
+        precondition(inner.readableBytes <= Self.maxCiphertext - Self.tagLength)
+        let start = output.writerIndex
+        Self.writeHeader(innerLength: inner.readableBytes, into: &output)
+        output.writeImmutableBuffer(inner)
+        output.writeRepeatingByte(0, count: Self.tagLength)
+        try Self.encryptRecord(at: start, in: &output, keys: &keys, context: context)
+    }
+
+    private static func writeHeader(innerLength: Int, into output: inout ByteBuffer) {
+        output.writeInteger(ContentType.applicationData.rawValue)
+        output.writeInteger(UInt16(0x0303))
+        output.writeInteger(UInt16(innerLength + Self.tagLength))
+    }
+
+    /// Encrypts, in place, the record written at `start` (header, inner plaintext, room for
+    /// the tag) with the next sequence number.
+    private static func encryptRecord(
+        at start: Int,
+        in output: inout ByteBuffer,
+        keys: inout TrafficKeys,
+        context: AEADContext
+    ) throws {
+        guard keys.canProtectAnotherRecord else {
+            output.moveWriterIndex(to: start)
+            throw LeanTLSError.sequenceExhausted
+        }
+        let innerLength = output.writerIndex - start - Self.headerLength - Self.tagLength
+        let offset = start - output.readerIndex
+        let key = keys.key
+        let aead = keys.suite.aead
+        let sealed = output.withUnsafeMutableReadableBytes { bytes -> Int32 in
+            let base = bytes.baseAddress!.assumingMemoryBound(to: UInt8.self) + offset
+            return keys.withNextNonce { nonce in
+                terminus_aead_seal(
+                    context.pointer,
+                    aead,
+                    key,
+                    nonce,
+                    base,
+                    Self.headerLength,
+                    base + Self.headerLength,
+                    base + Self.headerLength,
+                    innerLength,
+                    base + Self.headerLength + innerLength
+                )
+            }
+        }
+        guard sealed == 1 else { throw LeanTLSError.internalError("sealing a record failed") }
     }
 }

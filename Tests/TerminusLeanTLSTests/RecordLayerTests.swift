@@ -182,7 +182,8 @@ struct RecordLayerTests {
                     records += 1
                 }
                 #expect(received == content)
-                #expect(records == max(1, (length + 16_383) / 16_384))
+                let perRecord = 16_384 - padding
+                #expect(records == max(1, (length + perRecord - 1) / perRecord))
                 #expect(writer.sequence == UInt64(records) && reader.sequence == UInt64(records))
             }
         }
@@ -215,6 +216,44 @@ struct RecordLayerTests {
         }
         let opened = try TLS13Records.open(record, keys: &reader, context: context, allocator: self.allocator)
         #expect(opened.content == ByteBuffer(string: "after the update"))
+    }
+
+    @Test(
+        "inner plaintexts no peer should send: no content type, change_cipher_spec, unknown types, more than 2^14 + 1 bytes"
+    )
+    func innerPlaintexts() throws {
+        let context = try AEADContext()
+        let secret = [UInt8](repeating: 9, count: 32)
+        let cases: [([UInt8], LeanTLSError)] = [
+            ([0, 0, 0, 0], .unexpectedMessage("a record with no content type")),
+            ([1, 2, 3, 20], .unexpectedMessage("a protected record of inner type 20")),
+            ([1, 2, 3, 99, 0, 0], .unexpectedMessage("a protected record of inner type 99")),
+            ([UInt8](repeating: 7, count: 16_384) + [23, 0], .recordOverflow),
+        ]
+        for (inner, error) in cases {
+            var writer = TrafficKeys(suite: self.suite, secret: secret)
+            var reader = TrafficKeys(suite: self.suite, secret: secret)
+            var wire = self.allocator.buffer(capacity: 0)
+            try TLS13Records.seal(
+                innerPlaintext: ByteBuffer(bytes: inner),
+                keys: &writer,
+                context: context,
+                into: &wire
+            )
+            let record = try #require(try TLS13Records.nextRecord(from: &wire))
+            #expect(throws: error) {
+                try TLS13Records.open(record, keys: &reader, context: context, allocator: self.allocator)
+            }
+        }
+        // The largest allowed: 2^14 bytes of content, the type, no padding.
+        var writer = TrafficKeys(suite: self.suite, secret: secret)
+        var reader = TrafficKeys(suite: self.suite, secret: secret)
+        var wire = self.allocator.buffer(capacity: 0)
+        let largest = [UInt8](repeating: 7, count: 16_384) + [23]
+        try TLS13Records.seal(innerPlaintext: ByteBuffer(bytes: largest), keys: &writer, context: context, into: &wire)
+        let record = try #require(try TLS13Records.nextRecord(from: &wire))
+        let opened = try TLS13Records.open(record, keys: &reader, context: context, allocator: self.allocator)
+        #expect(opened.type == .applicationData && opened.content.readableBytes == 16_384)
     }
 
     @Test("the last sequence number is never used: the connection must end instead")
