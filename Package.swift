@@ -324,6 +324,12 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // OpenSSL's own TLS client over memory BIOs, for the lean engine's interoperability tests.
+        .target(
+            name: "COpenSSLTestClient",
+            path: "Tests/COpenSSLTestClient",
+            linkerSettings: [.linkedLibrary("ssl"), .linkedLibrary("crypto")]
+        ),
         .testTarget(
             name: "TerminusLeanTLSTests",
             dependencies: [
@@ -446,6 +452,7 @@ let package = Package(
                 "TerminusProtocol",
                 "TerminusAuth",
                 "TerminusLeanTLS",
+                "COpenSSLTestClient",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

@@ -1,3 +1,4 @@
+import COpenSSLTestClient
 import Foundation
 import NIOCore
 import NIOEmbedded
@@ -179,5 +180,147 @@ struct LeanHandshakeTests {
                 privateKeyFile: files.path("other-key.pem")
             )
         }
+    }
+}
+
+/// OpenSSL's own client (in process, over memory BIOs) against `LeanTLSServerHandler` on an
+/// `EmbeddedChannel`: data both ways, KeyUpdate in both directions, close_notify, tampering.
+@Suite("Lean TLS: OpenSSL's client against the lean handler")
+struct LeanHandlerInteropTests {
+    final class Client {
+        let pointer: OpaquePointer
+        var closedByPeer = false
+        var failed = false
+
+        init(caFile: String) throws {
+            guard let pointer = terminus_test_client_new(caFile, "localhost", 0x0304) else {
+                throw LeanTLSError.internalError("no OpenSSL client")
+            }
+            self.pointer = pointer
+        }
+
+        deinit { terminus_test_client_free(self.pointer) }
+
+        func output() -> [UInt8] {
+            var buffer = [UInt8](repeating: 0, count: 1 << 17)
+            let count = terminus_test_client_take_output(self.pointer, &buffer, buffer.count)
+            return Array(buffer.prefix(count))
+        }
+
+        func receive(_ bytes: [UInt8]) {
+            switch terminus_test_client_receive(self.pointer, bytes, bytes.count) {
+            case 0: self.closedByPeer = true
+            case -1: self.failed = true
+            default: break
+            }
+        }
+
+        func data() -> String {
+            var buffer = [UInt8](repeating: 0, count: 1 << 17)
+            let count = terminus_test_client_take_data(self.pointer, &buffer, buffer.count)
+            return String(decoding: buffer.prefix(count), as: UTF8.self)
+        }
+
+        func send(_ text: String) -> Bool {
+            terminus_test_client_send(self.pointer, Array(text.utf8), text.utf8.count) == 1
+        }
+    }
+
+    /// Moves bytes both ways until neither side has anything to send; `tamper` may change what
+    /// the client sends.
+    static func pump(_ client: Client, _ server: EmbeddedChannel, tamper: (inout [UInt8]) -> Void = { _ in }) throws {
+        for _ in 0..<20 {
+            var moved = false
+            var bytes = client.output()
+            if !bytes.isEmpty, server.isActive {
+                tamper(&bytes)
+                try server.writeInbound(ByteBuffer(bytes: bytes))
+                moved = true
+            }
+            while let out = try server.readOutbound(as: ByteBuffer.self) {
+                client.receive(Array(out.readableBytesView))
+                moved = true
+            }
+            if !moved { return }
+        }
+    }
+
+    static func server(_ files: LeanHandshakeTests.Files) throws -> EmbeddedChannel {
+        let context = try LeanTLSServerContext(
+            certificateChainFile: files.path("server.pem"),
+            privateKeyFile: files.path("server-key.pem"),
+            minimumVersion: 0x0304,
+            tickets: 1
+        )
+        let channel = EmbeddedChannel()
+        try channel.pipeline.syncOperations.addHandler(LeanTLSServerHandler(context: context, aead: try AEADContext()))
+        channel.connect(to: try SocketAddress(ipAddress: "127.0.0.1", port: 50_000), promise: nil)
+        return channel
+    }
+
+    static func received(_ server: EmbeddedChannel) throws -> String {
+        var text = ""
+        while let buffer = try server.readInbound(as: ByteBuffer.self) { text += String(buffer: buffer) }
+        return text
+    }
+
+    @Test("data both ways, a KeyUpdate from the client asking for ours, then close_notify")
+    func conversation() throws {
+        let files = try LeanHandshakeTests.Files()
+        defer { files.remove() }
+        let server = try Self.server(files)
+        let client = try Client(caFile: files.path("ca.pem"))
+        try Self.pump(client, server)
+        #expect(terminus_test_client_connected(client.pointer) == 1)
+        #expect(!client.failed)
+
+        #expect(client.send("ping"))
+        try Self.pump(client, server)
+        #expect(try Self.received(server) == "ping")
+        try server.writeAndFlush(ByteBuffer(string: "pong")).wait()
+        try Self.pump(client, server)
+        #expect(client.data() == "pong")
+
+        // The client updates its keys and asks for ours: the server answers with its own
+        // KeyUpdate; data keeps flowing both ways under the new keys.
+        #expect(terminus_test_client_key_update(client.pointer, 1) == 1)
+        #expect(client.send("after the update"))
+        try Self.pump(client, server)
+        #expect(try Self.received(server) == "after the update")
+        try server.writeAndFlush(ByteBuffer(string: "under new keys")).wait()
+        try Self.pump(client, server)
+        #expect(client.data() == "under new keys")
+        #expect(terminus_test_client_key_update(client.pointer, 0) == 1)
+        #expect(client.send("once more"))
+        try Self.pump(client, server)
+        #expect(try Self.received(server) == "once more")
+        #expect(!client.failed)
+
+        // close_notify from the client closes the server's channel.
+        #expect(terminus_test_client_close(client.pointer) == 1)
+        try Self.pump(client, server)
+        #expect(!server.isActive)
+    }
+
+    @Test("a changed byte in the client's record: the server answers bad_record_mac and closes")
+    func tampering() throws {
+        let files = try LeanHandshakeTests.Files()
+        defer { files.remove() }
+        let server = try Self.server(files)
+        let client = try Client(caFile: files.path("ca.pem"))
+        try Self.pump(client, server)
+        #expect(terminus_test_client_connected(client.pointer) == 1)
+        #expect(client.send("genuine"))
+        var caught: (any Error)?
+        do {
+            try Self.pump(client, server) { bytes in bytes[bytes.count - 3] ^= 0x40 }
+        } catch {
+            caught = error
+        }
+        #expect(caught as? LeanTLSError == .badRecordMAC)
+        #expect(!server.isActive)
+        // The fatal alert the server sent before closing: OpenSSL's client reads it as an error.
+        while let out = try server.readOutbound(as: ByteBuffer.self) { client.receive(Array(out.readableBytesView)) }
+        #expect(client.failed)
     }
 }

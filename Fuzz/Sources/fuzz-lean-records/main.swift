@@ -13,7 +13,8 @@ import TerminusLeanTLS
 
 private let suite = LeanCipherSuite.tls13AES128GCMSHA256
 private let secret = [UInt8](repeating: 0x5A, count: 32)
-private let context = try! AEADContext()
+// libFuzzer calls the target on one thread: the context is never shared.
+nonisolated(unsafe) private let context = try! AEADContext()
 private let allocator = ByteBufferAllocator()
 
 @_cdecl("LLVMFuzzerTestOneInput")
