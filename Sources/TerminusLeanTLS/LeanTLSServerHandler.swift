@@ -36,6 +36,14 @@ package final class LeanTLSServerHandler: ChannelDuplexHandler, RemovableChannel
     private var pending: ByteBuffer?
     private let aead: AEADContext
     private var sentCloseNotify = false
+    /// The client asked us to update our keys (KeyUpdate, update_requested): our own KeyUpdate
+    /// goes before the next record we write (RFC 8446, 4.6.3), one for any number of requests,
+    /// so a client that asks again and again without reading makes us write nothing.
+    private var keyUpdateOwed = false
+    /// KeyUpdates received since the last application data: past `maxKeyUpdatesInARow` the
+    /// connection ends (each costs a key derivation and carries no data).
+    private var keyUpdatesInARow = 0
+    package static let maxKeyUpdatesInARow = 32
 
     /// - Parameter aead: the event loop's AEAD context (one per loop, shared by its channels).
     package init(context: LeanTLSServerContext, aead: AEADContext) throws {
@@ -107,7 +115,10 @@ package final class LeanTLSServerHandler: ChannelDuplexHandler, RemovableChannel
             )
             switch opened.type {
             case .applicationData:
-                if opened.content.readableBytes > 0 { context.fireChannelRead(self.wrapInboundOut(opened.content)) }
+                if opened.content.readableBytes > 0 {
+                    self.keyUpdatesInARow = 0
+                    context.fireChannelRead(self.wrapInboundOut(opened.content))
+                }
             case .alert:
                 try self.received(alert: opened.content, context: context)
                 return
@@ -150,21 +161,12 @@ package final class LeanTLSServerHandler: ChannelDuplexHandler, RemovableChannel
             guard length == 1, let request = messages.readInteger(as: UInt8.self), request <= 1 else {
                 throw LeanTLSError.decodeError("a malformed KeyUpdate")
             }
-            self.readKeys!.update()
-            if request == 1 {
-                // update_requested: answer with our own KeyUpdate (update_not_requested) under the
-                // current keys, then move to the next ones.
-                var output = context.channel.allocator.buffer(capacity: 32)
-                try TLS13Records.seal(
-                    ByteBuffer(bytes: [24, 0, 0, 1, 0]),
-                    type: .handshake,
-                    keys: &self.writeKeys!,
-                    context: self.aead,
-                    into: &output
-                )
-                self.writeKeys!.update()
-                context.writeAndFlush(self.wrapOutboundOut(output), promise: nil)
+            self.keyUpdatesInARow += 1
+            guard self.keyUpdatesInARow <= Self.maxKeyUpdatesInARow else {
+                throw LeanTLSError.unexpectedMessage("more than \(Self.maxKeyUpdatesInARow) KeyUpdates without data")
             }
+            self.readKeys!.update()
+            if request == 1 { self.keyUpdateOwed = true }
         }
     }
 
@@ -176,17 +178,8 @@ package final class LeanTLSServerHandler: ChannelDuplexHandler, RemovableChannel
 
     /// Sends the fatal alert `error` calls for (when keys exist), tells the pipeline, closes.
     private func fail(_ error: LeanTLSError, context: ChannelHandlerContext) {
-        if case .established = self.state, self.writeKeys != nil, error.alertDescription != 0 {
-            var output = context.channel.allocator.buffer(capacity: 32)
-            if (try? TLS13Records.seal(
-                ByteBuffer(bytes: [2, error.alertDescription]),
-                type: .alert,
-                keys: &self.writeKeys!,
-                context: self.aead,
-                into: &output
-            )) != nil {
-                context.writeAndFlush(self.wrapOutboundOut(output), promise: nil)
-            }
+        if error.alertDescription != 0 {
+            self.sendAlert(level: 2, description: error.alertDescription, context: context)
         }
         self.state = .closed
         self.pending = nil
@@ -196,22 +189,42 @@ package final class LeanTLSServerHandler: ChannelDuplexHandler, RemovableChannel
         context.close(promise: nil)
     }
 
+    /// Seals `content` into a new buffer, after the KeyUpdate the client asked for if one is owed.
+    private func seal(_ content: ByteBuffer, type: ContentType, context: ChannelHandlerContext) throws -> ByteBuffer {
+        let records = 1 + content.readableBytes / TLS13Records.maxPlaintext + (self.keyUpdateOwed ? 1 : 0)
+        var output = context.channel.allocator.buffer(capacity: content.readableBytes + records * 22 + 5)
+        if self.keyUpdateOwed {
+            // Our KeyUpdate (update_not_requested) under the current keys, then the next ones.
+            try TLS13Records.seal(
+                ByteBuffer(bytes: [24, 0, 0, 1, 0]),
+                type: .handshake,
+                keys: &self.writeKeys!,
+                context: self.aead,
+                into: &output
+            )
+            self.writeKeys!.update()
+            self.keyUpdateOwed = false
+        }
+        try TLS13Records.seal(content, type: type, keys: &self.writeKeys!, context: self.aead, into: &output)
+        return output
+    }
+
+    /// An alert under the current keys, when the connection has them; best effort.
+    private func sendAlert(level: UInt8, description: UInt8, context: ChannelHandlerContext) {
+        guard case .established = self.state, self.writeKeys != nil,
+            let output = try? self.seal(ByteBuffer(bytes: [level, description]), type: .alert, context: context)
+        else { return }
+        context.writeAndFlush(self.wrapOutboundOut(output), promise: nil)
+    }
+
     package func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         guard case .established = self.state, self.writeKeys != nil else {
             promise?.fail(LeanTLSError.unexpectedMessage("a write before the handshake is done or after close"))
             return
         }
-        let content = self.unwrapOutboundIn(data)
-        let records = (content.readableBytes + TLS13Records.maxPlaintext - 1) / TLS13Records.maxPlaintext
-        var output = context.channel.allocator.buffer(capacity: content.readableBytes + max(1, records) * 22)
+        let output: ByteBuffer
         do {
-            try TLS13Records.seal(
-                content,
-                type: .applicationData,
-                keys: &self.writeKeys!,
-                context: self.aead,
-                into: &output
-            )
+            output = try self.seal(self.unwrapOutboundIn(data), type: .applicationData, context: context)
         } catch {
             // Only the sequence number's end can fail a seal: the connection must end.
             promise?.fail(error)
@@ -223,18 +236,9 @@ package final class LeanTLSServerHandler: ChannelDuplexHandler, RemovableChannel
 
     /// close_notify before the connection closes, once.
     package func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
-        if mode == .all, !self.sentCloseNotify, case .established = self.state, self.writeKeys != nil {
+        if mode == .all, !self.sentCloseNotify {
             self.sentCloseNotify = true
-            var output = context.channel.allocator.buffer(capacity: 32)
-            if (try? TLS13Records.seal(
-                ByteBuffer(bytes: [1, 0]),
-                type: .alert,
-                keys: &self.writeKeys!,
-                context: self.aead,
-                into: &output
-            )) != nil {
-                context.writeAndFlush(self.wrapOutboundOut(output), promise: nil)
-            }
+            self.sendAlert(level: 1, description: 0, context: context)
         }
         context.close(mode: mode, promise: promise)
     }

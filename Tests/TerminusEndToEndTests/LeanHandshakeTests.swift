@@ -302,6 +302,57 @@ struct LeanHandlerInteropTests {
         #expect(!server.isActive)
     }
 
+    @Test(
+        "KeyUpdates asking for ours: one answer before the server's next record, none while it writes nothing; more than 32 in a row end the connection"
+    )
+    func keyUpdateFlood() throws {
+        let files = try LeanHandshakeTests.Files()
+        defer { files.remove() }
+        let server = try Self.server(files)
+        let client = try Client(caFile: files.path("ca.pem"))
+        try Self.pump(client, server)
+        #expect(terminus_test_client_connected(client.pointer) == 1)
+        // Three requests while the server writes nothing: nothing is queued for the client.
+        for _ in 0..<3 {
+            #expect(terminus_test_client_key_update(client.pointer, 1) == 1)
+            try server.writeInbound(ByteBuffer(bytes: client.output()))
+        }
+        #expect(try server.readOutbound(as: ByteBuffer.self) == nil)
+        // The next write carries one KeyUpdate, then the data, which the client reads.
+        try server.writeAndFlush(ByteBuffer(string: "after three requests")).wait()
+        try Self.pump(client, server)
+        #expect(client.data() == "after three requests")
+        #expect(!client.failed)
+        // Data resets the count: 32 more are allowed, the 33rd ends the connection.
+        #expect(client.send("data"))
+        try Self.pump(client, server)
+        #expect(try Self.received(server) == "data")
+        var caught: (any Error)?
+        for _ in 0..<(LeanTLSServerHandler.maxKeyUpdatesInARow + 1) where caught == nil {
+            #expect(terminus_test_client_key_update(client.pointer, 0) == 1)
+            do { try server.writeInbound(ByteBuffer(bytes: client.output())) } catch { caught = error }
+        }
+        guard case .unexpectedMessage = caught as? LeanTLSError else {
+            Issue.record("33 KeyUpdates in a row were accepted: \(String(describing: caught))")
+            return
+        }
+        #expect(!server.isActive)
+    }
+
+    @Test("a record header announcing more than TLS allows ends the connection before its body arrives")
+    func oversizedHeader() throws {
+        let files = try LeanHandshakeTests.Files()
+        defer { files.remove() }
+        let server = try Self.server(files)
+        let client = try Client(caFile: files.path("ca.pem"))
+        try Self.pump(client, server)
+        #expect(terminus_test_client_connected(client.pointer) == 1)
+        #expect(throws: LeanTLSError.recordOverflow) {
+            try server.writeInbound(ByteBuffer(bytes: [23, 3, 3, 0x41, 0x01, 0, 0, 0]))
+        }
+        #expect(!server.isActive)
+    }
+
     @Test("a changed byte in the client's record: the server answers bad_record_mac and closes")
     func tampering() throws {
         let files = try LeanHandshakeTests.Files()
