@@ -1,34 +1,88 @@
 internal import CTerminusOpenSSL
 internal import Crypto
 
-/// The cipher suites the lean engine's record layer protects records with.
+/// The cipher suites the lean engine's record layer protects records with: TLS 1.3's three,
+/// and TLS 1.2's ECDHE suites with the same AEADs.
 package enum LeanCipherSuite: UInt16, Sendable, CaseIterable {
     case tls13AES128GCMSHA256 = 0x1301
     case tls13AES256GCMSHA384 = 0x1302
     case tls13ChaCha20Poly1305SHA256 = 0x1303
+    case ecdheECDSAWithAES128GCMSHA256 = 0xC02B
+    case ecdheRSAWithAES128GCMSHA256 = 0xC02F
+    case ecdheECDSAWithAES256GCMSHA384 = 0xC02C
+    case ecdheRSAWithAES256GCMSHA384 = 0xC030
+    case ecdheRSAWithChaCha20Poly1305SHA256 = 0xCCA8
+    case ecdheECDSAWithChaCha20Poly1305SHA256 = 0xCCA9
+
+    /// Whether this is a TLS 1.3 suite (else TLS 1.2).
+    package var isTLS13: Bool { self.rawValue >> 8 == 0x13 }
 
     /// The AEAD key's length in bytes.
     package var keyLength: Int {
-        switch self {
-        case .tls13AES128GCMSHA256: 16
-        case .tls13AES256GCMSHA384, .tls13ChaCha20Poly1305SHA256: 32
+        switch self.aead {
+        case TERMINUS_AEAD_AES_128_GCM: 16
+        default: 32
         }
     }
 
-    /// The length of the handshake hash, and so of each traffic secret.
+    /// The length of the suite's hash: each TLS 1.3 traffic secret's, and TLS 1.2's PRF hash.
     package var hashLength: Int {
         switch self {
-        case .tls13AES128GCMSHA256, .tls13ChaCha20Poly1305SHA256: 32
-        case .tls13AES256GCMSHA384: 48
+        case .tls13AES256GCMSHA384, .ecdheECDSAWithAES256GCMSHA384, .ecdheRSAWithAES256GCMSHA384: 48
+        default: 32
+        }
+    }
+
+    /// The IV the key schedule derives: 12 bytes, but TLS 1.2 AES-GCM's 4-byte salt (the other 8
+    /// bytes of its nonce are explicit in each record, RFC 5288).
+    package var ivLength: Int { self.explicitNonceLength == 0 ? 12 : 4 }
+
+    /// The bytes of nonce a record carries before its ciphertext: 8 for TLS 1.2 AES-GCM, none
+    /// otherwise (TLS 1.3, and TLS 1.2 ChaCha20-Poly1305 by RFC 7905).
+    package var explicitNonceLength: Int {
+        switch self {
+        case .ecdheECDSAWithAES128GCMSHA256, .ecdheRSAWithAES128GCMSHA256, .ecdheECDSAWithAES256GCMSHA384,
+            .ecdheRSAWithAES256GCMSHA384:
+            8
+        default: 0
         }
     }
 
     var aead: terminus_aead {
         switch self {
-        case .tls13AES128GCMSHA256: TERMINUS_AEAD_AES_128_GCM
-        case .tls13AES256GCMSHA384: TERMINUS_AEAD_AES_256_GCM
-        case .tls13ChaCha20Poly1305SHA256: TERMINUS_AEAD_CHACHA20_POLY1305
+        case .tls13AES128GCMSHA256, .ecdheECDSAWithAES128GCMSHA256, .ecdheRSAWithAES128GCMSHA256:
+            TERMINUS_AEAD_AES_128_GCM
+        case .tls13AES256GCMSHA384, .ecdheECDSAWithAES256GCMSHA384, .ecdheRSAWithAES256GCMSHA384:
+            TERMINUS_AEAD_AES_256_GCM
+        case .tls13ChaCha20Poly1305SHA256, .ecdheRSAWithChaCha20Poly1305SHA256, .ecdheECDSAWithChaCha20Poly1305SHA256:
+            TERMINUS_AEAD_CHACHA20_POLY1305
         }
+    }
+}
+
+/// TLS 1.2's PRF (RFC 5246, section 5), by OpenSSL's TLS1-PRF.
+package enum TLS12KeySchedule {
+    /// PRF(secret, label, seed) with the suite's hash: `length` bytes.
+    package static func prf(
+        secret: [UInt8],
+        label: String,
+        seed: [UInt8],
+        length: Int,
+        suite: LeanCipherSuite
+    ) -> [UInt8] {
+        var output = [UInt8](repeating: 0, count: length)
+        let ok = terminus_tls12_prf(
+            suite.hashLength == 48 ? 1 : 0,
+            secret,
+            secret.count,
+            label,
+            seed,
+            seed.count,
+            &output,
+            length
+        )
+        precondition(ok == 1, "OpenSSL's TLS1-PRF is part of its default provider")
+        return output
     }
 }
 

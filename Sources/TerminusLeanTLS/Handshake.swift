@@ -16,15 +16,25 @@ package final class LeanTLSServerContext: @unchecked Sendable {
 
     /// - Parameters:
     ///   - minimumVersion: 0x0303 (TLS 1.2) or 0x0304 (TLS 1.3).
-    ///   - tickets: TLS 1.3 session tickets sent after each full handshake (0: none).
+    ///   - tickets: TLS 1.3 session tickets sent after each handshake (0: none, and no TLS 1.2
+    ///     tickets either: no resumption).
+    ///   - ticketSecret: 32 to 64 bytes the ticket keys are derived from, the same in every pod
+    ///     that should resume the others' tickets; nil: random, this process's own.
+    ///   - ticketKeyRotation: each period of this many seconds of wall-clock time has its own
+    ///     ticket key; a ticket resumes until the end of the period after the one it was made in.
     package init(
         certificateChainFile: String,
         privateKeyFile: String,
         clientCAFile: String? = nil,
         clientAuthentication: ClientAuthentication = .none,
         minimumVersion: UInt16 = 0x0303,
-        tickets: Int = 0
+        tickets: Int = 0,
+        ticketSecret: [UInt8]? = nil,
+        ticketKeyRotation: Int64 = 12 * 3600
     ) throws {
+        if let ticketSecret, !(32...64).contains(ticketSecret.count) {
+            throw LeanTLSError.internalError("a ticket secret has 32 to 64 bytes, not \(ticketSecret.count)")
+        }
         var error = [CChar](repeating: 0, count: 512)
         let made = terminus_tls_server_new(
             certificateChainFile,
@@ -33,6 +43,9 @@ package final class LeanTLSServerContext: @unchecked Sendable {
             clientAuthentication.rawValue,
             Int32(minimumVersion),
             tickets,
+            ticketSecret,
+            ticketSecret?.count ?? 0,
+            ticketKeyRotation,
             &error,
             error.count
         )
@@ -42,6 +55,11 @@ package final class LeanTLSServerContext: @unchecked Sendable {
             )
         }
         self.pointer = made
+    }
+
+    /// Moves the ticket keys' clock (tests of rotation).
+    package func moveTicketClock(bySeconds seconds: Int64) {
+        terminus_tls_server_set_clock_offset(self.pointer, seconds)
     }
 
     deinit { terminus_tls_server_free(self.pointer) }
@@ -64,6 +82,9 @@ package struct LeanSessionKeys: Sendable {
 /// OpenSSL's connection object.
 package final class LeanHandshake {
     private var pointer: OpaquePointer?
+    /// Kept while the handshake runs: OpenSSL's callbacks (ticket keys) use the context's state,
+    /// which a configuration reload may otherwise release mid-handshake.
+    private let context: LeanTLSServerContext
 
     package enum Progress: Equatable, Sendable {
         case wantsMore
@@ -76,6 +97,7 @@ package final class LeanHandshake {
             throw LeanTLSError.internalError("no memory for a TLS handshake")
         }
         self.pointer = pointer
+        self.context = context
     }
 
     deinit { terminus_tls_handshake_free(self.pointer) }
@@ -130,11 +152,35 @@ package final class LeanHandshake {
             _ = terminus_tls_handshake_peer_certificate(pointer, &der, length)
             certificate = der
         }
-        guard keys.version == 0x0304 else {
-            throw LeanTLSError.internalError("TLS 1.2 records are not supported by the lean engine yet")
-        }
-        guard let suite = LeanCipherSuite(rawValue: keys.cipher_suite) else {
+        guard let suite = LeanCipherSuite(rawValue: keys.cipher_suite), suite.isTLS13 == (keys.version == 0x0304)
+        else {
             throw LeanTLSError.internalError("a suite the lean record layer does not protect: \(keys.cipher_suite)")
+        }
+        if !suite.isTLS13 {
+            // TLS 1.2: each side's Finished was the first record under its keys (sequence 0), in a
+            // full handshake and in a resumed one alike; NewSessionTicket goes before the
+            // server's ChangeCipherSpec, unprotected.
+            let block = withUnsafeBytes(of: keys.key_block) { Array($0) }
+            let (keyLength, ivLength) = (suite.keyLength, suite.ivLength)
+            precondition(Int(keys.key_length) == keyLength && Int(keys.iv_length) == ivLength)
+            let clientIV = 2 * keyLength
+            return LeanSessionKeys(
+                read: TrafficKeys(
+                    suite: suite,
+                    key: Array(block[0..<keyLength]),
+                    iv: Array(block[clientIV..<clientIV + ivLength]),
+                    sequence: 1
+                ),
+                write: TrafficKeys(
+                    suite: suite,
+                    key: Array(block[keyLength..<2 * keyLength]),
+                    iv: Array(block[clientIV + ivLength..<clientIV + 2 * ivLength]),
+                    sequence: 1
+                ),
+                version: keys.version,
+                resumed: keys.resumed != 0,
+                peerCertificate: certificate
+            )
         }
         let count = Int(keys.secret_length)
         let client = withUnsafeBytes(of: keys.client_secret) { Array($0.prefix(count)) }

@@ -40,10 +40,13 @@ package final class LeanTLSServerHandler: ChannelDuplexHandler, RemovableChannel
     /// goes before the next record we write (RFC 8446, 4.6.3), one for any number of requests,
     /// so a client that asks again and again without reading makes us write nothing.
     private var keyUpdateOwed = false
-    /// KeyUpdates received since the last application data: past `maxKeyUpdatesInARow` the
-    /// connection ends (each costs a key derivation and carries no data).
-    private var keyUpdatesInARow = 0
-    package static let maxKeyUpdatesInARow = 32
+    /// Records without application data since the last that had some (KeyUpdates, empty
+    /// records, warning alerts): past `maxRecordsWithoutData` the connection ends, as in
+    /// BoringSSL (each costs a decryption, a KeyUpdate a key derivation, and none carries data).
+    private var recordsWithoutData = 0
+    package static let maxRecordsWithoutData = 32
+    /// Whether the connection is TLS 1.3 (else TLS 1.2), once established.
+    private var isTLS13 = true
 
     /// - Parameter aead: the event loop's AEAD context (one per loop, shared by its channels).
     package init(context: LeanTLSServerContext, aead: AEADContext) throws {
@@ -95,6 +98,7 @@ package final class LeanTLSServerHandler: ChannelDuplexHandler, RemovableChannel
                     self.state = .established
                     self.readKeys = keys.read
                     self.writeKeys = keys.write
+                    self.isTLS13 = keys.version == 0x0304
                     if let der = keys.peerCertificate,
                         let certificate = try? NIOSSLCertificate(bytes: der, format: .der)
                     {
@@ -106,22 +110,31 @@ package final class LeanTLSServerHandler: ChannelDuplexHandler, RemovableChannel
             }
         }
         guard case .established = self.state else { return }
-        while case .established = self.state, let record = try TLS13Records.nextRecord(from: &input) {
-            let opened = try TLS13Records.open(
-                record,
-                keys: &self.readKeys!,
-                context: self.aead,
-                allocator: context.channel.allocator
-            )
+        while case .established = self.state, let record = try self.nextRecord(from: &input) {
+            let opened =
+                self.isTLS13
+                ? try TLS13Records.open(
+                    record,
+                    keys: &self.readKeys!,
+                    context: self.aead,
+                    allocator: context.channel.allocator
+                )
+                : try TLS12Records.open(
+                    record,
+                    keys: &self.readKeys!,
+                    context: self.aead,
+                    allocator: context.channel.allocator
+                )
             switch opened.type {
             case .applicationData:
                 if opened.content.readableBytes > 0 {
-                    self.keyUpdatesInARow = 0
+                    self.recordsWithoutData = 0
                     context.fireChannelRead(self.wrapInboundOut(opened.content))
+                } else {
+                    try self.countRecordWithoutData()
                 }
             case .alert:
                 try self.received(alert: opened.content, context: context)
-                return
             case .handshake:
                 try self.received(handshake: opened.content, context: context)
             case .changeCipherSpec:
@@ -130,11 +143,31 @@ package final class LeanTLSServerHandler: ChannelDuplexHandler, RemovableChannel
         }
     }
 
-    /// close_notify ends the connection quietly; any other alert is fatal in TLS 1.3.
+    private func nextRecord(from input: inout ByteBuffer) throws -> ByteBuffer? {
+        self.isTLS13
+            ? try TLS13Records.nextRecord(from: &input)
+            : try TLS12Records.nextRecord(from: &input, suite: self.readKeys!.suite)
+    }
+
+    private func countRecordWithoutData() throws {
+        self.recordsWithoutData += 1
+        guard self.recordsWithoutData <= Self.maxRecordsWithoutData else {
+            throw LeanTLSError.unexpectedMessage(
+                "more than \(Self.maxRecordsWithoutData) records without data in a row"
+            )
+        }
+    }
+
+    /// close_notify ends the connection quietly; any other alert is fatal in TLS 1.3, and in
+    /// TLS 1.2 when its level says so (a TLS 1.2 warning is counted and otherwise ignored).
     private func received(alert: ByteBuffer, context: ChannelHandlerContext) throws {
         guard alert.readableBytes == 2, let level = alert.getInteger(at: alert.readerIndex, as: UInt8.self),
             let description = alert.getInteger(at: alert.readerIndex + 1, as: UInt8.self)
         else { throw LeanTLSError.decodeError("an alert of \(alert.readableBytes) bytes") }
+        if !self.isTLS13, level == 1, description != 0 {
+            try self.countRecordWithoutData()
+            return
+        }
         self.state = .closed
         if description == 0 {
             context.close(promise: nil)
@@ -144,9 +177,13 @@ package final class LeanTLSServerHandler: ChannelDuplexHandler, RemovableChannel
         }
     }
 
-    /// After the handshake a client may send KeyUpdate only (RFC 8446, 4.6.3); anything else,
-    /// post-handshake authentication included, is refused.
+    /// After the handshake a TLS 1.3 client may send KeyUpdate only (RFC 8446, 4.6.3); anything
+    /// else, post-handshake authentication included, is refused. A TLS 1.2 client may send
+    /// nothing: a ClientHello would be renegotiation, which the lean engine refuses.
     private func received(handshake messages: ByteBuffer, context: ChannelHandlerContext) throws {
+        guard self.isTLS13 else {
+            throw LeanTLSError.unexpectedMessage("a handshake message after the TLS 1.2 handshake (renegotiation)")
+        }
         var messages = messages
         while messages.readableBytes > 0 {
             guard let type = messages.readInteger(as: UInt8.self),
@@ -161,10 +198,7 @@ package final class LeanTLSServerHandler: ChannelDuplexHandler, RemovableChannel
             guard length == 1, let request = messages.readInteger(as: UInt8.self), request <= 1 else {
                 throw LeanTLSError.decodeError("a malformed KeyUpdate")
             }
-            self.keyUpdatesInARow += 1
-            guard self.keyUpdatesInARow <= Self.maxKeyUpdatesInARow else {
-                throw LeanTLSError.unexpectedMessage("more than \(Self.maxKeyUpdatesInARow) KeyUpdates without data")
-            }
+            try self.countRecordWithoutData()
             self.readKeys!.update()
             if request == 1 { self.keyUpdateOwed = true }
         }
@@ -191,8 +225,10 @@ package final class LeanTLSServerHandler: ChannelDuplexHandler, RemovableChannel
 
     /// Seals `content` into a new buffer, after the KeyUpdate the client asked for if one is owed.
     private func seal(_ content: ByteBuffer, type: ContentType, context: ChannelHandlerContext) throws -> ByteBuffer {
+        // Each record adds at most 30 bytes: header 5, explicit nonce 8 (TLS 1.2), type 1 (TLS
+        // 1.3), tag 16.
         let records = 1 + content.readableBytes / TLS13Records.maxPlaintext + (self.keyUpdateOwed ? 1 : 0)
-        var output = context.channel.allocator.buffer(capacity: content.readableBytes + records * 22 + 5)
+        var output = context.channel.allocator.buffer(capacity: content.readableBytes + records * 30)
         if self.keyUpdateOwed {
             // Our KeyUpdate (update_not_requested) under the current keys, then the next ones.
             try TLS13Records.seal(
@@ -205,7 +241,11 @@ package final class LeanTLSServerHandler: ChannelDuplexHandler, RemovableChannel
             self.writeKeys!.update()
             self.keyUpdateOwed = false
         }
-        try TLS13Records.seal(content, type: type, keys: &self.writeKeys!, context: self.aead, into: &output)
+        if self.isTLS13 {
+            try TLS13Records.seal(content, type: type, keys: &self.writeKeys!, context: self.aead, into: &output)
+        } else {
+            try TLS12Records.seal(content, type: type, keys: &self.writeKeys!, context: self.aead, into: &output)
+        }
         return output
     }
 

@@ -100,7 +100,7 @@ package enum TLS13Records {
             record.withUnsafeReadableBytes { input -> Int in
                 let base = input.baseAddress!.assumingMemoryBound(to: UInt8.self)
                 authentic =
-                    keys.withNextNonce { nonce in
+                    keys.withNextNonce { nonce, _ in
                         terminus_aead_open(
                             context.pointer,
                             aead,
@@ -197,7 +197,7 @@ package enum TLS13Records {
         let aead = keys.suite.aead
         let sealed = output.withUnsafeMutableReadableBytes { bytes -> Int32 in
             let base = bytes.baseAddress!.assumingMemoryBound(to: UInt8.self) + offset
-            return keys.withNextNonce { nonce in
+            return keys.withNextNonce { nonce, _ in
                 terminus_aead_seal(
                     context.pointer,
                     aead,

@@ -1,5 +1,5 @@
-/// One direction's record protection: the traffic secret (kept for KeyUpdate), the AEAD key
-/// and IV derived from it, and the next record's sequence number.
+/// One direction's record protection: the AEAD key and IV, the next record's sequence number,
+/// and in TLS 1.3 the traffic secret they come from (kept for KeyUpdate).
 package struct TrafficKeys: Sendable {
     package let suite: LeanCipherSuite
     package private(set) var secret: [UInt8]
@@ -17,8 +17,20 @@ package struct TrafficKeys: Sendable {
         self.sequence = sequence
     }
 
+    /// TLS 1.2 keys: `key` and `iv` cut from the key block (no secret: TLS 1.2 has no
+    /// KeyUpdate).
+    package init(suite: LeanCipherSuite, key: [UInt8], iv: [UInt8], sequence: UInt64) {
+        precondition(!suite.isTLS13 && key.count == suite.keyLength && iv.count == suite.ivLength)
+        self.suite = suite
+        self.secret = []
+        self.key = key
+        self.iv = iv
+        self.sequence = sequence
+    }
+
     /// KeyUpdate (RFC 8446, 7.2): the next secret, its key and IV, sequence 0.
     package mutating func update() {
+        precondition(self.suite.isTLS13, "KeyUpdate is TLS 1.3's")
         self = TrafficKeys(
             suite: self.suite,
             secret: TLS13KeySchedule.expandLabel(
@@ -33,19 +45,34 @@ package struct TrafficKeys: Sendable {
     /// The sequence number is 64 bits and must never wrap (RFC 8446, 5.3): false when it would.
     package var canProtectAnotherRecord: Bool { self.sequence < UInt64.max }
 
-    /// Calls `body` with this record's nonce (the IV with the sequence number XORed into its
-    /// last 8 bytes, RFC 8446 5.3), on the stack; then counts the record.
-    mutating func withNextNonce<Result>(_ body: (UnsafePointer<UInt8>) throws -> Result) rethrows -> Result {
+    /// Calls `body` with this record's nonce, on the stack, and its sequence number; then counts
+    /// the record. The nonce is the IV with the sequence number XORed into its last 8 bytes
+    /// (RFC 8446 5.3, and RFC 7905 for TLS 1.2's ChaCha20-Poly1305), or for TLS 1.2 AES-GCM the
+    /// 4-byte salt followed by `explicit` (RFC 5288): the 8 bytes the record carries, read from
+    /// it when opening, the sequence number when sealing (`explicit` nil).
+    mutating func withNextNonce<Result>(
+        explicit: UnsafePointer<UInt8>? = nil,
+        _ body: (UnsafePointer<UInt8>, UInt64) throws -> Result
+    ) rethrows -> Result {
         let sequence = self.sequence
         self.sequence &+= 1
         return try withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 12) { nonce in
-            for index in 0..<12 { nonce[index] = self.iv[index] }
-            var value = sequence
-            for index in stride(from: 11, through: 4, by: -1) {
-                nonce[index] ^= UInt8(truncatingIfNeeded: value)
-                value >>= 8
+            if self.iv.count == 4 {
+                for index in 0..<4 { nonce[index] = self.iv[index] }
+                var value = sequence
+                for index in stride(from: 11, through: 4, by: -1) {
+                    nonce[index] = explicit.map { $0[index - 4] } ?? UInt8(truncatingIfNeeded: value)
+                    value >>= 8
+                }
+            } else {
+                for index in 0..<12 { nonce[index] = self.iv[index] }
+                var value = sequence
+                for index in stride(from: 11, through: 4, by: -1) {
+                    nonce[index] ^= UInt8(truncatingIfNeeded: value)
+                    value >>= 8
+                }
             }
-            return try body(UnsafePointer(nonce.baseAddress!))
+            return try body(UnsafePointer(nonce.baseAddress!), sequence)
         }
     }
 }

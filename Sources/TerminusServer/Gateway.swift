@@ -352,13 +352,6 @@ package final class Gateway: Service, Sendable {
             privateKey: .privateKey(key)
         )
         if files.engine == .lean {
-            // The lean record layer protects TLS 1.3 records; TLS 1.2's (issue 16) are not built.
-            guard files.minimumVersion == "1.3" else {
-                throw ConfigurationError(
-                    key: "device.tls.min_version",
-                    "must be \"1.3\" with engine: lean (its TLS 1.2 record layer is not built yet)"
-                )
-            }
             do {
                 let context = try LeanTLSServerContext(
                     certificateChainFile: files.certificateChain,
@@ -366,7 +359,7 @@ package final class Gateway: Service, Sendable {
                     clientCAFile: files.clientAuth == .none ? nil : files.clientCA,
                     clientAuthentication: files.clientAuth == .required
                         ? .required : files.clientAuth == .optional ? .optional : .none,
-                    minimumVersion: 0x0304
+                    minimumVersion: files.minimumVersion == "1.3" ? 0x0304 : 0x0303
                 )
                 return .leanTLS(context, verifiesClientCertificates: files.clientAuth != .none)
             } catch {

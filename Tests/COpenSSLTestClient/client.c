@@ -14,7 +14,13 @@ struct terminus_test_client {
     size_t data_length;
 };
 
-terminus_test_client *terminus_test_client_new(const char *ca_file, const char *host, int version) {
+terminus_test_client *terminus_test_client_new(const char *ca_file, const char *host, int version,
+                                               const char *ciphers) {
+    return terminus_test_client_new_resuming(ca_file, host, version, ciphers, NULL);
+}
+
+terminus_test_client *terminus_test_client_new_resuming(const char *ca_file, const char *host, int version,
+                                                        const char *ciphers, void *session) {
     struct terminus_test_client *client = calloc(1, sizeof(*client));
     if (client == NULL) return NULL;
     client->context = SSL_CTX_new(TLS_client_method());
@@ -22,6 +28,11 @@ terminus_test_client *terminus_test_client_new(const char *ca_file, const char *
     int v = version == 0x0304 ? TLS1_3_VERSION : TLS1_2_VERSION;
     SSL_CTX_set_min_proto_version(client->context, v);
     SSL_CTX_set_max_proto_version(client->context, v);
+    if (ciphers != NULL) {
+        int ok = v == TLS1_3_VERSION ? SSL_CTX_set_ciphersuites(client->context, ciphers)
+                                     : SSL_CTX_set_cipher_list(client->context, ciphers);
+        if (ok != 1) goto fail;
+    }
     if (SSL_CTX_load_verify_locations(client->context, ca_file, NULL) != 1) goto fail;
     SSL_CTX_set_verify(client->context, SSL_VERIFY_PEER, NULL);
     client->ssl = SSL_new(client->context);
@@ -33,6 +44,7 @@ terminus_test_client *terminus_test_client_new(const char *ca_file, const char *
     SSL_set_tlsext_host_name(client->ssl, host);
     SSL_set1_host(client->ssl, host);
     SSL_set_connect_state(client->ssl);
+    if (session != NULL && SSL_set_session(client->ssl, (SSL_SESSION *)session) != 1) goto fail;
     SSL_do_handshake(client->ssl);  // writes the ClientHello
     return client;
 fail:
@@ -79,6 +91,11 @@ int terminus_test_client_receive(terminus_test_client *client, const uint8_t *by
 
 int terminus_test_client_connected(terminus_test_client *client) { return SSL_is_init_finished(client->ssl); }
 
+int terminus_test_client_cipher(terminus_test_client *client) {
+    const SSL_CIPHER *cipher = SSL_get_current_cipher(client->ssl);
+    return cipher == NULL ? 0 : SSL_CIPHER_get_protocol_id(cipher);
+}
+
 size_t terminus_test_client_take_output(terminus_test_client *client, uint8_t *buffer, size_t capacity) {
     int read = BIO_read(client->output, buffer, (int)capacity);
     return read > 0 ? (size_t)read : 0;
@@ -104,3 +121,22 @@ int terminus_test_client_key_update(terminus_test_client *client, int requested)
 }
 
 int terminus_test_client_close(terminus_test_client *client) { return SSL_shutdown(client->ssl) >= 0; }
+
+int terminus_test_client_renegotiate(terminus_test_client *client) {
+    if (SSL_renegotiate(client->ssl) != 1) return 0;
+    SSL_do_handshake(client->ssl);  // writes the ClientHello
+    return 1;
+}
+
+void *terminus_test_client_session(terminus_test_client *client) {
+    SSL_SESSION *session = SSL_get1_session(client->ssl);
+    if (session != NULL && !SSL_SESSION_is_resumable(session)) {
+        SSL_SESSION_free(session);
+        return NULL;
+    }
+    return session;
+}
+
+void terminus_test_client_session_free(void *session) { SSL_SESSION_free((SSL_SESSION *)session); }
+
+int terminus_test_client_resumed(terminus_test_client *client) { return SSL_session_reused(client->ssl); }

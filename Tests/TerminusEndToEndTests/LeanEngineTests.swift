@@ -67,12 +67,30 @@ struct LeanEngineTests {
         }
     }
 
-    @Test("the lean engine takes TLS 1.3 only for now: min_version 1.2 with engine lean is a configuration error")
-    func versions() throws {
-        var configuration = TestGateway.configuration()
-        configuration.tls?.engine = .lean
-        #expect(throws: ConfigurationError.self) {
-            _ = try Gateway(configuration: configuration, sink: InMemorySink(), logger: TestGateway.logger)
+    @Test(
+        "min_version 1.2 with the lean engine: a TLS 1.2 device (BoringSSL's client) and a TLS 1.3 device publish side by side"
+    )
+    func tls12() async throws {
+        let gateway = try await TestGateway.start {
+            $0.tls?.engine = .lean
+            $0.tls?.minimumVersion = "1.2"
         }
+        var configuration = try gateway.client("lean-tls12")
+        configuration.tls?.maximumTLSVersion = .tlsv12
+        let old = try await TerminusConnection.connect(configuration, group: MultiThreadedEventLoopGroup.singleton)
+        let modern = try await gateway.connect("lean-tls13")
+        for index in 0..<20 {
+            #expect(try await old.publish(topic: "pay/done", payload: ByteBuffer(string: "old \(index)")).status == .ok)
+            #expect(
+                try await modern.publish(topic: "pay/done", payload: ByteBuffer(string: "new \(index)")).status == .ok
+            )
+        }
+        let large = ByteBuffer(bytes: (0..<40_000).map { UInt8(truncatingIfNeeded: $0 &* 13) })
+        #expect(try await old.publish(topic: "print/log", payload: large).status == .ok)
+        #expect(gateway.sink.messages.count == 41)
+        #expect(gateway.sink.messages.last?.payload == large)
+        #expect(gateway.sink.messages.filter { $0.deviceID == "lean-tls12" }.count == 21)
+        await old.close()
+        await modern.close()
     }
 }

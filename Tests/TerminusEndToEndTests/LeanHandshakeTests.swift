@@ -192,8 +192,15 @@ struct LeanHandlerInteropTests {
         var closedByPeer = false
         var failed = false
 
-        init(caFile: String) throws {
-            guard let pointer = terminus_test_client_new(caFile, "localhost", 0x0304) else {
+        init(
+            caFile: String,
+            version: Int32 = 0x0304,
+            ciphers: String? = nil,
+            session: UnsafeMutableRawPointer? = nil
+        )
+            throws
+        {
+            guard let pointer = terminus_test_client_new_resuming(caFile, "localhost", version, ciphers, session) else {
                 throw LeanTLSError.internalError("no OpenSSL client")
             }
             self.pointer = pointer
@@ -245,13 +252,18 @@ struct LeanHandlerInteropTests {
         }
     }
 
-    static func server(_ files: LeanHandshakeTests.Files) throws -> EmbeddedChannel {
-        let context = try LeanTLSServerContext(
-            certificateChainFile: files.path("server.pem"),
-            privateKeyFile: files.path("server-key.pem"),
-            minimumVersion: 0x0304,
-            tickets: 1
+    static func server(_ files: LeanHandshakeTests.Files, minimumVersion: UInt16 = 0x0304) throws -> EmbeddedChannel {
+        try Self.server(
+            LeanTLSServerContext(
+                certificateChainFile: files.path("server.pem"),
+                privateKeyFile: files.path("server-key.pem"),
+                minimumVersion: minimumVersion,
+                tickets: 1
+            )
         )
+    }
+
+    static func server(_ context: LeanTLSServerContext) throws -> EmbeddedChannel {
         let channel = EmbeddedChannel()
         try channel.pipeline.syncOperations.addHandler(LeanTLSServerHandler(context: context, aead: try AEADContext()))
         channel.connect(to: try SocketAddress(ipAddress: "127.0.0.1", port: 50_000), promise: nil)
@@ -302,6 +314,153 @@ struct LeanHandlerInteropTests {
         #expect(!server.isActive)
     }
 
+    /// Every suite the lean record layer protects, by version: OpenSSL's names and IANA ids.
+    static let suites: [(version: Int32, name: String, id: UInt16)] = [
+        (0x0304, "TLS_AES_128_GCM_SHA256", 0x1301),
+        (0x0304, "TLS_AES_256_GCM_SHA384", 0x1302),
+        (0x0304, "TLS_CHACHA20_POLY1305_SHA256", 0x1303),
+        (0x0303, "ECDHE-ECDSA-AES128-GCM-SHA256", 0xC02B),
+        (0x0303, "ECDHE-ECDSA-AES256-GCM-SHA384", 0xC02C),
+        (0x0303, "ECDHE-ECDSA-CHACHA20-POLY1305", 0xCCA9),
+    ]
+
+    @Test(
+        "every suite, TLS 1.3 and TLS 1.2: data both ways in records of random sizes, split and coalesced, up to 2^14 and past it, then close_notify",
+        arguments: 0..<6
+    )
+    func everySuite(index: Int) throws {
+        let suite = Self.suites[index]
+        let files = try LeanHandshakeTests.Files()
+        defer { files.remove() }
+        let server = try Self.server(files, minimumVersion: 0x0303)
+        let client = try Client(caFile: files.path("ca.pem"), version: suite.version, ciphers: suite.name)
+        try Self.pump(client, server)
+        #expect(terminus_test_client_connected(client.pointer) == 1)
+        #expect(terminus_test_client_cipher(client.pointer) == Int32(suite.id))
+        var generator = SystemRandomNumberGenerator()
+        for round in 0..<12 {
+            let length = round == 0 ? 16_384 : round == 1 ? 40_000 : Int.random(in: 0...3_000, using: &generator)
+            let text = String((0..<length).map { _ in "abcdefghijklmnopqrstuvwxyz0123456789".randomElement()! })
+            if length > 0 { #expect(client.send(text)) }
+            // The client's bytes reach the server split at a random point, or with the next
+            // round's records coalesced behind them.
+            var bytes = client.output()
+            let cut = bytes.isEmpty ? 0 : Int.random(in: 0...bytes.count, using: &generator)
+            try server.writeInbound(ByteBuffer(bytes: bytes[0..<cut]))
+            try server.writeInbound(ByteBuffer(bytes: bytes[cut...]))
+            bytes.removeAll()
+            #expect(try Self.received(server) == text)
+            try server.writeAndFlush(ByteBuffer(string: text)).wait()
+            try Self.pump(client, server)
+            #expect(client.data() == text)
+        }
+        #expect(!client.failed)
+        #expect(terminus_test_client_close(client.pointer) == 1)
+        try Self.pump(client, server)
+        #expect(!server.isActive)
+    }
+
+    /// A full handshake with `context`, data both ways (so that a TLS 1.3 client reads its
+    /// ticket), and the session the client keeps.
+    static func connect(
+        _ files: LeanHandshakeTests.Files,
+        _ context: LeanTLSServerContext,
+        version: Int32,
+        session: UnsafeMutableRawPointer? = nil
+    ) throws -> (resumed: Bool, session: UnsafeMutableRawPointer?) {
+        let server = try Self.server(context)
+        let client = try Client(caFile: files.path("ca.pem"), version: version, session: session)
+        try Self.pump(client, server)
+        #expect(terminus_test_client_connected(client.pointer) == 1)
+        #expect(client.send("ping"))
+        try Self.pump(client, server)
+        #expect(try Self.received(server) == "ping")
+        try server.writeAndFlush(ByteBuffer(string: "pong")).wait()
+        try Self.pump(client, server)
+        #expect(client.data() == "pong")
+        #expect(!client.failed)
+        // An orderly close: OpenSSL's client marks a session it did not shut down unresumable.
+        #expect(terminus_test_client_close(client.pointer) == 1)
+        try Self.pump(client, server)
+        #expect(!server.isActive)
+        return (terminus_test_client_resumed(client.pointer) == 1, terminus_test_client_session(client.pointer))
+    }
+
+    @Test(
+        "resumption, TLS 1.3 and TLS 1.2: a ticket resumes (records flow under the resumed keys), in its key's period and the next, on another context with the same secret; not later, nor with another secret",
+        arguments: [Int32(0x0304), 0x0303]
+    )
+    func resumption(version: Int32) throws {
+        let files = try LeanHandshakeTests.Files()
+        defer { files.remove() }
+        let secret = [UInt8](repeating: 0x42, count: 48)
+        func context(_ secret: [UInt8]?) throws -> LeanTLSServerContext {
+            try LeanTLSServerContext(
+                certificateChainFile: files.path("server.pem"),
+                privateKeyFile: files.path("server-key.pem"),
+                tickets: 1,
+                ticketSecret: secret,
+                ticketKeyRotation: 3_600
+            )
+        }
+        let pod = try context(secret)
+        let first = try Self.connect(files, pod, version: version)
+        #expect(!first.resumed)
+        let ticket = try #require(first.session)
+        defer { terminus_test_client_session_free(ticket) }
+
+        let again = try Self.connect(files, pod, version: version, session: ticket)
+        #expect(again.resumed)
+        terminus_test_client_session_free(again.session)
+        // Another pod with the same secret resumes it; one with its own secret does not.
+        let samePod = try Self.connect(files, try context(secret), version: version, session: ticket)
+        let otherSecret = try Self.connect(files, try context(nil), version: version, session: ticket)
+        #expect(samePod.resumed && !otherSecret.resumed)
+        // The next period: the previous key still opens it. The one after: a full handshake.
+        pod.moveTicketClock(bySeconds: 3_600)
+        let nextPeriod = try Self.connect(files, pod, version: version, session: ticket)
+        pod.moveTicketClock(bySeconds: 2 * 3_600)
+        let later = try Self.connect(files, pod, version: version, session: ticket)
+        #expect(nextPeriod.resumed && !later.resumed)
+        for session in [samePod.session, otherSecret.session, nextPeriod.session, later.session] {
+            terminus_test_client_session_free(session)
+        }
+    }
+
+    @Test("no tickets configured: no resumption, TLS 1.3 and TLS 1.2", arguments: [Int32(0x0304), 0x0303])
+    func noTickets(version: Int32) throws {
+        let files = try LeanHandshakeTests.Files()
+        defer { files.remove() }
+        let context = try LeanTLSServerContext(
+            certificateChainFile: files.path("server.pem"),
+            privateKeyFile: files.path("server-key.pem"),
+            tickets: 0
+        )
+        let first = try Self.connect(files, context, version: version)
+        let second = try Self.connect(files, context, version: version, session: first.session)
+        #expect(!first.resumed && !second.resumed)
+        terminus_test_client_session_free(first.session)
+        terminus_test_client_session_free(second.session)
+    }
+
+    @Test("TLS 1.2: a renegotiation (a new ClientHello) ends the connection")
+    func renegotiationRefused() throws {
+        let files = try LeanHandshakeTests.Files()
+        defer { files.remove() }
+        let server = try Self.server(files, minimumVersion: 0x0303)
+        let client = try Client(caFile: files.path("ca.pem"), version: 0x0303)
+        try Self.pump(client, server)
+        #expect(terminus_test_client_connected(client.pointer) == 1)
+        #expect(terminus_test_client_renegotiate(client.pointer) == 1)
+        var caught: (any Error)?
+        do { try Self.pump(client, server) } catch { caught = error }
+        guard case .unexpectedMessage = caught as? LeanTLSError else {
+            Issue.record("a renegotiation was not refused: \(String(describing: caught))")
+            return
+        }
+        #expect(!server.isActive)
+    }
+
     @Test(
         "KeyUpdates asking for ours: one answer before the server's next record, none while it writes nothing; more than 32 in a row end the connection"
     )
@@ -328,7 +487,7 @@ struct LeanHandlerInteropTests {
         try Self.pump(client, server)
         #expect(try Self.received(server) == "data")
         var caught: (any Error)?
-        for _ in 0..<(LeanTLSServerHandler.maxKeyUpdatesInARow + 1) where caught == nil {
+        for _ in 0..<(LeanTLSServerHandler.maxRecordsWithoutData + 1) where caught == nil {
             #expect(terminus_test_client_key_update(client.pointer, 0) == 1)
             do { try server.writeInbound(ByteBuffer(bytes: client.output())) } catch { caught = error }
         }

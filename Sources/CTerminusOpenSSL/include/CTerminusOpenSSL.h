@@ -45,11 +45,17 @@ typedef struct terminus_tls_server terminus_tls_server;
 
 /// `client_auth`: 0 none, 1 optional, 2 required (then `client_ca_file` is needed).
 /// `min_version`: 0x0303 (TLS 1.2) or 0x0304 (TLS 1.3). `tickets`: TLS 1.3 session tickets sent
-/// after each full handshake (0: none, and no TLS 1.2 tickets either). NULL on failure, with
-/// the reason in `error`.
+/// after each handshake (0: none, and no TLS 1.2 tickets either). Ticket keys are derived from
+/// `ticket_secret` (32 to 64 bytes; NULL or shorter: 32 random bytes, this process's own) for
+/// each period of `rotation_seconds` of wall-clock time; a ticket resumes during the period
+/// after the one it was made in at most. NULL on failure, with the reason in `error`.
 terminus_tls_server *terminus_tls_server_new(const char *certificate_chain_file, const char *private_key_file,
                                              const char *client_ca_file, int client_auth, int min_version,
-                                             size_t tickets, char *error, size_t error_capacity);
+                                             size_t tickets, const uint8_t *ticket_secret,
+                                             size_t ticket_secret_length, int64_t rotation_seconds, char *error,
+                                             size_t error_capacity);
+/// Moves the ticket keys' clock by `seconds` (tests of rotation).
+void terminus_tls_server_set_clock_offset(terminus_tls_server *server, int64_t seconds);
 void terminus_tls_server_free(terminus_tls_server *server);
 
 /// One connection's handshake: OpenSSL's SSL object between two memory BIOs. Freed as soon
@@ -90,16 +96,23 @@ typedef struct {
     /// TLS 1.3: records OpenSSL already wrote with the server's application keys (its
     /// NewSessionTicket messages): the server's next record has this sequence number.
     uint64_t server_application_records;
-    /// TLS 1.2: the master secret and the two randoms, for the key block.
-    uint8_t master_secret[48];
-    uint8_t client_random[32];
-    uint8_t server_random[32];
+    /// TLS 1.2: the key block (RFC 5246, 6.3) from the master secret by the TLS PRF, cut as
+    /// client key, server key, client IV, server IV (`key_length` and `iv_length` bytes each;
+    /// an AEAD suite has no MAC keys).
+    uint8_t key_block[88];
+    uint8_t key_length;
+    uint8_t iv_length;
     /// Whether the handshake resumed a session (a ticket).
     int resumed;
 } terminus_tls_keys;
 
 /// Fills `keys`; 1 when the handshake is done and every secret was seen, else 0.
 int terminus_tls_handshake_keys(terminus_tls_handshake *handshake, terminus_tls_keys *keys);
+
+/// TLS 1.2's PRF (RFC 5246, 5) with SHA-256, or SHA-384 when `sha384` is 1: `length` bytes of
+/// PRF(secret, label, seed) into `output`. 1 on success.
+int terminus_tls12_prf(int sha384, const uint8_t *secret, size_t secret_length, const char *label,
+                       const uint8_t *seed, size_t seed_length, uint8_t *output, size_t length);
 
 /// The peer's certificate in DER, verified by OpenSSL (mTLS): its length (0 when there is
 /// none), copied when `capacity` allows.

@@ -9,8 +9,21 @@
 typedef struct terminus_test_client terminus_test_client;
 
 /// A client that trusts `ca_file`, checks the name `host`, and speaks only `version`
-/// (0x0303 or 0x0304). NULL on failure.
-terminus_test_client *terminus_test_client_new(const char *ca_file, const char *host, int version);
+/// (0x0303 or 0x0304), offering only `ciphers` when not NULL (OpenSSL's cipher list for TLS 1.2,
+/// its ciphersuites for TLS 1.3). NULL on failure.
+terminus_test_client *terminus_test_client_new(const char *ca_file, const char *host, int version,
+                                               const char *ciphers);
+/// The same, offering `session` (from `terminus_test_client_session`) for resumption.
+terminus_test_client *terminus_test_client_new_resuming(const char *ca_file, const char *host, int version,
+                                                        const char *ciphers, void *session);
+/// The client's session with its ticket, once it has one (TLS 1.3: after reading the server's
+/// NewSessionTicket), or NULL; free it with `terminus_test_client_session_free`.
+void *terminus_test_client_session(terminus_test_client *client);
+void terminus_test_client_session_free(void *session);
+/// 1 when the handshake resumed the offered session.
+int terminus_test_client_resumed(terminus_test_client *client);
+/// The suite negotiated (its IANA id), once connected.
+int terminus_test_client_cipher(terminus_test_client *client);
 void terminus_test_client_free(terminus_test_client *client);
 
 /// Feeds bytes the server sent, then advances: the handshake until it is done, then reads
@@ -27,6 +40,8 @@ size_t terminus_test_client_take_data(terminus_test_client *client, uint8_t *buf
 int terminus_test_client_send(terminus_test_client *client, const uint8_t *bytes, size_t length);
 /// Sends a KeyUpdate (`requested`: ask the server to update its keys too). 1 on success.
 int terminus_test_client_key_update(terminus_test_client *client, int requested);
+/// Starts a renegotiation (TLS 1.2: a new ClientHello). 1 on success.
+int terminus_test_client_renegotiate(terminus_test_client *client);
 /// Sends close_notify. 1 on success.
 int terminus_test_client_close(terminus_test_client *client);
 
