@@ -220,6 +220,9 @@ package enum ConfigurationLoader {
         case clientAuth = "client_auth"
         case minVersion = "min_version"
         case engine
+        case sessionTickets = "session_tickets"
+        case ticketKeyFile = "ticket_key_file"
+        case ticketKeyRotation = "ticket_key_rotation"
     }
 
     private static func decodeDevice(
@@ -296,6 +299,24 @@ package enum ConfigurationLoader {
                 throw ConfigurationError(key: "device.tls.engine", "must be nio-ssl or lean")
             }
             files.engine = parsed
+        }
+        let tickets = try tls.int(.sessionTickets, in: 0...GatewayConfiguration.TLSFiles.maxSessionTickets)
+        let ticketKeyFile = try tls.string(.ticketKeyFile).map { Self.resolve($0, base) }
+        let rotation = try tls.duration(.ticketKeyRotation)
+        if files.engine == .nioSSL, tickets != nil || ticketKeyFile != nil || rotation != nil {
+            // BoringSSL in swift-nio-ssl keeps its own ticket keys, per process, out of reach.
+            throw ConfigurationError(
+                key: "device.tls",
+                "session_tickets, ticket_key_file and ticket_key_rotation are settings of engine: lean"
+            )
+        }
+        if let tickets { files.sessionTickets = tickets }
+        files.ticketKeyFile = ticketKeyFile
+        if let rotation {
+            guard rotation >= .minutes(1), rotation <= .hours(24 * 7) else {
+                throw ConfigurationError(key: "device.tls.ticket_key_rotation", "must be between 1m and 168h")
+            }
+            files.ticketKeyRotation = rotation
         }
         config.tls = files
     }

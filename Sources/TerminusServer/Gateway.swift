@@ -352,6 +352,22 @@ package final class Gateway: Service, Sendable {
             privateKey: .privateKey(key)
         )
         if files.engine == .lean {
+            var ticketSecret: [UInt8]? = nil
+            if let path = files.ticketKeyFile {
+                guard let data = FileManager.default.contents(atPath: path) else {
+                    throw ConfigurationError(key: "device.tls.ticket_key_file", "cannot read \(path)")
+                }
+                // A trailing newline (an editor's, `base64`'s) is not part of the secret.
+                var bytes = [UInt8](data)
+                while let last = bytes.last, last == 0x0A || last == 0x0D { bytes.removeLast() }
+                guard (32...64).contains(bytes.count) else {
+                    throw ConfigurationError(
+                        key: "device.tls.ticket_key_file",
+                        "must hold 32 to 64 bytes (e.g. head -c 48 /dev/urandom | base64), not \(bytes.count)"
+                    )
+                }
+                ticketSecret = bytes
+            }
             do {
                 let context = try LeanTLSServerContext(
                     certificateChainFile: files.certificateChain,
@@ -359,7 +375,10 @@ package final class Gateway: Service, Sendable {
                     clientCAFile: files.clientAuth == .none ? nil : files.clientCA,
                     clientAuthentication: files.clientAuth == .required
                         ? .required : files.clientAuth == .optional ? .optional : .none,
-                    minimumVersion: files.minimumVersion == "1.3" ? 0x0304 : 0x0303
+                    minimumVersion: files.minimumVersion == "1.3" ? 0x0304 : 0x0303,
+                    tickets: files.sessionTickets,
+                    ticketSecret: ticketSecret,
+                    ticketKeyRotation: files.ticketKeyRotation.nanoseconds / 1_000_000_000
                 )
                 return .leanTLS(context, verifiesClientCertificates: files.clientAuth != .none)
             } catch {

@@ -72,6 +72,16 @@ package struct GatewayConfiguration: Sendable {
         package var minimumVersion: String = "1.2"
         /// `device.tls.engine`.
         package var engine: TLSEngine = .nioSSL
+        /// `device.tls.session_tickets` (lean engine): TLS 1.3 tickets after each handshake; 0
+        /// turns resumption off (TLS 1.2's tickets too).
+        package var sessionTickets = 1
+        package static let maxSessionTickets = 4
+        /// `device.tls.ticket_key_file` (lean engine): 32 to 64 bytes the ticket keys are derived
+        /// from, shared by the pods so that a ticket resumes on any of them; nil: a random
+        /// secret of this process's own.
+        package var ticketKeyFile: String?
+        /// `device.tls.ticket_key_rotation` (lean engine): each period has its own ticket key.
+        package var ticketKeyRotation: TimeAmount = .hours(12)
 
         package init(certificateChain: String, privateKey: String) {
             self.certificateChain = certificateChain

@@ -93,4 +93,23 @@ struct LeanEngineTests {
         await old.close()
         await modern.close()
     }
+
+    @Test("ticket_key_file must hold 32 to 64 bytes (a trailing newline aside): otherwise the configuration is refused")
+    func ticketKeyFileSize() throws {
+        let file = NSTemporaryDirectory() + "lean-ticket-\(UUID().uuidString).key"
+        defer { try? FileManager.default.removeItem(atPath: file) }
+        for (content, accepted) in [("short\n", false), (String(repeating: "k", count: 32) + "\n", true)] {
+            try content.write(toFile: file, atomically: true, encoding: .utf8)
+            var configuration = TestGateway.configuration()
+            configuration.tls?.engine = .lean
+            configuration.tls?.ticketKeyFile = file
+            if accepted {
+                _ = try Gateway(configuration: configuration, sink: InMemorySink(), logger: TestGateway.logger)
+            } else {
+                #expect(throws: ConfigurationError.self) {
+                    _ = try Gateway(configuration: configuration, sink: InMemorySink(), logger: TestGateway.logger)
+                }
+            }
+        }
+    }
 }

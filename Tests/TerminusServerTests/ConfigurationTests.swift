@@ -23,6 +23,46 @@ struct ConfigurationTests {
           secrets_file: /etc/terminus/devices.yaml
         """
 
+    /// A TLS device listener with `extra` lines in `device.tls`.
+    static func tls(_ extra: String) -> String {
+        "device:\n  transport: tls\n  tls:\n    certificate_chain: a\n    private_key: b\n    \(extra)\n"
+            + "auth:\n  secrets_file: s\n"
+    }
+
+    @Test(
+        "the lean engine's ticket settings load; their defaults: one ticket, a 12 h rotation, keys of this process's own"
+    )
+    func ticketSettings() throws {
+        let defaults = try #require(try ConfigurationLoader.load(yaml: Self.tls("engine: lean")).tls)
+        #expect(
+            defaults.sessionTickets == 1 && defaults.ticketKeyRotation == .hours(12) && defaults.ticketKeyFile == nil
+        )
+        let set = try #require(
+            try ConfigurationLoader.load(
+                yaml: Self.tls(
+                    "engine: lean\n    session_tickets: 0\n    ticket_key_file: t.key\n    ticket_key_rotation: 6h"
+                ),
+                baseDirectory: "/etc/terminus"
+            ).tls
+        )
+        #expect(set.sessionTickets == 0 && set.ticketKeyRotation == .hours(6))
+        #expect(set.ticketKeyFile == "/etc/terminus/t.key")
+    }
+
+    static let ticketErrorCases: [(String, String)] = [
+        (Self.tls("session_tickets: 2"), "device.tls"),
+        (Self.tls("engine: lean\n    session_tickets: 9"), "device.tls.session_tickets"),
+        (Self.tls("engine: lean\n    ticket_key_rotation: 10s"), "device.tls.ticket_key_rotation"),
+    ]
+
+    @Test(
+        "ticket settings: refused with nio-ssl, and out of range, naming the key",
+        arguments: Self.ticketErrorCases
+    )
+    func ticketErrors(yaml: String, key: String) {
+        self.namedErrors(yaml: yaml, key: key)
+    }
+
     @Test("a minimal file gets safe defaults for every limit")
     func defaults() throws {
         let config = try ConfigurationLoader.load(yaml: Self.minimal)
