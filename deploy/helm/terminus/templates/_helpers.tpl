@@ -60,6 +60,7 @@ app.kubernetes.io/part-of: terminus
 config: /etc/terminus/config
 deviceTLS: /etc/terminus/device-tls
 deviceCA: /etc/terminus/device-ca
+deviceTicketKey: /etc/terminus/device-ticket-key
 deviceSecrets: /etc/terminus/device-secrets
 apiTokens: /etc/terminus/api-tokens
 apiTLS: /etc/terminus/api-tls
@@ -78,6 +79,9 @@ redisCA: /etc/terminus/redis-ca
 {{- end -}}
 {{- if and (ne $v.device.tls.clientAuth "none") (not $v.device.tls.clientCA.secretName) -}}
 {{- fail "device.tls.clientCA.secretName is required with device.tls.clientAuth optional or required" -}}
+{{- end -}}
+{{- if and (ne $v.device.tls.engine "lean") (or $v.device.tls.ticketKey.secretName (ne (int $v.device.tls.sessionTickets) 1) (ne $v.device.tls.ticketKeyRotation "12h")) -}}
+{{- fail "device.tls.sessionTickets, ticketKeyRotation and ticketKey are settings of device.tls.engine lean (BoringSSL in nio-ssl keeps its own ticket keys)" -}}
 {{- end -}}
 {{- if and (ne $v.device.tls.clientAuth "required") (not $v.device.secrets.secretName) -}}
 {{- fail "device.secrets.secretName is required unless device.tls.clientAuth is required" -}}
@@ -152,6 +156,11 @@ capabilities:
   mountPath: {{ $p.deviceCA }}
   readOnly: true
 {{- end }}
+{{- if and (eq $v.device.transport "tls") $v.device.tls.ticketKey.secretName }}
+- name: device-ticket-key
+  mountPath: {{ $p.deviceTicketKey }}
+  readOnly: true
+{{- end }}
 {{- if $v.device.secrets.secretName }}
 - name: device-secrets
   mountPath: {{ $p.deviceSecrets }}
@@ -209,6 +218,14 @@ capabilities:
 {{- $tls := dict "certificate_chain" (printf "%s/tls.crt" $p.deviceTLS) "private_key" (printf "%s/tls.key" $p.deviceTLS) "min_version" $v.device.tls.minVersion "client_auth" $v.device.tls.clientAuth -}}
 {{- if $v.device.tls.clientCA.secretName -}}
 {{- $_ := set $tls "client_ca" (printf "%s/%s" $p.deviceCA $v.device.tls.clientCA.key) -}}
+{{- end -}}
+{{- $_ := set $tls "engine" $v.device.tls.engine -}}
+{{- if eq $v.device.tls.engine "lean" -}}
+{{- $_ := set $tls "session_tickets" (int $v.device.tls.sessionTickets) -}}
+{{- $_ := set $tls "ticket_key_rotation" $v.device.tls.ticketKeyRotation -}}
+{{- if $v.device.tls.ticketKey.secretName -}}
+{{- $_ := set $tls "ticket_key_file" (printf "%s/%s" $p.deviceTicketKey $v.device.tls.ticketKey.key) -}}
+{{- end -}}
 {{- end -}}
 {{- $_ := set $device "tls" $tls -}}
 {{- end -}}
