@@ -7,6 +7,9 @@
 struct terminus_aead_context {
     EVP_CIPHER_CTX *cipher_context;
     EVP_CIPHER *ciphers[4];  // by terminus_aead; [0] unused
+    /// The AEAD the context was last initialised with: the next record with the same one only
+    /// sets key and nonce, keeping OpenSSL's provider context (no new one per record).
+    terminus_aead current;
 };
 
 terminus_aead_context *terminus_aead_context_new(void) {
@@ -39,13 +42,23 @@ static int aead_crypt(terminus_aead_context *context, terminus_aead aead, const 
     EVP_CIPHER_CTX *ctx = context->cipher_context;
     int out = 0;
     // Both AEADs take a 12-byte nonce by default.
-    if (EVP_CipherInit_ex2(ctx, context->ciphers[aead], key, nonce, encrypt, NULL) != 1) return 0;
-    if (aad_length > 0 && EVP_CipherUpdate(ctx, NULL, &out, aad, (int)aad_length) != 1) return 0;
-    if (length > 0 && EVP_CipherUpdate(ctx, output, &out, input, (int)length) != 1) return 0;
-    if (!encrypt && EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_SET_TAG, 16, tag) != 1) return 0;
-    if (EVP_CipherFinal_ex(ctx, output + length, &out) != 1) return 0;
-    if (encrypt && EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_GET_TAG, 16, tag) != 1) return 0;
+    const EVP_CIPHER *cipher = context->current == aead ? NULL : context->ciphers[aead];
+    if (EVP_CipherInit_ex2(ctx, cipher, key, nonce, encrypt, NULL) != 1) {
+        context->current = 0;
+        return 0;
+    }
+    context->current = aead;
+    if (aad_length > 0 && EVP_CipherUpdate(ctx, NULL, &out, aad, (int)aad_length) != 1) goto fail;
+    if (length > 0 && EVP_CipherUpdate(ctx, output, &out, input, (int)length) != 1) goto fail;
+    if (!encrypt && EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_SET_TAG, 16, tag) != 1) goto fail;
+    if (EVP_CipherFinal_ex(ctx, output + length, &out) != 1) goto fail;
+    if (encrypt && EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_GET_TAG, 16, tag) != 1) goto fail;
     return 1;
+fail:
+    // A failure (a record that does not authenticate, above all) leaves the context to be set up
+    // afresh for the next record.
+    context->current = 0;
+    return 0;
 }
 
 int terminus_aead_seal(terminus_aead_context *context, terminus_aead aead, const uint8_t *key,

@@ -73,7 +73,13 @@ package final class LeanTLSServerHandler: ChannelDuplexHandler, RemovableChannel
         if input.readableBytes > 0, case .closed = self.state {
             return
         } else if input.readableBytes > 0 {
-            var kept = context.channel.allocator.buffer(capacity: input.readableBytes)
+            // Room for the whole record at once (its header says how long it is), so that the rest
+            // is appended without reallocating.
+            var needed = input.readableBytes
+            if input.readableBytes >= 5, let length = input.getInteger(at: input.readerIndex + 3, as: UInt16.self) {
+                needed = max(needed, 5 + Int(length))
+            }
+            var kept = context.channel.allocator.buffer(capacity: needed)
             kept.writeBuffer(&input)
             self.pending = kept
         }

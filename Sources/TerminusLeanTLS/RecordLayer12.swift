@@ -47,7 +47,7 @@ package enum TLS12Records {
         let type = ContentType(rawValue: record.getInteger(at: record.readerIndex, as: UInt8.self)!)!
         var plaintext = allocator.buffer(capacity: cipherLength)
         var authentic = false
-        let key = keys.key
+        let key = keys.keyStorage
         let aead = keys.suite.aead
         plaintext.writeWithUnsafeMutableBytes(minimumWritableBytes: cipherLength) { output in
             record.withUnsafeReadableBytes { input -> Int in
@@ -56,18 +56,20 @@ package enum TLS12Records {
                 authentic =
                     keys.withNextNonce(explicit: explicit > 0 ? base + Self.headerLength : nil) { nonce, sequence in
                         Self.withAdditionalData(sequence: sequence, header: base, length: cipherLength) { aad in
-                            terminus_aead_open(
-                                context.pointer,
-                                aead,
-                                key,
-                                nonce,
-                                aad,
-                                13,
-                                ciphertext,
-                                output.baseAddress!.assumingMemoryBound(to: UInt8.self),
-                                cipherLength,
-                                ciphertext + cipherLength
-                            )
+                            withUnsafeBytes(of: key) { keyBytes in
+                                terminus_aead_open(
+                                    context.pointer,
+                                    aead,
+                                    keyBytes.baseAddress!.assumingMemoryBound(to: UInt8.self),
+                                    nonce,
+                                    aad,
+                                    13,
+                                    ciphertext,
+                                    output.baseAddress!.assumingMemoryBound(to: UInt8.self),
+                                    cipherLength,
+                                    ciphertext + cipherLength
+                                )
+                            }
                         }
                     } == 1
                 return authentic ? cipherLength : 0
@@ -100,25 +102,27 @@ package enum TLS12Records {
             output.writeImmutableBuffer(chunk)
             output.writeRepeatingByte(0, count: Self.tagLength)
             let offset = start - output.readerIndex
-            let key = keys.key
+            let key = keys.keyStorage
             let aead = keys.suite.aead
             let sealed = output.withUnsafeMutableReadableBytes { bytes -> Int32 in
                 let base = bytes.baseAddress!.assumingMemoryBound(to: UInt8.self) + offset
                 let plaintext = base + Self.headerLength + explicit
                 return keys.withNextNonce { nonce, sequence in
                     Self.withAdditionalData(sequence: sequence, header: base, length: length) { aad in
-                        terminus_aead_seal(
-                            context.pointer,
-                            aead,
-                            key,
-                            nonce,
-                            aad,
-                            13,
-                            plaintext,
-                            plaintext,
-                            length,
-                            plaintext + length
-                        )
+                        withUnsafeBytes(of: key) { keyBytes in
+                            terminus_aead_seal(
+                                context.pointer,
+                                aead,
+                                keyBytes.baseAddress!.assumingMemoryBound(to: UInt8.self),
+                                nonce,
+                                aad,
+                                13,
+                                plaintext,
+                                plaintext,
+                                length,
+                                plaintext + length
+                            )
+                        }
                     }
                 }
             }

@@ -1,19 +1,30 @@
 /// One direction's record protection: the AEAD key and IV, the next record's sequence number,
 /// and in TLS 1.3 the traffic secret they come from (kept for KeyUpdate).
+/// Stored inline (no heap allocation, no reference counting on the record path): ~110 bytes.
 package struct TrafficKeys: Sendable {
     package let suite: LeanCipherSuite
-    package private(set) var secret: [UInt8]
-    package private(set) var key: [UInt8]
-    package private(set) var iv: [UInt8]
+    private var secretStorage: InlineArray<48, UInt8>
+    /// The AEAD key, padded with zeros to 32 bytes; read by the record layers.
+    private(set) var keyStorage: InlineArray<32, UInt8>
+    private var ivStorage: InlineArray<12, UInt8>
     package private(set) var sequence: UInt64
+
+    /// The TLS 1.3 traffic secret (empty in TLS 1.2).
+    package var secret: [UInt8] {
+        Self.bytes(self.secretStorage, count: self.suite.isTLS13 ? self.suite.hashLength : 0)
+    }
+    package var key: [UInt8] { Self.bytes(self.keyStorage, count: self.suite.keyLength) }
+    package var iv: [UInt8] { Self.bytes(self.ivStorage, count: self.suite.ivLength) }
 
     /// Keys for `secret` (a TLS 1.3 application traffic secret), starting at `sequence`.
     package init(suite: LeanCipherSuite, secret: [UInt8], sequence: UInt64 = 0) {
         precondition(secret.count == suite.hashLength, "a traffic secret is as long as the suite's hash")
         self.suite = suite
-        self.secret = secret
-        self.key = TLS13KeySchedule.expandLabel(secret, label: "key", length: suite.keyLength, suite: suite)
-        self.iv = TLS13KeySchedule.expandLabel(secret, label: "iv", length: 12, suite: suite)
+        self.secretStorage = Self.storage(secret)
+        self.keyStorage = Self.storage(
+            TLS13KeySchedule.expandLabel(secret, label: "key", length: suite.keyLength, suite: suite)
+        )
+        self.ivStorage = Self.storage(TLS13KeySchedule.expandLabel(secret, label: "iv", length: 12, suite: suite))
         self.sequence = sequence
     }
 
@@ -22,10 +33,21 @@ package struct TrafficKeys: Sendable {
     package init(suite: LeanCipherSuite, key: [UInt8], iv: [UInt8], sequence: UInt64) {
         precondition(!suite.isTLS13 && key.count == suite.keyLength && iv.count == suite.ivLength)
         self.suite = suite
-        self.secret = []
-        self.key = key
-        self.iv = iv
+        self.secretStorage = InlineArray(repeating: 0)
+        self.keyStorage = Self.storage(key)
+        self.ivStorage = Self.storage(iv)
         self.sequence = sequence
+    }
+
+    private static func storage<let count: Int>(_ bytes: [UInt8]) -> InlineArray<count, UInt8> {
+        precondition(bytes.count <= count)
+        var storage = InlineArray<count, UInt8>(repeating: 0)
+        for (index, byte) in bytes.enumerated() { storage[index] = byte }
+        return storage
+    }
+
+    private static func bytes<let size: Int>(_ storage: InlineArray<size, UInt8>, count: Int) -> [UInt8] {
+        (0..<count).map { storage[$0] }
     }
 
     /// KeyUpdate (RFC 8446, 7.2): the next secret, its key and IV, sequence 0.
@@ -57,15 +79,15 @@ package struct TrafficKeys: Sendable {
         let sequence = self.sequence
         self.sequence &+= 1
         return try withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 12) { nonce in
-            if self.iv.count == 4 {
-                for index in 0..<4 { nonce[index] = self.iv[index] }
+            if self.suite.ivLength == 4 {
+                for index in 0..<4 { nonce[index] = self.ivStorage[index] }
                 var value = sequence
                 for index in stride(from: 11, through: 4, by: -1) {
                     nonce[index] = explicit.map { $0[index - 4] } ?? UInt8(truncatingIfNeeded: value)
                     value >>= 8
                 }
             } else {
-                for index in 0..<12 { nonce[index] = self.iv[index] }
+                for index in 0..<12 { nonce[index] = self.ivStorage[index] }
                 var value = sequence
                 for index in stride(from: 11, through: 4, by: -1) {
                     nonce[index] ^= UInt8(truncatingIfNeeded: value)
