@@ -27,7 +27,8 @@ package final class RedisServer: Sendable {
                 let script =
                     "(apt-get install -y -qq redis-server || (apt-get update -qq && apt-get install -y -qq redis-server))"
                     + " >/dev/null 2>&1"
-                if let shell = try? ChildProcess("/bin/sh", ["-c", "export DEBIAN_FRONTEND=noninteractive; " + script]) {
+                let command = "export DEBIAN_FRONTEND=noninteractive; " + script
+                if let shell = try? ChildProcess("/bin/sh", ["-c", command]) {
                     shell.waitUntilExit()
                 }
             }
