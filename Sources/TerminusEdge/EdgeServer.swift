@@ -24,6 +24,12 @@ package struct DeviceListener: Sendable {
         case leanTLS(LeanTLSServerContext, verifiesClientCertificates: Bool)
         /// TLS is ended upstream; frames arrive in the clear.
         case plaintext
+
+        /// Whether connections shake hands here (either engine).
+        var terminatesTLS: Bool {
+            if case .plaintext = self { return false }
+            return true
+        }
     }
 
     package var host: String
@@ -190,8 +196,12 @@ package final class EdgeServer: Sendable {
 
     /// Read buffer sizes for device connections: small messages are the rule, so start at 512
     /// bytes (a TLS record with a ~250-byte message fits one read) and adapt between 64 bytes and
-    /// 64 KiB. Public so that the benchmarks' bare-stack server reads the same way.
-    package static let readBuffers = AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 64 * 1024)
+    /// 2 KiB. NIO keeps each channel's last read buffer for its next read and never shrinks it,
+    /// so the maximum is what an idle connection holds after a large message: with 64 KiB, a
+    /// 16 KB record left ~16 KiB per device (docs/benchmarks.md, "Issue 16"). A large message
+    /// takes more reads instead. Public so that the benchmarks' bare-stack server reads the same
+    /// way.
+    package static let readBuffers = AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 2048)
 
     /// Sets up the device pipeline (PROXY header, TLS, frame decoder, session) on a channel the
     /// caller made, exactly as the listener does for each accepted connection. The benchmarks
@@ -241,7 +251,8 @@ package final class EdgeServer: Sendable {
             }
             channel.closeFuture.whenComplete { _ in admission.addressClosed(host) }
         }
-        if case .tls = listener.security, !admission.beginHandshake() {
+        // Either engine: a handshake in progress costs the same whichever library runs it.
+        if listener.security.terminatesTLS, !admission.beginHandshake() {
             Self.refuse(channel, shared: shared, listener: listener, reason: "too many TLS handshakes in progress")
             return
         }

@@ -36,6 +36,24 @@ package final class LeanTLSServerHandler: ChannelDuplexHandler, RemovableChannel
     private var pending: ByteBuffer?
     private let aead: AEADContext
     private var sentCloseNotify = false
+    /// The client sent something: a close from here on without close_notify is unclean.
+    private var receivedBytes = false
+    /// The server's close under way: close_notify is sent, and the socket closes when the
+    /// client's close_notify arrives, when the client closes, or after `closeTimeout`, as
+    /// swift-nio-ssl does. Reading goes on meanwhile, so that the socket is not closed with
+    /// bytes unread (the kernel would answer with a reset, and a client may then lose what was
+    /// sent last); nothing more is written.
+    private var closing: Closing?
+
+    private final class Closing {
+        var promise: EventLoopPromise<Void>?
+        var timeout: Scheduled<Void>?
+        init(promise: EventLoopPromise<Void>?) { self.promise = promise }
+    }
+
+    /// How long the server's close waits for the client's close_notify (swift-nio-ssl's
+    /// default `shutdownTimeout`).
+    package static let closeTimeout = TimeAmount.seconds(5)
     /// The client asked us to update our keys (KeyUpdate, update_requested): our own KeyUpdate
     /// goes before the next record we write (RFC 8446, 4.6.3), one for any number of requests,
     /// so a client that asks again and again without reading makes us write nothing.
@@ -56,6 +74,7 @@ package final class LeanTLSServerHandler: ChannelDuplexHandler, RemovableChannel
 
     package func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var input = self.unwrapInboundIn(data)
+        self.receivedBytes = true
         if var pending = self.pending {
             self.pending = nil
             pending.writeBuffer(&input)
@@ -174,13 +193,11 @@ package final class LeanTLSServerHandler: ChannelDuplexHandler, RemovableChannel
             try self.countRecordWithoutData()
             return
         }
-        self.state = .closed
-        if description == 0 {
-            context.close(promise: nil)
-        } else {
+        if description != 0 {
+            self.state = .closed
             context.fireErrorCaught(LeanTLSError.alertReceived(level: level, description: description))
-            context.close(promise: nil)
         }
+        self.closeSocket(context: context)
     }
 
     /// After the handshake a TLS 1.3 client may send KeyUpdate only (RFC 8446, 4.6.3); anything
@@ -226,7 +243,16 @@ package final class LeanTLSServerHandler: ChannelDuplexHandler, RemovableChannel
         self.readKeys = nil
         self.writeKeys = nil
         context.fireErrorCaught(error)
-        context.close(promise: nil)
+        self.closeSocket(context: context)
+    }
+
+    /// Closes the socket now, completing the server's close if one is under way.
+    private func closeSocket(context: ChannelHandlerContext) {
+        self.state = .closed
+        let promise = self.closing?.promise
+        self.closing?.timeout?.cancel()
+        self.closing = nil
+        context.close(promise: promise)
     }
 
     /// Seals `content` into a new buffer, after the KeyUpdate the client asked for if one is owed.
@@ -257,14 +283,15 @@ package final class LeanTLSServerHandler: ChannelDuplexHandler, RemovableChannel
 
     /// An alert under the current keys, when the connection has them; best effort.
     private func sendAlert(level: UInt8, description: UInt8, context: ChannelHandlerContext) {
-        guard case .established = self.state, self.writeKeys != nil,
+        guard case .established = self.state, self.writeKeys != nil, self.closing == nil,
             let output = try? self.seal(ByteBuffer(bytes: [level, description]), type: .alert, context: context)
         else { return }
         context.writeAndFlush(self.wrapOutboundOut(output), promise: nil)
     }
 
     package func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        guard case .established = self.state, self.writeKeys != nil else {
+        // After close_notify nothing more may be sent (RFC 8446, 6.1).
+        guard case .established = self.state, self.writeKeys != nil, self.closing == nil else {
             promise?.fail(LeanTLSError.unexpectedMessage("a write before the handshake is done or after close"))
             return
         }
@@ -281,15 +308,61 @@ package final class LeanTLSServerHandler: ChannelDuplexHandler, RemovableChannel
     }
 
     /// close_notify before the connection closes, once.
+    /// A full close of an established connection sends close_notify and waits for the
+    /// client's (see `closing`); any other closes at once.
     package func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
-        if mode == .all, !self.sentCloseNotify {
-            self.sentCloseNotify = true
-            self.sendAlert(level: 1, description: 0, context: context)
+        guard mode == .all else {
+            context.close(mode: mode, promise: promise)
+            return
         }
-        context.close(mode: mode, promise: promise)
+        if let closing = self.closing {
+            // Already closing: this close ends with that one.
+            if let promise {
+                if let first = closing.promise {
+                    first.futureResult.cascade(to: promise)
+                } else {
+                    closing.promise = promise
+                }
+            }
+            return
+        }
+        guard case .established = self.state, self.writeKeys != nil, !self.sentCloseNotify else {
+            self.state = .closed
+            context.close(mode: mode, promise: promise)
+            return
+        }
+        self.sentCloseNotify = true
+        self.sendAlert(level: 1, description: 0, context: context)
+        let closing = Closing(promise: promise)
+        closing.timeout = context.eventLoop.assumeIsolated().scheduleTask(in: Self.closeTimeout) {
+            self.closeSocket(context: context)
+        }
+        self.closing = closing
+        // The client's close_notify is read even while the session holds reads back.
+        context.read()
+    }
+
+    package func channelReadComplete(context: ChannelHandlerContext) {
+        if self.closing != nil { context.read() }
+        context.fireChannelReadComplete()
     }
 
     package func channelInactive(context: ChannelHandlerContext) {
+        // Closed by the peer without close_notify, as swift-nio-ssl reports it: after the
+        // handshake, or during it once the client sent something.
+        let unclean: Bool
+        switch self.state {
+        case .established: unclean = self.closing == nil
+        case .handshaking: unclean = self.receivedBytes
+        case .closed: unclean = false
+        }
+        if unclean { context.fireErrorCaught(LeanTLSError.uncleanShutdown) }
+        if let closing = self.closing {
+            // The client closed first: the server's close is complete.
+            closing.timeout?.cancel()
+            self.closing = nil
+            closing.promise?.succeed(())
+        }
         self.state = .closed
         self.pending = nil
         self.readKeys = nil

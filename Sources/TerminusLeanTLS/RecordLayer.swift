@@ -39,6 +39,9 @@ package enum LeanTLSError: Error, Equatable, Sendable {
     case alertReceived(level: UInt8, description: UInt8)
     /// OpenSSL refused the handshake (its alert is already written).
     case handshakeFailed(String)
+    /// The connection ended without close_notify, after the client had sent something (as
+    /// swift-nio-ssl's `uncleanShutdown`; a probe that connects and closes is not one).
+    case uncleanShutdown
     case internalError(String)
 
     /// The alert description this error is reported to the peer with.
@@ -49,7 +52,7 @@ package enum LeanTLSError: Error, Equatable, Sendable {
         case .unexpectedMessage: 10
         case .decodeError: 50
         case .sequenceExhausted, .internalError: 80
-        case .alertReceived, .handshakeFailed: 0
+        case .alertReceived, .handshakeFailed, .uncleanShutdown: 0
         }
     }
 }

@@ -533,4 +533,61 @@ struct LeanHandlerInteropTests {
         while let out = try server.readOutbound(as: ByteBuffer.self) { client.receive(Array(out.readableBytesView)) }
         #expect(client.failed)
     }
+
+    @Test(
+        "a close without close_notify is unclean once the client sent something; a probe that sends nothing and the server's own close are not"
+    )
+    func uncleanShutdown() throws {
+        let files = try LeanHandshakeTests.Files()
+        defer { files.remove() }
+        // After the handshake: the client's FIN without close_notify.
+        let established = try Self.server(files)
+        let client = try Client(caFile: files.path("ca.pem"))
+        try Self.pump(client, established)
+        #expect(terminus_test_client_connected(client.pointer) == 1)
+        established.pipeline.fireChannelInactive()
+        #expect(throws: LeanTLSError.uncleanShutdown) { try established.throwIfErrorCaught() }
+
+        // During the handshake, after the ClientHello.
+        let halfway = try Self.server(files)
+        let second = try Client(caFile: files.path("ca.pem"))
+        try halfway.writeInbound(ByteBuffer(bytes: second.output()))
+        #expect(try halfway.readOutbound(as: ByteBuffer.self) != nil, "the server's flight")
+        halfway.pipeline.fireChannelInactive()
+        #expect(throws: LeanTLSError.uncleanShutdown) { try halfway.throwIfErrorCaught() }
+
+        // A probe (a load balancer's health check): connected, nothing sent, closed.
+        let probe = try Self.server(files)
+        probe.pipeline.fireChannelInactive()
+        #expect(throws: Never.self) { try probe.throwIfErrorCaught() }
+
+        // The server closes: close_notify goes out; the socket stays open, reading, until the
+        // client's close_notify; nothing more is written; the end is not reported as unclean.
+        let closing = try Self.server(files)
+        let third = try Client(caFile: files.path("ca.pem"))
+        try Self.pump(third, closing)
+        #expect(terminus_test_client_connected(third.pointer) == 1)
+        let closed = closing.close()
+        try Self.pump(third, closing)
+        #expect(third.closedByPeer, "the client read close_notify")
+        #expect(closing.isActive, "waiting for the client's close_notify")
+        #expect(throws: LeanTLSError.self) { try closing.writeAndFlush(ByteBuffer(string: "too late")).wait() }
+        #expect(terminus_test_client_close(third.pointer) == 1)
+        try Self.pump(third, closing)
+        #expect(!closing.isActive)
+        try closed.wait()
+        #expect(throws: Never.self) { try closing.throwIfErrorCaught() }
+
+        // A client that never answers: the socket closes after `closeTimeout`.
+        let silent = try Self.server(files)
+        let fourth = try Client(caFile: files.path("ca.pem"))
+        try Self.pump(fourth, silent)
+        let timedOut = silent.close()
+        silent.embeddedEventLoop.advanceTime(by: LeanTLSServerHandler.closeTimeout - .milliseconds(1))
+        #expect(silent.isActive)
+        silent.embeddedEventLoop.advanceTime(by: .milliseconds(1))
+        #expect(!silent.isActive)
+        try timedOut.wait()
+        #expect(throws: Never.self) { try silent.throwIfErrorCaught() }
+    }
 }

@@ -75,9 +75,13 @@ struct OverloadTests {
         for client in open { await client.close() }
     }
 
-    @Test("limits.max_handshakes: connections above the handshakes under way are closed at accept; slots free up")
-    func handshakes() async throws {
+    @Test(
+        "limits.max_handshakes: connections above the handshakes under way are closed at accept; slots free up; either TLS engine",
+        arguments: ["lean", "nio-ssl"]
+    )
+    func handshakes(engine: String) async throws {
         let gateway = try await TestGateway.start {
+            $0.tls?.engine = GatewayConfiguration.TLSEngine(rawValue: engine)!
             $0.edge.admission.maxHandshakes = 10
             $0.edge.handshakeTimeout = .seconds(60)
         }

@@ -193,7 +193,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, TimerWheelTarget, Delive
                 self.machine.protocolViolation(code: error.code.rawValue, now: self.now),
                 message: error.message
             )
-        case NIOSSLError.uncleanShutdown:
+        case NIOSSLError.uncleanShutdown, LeanTLSError.uncleanShutdown:
             self.closeForTransport(.uncleanShutdown, "closed without TLS close_notify")
         case let error as IOError where error.errnoCode == ECONNRESET || error.errnoCode == EPIPE:
             self.closeForTransport(.connectionReset, "\(error)")
