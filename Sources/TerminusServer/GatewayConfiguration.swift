@@ -70,8 +70,9 @@ package struct GatewayConfiguration: Sendable {
         package var clientAuth: ClientAuth = .none
         /// "1.2" or "1.3".
         package var minimumVersion: String = "1.2"
-        /// `device.tls.engine`.
-        package var engine: TLSEngine = .nioSSL
+        /// `device.tls.engine`: lean by default, the engine the figures favour for a fleet of
+        /// mostly idle devices (a quarter of nio-ssl's memory per device; docs/benchmarks.md).
+        package var engine: TLSEngine = .lean
         /// `device.tls.session_tickets` (lean engine): TLS 1.3 tickets after each handshake; 0
         /// turns resumption off (TLS 1.2's tickets too).
         package var sessionTickets = 1

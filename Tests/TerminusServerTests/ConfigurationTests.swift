@@ -30,13 +30,16 @@ struct ConfigurationTests {
     }
 
     @Test(
-        "the lean engine's ticket settings load; their defaults: one ticket, a 12 h rotation, keys of this process's own"
+        "the lean engine is the default; its ticket settings load; their defaults: one ticket, a 12 h rotation, own keys"
     )
     func ticketSettings() throws {
-        let defaults = try #require(try ConfigurationLoader.load(yaml: Self.tls("engine: lean")).tls)
+        let defaults = try #require(try ConfigurationLoader.load(yaml: Self.tls("min_version: \"1.3\"")).tls)
+        #expect(defaults.engine == .lean)
         #expect(
             defaults.sessionTickets == 1 && defaults.ticketKeyRotation == .hours(12) && defaults.ticketKeyFile == nil
         )
+        let boring = try #require(try ConfigurationLoader.load(yaml: Self.tls("engine: nio-ssl")).tls)
+        #expect(boring.engine == .nioSSL)
         let set = try #require(
             try ConfigurationLoader.load(
                 yaml: Self.tls(
@@ -50,7 +53,7 @@ struct ConfigurationTests {
     }
 
     static let ticketErrorCases: [(String, String)] = [
-        (Self.tls("session_tickets: 2"), "device.tls"),
+        (Self.tls("engine: nio-ssl\n    session_tickets: 2"), "device.tls"),
         (Self.tls("engine: lean\n    session_tickets: 9"), "device.tls.session_tickets"),
         (Self.tls("engine: lean\n    ticket_key_rotation: 10s"), "device.tls.ticket_key_rotation"),
     ]
