@@ -509,7 +509,8 @@ if Context.environment["TERMINUS_BENCHMARKS"] == "1" {
             name: "terminus-loadgen",
             dependencies: [
                 "TerminusClient", "TerminusEdge", "TerminusProtocol", "TerminusCompression", "TerminusAuth",
-                "TerminusAPI",
+                "TerminusAPI", "TerminusLeanTLS", "COpenSSLTestClient",
+                .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "NIOCore", package: "swift-nio"),

@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
-"""Server CPU per resumed TLS 1.3 handshake (session ticket), read from /proc/PID.
+"""Server CPU per resumed TLS 1.3 (or 1.2) handshake (session ticket), read from /proc/PID.
 
 swift-nio-ssl has no client-side session resumption, so terminus-loadgen cannot resume; this
 client (Python's ssl, OpenSSL 3) does, against the gateway and HAProxy alike:
 
-    resumed-handshakes.py --target 127.0.0.1:7883 --ca ca.pem --pid PID --count 2000 [--out FILE]
+    resumed-handshakes.py --target 127.0.0.1:7883 --ca ca.pem --pid PID --count 2000 [--version 1.2|1.3] [--out FILE]
 
 It takes one ticket from a first connection (it sends 5 bytes the gateway answers with
 GOAWAY(MALFORMED_FRAME): swift-nio-ssl sends the TLS 1.3 tickets with the first record it
@@ -36,10 +36,12 @@ def main():
     parser.add_argument("--server-name", default="localhost")
     parser.add_argument("--out")
     parser.add_argument("--label", default="resumed")
+    parser.add_argument("--version", choices=["1.2", "1.3"], default="1.3", help="the TLS version, both ways")
     args = parser.parse_args()
     host, port = args.target.rsplit(":", 1)
     context = ssl.create_default_context(cafile=args.ca)
-    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    version = ssl.TLSVersion.TLSv1_3 if args.version == "1.3" else ssl.TLSVersion.TLSv1_2
+    context.minimum_version = context.maximum_version = version
 
     first = context.wrap_socket(socket.create_connection((host, int(port))), server_hostname=args.server_name)
     first.sendall(b"\x00\x00\x00\x01\xff")

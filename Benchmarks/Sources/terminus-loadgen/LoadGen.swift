@@ -17,7 +17,7 @@ struct LoadGen: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "terminus-loadgen",
         abstract: "Fleet load generator for Terminus gateways (and TLS peers measured the same way).",
-        subcommands: [Fleet.self, Handshakes.self, IdleTLS.self, Sinks.self],
+        subcommands: [Fleet.self, Handshakes.self, ServerHandshakes.self, IdleTLS.self, Sinks.self],
         defaultSubcommand: Fleet.self
     )
 }
