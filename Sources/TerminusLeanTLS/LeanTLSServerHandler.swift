@@ -307,7 +307,6 @@ package final class LeanTLSServerHandler: ChannelDuplexHandler, RemovableChannel
         context.write(self.wrapOutboundOut(output), promise: promise)
     }
 
-    /// close_notify before the connection closes, once.
     /// A full close of an established connection sends close_notify and waits for the
     /// client's (see `closing`); any other closes at once.
     package func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
