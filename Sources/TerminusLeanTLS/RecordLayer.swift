@@ -97,27 +97,24 @@ package enum TLS13Records {
         guard keys.canProtectAnotherRecord else { throw LeanTLSError.sequenceExhausted }
         var plaintext = allocator.buffer(capacity: cipherLength)
         var authentic = false
-        let key = keys.keyStorage
         let aead = keys.suite.aead
         plaintext.writeWithUnsafeMutableBytes(minimumWritableBytes: cipherLength) { output in
             record.withUnsafeReadableBytes { input -> Int in
                 let base = input.baseAddress!.assumingMemoryBound(to: UInt8.self)
                 authentic =
-                    keys.withNextNonce { nonce, _ in
-                        withUnsafeBytes(of: key) { keyBytes in
-                            terminus_aead_open(
-                                context.pointer,
-                                aead,
-                                keyBytes.baseAddress!.assumingMemoryBound(to: UInt8.self),
-                                nonce,
-                                base,
-                                Self.headerLength,
-                                base + Self.headerLength,
-                                output.baseAddress!.assumingMemoryBound(to: UInt8.self),
-                                cipherLength,
-                                base + Self.headerLength + cipherLength
-                            )
-                        }
+                    keys.withNextNonce { key, nonce, _ in
+                        terminus_aead_open(
+                            context.pointer,
+                            aead,
+                            key,
+                            nonce,
+                            base,
+                            Self.headerLength,
+                            base + Self.headerLength,
+                            output.baseAddress!.assumingMemoryBound(to: UInt8.self),
+                            cipherLength,
+                            base + Self.headerLength + cipherLength
+                        )
                     } == 1
                 return authentic ? cipherLength : 0
             }
@@ -198,25 +195,22 @@ package enum TLS13Records {
         }
         let innerLength = output.writerIndex - start - Self.headerLength - Self.tagLength
         let offset = start - output.readerIndex
-        let key = keys.keyStorage
         let aead = keys.suite.aead
         let sealed = output.withUnsafeMutableReadableBytes { bytes -> Int32 in
             let base = bytes.baseAddress!.assumingMemoryBound(to: UInt8.self) + offset
-            return keys.withNextNonce { nonce, _ in
-                withUnsafeBytes(of: key) { keyBytes in
-                    terminus_aead_seal(
-                        context.pointer,
-                        aead,
-                        keyBytes.baseAddress!.assumingMemoryBound(to: UInt8.self),
-                        nonce,
-                        base,
-                        Self.headerLength,
-                        base + Self.headerLength,
-                        base + Self.headerLength,
-                        innerLength,
-                        base + Self.headerLength + innerLength
-                    )
-                }
+            return keys.withNextNonce { key, nonce, _ in
+                terminus_aead_seal(
+                    context.pointer,
+                    aead,
+                    key,
+                    nonce,
+                    base,
+                    Self.headerLength,
+                    base + Self.headerLength,
+                    base + Self.headerLength,
+                    innerLength,
+                    base + Self.headerLength + innerLength
+                )
             }
         }
         guard sealed == 1 else { throw LeanTLSError.internalError("sealing a record failed") }

@@ -47,29 +47,29 @@ package enum TLS12Records {
         let type = ContentType(rawValue: record.getInteger(at: record.readerIndex, as: UInt8.self)!)!
         var plaintext = allocator.buffer(capacity: cipherLength)
         var authentic = false
-        let key = keys.keyStorage
         let aead = keys.suite.aead
         plaintext.writeWithUnsafeMutableBytes(minimumWritableBytes: cipherLength) { output in
             record.withUnsafeReadableBytes { input -> Int in
                 let base = input.baseAddress!.assumingMemoryBound(to: UInt8.self)
                 let ciphertext = base + Self.headerLength + explicit
                 authentic =
-                    keys.withNextNonce(explicit: explicit > 0 ? base + Self.headerLength : nil) { nonce, sequence in
+                    keys.withNextNonce(explicit: explicit > 0 ? base + Self.headerLength : nil) {
+                        key,
+                        nonce,
+                        sequence in
                         Self.withAdditionalData(sequence: sequence, header: base, length: cipherLength) { aad in
-                            withUnsafeBytes(of: key) { keyBytes in
-                                terminus_aead_open(
-                                    context.pointer,
-                                    aead,
-                                    keyBytes.baseAddress!.assumingMemoryBound(to: UInt8.self),
-                                    nonce,
-                                    aad,
-                                    13,
-                                    ciphertext,
-                                    output.baseAddress!.assumingMemoryBound(to: UInt8.self),
-                                    cipherLength,
-                                    ciphertext + cipherLength
-                                )
-                            }
+                            terminus_aead_open(
+                                context.pointer,
+                                aead,
+                                key,
+                                nonce,
+                                aad,
+                                13,
+                                ciphertext,
+                                output.baseAddress!.assumingMemoryBound(to: UInt8.self),
+                                cipherLength,
+                                ciphertext + cipherLength
+                            )
                         }
                     } == 1
                 return authentic ? cipherLength : 0
@@ -102,27 +102,24 @@ package enum TLS12Records {
             output.writeImmutableBuffer(chunk)
             output.writeRepeatingByte(0, count: Self.tagLength)
             let offset = start - output.readerIndex
-            let key = keys.keyStorage
             let aead = keys.suite.aead
             let sealed = output.withUnsafeMutableReadableBytes { bytes -> Int32 in
                 let base = bytes.baseAddress!.assumingMemoryBound(to: UInt8.self) + offset
                 let plaintext = base + Self.headerLength + explicit
-                return keys.withNextNonce { nonce, sequence in
+                return keys.withNextNonce { key, nonce, sequence in
                     Self.withAdditionalData(sequence: sequence, header: base, length: length) { aad in
-                        withUnsafeBytes(of: key) { keyBytes in
-                            terminus_aead_seal(
-                                context.pointer,
-                                aead,
-                                keyBytes.baseAddress!.assumingMemoryBound(to: UInt8.self),
-                                nonce,
-                                aad,
-                                13,
-                                plaintext,
-                                plaintext,
-                                length,
-                                plaintext + length
-                            )
-                        }
+                        terminus_aead_seal(
+                            context.pointer,
+                            aead,
+                            key,
+                            nonce,
+                            aad,
+                            13,
+                            plaintext,
+                            plaintext,
+                            length,
+                            plaintext + length
+                        )
                     }
                 }
             }

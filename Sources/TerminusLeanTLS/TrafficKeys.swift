@@ -4,8 +4,8 @@
 package struct TrafficKeys: Sendable {
     package let suite: LeanCipherSuite
     private var secretStorage: InlineArray<48, UInt8>
-    /// The AEAD key, padded with zeros to 32 bytes; read by the record layers.
-    private(set) var keyStorage: InlineArray<32, UInt8>
+    /// The AEAD key, padded with zeros to 32 bytes.
+    private var keyStorage: InlineArray<32, UInt8>
     private var ivStorage: InlineArray<12, UInt8>
     package private(set) var sequence: UInt64
 
@@ -67,17 +67,18 @@ package struct TrafficKeys: Sendable {
     /// The sequence number is 64 bits and must never wrap (RFC 8446, 5.3): false when it would.
     package var canProtectAnotherRecord: Bool { self.sequence < UInt64.max }
 
-    /// Calls `body` with this record's nonce, on the stack, and its sequence number; then counts
-    /// the record. The nonce is the IV with the sequence number XORed into its last 8 bytes
+    /// Calls `body` with the key, this record's nonce (on the stack) and its sequence number;
+    /// then counts the record. The nonce is the IV with the sequence number XORed into its last 8 bytes
     /// (RFC 8446 5.3, and RFC 7905 for TLS 1.2's ChaCha20-Poly1305), or for TLS 1.2 AES-GCM the
     /// 4-byte salt followed by `explicit` (RFC 5288): the 8 bytes the record carries, read from
     /// it when opening, the sequence number when sealing (`explicit` nil).
     mutating func withNextNonce<Result>(
         explicit: UnsafePointer<UInt8>? = nil,
-        _ body: (UnsafePointer<UInt8>, UInt64) throws -> Result
+        _ body: (_ key: UnsafePointer<UInt8>, _ nonce: UnsafePointer<UInt8>, _ sequence: UInt64) throws -> Result
     ) rethrows -> Result {
         let sequence = self.sequence
         self.sequence &+= 1
+        let key = self.keyStorage
         return try withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 12) { nonce in
             if self.suite.ivLength == 4 {
                 for index in 0..<4 { nonce[index] = self.ivStorage[index] }
@@ -94,7 +95,13 @@ package struct TrafficKeys: Sendable {
                     value >>= 8
                 }
             }
-            return try body(UnsafePointer(nonce.baseAddress!), sequence)
+            return try withUnsafeBytes(of: key) { key in
+                try body(
+                    key.baseAddress!.assumingMemoryBound(to: UInt8.self),
+                    UnsafePointer(nonce.baseAddress!),
+                    sequence
+                )
+            }
         }
     }
 }
