@@ -64,6 +64,25 @@ struct BufferArenaTests {
         arena.release(again)
     }
 
+    @Test("at most warmSlots free slots keep their first page; the others are returned whole")
+    func warmSlots() throws {
+        let arena = try #require(BufferArena(slotSize: 32 * 1024, slotCount: 4, warmSlots: 2))
+        let slots = try (0..<4).map { _ in try #require(arena.allocate(32 * 1024)) }
+        for slot in slots { slot.initializeMemory(as: UInt8.self, repeating: 0xCD, count: 32 * 1024) }
+        for slot in slots { arena.release(slot) }
+        #expect(slots.map { Self.residentPages($0, 32 * 1024) } == [1, 1, 0, 0])
+        #expect(arena.slotsInUse == 0)
+
+        // Warm slots are handed out first, then the cold ones, each zeroed past what it kept.
+        let again = try (0..<4).map { _ in try #require(arena.allocate(32 * 1024)) }
+        #expect(Set(again) == Set(slots))
+        #expect(Set(again.prefix(2)) == Set(slots.prefix(2)))
+        for slot in again.suffix(2) { #expect(slot.load(as: UInt8.self) == 0) }
+        #expect(arena.allocate(32 * 1024) == nil)
+        for slot in again { arena.release(slot) }
+        #expect(arena.slotsInUse == 0)
+    }
+
     @Test("reallocating within a slot stays in place; beyond it moves to malloc with the bytes")
     func reallocation() throws {
         let arena = try #require(BufferArena(slotSize: 32 * 1024, slotCount: 1))
