@@ -56,6 +56,9 @@ let package = Package(
             name: "CTerminusOpenSSL",
             linkerSettings: [.linkedLibrary("ssl"), .linkedLibrary("crypto")]
         ),
+        // glibc's mallinfo2 and malloc_trim, which Swift's Glibc module does not import: the
+        // gateway's heap trimmer (`limits.heap_trim`).
+        .target(name: "CTerminusMalloc"),
         // The lean TLS engine (issue 16): TLS 1.3 record protection with per-thread AEAD state.
         .target(
             name: "TerminusLeanTLS",
@@ -245,6 +248,7 @@ let package = Package(
         .target(
             name: "TerminusServer",
             dependencies: [
+                "CTerminusMalloc",
                 "TerminusLeanTLS",
                 "TerminusMetrics",
                 "TerminusAdmin",

@@ -15,6 +15,15 @@ package enum MetricCatalogue {
         "terminus_build_info": Entry(kind: .gauge, help: "Always 1; the labels name the version and commit."),
         "terminus_process_cpu_seconds_total": Entry(kind: .counter, help: "CPU time of the process, user and system."),
         "terminus_process_resident_memory_bytes": Entry(kind: .gauge, help: "Resident memory of the process."),
+        "terminus_heap_free_bytes": Entry(
+            kind: .gauge,
+            help: "Free bytes in the malloc heaps at the last reading, resident or returned."
+        ),
+        "terminus_heap_trims_total": Entry(
+            kind: .counter,
+            help: "malloc_trim calls: free heap memory returned to the kernel (limits.heap_trim)."
+        ),
+        "terminus_heap_trim_seconds_total": Entry(kind: .counter, help: "Time spent in malloc_trim."),
         "terminus_process_open_fds": Entry(kind: .gauge, help: "Open file descriptors."),
         "terminus_process_max_fds": Entry(kind: .gauge, help: "The open-files limit (soft), the connection ceiling."),
         "terminus_process_start_time_seconds": Entry(kind: .gauge, help: "Start time of the process, Unix seconds."),

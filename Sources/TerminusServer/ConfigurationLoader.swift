@@ -49,6 +49,7 @@ package enum ConfigurationLoader {
         ("limits", LimitsKey.self),
         ("limits.rate", RateKey.self),
         ("limits.reconnect", ReconnectKey.self),
+        ("limits.heap_trim", HeapTrimKey.self),
         ("compression", CompressionKey.self),
         ("compression.dictionaries[]", DictionaryKey.self),
         ("timeouts", TimeoutsKey.self),
@@ -386,6 +387,12 @@ package enum ConfigurationLoader {
         case maxHandshakes = "max_handshakes"
         case maxConnectionsPerAddress = "max_connections_per_address"
         case reconnect
+        case heapTrim = "heap_trim"
+    }
+
+    enum HeapTrimKey: String, SectionKeys {
+        case interval
+        case freeBytes = "free_bytes"
     }
 
     enum ReconnectKey: String, SectionKeys {
@@ -438,6 +445,14 @@ package enum ConfigurationLoader {
             if let v = try reconnect.int(.max, in: 0...1_000_000) { config.edge.admission.reconnectMax = v }
             if let v = try reconnect.duration(.window) { config.edge.admission.reconnectWindow = v }
             if let v = try reconnect.duration(.block) { config.edge.admission.reconnectBlock = v }
+        }
+        if let trim = try limits.section(.heapTrim, HeapTrimKey.self) {
+            if try trim.string(.interval) == "0" {
+                config.heapTrim.interval = .zero
+            } else if let v = try trim.duration(.interval) {
+                config.heapTrim.interval = v
+            }
+            if let v = try trim.int(.freeBytes, in: 1_048_576...(1 << 40)) { config.heapTrim.freeBytes = v }
         }
         if let rate = try limits.section(.rate, RateKey.self) {
             var limits = config.edge.rateLimits

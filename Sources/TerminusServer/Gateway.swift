@@ -261,6 +261,9 @@ package final class Gateway: Service, Sendable {
         }
         parts += self.router?.lifecycleServices ?? []
         if let api = self.api { parts.append(api) }
+        let trimmer = HeapTrimmer(policy: configuration.heapTrim)
+        parts.append(trimmer)
+        self.metrics.add(ClosureMetricsSource { trimmer.collect(into: &$0) })
         let edge = self.edge
         let deviceAddress = self.deviceAddress
         let drainWindow = configuration.drainReconnectWindow
@@ -828,6 +831,7 @@ package final class Gateway: Service, Sendable {
         compare("admin.max_connections") { "\($0.adminLimits)" }
         compare("drain") { "\($0.drainGrace)|\($0.drainReconnectWindow)|\($0.drainUnreadyDelay)" }
         compare("log") { "\($0.logLevel)|\($0.logFormat)" }
+        compare("limits.heap_trim") { "\($0.heapTrim.interval)|\($0.heapTrim.freeBytes)" }
         compare("fleet") {
             $0.fleet.map {
                 "\($0.redis.address)|\($0.registry)|\($0.redis.database)|\($0.listen)|\($0.tokens)|\($0.store)"

@@ -125,6 +125,8 @@ package struct GatewayConfiguration: Sendable {
     package var maxConnectionsConfigured = false
     /// `limits.reserved_descriptors`: open files kept back from device connections.
     package var reservedDescriptors = FileDescriptorLimit.reserved
+    /// `limits.heap_trim.*`: when freed heap memory goes back to the kernel.
+    package var heapTrim = HeapTrimPolicy()
     /// `auth.max_token_lifetime` in seconds (0: any expiry is accepted).
     package var maxTokenLifetimeSeconds: Int64 = DeviceAuthenticator.defaultMaxTokenLifetimeSeconds
 

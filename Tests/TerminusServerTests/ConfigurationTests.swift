@@ -81,6 +81,7 @@ struct ConfigurationTests {
         #expect(config.edge.bufferArenaSlots == nil, "sized from max_connections")
         #expect(config.drainGrace == .seconds(30) && config.drainUnreadyDelay == .seconds(5))
         #expect(config.logFormat == .text)
+        #expect(config.heapTrim.interval == .seconds(1) && config.heapTrim.freeBytes == 16 * 1024 * 1024)
     }
 
     @Test("every documented key is read")
@@ -111,6 +112,9 @@ struct ConfigurationTests {
               max_topic_aliases: 4
               batch_size: 512
               buffer_arena_slots: 120000
+              heap_trim:
+                interval: 5s
+                free_bytes: 67108864
             compression:
               max_inflated_size: 65536
               max_inflate_ratio: 50
@@ -159,6 +163,9 @@ struct ConfigurationTests {
         #expect(config.edge.maxTopicAliases == 4)
         #expect(config.edge.maxBatchSize == 512)
         #expect(config.edge.bufferArenaSlots == 120_000)
+        #expect(config.heapTrim.interval == .seconds(5) && config.heapTrim.freeBytes == 64 * 1024 * 1024)
+        let off = try ConfigurationLoader.load(yaml: Self.minimal + "\nlimits:\n  heap_trim: {interval: 0}\n")
+        #expect(off.heapTrim.interval == .zero)
         #expect(config.edge.inflateLimits == .init(maxInflatedSize: 65536, maxRatio: 50, ratioFloor: 1024))
         #expect(config.dictionaries == [.init(id: 1, file: "/etc/terminus/dict/payments-v1.bin")])
         #expect(config.edge.handshakeTimeout == .seconds(5))
@@ -185,6 +192,8 @@ struct ConfigurationTests {
             (Self.minimal + "\nlimits:\n  max_frame_size: big\n", "limits.max_frame_size"),
             (Self.minimal + "\nlimits:\n  max_frames: 1\n", "limits.max_frames"),
             (Self.minimal + "\nlimits:\n  buffer_arena_slots: -1\n", "limits.buffer_arena_slots"),
+            (Self.minimal + "\nlimits:\n  heap_trim: {free_bytes: 1000}\n", "limits.heap_trim.free_bytes"),
+            (Self.minimal + "\nlimits:\n  heap_trim: {interval: soon}\n", "limits.heap_trim.interval"),
             (Self.minimal + "\ntimeouts:\n  hello: soon\n", "timeouts.hello"),
             (Self.minimal + "\nkeepalive:\n  default: 1000s\n", "keepalive"),
             (Self.minimal + "\nunknown_section: {}\n", "unknown_section"),

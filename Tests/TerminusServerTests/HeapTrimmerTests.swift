@@ -1,0 +1,86 @@
+#if canImport(Glibc)
+import Glibc
+import NIOCore
+@testable import TerminusServer
+import TerminusMetrics
+import Testing
+
+@Suite("Heap trimmer (limits.heap_trim)")
+struct HeapTrimmerTests {
+    static let mib = 1024 * 1024
+
+    @Test("trims once free bytes have grown by free_bytes over their lowest reading since the last trim")
+    func policy() {
+        var policy = HeapTrimPolicy()
+        policy.freeBytes = 10 * Self.mib
+        // Free bytes read, and whether that reading trims.
+        let readings: [(MiB: Int, trims: Bool)] = [
+            (50, false),  // the first reading only sets the low
+            (59, false),
+            (30, false),  // free memory reused: a new low
+            (40, true),  // 10 MiB freed since the low
+            (40, false),  // a trim leaves the freed bytes counted as free: no second trim
+            (49, false),
+            (50, true),
+        ]
+        for (index, reading) in readings.enumerated() {
+            let trimmed = policy.shouldTrim(free: reading.MiB * Self.mib)
+            #expect(trimmed == reading.trims, "reading \(index): \(reading.MiB) MiB")
+        }
+    }
+
+    /// How many of the pages wholly inside `[pointer, pointer + length)` are resident.
+    static func residentPages(_ pointer: UnsafeMutableRawPointer, _ length: Int) -> (resident: Int, pages: Int) {
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let start = (Int(bitPattern: pointer) + page - 1) / page * page
+        let end = (Int(bitPattern: pointer) + length) / page * page
+        guard end > start else { return (0, 0) }
+        var vector = [UInt8](repeating: 0, count: (end - start) / page)
+        let rc = vector.withUnsafeMutableBufferPointer {
+            mincore(UnsafeMutableRawPointer(bitPattern: start), end - start, $0.baseAddress)
+        }
+        precondition(rc == 0, "mincore failed: \(errno)")
+        return (vector.filter { $0 & 1 == 1 }.count, vector.count)
+    }
+
+    @Test("large buffers freed between live small ones go back to the kernel at the next check")
+    func returnsFreedPages() throws {
+        var policy = HeapTrimPolicy()
+        policy.freeBytes = 8 * Self.mib
+        let trimmer = HeapTrimmer(policy: policy)
+        trimmer.check()  // the low before the burst
+
+        // 2,048 records of 16 KB, each followed by a small object that lives on (as a session's
+        // state does), so that glibc cannot give the freed records back from the heap's top.
+        let size = 16_000
+        var large: [UnsafeMutableRawPointer] = []
+        var small: [UnsafeMutableRawPointer] = []
+        for _ in 0..<2_048 {
+            let record = try #require(malloc(size))
+            memset(record, 0xAB, size)
+            large.append(record)
+            small.append(try #require(malloc(64)))
+        }
+        for record in large { free(record) }
+        let before = large.reduce(into: (resident: 0, pages: 0)) {
+            let counted = Self.residentPages($1, size)
+            $0.resident += counted.resident
+            $0.pages += counted.pages
+        }
+        #expect(before.pages > 0)
+        #expect(before.resident * 10 >= before.pages * 9, "freed but still resident: \(before)")
+
+        #expect(trimmer.check(), "32 MB freed since the last reading")
+        let after = large.reduce(0) { $0 + Self.residentPages($1, size).resident }
+        // Other tests allocate meanwhile and may reuse some of the freed memory.
+        #expect(after * 2 < before.pages, "\(after) of \(before.pages) pages still resident after the trim")
+        #expect(!trimmer.check(), "nothing freed since")
+
+        var snapshot = MetricsSnapshot()
+        trimmer.collect(into: &snapshot)
+        #expect(snapshot.counters[SeriesKey("terminus_heap_trims_total")] == 1)
+        #expect((snapshot.gauges[SeriesKey("terminus_heap_free_bytes")] ?? 0) > 0)
+        for object in small { free(object) }
+    }
+}
+#endif
