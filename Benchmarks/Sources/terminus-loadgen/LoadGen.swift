@@ -497,8 +497,33 @@ struct FleetRun {
 
         if o.largeRecord, var measured = memory {
             let message = RawTLS.largeMessage(size: 16_000)
+            let delivered = sink?.receiver.messages ?? 0
             for case let connection as TerminusConnection in connections { connection.send(.publish(message)) }
-            try await Task.sleep(for: .seconds(3))
+            if let sink {
+                // What stays after the records, not what is in flight: 18,000 devices send 288 MB
+                // at once, which takes the gateway and this process seconds on two cores (the
+                // first reached the sink after 2 s, the last after 4.2). Wait until the sink has
+                // them all (or receives none for 10 s, at most 60 s), then 2 s more: the gateway
+                // reads its heap's free bytes every second by default (`limits.heap_trim`).
+                let start = ContinuousClock.now
+                var last = (count: delivered, at: start)
+                while ContinuousClock.now - start < .seconds(60) {
+                    let count = sink.receiver.messages
+                    if count - delivered >= connections.count { break }
+                    if count != last.count {
+                        progress("large records at the sink: \(count - delivered)")
+                        last = (count, ContinuousClock.now)
+                    } else if ContinuousClock.now - last.at > .seconds(10) {
+                        break
+                    }
+                    try await Task.sleep(for: .milliseconds(100))
+                }
+                measured.largeRecordsDelivered = sink.receiver.messages - delivered
+                measured.largeRecordsDeliveredSeconds = (ContinuousClock.now - start) / .seconds(1)
+                try await Task.sleep(for: .seconds(2))
+            } else {
+                try await Task.sleep(for: .seconds(3))
+            }
             if let after = o.target.sample() {
                 measured.rssAfterLargeRecordBytes = after.residentBytes
                 measured.bytesPerDeviceAfterLargeRecord =

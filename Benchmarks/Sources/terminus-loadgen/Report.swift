@@ -45,6 +45,9 @@ struct FleetReport: Codable, Sendable {
         var bytesPerDevice: Double
         var rssAfterLargeRecordBytes: Int?
         var bytesPerDeviceAfterLargeRecord: Double?
+        /// With a sink: how many of the large records it received before the sample, and when.
+        var largeRecordsDelivered: Int?
+        var largeRecordsDeliveredSeconds: Double?
     }
 
     struct Publish: Codable, Sendable {
