@@ -130,12 +130,23 @@ struct FleetProcessTests {
             adminPort: adminPort,
             log: log
         )
-        for _ in 0..<150 {
+        for _ in 0..<300 {
             if DescriptorExhaustionTests.httpGet(adminPort, "/readyz")?.contains("200 OK") == true { return pod }
+            guard process.isRunning else {
+                throw PodStartError(name: name, reason: "exited (\(process.terminationStatus))", log: pod.logText)
+            }
             try await Task.sleep(for: .milliseconds(100))
         }
         pod.stop()
-        throw POSIXError(.ETIMEDOUT)
+        throw PodStartError(name: name, reason: "not ready within 30 s", log: pod.logText)
+    }
+
+    /// Why a pod did not start, with the end of its log.
+    struct PodStartError: Error, CustomStringConvertible {
+        let name: String
+        let reason: String
+        let log: String
+        var description: String { "\(self.name) \(self.reason); its log ends:\n\(self.log.suffix(2_000))" }
     }
 
     /// Runs `body` with a client of `pod`'s backend API.
