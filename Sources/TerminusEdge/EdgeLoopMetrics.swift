@@ -12,6 +12,8 @@ final class EdgeLoopMetrics {
 
     var accepted = 0
     private var open: [Int] = [0, 0, 0]  // by Phase, closed excluded
+    /// Connections open on this loop, in any phase.
+    var openConnections: Int { self.open.reduce(0, +) }
     var handshakesCompleted = 0
     var handshakeDuration = LoopHistogram(bounds: LoopHistogram.latencyBounds)
     var authentications = 0

@@ -65,7 +65,10 @@ package final class EdgeServer: Sendable {
     private let group: any EventLoopGroup
     private let listener: DeviceListener
     private let shared: EdgeShared
-    private let serverChannel = Mutex<(any Channel)?>(nil)
+    /// The listener's server channels: one, or one per loop under `pack` placement.
+    private let serverChannels = Mutex<[any Channel]>([])
+    /// Under `pack` placement with more than one loop: which loops accept.
+    package let placement: LoopPlacement?
 
     package init(
         group: any EventLoopGroup,
@@ -79,6 +82,10 @@ package final class EdgeServer: Sendable {
     ) throws {
         self.group = group
         self.listener = listener
+        let loopCount = group.makeIterator().reduce(0) { count, _ in count + 1 }
+        self.placement =
+            settings.placement.policy == .pack && loopCount > 1
+            ? LoopPlacement(settings: settings.placement, loopCount: loopCount) : nil
         let contexts = try EdgeLoopContexts(group: group, settings: settings, dictionaries: dictionaries, sink: sink)
         let verifies: Bool
         var tlsContext: NIOSSLContext?
@@ -111,10 +118,76 @@ package final class EdgeServer: Sendable {
         for loop in contexts.loops {
             try await loop.submit { contexts.context(for: loop).wheel.start(on: loop) }.get()
         }
+        let channels = try await ListenerBindError.binding(
+            "device",
+            host: self.listener.host,
+            port: self.listener.port,
+            setting: "device.listen or --device-listen"
+        ) { try await self.bindChannels(loops: contexts.loops) }
+        self.serverChannels.withLock { $0 = channels }
+        let channel = channels[0]
+        let address = channel.localAddress!
+        self.shared.logger.info(
+            "device listener started",
+            metadata: [
+                "address": "\(address)",
+                "tls": "\(self.shared.usesTLS)",
+                "proxy_protocol": "\(self.listener.proxyProtocol.rawValue)",
+                "placement": "\(self.placement == nil ? "spread" : "pack")",
+            ]
+        )
+        return address
+    }
+
+    /// The listener's server channels. `spread`: one, its accepted connections given to the
+    /// loops in turn (NIO's `next()`). `pack`: one listening socket, and on each loop a server
+    /// channel over a duplicate of its descriptor that keeps what it accepts on its own loop;
+    /// `LoopPlacement` turns each one's accepting on and off.
+    private func bindChannels(loops: [any EventLoop]) async throws -> [any Channel] {
+        let allocator = Self.channelAllocator(settings: self.shared.settings, logger: self.shared.logger)
+        guard let placement = self.placement else {
+            let bootstrap = self.bootstrap(group: self.group, childGroup: self.group, allocator: allocator, gate: nil)
+            return [try await bootstrap.bind(host: self.listener.host, port: self.listener.port).get()]
+        }
+        let socket = try ListeningSocket(
+            host: self.listener.host,
+            port: self.listener.port,
+            reusePort: self.listener.reusePort,
+            backlog: Self.backlog
+        )
+        defer { socket.close() }
+        var channels: [any Channel] = []
+        do {
+            for (index, loop) in loops.enumerated() {
+                let bootstrap = self.bootstrap(
+                    group: loop,
+                    childGroup: loop,
+                    allocator: allocator,
+                    gate: (placement, index)
+                )
+                channels.append(try await bootstrap.withBoundSocket(try socket.duplicate()).get())
+            }
+        } catch {
+            for channel in channels { try? await channel.close() }
+            throw error
+        }
+        // NIO listens again on a socket it is given, with its default backlog (128).
+        try socket.listen(backlog: Self.backlog)
+        return channels
+    }
+
+    private static let backlog: Int32 = 4096
+
+    private func bootstrap(
+        group: any EventLoopGroup,
+        childGroup: any EventLoopGroup,
+        allocator: ByteBufferAllocator?,
+        gate: (LoopPlacement, Int)?
+    ) -> ServerBootstrap {
         let shared = self.shared
         let listener = self.listener
-        var bootstrap = ServerBootstrap(group: self.group)
-            .serverChannelOption(.backlog, value: 4096)
+        var bootstrap = ServerBootstrap(group: group, childGroup: childGroup)
+            .serverChannelOption(.backlog, value: Self.backlog)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .serverChannelOption(.socketOption(Self.reusePort), value: listener.reusePort ? 1 : 0)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
@@ -132,9 +205,13 @@ package final class EdgeServer: Sendable {
                 // At the open-file limit accept fails at once and the socket stays readable: without
                 // a pause the loop spins (see AcceptPauseHandler).
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(
-                        AcceptPauseHandler(backoff: shared.settings.acceptBackoff) { shared.acceptFailed($0) }
-                    )
+                    let pause = AcceptPauseHandler(backoff: shared.settings.acceptBackoff) { shared.acceptFailed($0) }
+                    try channel.pipeline.syncOperations.addHandler(pause)
+                    if let (placement, index) = gate {
+                        try channel.pipeline.syncOperations.addHandler(
+                            LoopAcceptGate(placement: placement, index: index, pause: pause)
+                        )
+                    }
                 }
             }
             .childChannelInitializer { channel in
@@ -145,26 +222,10 @@ package final class EdgeServer: Sendable {
                     return channel.eventLoop.makeFailedFuture(error)
                 }
             }
-        if let allocator = Self.channelAllocator(settings: shared.settings, logger: shared.logger) {
+        if let allocator {
             bootstrap = bootstrap.childChannelOption(.allocator, value: allocator)
         }
-        let channel = try await ListenerBindError.binding(
-            "device",
-            host: self.listener.host,
-            port: self.listener.port,
-            setting: "device.listen or --device-listen"
-        ) { try await bootstrap.bind(host: self.listener.host, port: self.listener.port).get() }
-        self.serverChannel.withLock { $0 = channel }
-        let address = channel.localAddress!
-        self.shared.logger.info(
-            "device listener started",
-            metadata: [
-                "address": "\(address)",
-                "tls": "\(self.shared.usesTLS)",
-                "proxy_protocol": "\(self.listener.proxyProtocol.rawValue)",
-            ]
-        )
-        return address
+        return bootstrap
     }
 
     /// The allocator for device channels: `SessionBufferAllocator` (large buffers from the
@@ -340,6 +401,16 @@ package final class EdgeServer: Sendable {
     /// Connections currently open on this listener (authenticated or not).
     package var openConnections: Int { self.shared.openConnections.load(ordering: .relaxed) }
 
+    /// Connections open on each loop (in the group's order), each read on its loop.
+    package func connectionsPerLoop() async -> [Int] {
+        let contexts = self.shared.contexts
+        var counts: [Int] = []
+        for loop in contexts.loops {
+            counts.append((try? await loop.submit { contexts.context(for: loop).metrics.openConnections }.get()) ?? 0)
+        }
+        return counts
+    }
+
     /// Times a device's reads were paused because its inflight window was full (since start).
     package var readPauses: Int { self.shared.readPauses.load(ordering: .relaxed) }
 
@@ -349,8 +420,7 @@ package final class EdgeServer: Sendable {
     ///   deliveries' shutdown deadline, plus a margin): sessions owed outcomes stay open until
     ///   then rather than for their close grace. Nil: the close grace.
     package func drain(reconnectWindow: TimeAmount, grace: TimeAmount, outcomesBy: NIODeadline? = nil) async {
-        let channel = self.serverChannel.withLock { $0 }
-        try? await channel?.close()
+        for channel in self.serverChannels.withLock({ $0 }) { try? await channel.close() }
         let windowMilliseconds = UInt32(clamping: max(0, reconnectWindow.nanoseconds / 1_000_000))
         let contexts = self.shared.contexts
         for loop in contexts.loops {
@@ -380,8 +450,7 @@ package final class EdgeServer: Sendable {
     /// Closes the listener and stops the timer wheels. Open connections close with the
     /// event loop group.
     package func shutdown() async {
-        let channel = self.serverChannel.withLock { $0 }
-        try? await channel?.close()
+        for channel in self.serverChannels.withLock({ $0 }) { try? await channel.close() }
         let contexts = self.shared.contexts
         for loop in contexts.loops {
             try? await loop.submit { contexts.context(for: loop).shutdown() }.get()
@@ -400,6 +469,11 @@ extension EdgeServer: MetricsSource {
                 var snapshot = MetricsSnapshot()
                 let lag = Double((NIODeadline.now() - queued).nanoseconds) / 1e9
                 snapshot.gauge(SeriesKey("terminus_event_loop_lag_seconds", ["loop": "\(index)"]), lag)
+                let context = contexts.context(for: loop)
+                snapshot.gauge(
+                    SeriesKey("terminus_event_loop_connections", ["loop": "\(index)"]),
+                    context.metrics.openConnections
+                )
                 contexts.context(for: loop).metrics.collect(into: &snapshot)
                 return snapshot
             }
@@ -409,6 +483,15 @@ extension EdgeServer: MetricsSource {
             var snapshot = MetricsSnapshot()
             for part in parts { snapshot.merge(part) }
             snapshot.gauge(SeriesKey("terminus_event_loops"), contexts.loops.count)
+            if let placement = self.placement {
+                for (index, loop) in placement.snapshot.enumerated() {
+                    snapshot.gauge(SeriesKey("terminus_event_loop_utilization", ["loop": "\(index)"]), loop.utilization)
+                    snapshot.gauge(
+                        SeriesKey("terminus_event_loop_accepting", ["loop": "\(index)"]),
+                        loop.accepting ? 1 : 0
+                    )
+                }
+            }
             snapshot.count(
                 SeriesKey("terminus_connections_refused_total", ["listener": "device", "reason": "max_connections"]),
                 shared.refusedAtCap.load(ordering: .relaxed)

@@ -19,6 +19,8 @@ package struct EdgeSettings: Sendable {
     /// oldest connection on its event loop that has not authenticated for this long, instead of
     /// being refused (a flood of idle handshakes cannot lock real devices out).
     package var unauthenticatedEvictionAge: TimeAmount = .seconds(2)
+    /// `device.placement`: which event loops take new connections (`spread` or `pack`).
+    package var placement = LoopPlacementSettings()
     /// `limits.accept_backoff`: how long the listener waits before accepting again after an
     /// accept failed (out of file descriptors or memory).
     package var acceptBackoff: TimeAmount = .milliseconds(250)

@@ -14,6 +14,9 @@ package final class AcceptPauseHandler: ChannelInboundHandler, RemovableChannelH
     private let backoff: TimeAmount
     private let onError: (IOError) -> Void
     private var paused = false
+    /// Whether the listener should accept at all (`LoopPlacement` turns it off and on); a
+    /// backoff that ends leaves a listener that should not accept paused.
+    private var accepting = true
 
     /// - Parameter onError: told of every failed accept, on the listener's event loop (count and
     ///   log it there, at a bounded rate).
@@ -35,8 +38,16 @@ package final class AcceptPauseHandler: ChannelInboundHandler, RemovableChannelH
         context.eventLoop.scheduleTask(in: self.backoff) {
             let (handler, context) = loopBound.value
             handler.paused = false
-            try? context.channel.syncOptions?.setOption(.autoRead, value: true)
+            if handler.accepting { try? context.channel.syncOptions?.setOption(.autoRead, value: true) }
         }
+    }
+
+    /// Turns accepting off or on (on the channel's loop); a running backoff still holds it off
+    /// until it ends.
+    package func setAccepting(_ accepting: Bool, context: ChannelHandlerContext) {
+        self.accepting = accepting
+        guard !self.paused else { return }
+        try? context.channel.syncOptions?.setOption(.autoRead, value: accepting)
     }
 }
 

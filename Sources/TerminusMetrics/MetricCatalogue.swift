@@ -32,6 +32,15 @@ package enum MetricCatalogue {
             help: "Time a task queued on the event loop at the scrape waited to run."
         ),
         "terminus_event_loops": Entry(kind: .gauge, help: "Event loops (threads) serving connections."),
+        "terminus_event_loop_connections": Entry(kind: .gauge, help: "Device connections open on each event loop."),
+        "terminus_event_loop_utilization": Entry(
+            kind: .gauge,
+            help: "CPU share of the loop's thread over its last sample (device.placement.policy: pack only)."
+        ),
+        "terminus_event_loop_accepting": Entry(
+            kind: .gauge,
+            help: "1 while the loop takes new device connections (device.placement.policy: pack only)."
+        ),
         // Listeners and connections.
         "terminus_connections": Entry(
             kind: .gauge,

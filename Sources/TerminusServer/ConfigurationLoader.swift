@@ -44,6 +44,7 @@ package enum ConfigurationLoader {
         ("", RootKey.self),
         ("device", DeviceKey.self),
         ("device.tls", DeviceTLSKey.self),
+        ("device.placement", DevicePlacementKey.self),
         ("auth", AuthKey.self),
         ("auth.throttle", ThrottleKey.self),
         ("limits", LimitsKey.self),
@@ -212,6 +213,13 @@ package enum ConfigurationLoader {
         case proxyProtocol = "proxy_protocol"
         case proxyHeaderMaxSize = "proxy_header_max_size"
         case reusePort = "reuse_port"
+        case placement
+    }
+
+    enum DevicePlacementKey: String, SectionKeys {
+        case policy
+        case targetUtilization = "target_utilization"
+        case burst
     }
 
     enum DeviceTLSKey: String, SectionKeys {
@@ -256,6 +264,18 @@ package enum ConfigurationLoader {
                 throw ConfigurationError(key: "device.reuse_port", "must be true or false")
             }
             config.deviceReusePort = value
+        }
+        if let placement = try device.section(.placement, DevicePlacementKey.self) {
+            if let policy = try placement.string(.policy) {
+                guard let parsed = LoopPlacementSettings.Policy(rawValue: policy) else {
+                    throw ConfigurationError(key: "device.placement.policy", "must be spread or pack")
+                }
+                config.edge.placement.policy = parsed
+            }
+            if let percent = try placement.int(.targetUtilization, in: 10...95) {
+                config.edge.placement.targetUtilization = Double(percent) / 100
+            }
+            if let burst = try placement.int(.burst, in: 1...100_000) { config.edge.placement.burst = burst }
         }
         guard let tls = try device.section(.tls, DeviceTLSKey.self) else {
             if parsedTransport == .tls {

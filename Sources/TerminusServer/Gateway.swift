@@ -820,6 +820,7 @@ package final class Gateway: Service, Sendable {
         compare("device.transport") { $0.transport.rawValue }
         compare("device.proxy_protocol") { "\($0.proxyProtocol)/\($0.proxyHeaderMaxSize)" }
         compare("device.reuse_port") { "\($0.deviceReusePort)" }
+        compare("device.placement") { "\($0.edge.placement)" }
         compare("device.tls.min_version") { $0.tls?.minimumVersion ?? "" }
         compare("compression.dictionaries") { "\($0.dictionaries.map { "\($0.id)=\($0.file)" })" }
         compare("api") {
@@ -893,6 +894,9 @@ package final class Gateway: Service, Sendable {
 
     /// Connections currently open on the device listener.
     package var openConnections: Int { self.edge.openConnections }
+
+    /// Device connections open on each event loop (`device.placement`).
+    package func connectionsPerLoop() async -> [Int] { await self.edge.connectionsPerLoop() }
 
     /// Times a device's reads were paused because its inflight window was full (since start).
     package var readPauses: Int { self.edge.readPauses }

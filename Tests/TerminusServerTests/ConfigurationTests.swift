@@ -82,6 +82,30 @@ struct ConfigurationTests {
         #expect(config.drainGrace == .seconds(30) && config.drainUnreadyDelay == .seconds(5))
         #expect(config.logFormat == .text)
         #expect(config.heapTrim.interval == .seconds(1) && config.heapTrim.freeBytes == 16 * 1024 * 1024)
+        #expect(config.edge.placement == LoopPlacementSettings(), "spread")
+        #expect(config.edge.placement.policy == .spread)
+    }
+
+    @Test("device.placement: policy, target and burst; out of range or unknown, naming the key")
+    func placement() throws {
+        let device = Self.minimal.replacingOccurrences(
+            of: "  transport: plaintext",
+            with: "  transport: plaintext\n  placement:\n    policy: pack\n    target_utilization: 70\n    burst: 64"
+        )
+        let config = try ConfigurationLoader.load(yaml: device)
+        #expect(config.edge.placement.policy == .pack)
+        #expect(config.edge.placement.targetUtilization == 0.7)
+        #expect(config.edge.placement.burst == 64)
+        for (line, key) in [
+            ("policy: fill", "device.placement.policy"), ("target_utilization: 99", "device.placement.target_utilization"),
+            ("burst: 0", "device.placement.burst"), ("weight: 2", "device.placement.weight"),
+        ] {
+            let yaml = Self.minimal.replacingOccurrences(
+                of: "  transport: plaintext",
+                with: "  transport: plaintext\n  placement:\n    \(line)"
+            )
+            self.namedErrors(yaml: yaml, key: key)
+        }
     }
 
     @Test("every documented key is read")

@@ -1,0 +1,75 @@
+import NIOCore
+import NIOPosix
+import TerminusClient
+import TerminusEdge
+import TerminusProtocol
+import TerminusServer
+import TerminusTestSupport
+import Testing
+
+/// `device.placement`: which event loops take new device connections (two loops here).
+@Suite("Placing devices on event loops", .serialized, .gatewayScope)
+struct LoopPlacementTests {
+    /// Connects `count` devices one after the other (each gets WELCOME before the next connects).
+    static func connect(_ gateway: TestGateway, _ prefix: String, count: Int) async throws -> [TerminusConnection] {
+        var connections: [TerminusConnection] = []
+        for index in 0..<count { connections.append(try await gateway.connect("\(prefix)-\(index)")) }
+        return connections
+    }
+
+    @Test("pack: while the loops are idle every device lands on the first loop, and each still works")
+    func packIdle() async throws {
+        let gateway = try await TestGateway.start {
+            $0.edge.placement.policy = .pack
+            // No sample within the test: debug-build handshakes could make the loop look busy.
+            $0.edge.placement.sampleInterval = .seconds(600)
+        }
+        let connections = try await Self.connect(gateway, "pack", count: 12)
+        #expect(await gateway.gateway.connectionsPerLoop() == [12, 0])
+        for connection in connections {
+            let ack = try await connection.publish(topic: "pay/x", payload: ByteBuffer(string: "1"))
+            #expect(ack.status == .ok)
+            await connection.close()
+        }
+        #expect(await eventually { await gateway.gateway.connectionsPerLoop() == [0, 0] })
+    }
+
+    @Test("pack: a loop that accepted its burst within one sample hands over to the next; once every loop has, a new round")
+    func packBurst() async throws {
+        let gateway = try await TestGateway.start {
+            $0.edge.placement.policy = .pack
+            $0.edge.placement.burst = 4
+            // No sample within the test: the burst counts are not reset.
+            $0.edge.placement.sampleInterval = .seconds(600)
+        }
+        var connections = try await Self.connect(gateway, "burst", count: 8)
+        #expect(await gateway.gateway.connectionsPerLoop() == [4, 4])
+        connections += try await Self.connect(gateway, "more", count: 6)
+        #expect(await gateway.gateway.connectionsPerLoop() == [8, 6])
+        for connection in connections { await connection.close() }
+    }
+
+    @Test("spread (the default): connections go to both loops")
+    func spread() async throws {
+        let gateway = try await TestGateway.start()
+        #expect(gateway.configuration.edge.placement.policy == .spread)
+        let connections = try await Self.connect(gateway, "spread", count: 12)
+        let counts = await gateway.gateway.connectionsPerLoop()
+        #expect(counts.reduce(0, +) == 12 && counts.allSatisfy { $0 >= 3 }, "\(counts)")
+        for connection in connections { await connection.close() }
+    }
+
+    @Test("pack: the listener's port is taken while it runs and free again after stop; a taken port fails the start")
+    func packBinds() async throws {
+        let port = LoopbackSocket.freePort()
+        let gateway = try await TestGateway.start(port: port) { $0.edge.placement.policy = .pack }
+        #expect(gateway.port == port)
+        await #expect(throws: (any Error).self) {
+            _ = try await TestGateway.start(port: port) { $0.edge.placement.policy = .pack }
+        }
+        await gateway.stop()
+        let again = try await TestGateway.start(port: port) { $0.edge.placement.policy = .pack }
+        let connection = try await again.connect("after-restart")
+        await connection.close()
+    }
+}
