@@ -34,7 +34,9 @@ struct LoopPlacementTests {
         #expect(await eventually { await gateway.gateway.connectionsPerLoop() == [0, 0] })
     }
 
-    @Test("pack: a loop that accepted its burst within one sample hands over to the next; once every loop has, a new round")
+    @Test(
+        "pack: a loop that accepted its burst within one sample hands over to the next; once every loop has, a new round"
+    )
     func packBurst() async throws {
         let gateway = try await TestGateway.start {
             $0.edge.placement.policy = .pack

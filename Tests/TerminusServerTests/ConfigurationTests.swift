@@ -97,7 +97,8 @@ struct ConfigurationTests {
         #expect(config.edge.placement.targetUtilization == 0.7)
         #expect(config.edge.placement.burst == 64)
         for (line, key) in [
-            ("policy: fill", "device.placement.policy"), ("target_utilization: 99", "device.placement.target_utilization"),
+            ("policy: fill", "device.placement.policy"),
+            ("target_utilization: 99", "device.placement.target_utilization"),
             ("burst: 0", "device.placement.burst"), ("weight: 2", "device.placement.weight"),
         ] {
             let yaml = Self.minimal.replacingOccurrences(
