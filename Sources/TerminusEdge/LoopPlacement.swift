@@ -23,9 +23,9 @@ package struct LoopPlacementSettings: Sendable, Equatable {
     /// `pack`: a loop takes new connections while its thread's CPU share over the last sample
     /// interval is below this (0…1).
     package var targetUtilization = 0.5
-    /// `pack`: a loop that accepted this many connections within one sample interval takes no
-    /// more until its next sample, so that a reconnect storm's handshakes spread over the loops
-    /// instead of queuing on one.
+    /// `pack`: a loop that accepted this many connections within one sample interval hands
+    /// over to the next (once every loop has, a new round starts), so that a reconnect storm's
+    /// handshakes spread over the loops instead of queuing on one.
     package var burst = 128
     /// How often each loop reads its own thread's CPU time.
     package var sampleInterval: TimeAmount = .milliseconds(250)
