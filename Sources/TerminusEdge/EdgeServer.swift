@@ -82,11 +82,10 @@ package final class EdgeServer: Sendable {
     ) throws {
         self.group = group
         self.listener = listener
-        let loopCount = group.makeIterator().reduce(0) { count, _ in count + 1 }
-        self.placement =
-            settings.placement.policy == .pack && loopCount > 1
-            ? LoopPlacement(settings: settings.placement, loopCount: loopCount) : nil
         let contexts = try EdgeLoopContexts(group: group, settings: settings, dictionaries: dictionaries, sink: sink)
+        self.placement =
+            settings.placement.policy == .pack && contexts.loops.count > 1
+            ? LoopPlacement(settings: settings.placement, loopCount: contexts.loops.count) : nil
         let verifies: Bool
         var tlsContext: NIOSSLContext?
         var leanContext: LeanTLSServerContext?

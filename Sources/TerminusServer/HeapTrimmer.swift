@@ -23,9 +23,16 @@ package struct HeapTrimPolicy: Sendable, Equatable {
     package var freeBytes = 16 * 1024 * 1024
 
     package init() {}
+}
 
-    /// The lowest free-byte reading since the last trim.
+/// The policy's rule over successive readings: the lowest free-byte reading since the last trim.
+package struct HeapTrimReadings: Sendable {
+    package let freeBytes: Int
     private var low: Int?
+
+    package init(freeBytes: Int) {
+        self.freeBytes = freeBytes
+    }
 
     /// Whether a heap with `free` bytes free should be trimmed now; records the reading.
     package mutating func shouldTrim(free: Int) -> Bool {
@@ -37,10 +44,6 @@ package struct HeapTrimPolicy: Sendable, Equatable {
         self.low = free
         return true
     }
-
-    package static func == (lhs: Self, rhs: Self) -> Bool {
-        lhs.interval == rhs.interval && lhs.freeBytes == rhs.freeBytes
-    }
 }
 
 /// Runs `HeapTrimPolicy` for the process until graceful shutdown.
@@ -50,7 +53,7 @@ package struct HeapTrimPolicy: Sendable, Equatable {
 /// counted in `terminus_heap_trim_seconds_total`. On a system without glibc it does nothing.
 package final class HeapTrimmer: Service, Sendable {
     private struct State {
-        var policy: HeapTrimPolicy
+        var readings: HeapTrimReadings
         var trims = 0
         var seconds = 0.0
         var lastFree = 0
@@ -61,7 +64,7 @@ package final class HeapTrimmer: Service, Sendable {
 
     package init(policy: HeapTrimPolicy) {
         self.interval = policy.interval
-        self.state = Mutex(State(policy: policy))
+        self.state = Mutex(State(readings: HeapTrimReadings(freeBytes: policy.freeBytes)))
     }
 
     package func run() async throws {
@@ -83,7 +86,7 @@ package final class HeapTrimmer: Service, Sendable {
         guard let free = Self.heapFreeBytes() else { return false }
         let trim = self.state.withLock { state in
             state.lastFree = free
-            return state.policy.shouldTrim(free: free)
+            return state.readings.shouldTrim(free: free)
         }
         guard trim else { return false }
         let start = NIODeadline.now()

@@ -11,8 +11,7 @@ struct HeapTrimmerTests {
 
     @Test("trims once free bytes have grown by free_bytes over their lowest reading since the last trim")
     func policy() {
-        var policy = HeapTrimPolicy()
-        policy.freeBytes = 10 * Self.mib
+        var policy = HeapTrimReadings(freeBytes: 10 * Self.mib)
         // Free bytes read, and whether that reading trims.
         let readings: [(MiB: Int, trims: Bool)] = [
             (50, false),  // the first reading only sets the low
