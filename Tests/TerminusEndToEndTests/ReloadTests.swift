@@ -198,7 +198,8 @@ struct ReloadTests {
         ]
         moved.edge.admission.reconnectMax = 0
         #expect(gateway.gateway.reload { moved })
-        #expect(try await device.publish(topic: "speaker/volume", payload: ByteBuffer(string: "v3")).status == .ok)
+        let v3 = try await device.publish(topic: "speaker/volume", payload: ByteBuffer(string: "v3"))
+        #expect(v3.status == .ok, "\(v3)")
         #expect(speakers.receiver.payloads == ["v3"])
         #expect(audit.receiver.payloads == ["v2"])
         #expect(try await device.publish(topic: "audit/x", payload: ByteBuffer(string: "a1")).status == .noRoute)

@@ -48,8 +48,8 @@ struct HeapTrimmerTests {
         policy.freeBytes = 8 * Self.mib
         let trimmer = HeapTrimmer(policy: policy)
         // The whole suite runs in this process at once: other tests' threads share malloc's
-        // arenas and may take the freed memory back between the free and the check (seen in
-        // CI-like runs). Up to three attempts; one in which the trim returned the pages passes.
+        // arenas and may take freed memory back between the free and the check. Up to three
+        // attempts; one in which the trim returned the pages passes.
         var attempts: [String] = []
         for _ in 0..<3 {
             let (triggered, after, before) = try Self.freeAndTrim(trimmer)
@@ -72,7 +72,6 @@ struct HeapTrimmerTests {
     /// the records and checks. Returns whether the check trimmed, the records' resident pages
     /// after it, and their resident and total pages before it.
     static func freeAndTrim(_ trimmer: HeapTrimmer) throws -> (Bool, Int, (resident: Int, pages: Int)) {
-        trimmer.check()  // the low before the burst
         let size = 16_000
         var large: [UnsafeMutableRawPointer] = []
         var small: [UnsafeMutableRawPointer] = []
@@ -83,6 +82,9 @@ struct HeapTrimmerTests {
             large.append(record)
             small.append(try #require(malloc(64)))
         }
+        // The low, read once the records are allocated: they may have come out of memory that
+        // was already free (other tests' frees), and a low read before would not see the drop.
+        trimmer.check()
         for record in large { free(record) }
         let before = large.reduce(into: (resident: 0, pages: 0)) {
             let counted = Self.residentPages($1, size)

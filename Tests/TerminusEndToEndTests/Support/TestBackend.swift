@@ -5,6 +5,7 @@ import NIOCore
 import NIOPosix
 import Synchronization
 import TerminusAPI
+import TerminusTestSupport
 
 /// A backend service in the test process: records what it receives and answers as told.
 final class RecordingReceiver: Terminus_V1_UplinkReceiver.SimpleServiceProtocol, Sendable {
@@ -177,18 +178,7 @@ final class TestBackend: Sendable {
         _ = try? await self.task.value
     }
 
-    /// A port on which nothing listens (bound, then released), below the kernel's ephemeral range
-    /// (32768 and up here): a port the kernel picked for a bind to port 0 could be handed to
-    /// another test's outgoing connection or listener before this test binds it again.
-    static func unusedPort() async throws -> Int {
-        for _ in 0..<200 {
-            let candidate = Int.random(in: 20_000..<32_000)
-            let bound = try? await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-                .bind(host: "127.0.0.1", port: candidate).get()
-            guard let channel = bound else { continue }
-            try await channel.close()
-            return candidate
-        }
-        throw ChannelError.unknownLocalAddress
-    }
+    /// A port on which nothing listens: `LoopbackSocket.freePort()` (below the kernel's
+    /// ephemeral range, never handed out twice in this process).
+    static func unusedPort() async throws -> Int { LoopbackSocket.freePort() }
 }
