@@ -85,7 +85,11 @@ package final class EdgeServer: Sendable {
         let contexts = try EdgeLoopContexts(group: group, settings: settings, dictionaries: dictionaries, sink: sink)
         self.placement =
             settings.placement.policy == .pack && contexts.loops.count > 1
-            ? LoopPlacement(settings: settings.placement, loopCount: contexts.loops.count) : nil
+            ? LoopPlacement(
+                settings: settings.placement,
+                loopCount: contexts.loops.count,
+                mover: Self.mover(loops: contexts.loops, directory: directory, settings: settings.placement, logger: logger)
+            ) : nil
         let verifies: Bool
         var tlsContext: NIOSSLContext?
         var leanContext: LeanTLSServerContext?
@@ -207,8 +211,11 @@ package final class EdgeServer: Sendable {
                     let pause = AcceptPauseHandler(backoff: shared.settings.acceptBackoff) { shared.acceptFailed($0) }
                     try channel.pipeline.syncOperations.addHandler(pause)
                     if let (placement, index) = gate {
+                        let loop = shared.contexts.context(for: channel.eventLoop)
                         try channel.pipeline.syncOperations.addHandler(
-                            LoopAcceptGate(placement: placement, index: index, pause: pause)
+                            LoopAcceptGate(placement: placement, index: index, pause: pause) {
+                                loop.metrics.openConnections
+                            }
                         )
                     }
                 }
@@ -225,6 +232,33 @@ package final class EdgeServer: Sendable {
             bootstrap = bootstrap.childChannelOption(.allocator, value: allocator)
         }
         return bootstrap
+    }
+
+    /// `pack`: moves devices off a hot loop. Picks `count` of the loop's authenticated sessions at
+    /// random and sends each `GOAWAY(SHUTTING_DOWN)` with a reconnect hint spread over
+    /// `moveInterval`; they come back through the loop that accepts then (not a hot one).
+    private static func mover(
+        loops: [any EventLoop],
+        directory: any SessionDirectory,
+        settings: LoopPlacementSettings,
+        logger: Logger
+    ) -> LoopPlacement.Mover {
+        let window = UInt32(clamping: max(0, settings.moveInterval.nanoseconds / 1_000_000))
+        return { index, count in
+            let loop = loops[index]
+            let sessions = directory.all().filter { $0.eventLoop === loop }.shuffled().prefix(count)
+            logger.info(
+                "moving devices to a less busy event loop",
+                metadata: ["loop": "\(index)", "devices": "\(sessions.count)"]
+            )
+            for session in sessions {
+                session.control.goAway(
+                    .shuttingDown,
+                    reconnectAfterMilliseconds: UInt32.random(in: 0...window),
+                    message: "moving to a less busy event loop"
+                )
+            }
+        }
     }
 
     /// The allocator for device channels: `SessionBufferAllocator` (large buffers from the
@@ -489,6 +523,7 @@ extension EdgeServer: MetricsSource {
                         SeriesKey("terminus_event_loop_accepting", ["loop": "\(index)"]),
                         loop.accepting ? 1 : 0
                     )
+                    snapshot.count(SeriesKey("terminus_event_loop_moves_total", ["loop": "\(index)"]), loop.moved)
                 }
             }
             snapshot.count(

@@ -14,6 +14,9 @@ internal import Glibc
 /// over the last sample is below `targetUtilization`, so a lightly loaded gateway runs on as
 /// few loops as its load needs and each wake-up serves more messages (`docs/benchmarks.md`,
 /// "Placing devices on loops"). Once every loop is above the target, the least busy takes them.
+/// A loop that grows hot later (`rebalanceAbove`) while another is below the target moves some
+/// of its devices: they get `GOAWAY(SHUTTING_DOWN)` with a short reconnect hint and come back
+/// through the loop that accepts.
 package struct LoopPlacementSettings: Sendable, Equatable {
     package enum Policy: String, Sendable, CaseIterable {
         case spread, pack
@@ -27,8 +30,17 @@ package struct LoopPlacementSettings: Sendable, Equatable {
     /// over to the next (once every loop has, a new round starts), so that a reconnect storm's
     /// handshakes spread over the loops instead of queuing on one.
     package var burst = 128
+    /// `pack`: a loop whose thread used at least this share of a core over its last sample,
+    /// while another loop is below `targetUtilization`, moves some of its devices (0…1; 0: never).
+    package var rebalanceAbove = 0.85
+    /// `pack`: devices one loop moves at most per `moveInterval` (a move costs each device a
+    /// reconnect and a TLS handshake).
+    package var rebalanceRate = 100
     /// How often each loop reads its own thread's CPU time.
     package var sampleInterval: TimeAmount = .milliseconds(250)
+    /// At most one move per loop within this, and moved devices reconnect within it (their
+    /// reconnect hints are spread over it), so a move has shown in the samples before the next.
+    package var moveInterval: TimeAmount = .seconds(1)
 
     package init() {}
 }
@@ -43,6 +55,25 @@ package enum LoopPlacementRule {
         let open = utilization.indices.filter { !saturated[$0] }
         if let first = open.first(where: { utilization[$0] < target }) { return first }
         return open.min { utilization[$0] < utilization[$1] }
+    }
+
+    /// How many of its `connections` devices loop `index` moves now: none unless its
+    /// utilization is at least `above` (> 0) and another loop's is below `target`; then the
+    /// share that would even the two out if every device cost the same, at most `limit`.
+    package static func moves(
+        from index: Int,
+        utilization: [Double],
+        connections: Int,
+        target: Double,
+        above: Double,
+        limit: Int
+    ) -> Int {
+        let hot = utilization[index]
+        guard above > 0, hot >= above, connections > 1 else { return 0 }
+        let others = utilization.indices.filter { $0 != index }.map { utilization[$0] }
+        guard let cold = others.min(), cold < target else { return 0 }
+        let share = (hot - cold) / (2 * hot)
+        return min(limit, Int((Double(connections) * share).rounded(.up)))
     }
 }
 
@@ -62,27 +93,38 @@ package final class LoopPlacement: Sendable {
         var saturated: [Bool]
         var acceptor: Int
         var gates: [NIOLoopBound<LoopAcceptGate>?]
+        var lastMove: [NIODeadline?]
+        var moved: [Int]
     }
+
+    /// Moves `count` devices off loop `loop` (by its index); called on another loop.
+    package typealias Mover = @Sendable (_ loop: Int, _ count: Int) -> Void
 
     package let settings: LoopPlacementSettings
     private let state: Mutex<State>
+    private let mover: Mover
 
-    package init(settings: LoopPlacementSettings, loopCount: Int) {
+    package init(settings: LoopPlacementSettings, loopCount: Int, mover: @escaping Mover) {
         self.settings = settings
+        self.mover = mover
         self.state = Mutex(
             State(
                 utilization: Array(repeating: 0, count: loopCount),
                 saturated: Array(repeating: false, count: loopCount),
                 acceptor: 0,
-                gates: Array(repeating: nil, count: loopCount)
+                gates: Array(repeating: nil, count: loopCount),
+                lastMove: Array(repeating: nil, count: loopCount),
+                moved: Array(repeating: 0, count: loopCount)
             )
         )
     }
 
-    /// Each loop's last utilization sample and whether it is the one that accepts (for metrics
-    /// and tests).
-    package var snapshot: [(utilization: Double, accepting: Bool)] {
-        self.state.withLock { state in state.utilization.indices.map { (state.utilization[$0], $0 == state.acceptor) } }
+    /// Each loop's last utilization sample, whether it is the one that accepts, and how many
+    /// devices it has moved since start (for metrics and tests).
+    package var snapshot: [(utilization: Double, accepting: Bool, moved: Int)] {
+        self.state.withLock { state in
+            state.utilization.indices.map { (state.utilization[$0], $0 == state.acceptor, state.moved[$0]) }
+        }
     }
 
     /// Whether `index` is the loop that accepts now.
@@ -93,12 +135,37 @@ package final class LoopPlacement: Sendable {
         self.state.withLock { $0.gates[index] = NIOLoopBound(gate, eventLoop: eventLoop) }
     }
 
-    /// A loop's sample: its utilization since the last one; its burst count starts again.
-    func sampled(loop index: Int, utilization: Double) {
+    /// A loop's sample: its utilization since the last one and the device connections it holds;
+    /// its burst count starts again. If it is hot while another loop is not, it moves some of its
+    /// devices (`LoopPlacementRule.moves`, at most once per `moveInterval`), from another loop.
+    package func sampled(loop index: Int, utilization: Double, connections: Int, now: NIODeadline = .now()) {
         self.decide {
             $0.utilization[index] = utilization
             $0.saturated[index] = false
         }
+        let move: (count: Int, on: (any EventLoop)?)? = self.state.withLock { state in
+            if let last = state.lastMove[index], now - last < self.settings.moveInterval { return nil }
+            let count = LoopPlacementRule.moves(
+                from: index,
+                utilization: state.utilization,
+                connections: connections,
+                target: self.settings.targetUtilization,
+                above: self.settings.rebalanceAbove,
+                limit: self.settings.rebalanceRate
+            )
+            guard count > 0 else { return nil }
+            state.lastMove[index] = now
+            state.moved[index] += count
+            // The least busy other loop picks the devices (the hot one has no time to spare).
+            let other = state.utilization.indices.filter { $0 != index }.min {
+                state.utilization[$0] < state.utilization[$1]
+            }
+            return (count, other.flatMap { state.gates[$0]?.eventLoop })
+        }
+        guard let move else { return }
+        guard let eventLoop = move.on else { return self.mover(index, move.count) }
+        let mover = self.mover
+        eventLoop.execute { mover(index, move.count) }
     }
 
     /// A loop reached its burst within this interval.
@@ -136,7 +203,7 @@ package final class LoopPlacement: Sendable {
 }
 
 /// One loop's server channel under `pack` placement: counts what it accepts, samples its
-/// loop's thread CPU every `sampleInterval`, and accepts only while `LoopPlacement` says it is
+/// loop's thread CPU (and connections) every `sampleInterval`, and accepts only while `LoopPlacement` says it is
 /// the loop that does (through `AcceptPauseHandler`, which also pauses it after a failed
 /// accept).
 final class LoopAcceptGate: ChannelInboundHandler {
@@ -145,16 +212,19 @@ final class LoopAcceptGate: ChannelInboundHandler {
     private let placement: LoopPlacement
     private let index: Int
     private let pause: AcceptPauseHandler
+    /// The device connections open on this loop (read on it).
+    private let connections: () -> Int
     private var context: ChannelHandlerContext?
     private var sampler: RepeatedTask?
     private var acceptedInInterval = 0
     private var lastCPU = LoopAcceptGate.threadCPUNanoseconds()
     private var lastWall = NIODeadline.now()
 
-    init(placement: LoopPlacement, index: Int, pause: AcceptPauseHandler) {
+    init(placement: LoopPlacement, index: Int, pause: AcceptPauseHandler, connections: @escaping () -> Int) {
         self.placement = placement
         self.index = index
         self.pause = pause
+        self.connections = connections
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -195,7 +265,12 @@ final class LoopAcceptGate: ChannelInboundHandler {
         let elapsed = (wall - self.lastWall).nanoseconds
         let utilization = elapsed > 0 ? Double(cpu - self.lastCPU) / Double(elapsed) : 0
         (self.lastCPU, self.lastWall, self.acceptedInInterval) = (cpu, wall, 0)
-        self.placement.sampled(loop: self.index, utilization: min(1, max(0, utilization)))
+        self.placement.sampled(
+            loop: self.index,
+            utilization: min(1, max(0, utilization)),
+            connections: self.connections(),
+            now: wall
+        )
     }
 
     /// CPU time of the calling thread (the loop's, when called on it).

@@ -41,6 +41,10 @@ package enum MetricCatalogue {
             kind: .gauge,
             help: "1 while the loop takes new device connections (device.placement.policy: pack only)."
         ),
+        "terminus_event_loop_moves_total": Entry(
+            kind: .counter,
+            help: "Devices a hot event loop asked to reconnect so that a less busy loop takes them (pack only)."
+        ),
         // Listeners and connections.
         "terminus_connections": Entry(
             kind: .gauge,

@@ -220,6 +220,8 @@ package enum ConfigurationLoader {
         case policy
         case targetUtilization = "target_utilization"
         case burst
+        case rebalanceAbove = "rebalance_above"
+        case rebalanceRate = "rebalance_rate"
     }
 
     enum DeviceTLSKey: String, SectionKeys {
@@ -276,6 +278,17 @@ package enum ConfigurationLoader {
                 config.edge.placement.targetUtilization = Double(percent) / 100
             }
             if let burst = try placement.int(.burst, in: 1...100_000) { config.edge.placement.burst = burst }
+            if let percent = try placement.int(.rebalanceAbove, in: 0...100) {
+                config.edge.placement.rebalanceAbove = Double(percent) / 100
+            }
+            if let rate = try placement.int(.rebalanceRate, in: 1...100_000) { config.edge.placement.rebalanceRate = rate }
+            let settings = config.edge.placement
+            if settings.rebalanceAbove > 0 && settings.rebalanceAbove <= settings.targetUtilization {
+                throw ConfigurationError(
+                    key: "device.placement.rebalance_above",
+                    "must be above target_utilization (\(Int(settings.targetUtilization * 100))), or 0 to never move devices"
+                )
+            }
         }
         guard let tls = try device.section(.tls, DeviceTLSKey.self) else {
             if parsedTransport == .tls {

@@ -898,6 +898,17 @@ package final class Gateway: Service, Sendable {
     /// Device connections open on each event loop (`device.placement`).
     package func connectionsPerLoop() async -> [Int] { await self.edge.connectionsPerLoop() }
 
+    /// `device.placement: pack` with more than one loop: reports a loop's sample as its own
+    /// thread would (tests drive moves with it). False without pack placement.
+    package func placementSampled(loop: Int, utilization: Double, connections: Int) -> Bool {
+        guard let placement = self.edge.placement else { return false }
+        placement.sampled(loop: loop, utilization: utilization, connections: connections)
+        return true
+    }
+
+    /// `device.placement: pack`: devices each loop moved since start (empty without pack).
+    package var placementMoves: [Int] { self.edge.placement?.snapshot.map(\.moved) ?? [] }
+
     /// Times a device's reads were paused because its inflight window was full (since start).
     package var readPauses: Int { self.edge.readPauses }
 

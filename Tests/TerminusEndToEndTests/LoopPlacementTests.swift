@@ -51,6 +51,39 @@ struct LoopPlacementTests {
         for connection in connections { await connection.close() }
     }
 
+    @Test("pack: a hot loop moves devices (GOAWAY with a reconnect hint); they come back on the loop that accepts")
+    func packMoves() async throws {
+        let gateway = try await TestGateway.start {
+            $0.edge.placement.policy = .pack
+            // Samples come from the test, not the loops' threads.
+            $0.edge.placement.sampleInterval = .seconds(600)
+        }
+        let connections = try await Self.connect(gateway, "hot", count: 12)
+        #expect(await gateway.gateway.connectionsPerLoop() == [12, 0])
+        #expect(gateway.gateway.placementSampled(loop: 1, utilization: 0.05, connections: 0))
+        #expect(gateway.gateway.placementSampled(loop: 0, utilization: 0.95, connections: 12))
+        #expect(await eventually { await gateway.gateway.connectionsPerLoop() == [6, 0] })
+        var moved: [String] = []
+        for (index, connection) in connections.enumerated() where !connection.isActive {
+            let goAway = try #require(await connection.closeReason())
+            #expect(goAway.code == .shuttingDown)
+            #expect(goAway.reconnectAfterMilliseconds <= 1_000)
+            moved.append("hot-\(index)")
+        }
+        #expect(moved.count == 6)
+        var again: [TerminusConnection] = []
+        for device in moved { again.append(try await gateway.connect(device)) }
+        #expect(await gateway.gateway.connectionsPerLoop() == [6, 6], "back on the loop that accepts")
+        #expect(gateway.gateway.placementMoves == [6, 0])
+        for connection in again + connections {
+            if connection.isActive {
+                let ack = try await connection.publish(topic: "pay/x", payload: ByteBuffer(string: "1"))
+                #expect(ack.status == .ok)
+            }
+            await connection.close()
+        }
+    }
+
     @Test("spread (the default): connections go to both loops")
     func spread() async throws {
         let gateway = try await TestGateway.start()

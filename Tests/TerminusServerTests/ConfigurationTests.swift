@@ -86,20 +86,31 @@ struct ConfigurationTests {
         #expect(config.edge.placement.policy == .spread)
     }
 
-    @Test("device.placement: policy, target and burst; out of range or unknown, naming the key")
+    @Test("device.placement: policy, target, burst and moves; out of range or unknown, naming the key")
     func placement() throws {
         let device = Self.minimal.replacingOccurrences(
             of: "  transport: plaintext",
             with: "  transport: plaintext\n  placement:\n    policy: pack\n    target_utilization: 70\n    burst: 64"
+                + "\n    rebalance_above: 90\n    rebalance_rate: 20"
         )
         let config = try ConfigurationLoader.load(yaml: device)
         #expect(config.edge.placement.policy == .pack)
         #expect(config.edge.placement.targetUtilization == 0.7)
         #expect(config.edge.placement.burst == 64)
+        #expect(config.edge.placement.rebalanceAbove == 0.9)
+        #expect(config.edge.placement.rebalanceRate == 20)
+        let never = Self.minimal.replacingOccurrences(
+            of: "  transport: plaintext",
+            with: "  transport: plaintext\n  placement:\n    rebalance_above: 0"
+        )
+        #expect(try ConfigurationLoader.load(yaml: never).edge.placement.rebalanceAbove == 0)
         for (line, key) in [
             ("policy: fill", "device.placement.policy"),
             ("target_utilization: 99", "device.placement.target_utilization"),
             ("burst: 0", "device.placement.burst"), ("weight: 2", "device.placement.weight"),
+            ("rebalance_above: 50", "device.placement.rebalance_above"),
+            ("rebalance_above: 101", "device.placement.rebalance_above"),
+            ("rebalance_rate: 0", "device.placement.rebalance_rate"),
         ] {
             let yaml = Self.minimal.replacingOccurrences(
                 of: "  transport: plaintext",
