@@ -136,7 +136,8 @@ package final class EdgeServer: Sendable {
                 "address": "\(address)",
                 "tls": "\(self.shared.usesTLS)",
                 "proxy_protocol": "\(self.listener.proxyProtocol.rawValue)",
-                "placement": "\(self.placement == nil ? "spread" : "pack")",
+                "placement": "\(self.shared.settings.placement.policy.rawValue)",
+                "loops": "\(contexts.loops.count)",
             ]
         )
         return address

@@ -10,7 +10,7 @@ internal import Glibc
 ///
 /// `spread` is NIO's round robin: every loop gets an equal share of the devices, and at device
 /// rates (a message now and then per device) every loop sleeps and wakes for almost every
-/// message. `pack` fills the loops in order: a loop takes new connections while its own CPU
+/// message. `pack` (the default) fills the loops in order: a loop takes new connections while its own CPU
 /// over the last sample is below `targetUtilization`, so a lightly loaded gateway runs on as
 /// few loops as its load needs and each wake-up serves more messages (`docs/benchmarks.md`,
 /// "Placing devices on loops"). Once every loop is above the target, the least busy takes them.
@@ -22,7 +22,7 @@ package struct LoopPlacementSettings: Sendable, Equatable {
         case spread, pack
     }
 
-    package var policy: Policy = .spread
+    package var policy: Policy = .pack
     /// `pack`: a loop takes new connections while its thread's CPU share over the last sample
     /// interval is below this (0…1).
     package var targetUtilization = 0.5
@@ -94,6 +94,7 @@ package final class LoopPlacement: Sendable {
         var acceptor: Int
         var gates: [NIOLoopBound<LoopAcceptGate>?]
         var lastMove: [NIODeadline?]
+        var lastAccept: [NIODeadline?]
         var moved: [Int]
     }
 
@@ -114,6 +115,7 @@ package final class LoopPlacement: Sendable {
                 acceptor: 0,
                 gates: Array(repeating: nil, count: loopCount),
                 lastMove: Array(repeating: nil, count: loopCount),
+                lastAccept: Array(repeating: nil, count: loopCount),
                 moved: Array(repeating: 0, count: loopCount)
             )
         )
@@ -135,16 +137,26 @@ package final class LoopPlacement: Sendable {
         self.state.withLock { $0.gates[index] = NIOLoopBound(gate, eventLoop: eventLoop) }
     }
 
-    /// A loop's sample: its utilization since the last one and the device connections it holds;
-    /// its burst count starts again. If it is hot while another loop is not, it moves some of its
-    /// devices (`LoopPlacementRule.moves`, at most once per `moveInterval`), from another loop.
-    package func sampled(loop index: Int, utilization: Double, connections: Int, now: NIODeadline = .now()) {
+    /// A loop's sample: its utilization since the last one, the connections it accepted within it
+    /// and the device connections it holds; its burst count starts again. If it is hot while
+    /// another loop is not, it moves some of its devices (`LoopPlacementRule.moves`) from another
+    /// loop: at most once per `moveInterval`, and not within `moveInterval` of accepting, when its
+    /// heat may be handshakes (moving devices during a reconnect storm would feed the storm).
+    package func sampled(
+        loop index: Int,
+        utilization: Double,
+        accepted: Int = 0,
+        connections: Int,
+        now: NIODeadline = .now()
+    ) {
         self.decide {
             $0.utilization[index] = utilization
             $0.saturated[index] = false
         }
         let move: (count: Int, on: (any EventLoop)?)? = self.state.withLock { state in
+            if accepted > 0 { state.lastAccept[index] = now }
             if let last = state.lastMove[index], now - last < self.settings.moveInterval { return nil }
+            if let last = state.lastAccept[index], now - last < self.settings.moveInterval { return nil }
             let count = LoopPlacementRule.moves(
                 from: index,
                 utilization: state.utilization,
@@ -264,10 +276,12 @@ final class LoopAcceptGate: ChannelInboundHandler {
         let wall = NIODeadline.now()
         let elapsed = (wall - self.lastWall).nanoseconds
         let utilization = elapsed > 0 ? Double(cpu - self.lastCPU) / Double(elapsed) : 0
+        let accepted = self.acceptedInInterval
         (self.lastCPU, self.lastWall, self.acceptedInInterval) = (cpu, wall, 0)
         self.placement.sampled(
             loop: self.index,
             utilization: min(1, max(0, utilization)),
+            accepted: accepted,
             connections: self.connections(),
             now: wall
         )

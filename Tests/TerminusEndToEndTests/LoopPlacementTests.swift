@@ -55,6 +55,7 @@ struct LoopPlacementTests {
     func packMoves() async throws {
         let gateway = try await TestGateway.start {
             $0.edge.placement.policy = .pack
+            $0.edge.placement.rebalanceAbove = 0.85
             // Samples come from the test, not the loops' threads.
             $0.edge.placement.sampleInterval = .seconds(600)
         }
@@ -84,10 +85,9 @@ struct LoopPlacementTests {
         }
     }
 
-    @Test("spread (the default): connections go to both loops")
+    @Test("spread: connections go to both loops")
     func spread() async throws {
-        let gateway = try await TestGateway.start()
-        #expect(gateway.configuration.edge.placement.policy == .spread)
+        let gateway = try await TestGateway.start { $0.edge.placement.policy = .spread }
         let connections = try await Self.connect(gateway, "spread", count: 12)
         let counts = await gateway.gateway.connectionsPerLoop()
         #expect(counts.reduce(0, +) == 12 && counts.allSatisfy { $0 >= 3 }, "\(counts)")

@@ -82,8 +82,9 @@ struct ConfigurationTests {
         #expect(config.drainGrace == .seconds(30) && config.drainUnreadyDelay == .seconds(5))
         #expect(config.logFormat == .text)
         #expect(config.heapTrim.interval == .seconds(1) && config.heapTrim.freeBytes == 16 * 1024 * 1024)
-        #expect(config.edge.placement == LoopPlacementSettings(), "spread")
-        #expect(config.edge.placement.policy == .spread)
+        #expect(config.edge.placement == LoopPlacementSettings(), "pack")
+        #expect(config.edge.placement.policy == .pack)
+        #expect(config.edge.placement.rebalanceAbove == 0.85)
     }
 
     @Test("device.placement: policy, target, burst and moves; out of range or unknown, naming the key")
@@ -101,9 +102,10 @@ struct ConfigurationTests {
         #expect(config.edge.placement.rebalanceRate == 20)
         let never = Self.minimal.replacingOccurrences(
             of: "  transport: plaintext",
-            with: "  transport: plaintext\n  placement:\n    rebalance_above: 0"
+            with: "  transport: plaintext\n  placement:\n    policy: spread\n    rebalance_above: 0"
         )
         #expect(try ConfigurationLoader.load(yaml: never).edge.placement.rebalanceAbove == 0)
+        #expect(try ConfigurationLoader.load(yaml: never).edge.placement.policy == .spread)
         for (line, key) in [
             ("policy: fill", "device.placement.policy"),
             ("target_utilization: 99", "device.placement.target_utilization"),

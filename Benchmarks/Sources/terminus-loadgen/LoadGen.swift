@@ -259,6 +259,9 @@ final class RunStats: Sendable {
         var sent = 0
         var acked = 0
         var failures = 0
+        /// Messages a device had sent when the gateway moved it (GOAWAY(SHUTTING_DOWN) with a
+        /// reconnect hint): not accepted, so a device sends them again; not failures.
+        var unacceptedAtMove = 0
         var statuses: [String: Int] = [:]
         var total = Histogram<UInt64>(highestTrackableValue: 60_000_000, numberOfSignificantValueDigits: .three)
         var second = Histogram<UInt64>(highestTrackableValue: 60_000_000, numberOfSignificantValueDigits: .three)
@@ -290,6 +293,8 @@ final class RunStats: Sendable {
                 } else {
                     state.failures += 1
                 }
+            case .failure(let error) where FleetSlots.isMove(error):
+                state.unacceptedAtMove += 1
             case .failure:
                 state.failures += 1
                 state.statuses["CLIENT_ERROR", default: 0] += 1
@@ -487,7 +492,19 @@ struct FleetRun {
             while !FileManager.default.fileExists(atPath: file) { try await Task.sleep(for: .milliseconds(50)) }
         }
         if !connections.isEmpty && (o.rate > 0 || o.closedLoop != nil || o.sendRate > 0) {
-            (publish, downlink, timeline) = try await self.publishPhase(connections, sink: sink)
+            // Devices the gateway moves (a hot loop under `device.placement: pack`) connect again
+            // after its hint and go on sending, as a real device would.
+            let slots = FleetSlots(connections)
+            let followers =
+                keeper == nil
+                ? connections.indices.map { index in
+                    Task { await slots.follow(index, prefix: o.prefix, group: group, configuration: makeConfiguration) }
+                } : []
+            (publish, downlink, timeline) = try await self.publishPhase(slots, sink: sink, group: group)
+            await slots.stopFollowing()
+            for follower in followers { follower.cancel() }
+            if slots.moved > 0 { progress("devices moved by the gateway and connected again: \(slots.moved)") }
+            publish?.devicesMoved = slots.moved
         }
         if o.hold > 0 {
             progress("holding the devices for \(o.hold) s")
@@ -560,8 +577,9 @@ struct FleetRun {
     }
 
     private func publishPhase(
-        _ connections: [any FleetConnection],
-        sink: SinkServer?
+        _ slots: FleetSlots,
+        sink: SinkServer?,
+        group: any EventLoopGroup
     ) async throws -> (FleetReport.Publish?, FleetReport.Downlink?, [TimelinePoint]) {
         let o = self.options
         let stats = RunStats()
@@ -571,7 +589,11 @@ struct FleetRun {
         let dictionaryID: UInt16? = o.compression == .dictionary ? 1 : nil
         let traffic = o.traffic
 
-        @Sendable func publishOne(_ connection: any FleetConnection, device: String) -> EventLoopFuture<Ack> {
+        @Sendable func publishOne(_ index: Int, device: String) -> EventLoopFuture<Ack> {
+            guard let connection = slots[index] else {
+                // Moved, not connected again yet: nothing is sent.
+                return group.next().makeFailedFuture(FleetSlots.Reconnecting())
+            }
             let n = sequence.wrappingAdd(1, ordering: .relaxed).oldValue
             let started = DispatchTime.now().uptimeNanoseconds
             stats.sent(at: started)
@@ -585,7 +607,7 @@ struct FleetRun {
             return future
         }
 
-        let devices = connections.indices.map { "\(o.prefix)\($0)" }
+        let devices = (0..<slots.count).map { "\(o.prefix)\($0)" }
         let publishing = o.rate > 0 || o.closedLoop != nil
         let start = ContinuousClock.now
         let end = start + .seconds(o.warmup + o.duration)
@@ -595,9 +617,15 @@ struct FleetRun {
             if let window = o.closedLoop {
                 @Sendable func keepGoing(_ index: Int) {
                     guard !stop.isSet else { return }
-                    publishOne(connections[index], device: devices[index]).whenComplete { _ in keepGoing(index) }
+                    let future = publishOne(index, device: devices[index])
+                    future.whenSuccess { _ in keepGoing(index) }
+                    future.whenFailure { error in
+                        // Moved: again once the device has connected again.
+                        guard FleetSlots.isMove(error) || error is FleetSlots.Reconnecting else { return keepGoing(index) }
+                        future.eventLoop.scheduleTask(in: .milliseconds(20)) { keepGoing(index) }
+                    }
                 }
-                for index in connections.indices {
+                for index in 0..<slots.count {
                     for _ in 0..<window { keepGoing(index) }
                 }
                 return
@@ -608,9 +636,9 @@ struct FleetRun {
                 let elapsed = ContinuousClock.now - start
                 let due = Int(Self.seconds(elapsed) * Double(o.rate)) - sent
                 for _ in 0..<max(0, due) {
-                    let index = next % connections.count
+                    let index = next % slots.count
                     next += 1
-                    _ = publishOne(connections[index], device: devices[index])
+                    _ = publishOne(index, device: devices[index])
                 }
                 sent += max(0, due)
                 try? await Task.sleep(for: .milliseconds(1))

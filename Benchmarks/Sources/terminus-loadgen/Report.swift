@@ -58,6 +58,8 @@ struct FleetReport: Codable, Sendable {
         var acked: Int
         var statuses: [String: Int]
         var failures: Int
+        /// Devices the gateway moved (`GOAWAY(SHUTTING_DOWN)`) that connected again and went on.
+        var devicesMoved = 0
         var ackedPerSecond: Double
         var backendReceived: Int
         /// Deliver batches the sink received (messages / batches = the mean batch size).
@@ -140,6 +142,7 @@ struct FleetReport: Codable, Sendable {
         if let p = self.publish {
             lines.append("| publish mode / target rate | \(p.mode) / \(p.targetRate)/s |")
             lines.append("| acked / sent (failures) | \(p.acked) / \(p.sent) (\(p.failures)) |")
+            if p.devicesMoved > 0 { lines.append("| devices moved by the gateway, connected again | \(p.devicesMoved) |") }
             lines.append("| throughput | \(Self.f(p.ackedPerSecond, 0)) msg/s |")
             if let cpu = p.gatewayCPUMicrosPerMessage {
                 let system = p.gatewaySystemCPUMicrosPerMessage.map { " (kernel \(Self.f($0, 2)) µs)" } ?? ""
