@@ -88,7 +88,12 @@ package final class EdgeServer: Sendable {
             ? LoopPlacement(
                 settings: settings.placement,
                 loopCount: contexts.loops.count,
-                mover: Self.mover(loops: contexts.loops, directory: directory, settings: settings.placement, logger: logger)
+                mover: Self.mover(
+                    loops: contexts.loops,
+                    directory: directory,
+                    settings: settings.placement,
+                    logger: logger
+                )
             ) : nil
         let verifies: Bool
         var tlsContext: NIOSSLContext?

@@ -281,7 +281,9 @@ package enum ConfigurationLoader {
             if let percent = try placement.int(.rebalanceAbove, in: 0...100) {
                 config.edge.placement.rebalanceAbove = Double(percent) / 100
             }
-            if let rate = try placement.int(.rebalanceRate, in: 1...100_000) { config.edge.placement.rebalanceRate = rate }
+            if let rate = try placement.int(.rebalanceRate, in: 1...100_000) {
+                config.edge.placement.rebalanceRate = rate
+            }
             let settings = config.edge.placement
             if settings.rebalanceAbove > 0 && settings.rebalanceAbove <= settings.targetUtilization {
                 throw ConfigurationError(

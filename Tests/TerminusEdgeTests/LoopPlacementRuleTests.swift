@@ -69,7 +69,9 @@ struct LoopPlacementRuleTests {
         #expect(moves([1.0, 0.0], 2) == 1)
     }
 
-    @Test("a hot loop's sample moves devices from another loop's thread, at most once per move interval, never soon after accepting")
+    @Test(
+        "a hot loop's sample moves devices from another loop's thread, at most once per move interval, never soon after accepting"
+    )
     func placementMoves() {
         var settings = LoopPlacementSettings()
         settings.policy = .pack
@@ -94,7 +96,10 @@ struct LoopPlacementRuleTests {
         placement.sampled(loop: 1, utilization: 0.95, connections: 80, now: start + .milliseconds(2_999))
         #expect(moved.withLock { $0 }.count == 2, "hot within a move interval of accepting: maybe handshakes")
         placement.sampled(loop: 1, utilization: 0.95, connections: 80, now: start + .milliseconds(3_000))
-        #expect(moved.withLock { $0 }.last == [1, 28], "(0.95 - 0.3) / 1.9 of 80, once it has not accepted for as long")
+        #expect(
+            moved.withLock { $0 }.last == [1, 28],
+            "(0.95 - 0.3) / 1.9 of 80, once it has not accepted for as long"
+        )
     }
 
     @Test("a loop's sample reads its own thread's CPU time: it grows with work done on that thread")

@@ -621,7 +621,9 @@ struct FleetRun {
                     future.whenSuccess { _ in keepGoing(index) }
                     future.whenFailure { error in
                         // Moved: again once the device has connected again.
-                        guard FleetSlots.isMove(error) || error is FleetSlots.Reconnecting else { return keepGoing(index) }
+                        guard FleetSlots.isMove(error) || error is FleetSlots.Reconnecting else {
+                            return keepGoing(index)
+                        }
                         future.eventLoop.scheduleTask(in: .milliseconds(20)) { keepGoing(index) }
                     }
                 }

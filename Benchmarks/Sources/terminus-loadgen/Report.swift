@@ -142,7 +142,9 @@ struct FleetReport: Codable, Sendable {
         if let p = self.publish {
             lines.append("| publish mode / target rate | \(p.mode) / \(p.targetRate)/s |")
             lines.append("| acked / sent (failures) | \(p.acked) / \(p.sent) (\(p.failures)) |")
-            if p.devicesMoved > 0 { lines.append("| devices moved by the gateway, connected again | \(p.devicesMoved) |") }
+            if p.devicesMoved > 0 {
+                lines.append("| devices moved by the gateway, connected again | \(p.devicesMoved) |")
+            }
             lines.append("| throughput | \(Self.f(p.ackedPerSecond, 0)) msg/s |")
             if let cpu = p.gatewayCPUMicrosPerMessage {
                 let system = p.gatewaySystemCPUMicrosPerMessage.map { " (kernel \(Self.f($0, 2)) µs)" } ?? ""
