@@ -55,7 +55,6 @@ struct LoopPlacementTests {
     func packMoves() async throws {
         let gateway = try await TestGateway.start {
             $0.edge.placement.policy = .pack
-            $0.edge.placement.rebalanceAbove = 0.85
             // Samples come from the test, not the loops' threads.
             $0.edge.placement.sampleInterval = .seconds(600)
         }

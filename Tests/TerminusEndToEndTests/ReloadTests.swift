@@ -2,6 +2,7 @@ import Foundation
 import GRPCCore
 import NIOCore
 import NIOPosix
+import Synchronization
 import TerminusAPI
 import TerminusBackend
 import TerminusClient
@@ -198,6 +199,11 @@ struct ReloadTests {
         ]
         moved.edge.admission.reconnectMax = 0
         #expect(gateway.gateway.reload { moved })
+        // The new service's connections are made by the reload; a message sent before any is open
+        // is retried within the service's retry budget (here a few 20-100 ms backoffs, which a
+        // loaded CI machine outlasted once) and then answered RETRY_LATER. Wait for one stream per
+        // loop first: what is tested here is the swap, not the connect time.
+        #expect(await eventually(10) { speakers.receiver.streams.withLock { $0 } >= 2 })
         let v3 = try await device.publish(topic: "speaker/volume", payload: ByteBuffer(string: "v3"))
         #expect(v3.status == .ok, "\(v3)")
         #expect(speakers.receiver.payloads == ["v3"])

@@ -131,10 +131,10 @@ final class TestGateway: Sendable {
         configuration.drainGrace = .seconds(3)
         configuration.drainReconnectWindow = .milliseconds(500)
         configuration.drainUnreadyDelay = .zero
-        // Placement as deployed (pack), but no moves: with the whole suite on two cores a loop
-        // can look hot for a sample, and a moved device is a disconnect no other test expects.
-        // LoopPlacementTests drives the moves.
-        configuration.edge.placement.rebalanceAbove = 0
+        // Round robin, not the default pack: every test's devices then use both loops, so the
+        // suite exercises what crosses loops (several tests count on it), and no device is moved
+        // (a disconnect no other test expects). LoopPlacementTests covers pack and its moves.
+        configuration.edge.placement.policy = .spread
         // Tests run gateways side by side: no fixed admin port (tests that need it set one).
         configuration.adminListen = nil
         configure(&configuration)
