@@ -374,10 +374,12 @@ let package = Package(
         .testTarget(
             name: "TerminusBackendTests",
             dependencies: [
+                "TerminusAPI",
                 "TerminusBackend",
                 "TerminusProtocol",
                 "TerminusSessions",
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],
             swiftSettings: swiftSettings

@@ -179,7 +179,8 @@ final class DeliveryStream: Sendable {
     /// Writes one batch (called on the loop); `completion` gets its answer, or the failure
     /// (`notConnected`, `streamEnded`, `deadlineExceeded`), on the loop: at once when the
     /// stream is not open.
-    func send(_ messages: [Terminus_V1_UplinkMessage], deadline: Duration, completion: @escaping Completion) {
+    /// - Parameter messages: serialized `terminus.v1.UplinkMessage`s (`UplinkEncoder.encode`).
+    func send(_ messages: [ByteBuffer], deadline: Duration, completion: @escaping Completion) {
         let opened = self.state.withLock { state -> (any Channel, UInt64)? in
             guard let stream = state.stream, !state.closed, !state.goingAway else { return nil }
             let id = state.nextBatchID
@@ -194,35 +195,18 @@ final class DeliveryStream: Sendable {
         guard let (stream, id) = opened else {
             return completion(.failure(DeliveryStreamFailure.notConnected))
         }
-        var request = Terminus_V1_DeliverRequest()
-        request.subscription = self.subscription
-        request.batchID = id
-        request.messages = messages
-        // A write to a stream that just closed fails, and closing failed the waiter.
-        guard let frame = try? Self.frame(request, allocator: stream.allocator) else {
-            return self.fail(id, DeliveryStreamFailure.streamEnded)
-        }
+        let request = UplinkEncoder.deliverRequest(
+            messages,
+            subscription: self.subscription,
+            batchID: id,
+            allocator: stream.allocator
+        )
+        let frame = HTTP2Frame.FramePayload.data(.init(data: .byteBuffer(request)))
         if stream.eventLoop.inEventLoop {
             stream.writeAndFlush(frame, promise: nil)
         } else {
             stream.eventLoop.execute { stream.writeAndFlush(frame, promise: nil) }
         }
-    }
-
-    /// A DATA frame with one gRPC message: a 0 byte (not compressed), the length (4 bytes, big
-    /// endian), the protobuf.
-    static func frame(
-        _ request: Terminus_V1_DeliverRequest,
-        allocator: ByteBufferAllocator
-    ) throws
-        -> HTTP2Frame.FramePayload
-    {
-        let bytes: [UInt8] = try request.serializedBytes()
-        var buffer = allocator.buffer(capacity: 5 + bytes.count)
-        buffer.writeInteger(UInt8(0))
-        buffer.writeInteger(UInt32(bytes.count))
-        buffer.writeBytes(bytes)
-        return .data(.init(data: .byteBuffer(buffer)))
     }
 
     /// Keeps a stream open until `close()` (or cancellation): connects, opens the stream,

@@ -3,10 +3,10 @@ internal import Logging
 internal import NIOCore
 internal import ServiceLifecycle
 internal import Synchronization
-package import TerminusAPI
+internal import TerminusAPI
 internal import TerminusMetrics
 internal import TerminusProtocol
-package import TerminusSessions
+internal import TerminusSessions
 
 /// Delivers messages to one subscribed service.
 ///
@@ -32,7 +32,8 @@ package import TerminusSessions
 /// it.
 final class ServiceDelivery: Service, Sendable {
     private struct Entry: Sendable {
-        var message: Terminus_V1_UplinkMessage
+        /// The serialized `terminus.v1.UplinkMessage` (`UplinkEncoder`).
+        var message: ByteBuffer
         var ticket: OutcomeAggregator
         var index: Int
         var attempt = 0
@@ -71,6 +72,7 @@ final class ServiceDelivery: Service, Sendable {
     private let pool: ClientPool
     private let window: AsyncWindow
     private let encoder: UplinkEncoder
+    private let allocator = ByteBufferAllocator()
     private let logger: Logger
     private let sender: NIOLoopBoundBox<Sender>
     private let passes = Atomic<Int>(0)
@@ -238,8 +240,17 @@ final class ServiceDelivery: Service, Sendable {
             completion(outcomes)
         }
         let now = ContinuousClock.now
-        let entries = zip(0..., messages).map { index, message in
-            Entry(message: self.encoder.encode(message), ticket: ticket, index: index)
+        // One buffer for the edge batch, written whole first; then each entry takes its
+        // message's slice of it.
+        var size = 0
+        for index in messages.indices { size += self.encoder.encodedSize(of: messages[index]) }
+        var buffer = self.allocator.buffer(capacity: size)
+        for index in messages.indices { self.encoder.encode(messages[index], into: &buffer) }
+        var offset = 0
+        let entries = messages.indices.enumerated().map { position, index in
+            let length = self.encoder.encodedSize(of: messages[index])
+            defer { offset += length }
+            return Entry(message: buffer.getSlice(at: offset, length: length)!, ticket: ticket, index: position)
         }
         let sender = self.sender.value
         guard sender.queue.append(contentsOf: entries, now: now) else {
@@ -399,6 +410,13 @@ final class ServiceDelivery: Service, Sendable {
                     sender.outage.retryLater += 1
                     entry.ticket.add(self.notAccepted, at: entry.index)
                 } else {
+                    if again.attempt == 1 {
+                        // A retried message keeps its own bytes, not its whole edge batch's
+                        // buffer (retries can outlive the rest of their batch by many backoffs).
+                        var own = self.allocator.buffer(capacity: entry.message.readableBytes)
+                        own.writeImmutableBuffer(entry.message)
+                        again.message = own
+                    }
                     retry.append((again, .now + self.subscription.retry.delay(afterFailures: again.attempt)))
                 }
             }
@@ -498,33 +516,5 @@ extension ServiceDelivery {
             )
             return snapshot
         }
-    }
-}
-
-/// Turns an uplink message into the `terminus.v1.UplinkMessage` a backend receives.
-package struct UplinkEncoder: Sendable {
-    package let instanceID: String
-
-    package init(instanceID: String) {
-        self.instanceID = instanceID
-    }
-
-    package func encode(_ message: UplinkMessage) -> Terminus_V1_UplinkMessage {
-        var proto = Terminus_V1_UplinkMessage()
-        proto.deviceID = message.deviceID
-        proto.topic = message.topic
-        proto.messageID = message.messageID
-        proto.payload = Data(message.payload.readableBytesView)
-        proto.qos = message.qos == .atLeastOnce ? .atLeastOnce : .atMostOnce
-        proto.receivedAtUnixMs = message.receivedAt
-        proto.clientAddress = message.clientAddress
-        proto.gatewayInstance = self.instanceID
-        // Unique per message: the listener's random epoch (base 36, 13 characters at most, so
-        // a small string without an allocation), the connection, and the message's place in it.
-        proto.deliveryID =
-            "\(self.instanceID)/\(String(message.epoch, radix: 36))/\(message.connectionID)/\(message.sequence)"
-        proto.sequence = message.sequence
-        if let key = message.idempotencyKey { proto.idempotencyKey = Data(key.readableBytesView) }
-        return proto
     }
 }

@@ -92,13 +92,15 @@ enum Fixtures {
 }
 
 /// The uplink sink of the hot-path benchmark: the gateway's real routing (`BackendRouter.plan`)
-/// and encoding to the backend's protobuf message (`UplinkEncoder`), appended to the batch a
-/// service delivery would send. Answers at once, so the device gets its ACK in the same tick.
+/// and encoding to the backend's protobuf message (`UplinkEncoder`, into one buffer per edge
+/// batch and service, as `ServiceDelivery` does), appended to the batch a service delivery would
+/// send. Answers at once, so the device gets its ACK in the same tick.
 final class RoutingSink: UplinkSink, @unchecked Sendable {
     // Only touched on the embedded loop.
     let router: BackendRouter
     let encoder = UplinkEncoder(instanceID: "gw-bench-0")
-    var pending: [Terminus_V1_UplinkMessage] = []
+    let allocator = ByteBufferAllocator()
+    var pending: [ByteBuffer] = []
     var routed = 0
 
     init(router: BackendRouter) {
@@ -109,7 +111,16 @@ final class RoutingSink: UplinkSink, @unchecked Sendable {
     func deliver(_ batch: [UplinkMessage], on eventLoop: any EventLoop) -> EventLoopFuture<[DeliveryOutcome]> {
         let plan = self.router.plan(batch)
         for group in plan.groups where !group.isEmpty {
-            for index in group { self.pending.append(self.encoder.encode(batch[index])) }
+            var size = 0
+            for index in group { size += self.encoder.encodedSize(of: batch[index]) }
+            var buffer = self.allocator.buffer(capacity: size)
+            for index in group { self.encoder.encode(batch[index], into: &buffer) }
+            var offset = 0
+            for index in group {
+                let length = self.encoder.encodedSize(of: batch[index])
+                self.pending.append(buffer.getSlice(at: offset, length: length)!)
+                offset += length
+            }
         }
         self.routed += self.pending.count
         self.pending.removeAll(keepingCapacity: true)
