@@ -233,6 +233,40 @@ struct BackendRoutingTests {
         await backend.stop()
     }
 
+    @Test("a retryable refusal is retried with the same bytes, then OK")
+    func retryableRefusal() async throws {
+        let refused = Mutex<[String: Terminus_V1_UplinkMessage]>([:])
+        let backend = try await TestBackend.start(
+            receiver: RecordingReceiver { message in
+                refused.withLock { seen in
+                    guard seen[message.deliveryID] == nil else { return .accepted }
+                    seen[message.deliveryID] = message
+                    return .rejected("busy", retryable: true)
+                }
+            }
+        )
+        let gateway = try await Self.gateway([try Self.service("retry", port: backend.port, topics: ["pay/#"])])
+        let device = try await gateway.connect("spk-retry")
+        // Sent together: one edge batch, one buffer.
+        let statuses = try await withThrowingTaskGroup(of: TerminusCode.self) { group in
+            for index in 0..<5 {
+                group.addTask {
+                    try await device.publish(topic: "pay/done", payload: ByteBuffer(string: "retry-\(index)")).status
+                }
+            }
+            return try await group.reduce(into: [TerminusCode]()) { $0.append($1) }
+        }
+        #expect(statuses == Array(repeating: .ok, count: 5))
+        let accepted = backend.receiver.messages
+        #expect(Set(accepted.map { String(decoding: $0.payload, as: UTF8.self) }) == Set((0..<5).map { "retry-\($0)" }))
+        let first = refused.withLock { $0 }
+        #expect(first.count == 5)
+        for message in accepted { #expect(first[message.deliveryID] == message, "the retry's bytes are the first attempt's") }
+        await device.close()
+        await gateway.stop()
+        await backend.stop()
+    }
+
     @Test("fan-out to two services; no route gets NO_ROUTE; a permanent refusal gets REJECTED")
     func fanOutNoRouteRejected() async throws {
         let billing = try await TestBackend.start()
