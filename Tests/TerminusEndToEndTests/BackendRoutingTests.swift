@@ -261,7 +261,9 @@ struct BackendRoutingTests {
         #expect(Set(accepted.map { String(decoding: $0.payload, as: UTF8.self) }) == Set((0..<5).map { "retry-\($0)" }))
         let first = refused.withLock { $0 }
         #expect(first.count == 5)
-        for message in accepted { #expect(first[message.deliveryID] == message, "the retry's bytes are the first attempt's") }
+        for message in accepted {
+            #expect(first[message.deliveryID] == message, "the retry's bytes are the first attempt's")
+        }
         await device.close()
         await gateway.stop()
         await backend.stop()
