@@ -35,7 +35,8 @@ struct GRPCProbe: AsyncParsableCommand {
         help: """
             Lone messages instead: this many one-message batches a second in all, each alone, to \
             the Deliver service at --target (terminus-echo-backend --quiet), by grpc-swift-2's \
-            client on the loop and by HTTP/2 frames on the loop, side by side.
+            client on the loop, by HTTP/2 frames on a stream channel (h2) and on the connection's \
+            own channel (h2conn), side by side.
             """
     )
     var loneRate: Int?

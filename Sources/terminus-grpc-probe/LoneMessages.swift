@@ -23,6 +23,9 @@ enum LoneMessages {
         case pacer
         case grpc
         case h2
+        /// HTTP/2 frames written and read on the connection's channel itself: no stream
+        /// channel and no multiplexer between the delivery and `NIOHTTP2Handler`.
+        case h2conn
     }
 
     struct Result {
@@ -121,6 +124,15 @@ enum LoneMessages {
         case .h2:
             let streams = try await zip(loops, recorders).asyncMap { loop, recorder in
                 try await RawDeliverStream.open(host: host, port: port, on: loop, recorder: recorder)
+            }
+            (cpu, elapsed) = try await run { index in
+                let id = recorders[index].nextBatch()
+                streams[index].send(Self.request(id: id, template: template))
+            }
+            for stream in streams { stream.close() }
+        case .h2conn:
+            let streams = try await zip(loops, recorders).asyncMap { loop, recorder in
+                try await ConnectionDeliverStream.open(host: host, port: port, on: loop, recorder: recorder)
             }
             (cpu, elapsed) = try await run { index in
                 let id = recorders[index].nextBatch()
@@ -295,5 +307,108 @@ extension Sequence {
         var result: [T] = []
         for element in self { result.append(try await transform(element)) }
         return result
+    }
+}
+
+/// `h2conn`: the `Deliver` stream as `HTTP2Frame`s on the connection's own pipeline, behind
+/// `NIOHTTP2Handler` without a multiplexer: what a delivery layer would save by not going
+/// through an `HTTP2StreamChannel` per stream. Without a multiplexer nobody sends WINDOW_UPDATE
+/// for the answers, so the probe opens both inbound windows wide at the start (a real layer
+/// would update them as it reads).
+final class ConnectionDeliverStream: Sendable {
+    static let streamID = HTTP2StreamID(1)
+    private let connection: any Channel
+
+    private init(connection: any Channel) {
+        self.connection = connection
+    }
+
+    static func open(
+        host: String,
+        port: Int,
+        on loop: any EventLoop,
+        recorder: LoneMessages.Recorder
+    ) async throws -> ConnectionDeliverStream {
+        let wide = Int(Int32.max)
+        let connection = try await ClientBootstrap(group: loop)
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(
+                        NIOHTTP2Handler(
+                            mode: .client,
+                            initialSettings: [
+                                HTTP2Setting(parameter: .maxConcurrentStreams, value: 100),
+                                HTTP2Setting(parameter: .initialWindowSize, value: wide),
+                            ]
+                        )
+                    )
+                    try channel.pipeline.syncOperations.addHandler(ConnectionDeliverHandler(recorder: recorder))
+                }
+            }
+            .connect(host: host, port: port).get()
+        try await loop.submit {
+            let headers: HPACKHeaders = [
+                ":method": "POST", ":scheme": "http", ":path": "/terminus.v1.UplinkReceiver/Deliver",
+                ":authority": "\(host):\(port)", "content-type": "application/grpc", "te": "trailers",
+            ]
+            connection.write(
+                HTTP2Frame(streamID: Self.streamID, payload: .headers(.init(headers: headers))),
+                promise: nil
+            )
+            connection.writeAndFlush(
+                HTTP2Frame(streamID: .rootStream, payload: .windowUpdate(windowSizeIncrement: wide - 65_535)),
+                promise: nil
+            )
+        }.get()
+        return ConnectionDeliverStream(connection: connection)
+    }
+
+    /// Writes one request (call on the loop).
+    func send(_ request: Terminus_V1_DeliverRequest) {
+        guard let bytes: [UInt8] = try? request.serializedBytes() else { return }
+        var buffer = self.connection.allocator.buffer(capacity: 5 + bytes.count)
+        buffer.writeInteger(UInt8(0))
+        buffer.writeInteger(UInt32(bytes.count))
+        buffer.writeBytes(bytes)
+        self.connection.writeAndFlush(
+            HTTP2Frame(streamID: Self.streamID, payload: .data(.init(data: .byteBuffer(buffer)))),
+            promise: nil
+        )
+    }
+
+    func close() {
+        self.connection.close(promise: nil)
+    }
+}
+
+/// Reads the answers of stream 1 from the connection's frames.
+final class ConnectionDeliverHandler: ChannelInboundHandler {
+    typealias InboundIn = HTTP2Frame
+
+    private let recorder: LoneMessages.Recorder
+    private var received = ByteBuffer()
+
+    init(recorder: LoneMessages.Recorder) {
+        self.recorder = recorder
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let frame = self.unwrapInboundIn(data)
+        guard frame.streamID == ConnectionDeliverStream.streamID, case .data(let payload) = frame.payload,
+            case .byteBuffer(var bytes) = payload.data
+        else { return }
+        self.received.writeBuffer(&bytes)
+        while self.received.readableBytes >= 5,
+            let length = self.received.getInteger(at: self.received.readerIndex + 1, as: UInt32.self),
+            self.received.readableBytes >= 5 + Int(length)
+        {
+            self.received.moveReaderIndex(forwardBy: 5)
+            let message = self.received.readSlice(length: Int(length))!
+            if let response = try? Terminus_V1_DeliverResponse(serializedBytes: Array(message.readableBytesView)) {
+                self.recorder.answered(response.batchID)
+            }
+        }
+        self.received.discardReadBytes()
     }
 }
