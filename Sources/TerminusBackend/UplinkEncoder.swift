@@ -55,7 +55,7 @@ package struct UplinkEncoder: Sendable {
         let connection = Self.digits(message.connectionID, radix: 10)
         let sequence = Self.digits(UInt64(message.sequence), radix: 10)
         buffer.writeTag(9, wireType: 2)
-        buffer.writeVarint(UInt64(self.deliveryIDSize(message)))
+        buffer.writeVarint(UInt64(self.instanceID.utf8.count + epoch + connection + sequence + 3))
         buffer.writeString(self.instanceID)
         buffer.writeInteger(UInt8(ascii: "/"))
         buffer.writeDigits(message.epoch, radix: 36, count: epoch)
@@ -71,7 +71,7 @@ package struct UplinkEncoder: Sendable {
         }
     }
 
-    /// The bytes of `message`'s delivery id.
+    /// The bytes of `message`'s delivery id (`encode` writes the same sum from its digits).
     private func deliveryIDSize(_ message: UplinkMessage) -> Int {
         self.instanceID.utf8.count + Self.digits(message.epoch, radix: 36)
             + Self.digits(message.connectionID, radix: 10)
