@@ -68,6 +68,33 @@ enum LoneMessages {
         var roundTrips: [Duration] { self.state.withLock { $0.roundTrips } }
     }
 
+    /// `request` as one gRPC message: a 0 byte (not compressed), the length (4 bytes, big
+    /// endian), the protobuf.
+    static func grpcMessage(_ request: Terminus_V1_DeliverRequest, allocator: ByteBufferAllocator) -> ByteBuffer? {
+        guard let bytes: [UInt8] = try? request.serializedBytes() else { return nil }
+        var buffer = allocator.buffer(capacity: 5 + bytes.count)
+        buffer.writeInteger(UInt8(0))
+        buffer.writeInteger(UInt32(bytes.count))
+        buffer.writeBytes(bytes)
+        return buffer
+    }
+
+    /// Takes every complete gRPC message (`DeliverResponse`) off `received` and records its
+    /// answer; a partial one stays.
+    static func readAnswers(from received: inout ByteBuffer, into recorder: Recorder) {
+        while received.readableBytes >= 5,
+            let length = received.getInteger(at: received.readerIndex + 1, as: UInt32.self),
+            received.readableBytes >= 5 + Int(length)
+        {
+            received.moveReaderIndex(forwardBy: 5)
+            let message = received.readSlice(length: Int(length))!
+            if let response = try? Terminus_V1_DeliverResponse(serializedBytes: Array(message.readableBytesView)) {
+                recorder.answered(response.batchID)
+            }
+        }
+        received.discardReadBytes()
+    }
+
     static func request(id: UInt64, template: Terminus_V1_DeliverRequest) -> Terminus_V1_DeliverRequest {
         var request = template
         request.batchID = id
@@ -245,11 +272,7 @@ final class RawDeliverStream: Sendable {
 
     /// Writes one request (call on the loop).
     func send(_ request: Terminus_V1_DeliverRequest) {
-        guard let bytes: [UInt8] = try? request.serializedBytes() else { return }
-        var buffer = self.stream.allocator.buffer(capacity: 5 + bytes.count)
-        buffer.writeInteger(UInt8(0))
-        buffer.writeInteger(UInt32(bytes.count))
-        buffer.writeBytes(bytes)
+        guard let buffer = LoneMessages.grpcMessage(request, allocator: self.stream.allocator) else { return }
         self.stream.writeAndFlush(HTTP2Frame.FramePayload.data(.init(data: .byteBuffer(buffer))), promise: nil)
     }
 
@@ -288,17 +311,7 @@ final class DeliverStreamHandler: ChannelDuplexHandler {
             return
         }
         self.received.writeBuffer(&bytes)
-        while self.received.readableBytes >= 5,
-            let length = self.received.getInteger(at: self.received.readerIndex + 1, as: UInt32.self),
-            self.received.readableBytes >= 5 + Int(length)
-        {
-            self.received.moveReaderIndex(forwardBy: 5)
-            let message = self.received.readSlice(length: Int(length))!
-            if let response = try? Terminus_V1_DeliverResponse(serializedBytes: Array(message.readableBytesView)) {
-                self.recorder.answered(response.batchID)
-            }
-        }
-        self.received.discardReadBytes()
+        LoneMessages.readAnswers(from: &self.received, into: self.recorder)
     }
 }
 
@@ -366,11 +379,7 @@ final class ConnectionDeliverStream: Sendable {
 
     /// Writes one request (call on the loop).
     func send(_ request: Terminus_V1_DeliverRequest) {
-        guard let bytes: [UInt8] = try? request.serializedBytes() else { return }
-        var buffer = self.connection.allocator.buffer(capacity: 5 + bytes.count)
-        buffer.writeInteger(UInt8(0))
-        buffer.writeInteger(UInt32(bytes.count))
-        buffer.writeBytes(bytes)
+        guard let buffer = LoneMessages.grpcMessage(request, allocator: self.connection.allocator) else { return }
         self.connection.writeAndFlush(
             HTTP2Frame(streamID: Self.streamID, payload: .data(.init(data: .byteBuffer(buffer)))),
             promise: nil
@@ -399,16 +408,6 @@ final class ConnectionDeliverHandler: ChannelInboundHandler {
             case .byteBuffer(var bytes) = payload.data
         else { return }
         self.received.writeBuffer(&bytes)
-        while self.received.readableBytes >= 5,
-            let length = self.received.getInteger(at: self.received.readerIndex + 1, as: UInt32.self),
-            self.received.readableBytes >= 5 + Int(length)
-        {
-            self.received.moveReaderIndex(forwardBy: 5)
-            let message = self.received.readSlice(length: Int(length))!
-            if let response = try? Terminus_V1_DeliverResponse(serializedBytes: Array(message.readableBytesView)) {
-                self.recorder.answered(response.batchID)
-            }
-        }
-        self.received.discardReadBytes()
+        LoneMessages.readAnswers(from: &self.received, into: self.recorder)
     }
 }
