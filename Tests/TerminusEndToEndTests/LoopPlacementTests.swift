@@ -10,6 +10,17 @@ import Testing
 /// `device.placement`: which event loops take new device connections (two loops here).
 @Suite("Placing devices on event loops", .serialized, .gatewayScope)
 struct LoopPlacementTests {
+    /// A gateway with `pack` placement whose loops take no sample of their own within a test:
+    /// debug-build handshakes could make a loop look busy and a sample resets the burst counts;
+    /// the tests that need samples report them (`Gateway.placementSampled`).
+    static func packGateway(burst: Int? = nil) async throws -> TestGateway {
+        try await TestGateway.start {
+            $0.edge.placement.policy = .pack
+            if let burst { $0.edge.placement.burst = burst }
+            $0.edge.placement.sampleInterval = .seconds(600)
+        }
+    }
+
     /// Connects `count` devices one after the other (each gets WELCOME before the next connects).
     static func connect(_ gateway: TestGateway, _ prefix: String, count: Int) async throws -> [TerminusConnection] {
         var connections: [TerminusConnection] = []
@@ -19,11 +30,7 @@ struct LoopPlacementTests {
 
     @Test("pack: while the loops are idle every device lands on the first loop, and each still works")
     func packIdle() async throws {
-        let gateway = try await TestGateway.start {
-            $0.edge.placement.policy = .pack
-            // No sample within the test: debug-build handshakes could make the loop look busy.
-            $0.edge.placement.sampleInterval = .seconds(600)
-        }
+        let gateway = try await Self.packGateway()
         let connections = try await Self.connect(gateway, "pack", count: 12)
         #expect(await gateway.gateway.connectionsPerLoop() == [12, 0])
         for connection in connections {
@@ -38,12 +45,7 @@ struct LoopPlacementTests {
         "pack: a loop that accepted its burst within one sample hands over to the next; once every loop has, a new round"
     )
     func packBurst() async throws {
-        let gateway = try await TestGateway.start {
-            $0.edge.placement.policy = .pack
-            $0.edge.placement.burst = 4
-            // No sample within the test: the burst counts are not reset.
-            $0.edge.placement.sampleInterval = .seconds(600)
-        }
+        let gateway = try await Self.packGateway(burst: 4)
         var connections = try await Self.connect(gateway, "burst", count: 8)
         #expect(await gateway.gateway.connectionsPerLoop() == [4, 4])
         connections += try await Self.connect(gateway, "more", count: 6)
@@ -53,11 +55,7 @@ struct LoopPlacementTests {
 
     @Test("pack: a hot loop moves devices (GOAWAY with a reconnect hint); they come back on the loop that accepts")
     func packMoves() async throws {
-        let gateway = try await TestGateway.start {
-            $0.edge.placement.policy = .pack
-            // Samples come from the test, not the loops' threads.
-            $0.edge.placement.sampleInterval = .seconds(600)
-        }
+        let gateway = try await Self.packGateway()
         let connections = try await Self.connect(gateway, "hot", count: 12)
         #expect(await gateway.gateway.connectionsPerLoop() == [12, 0])
         #expect(gateway.gateway.placementSampled(loop: 1, utilization: 0.05, connections: 0))
