@@ -181,7 +181,7 @@ struct IdleTLS: AsyncParsableCommand {
 struct Sinks: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract:
-            "Run sinks until killed: a TCP sink (behind a TLS-terminating peer), a gRPC backend sink, a bare ACK server."
+            "Run sinks until killed: a TCP sink (behind a TLS-terminating peer), a gRPC backend sink, a bare ACK server (alone or behind a relay echo)."
     )
 
     @Option(name: .long, help: "TCP sink that reads and discards, HOST:PORT.")
@@ -206,7 +206,24 @@ struct Sinks: AsyncParsableCommand {
     @Flag(name: .long, help: "--ack allocates its large TLS buffers from the gateway's buffer arena.")
     var bufferArena = false
 
+    @Option(
+        name: .long,
+        help: "--ack ACKs a message only once the relay echo at HOST:PORT answered it (one TCP connection per loop)."
+    )
+    var relay: String?
+
+    @Flag(name: .long, help: "--ack terminates TLS with the gateway's lean engine instead of swift-nio-ssl.")
+    var lean = false
+
+    @Option(name: .long, help: "Relay echo for --relay: answers each record with its token, HOST:PORT.")
+    var relayEcho: String?
+
     func run() async throws {
+        if let relayEcho = self.relayEcho {
+            let address = try HostPort(relayEcho, option: "--relay-echo")
+            let channel = try await RelayEcho.start(host: address.host, port: address.port)
+            print("relay echo listening on \(channel.localAddress!)")
+        }
         if let ack = self.ack {
             let address = try HostPort(ack, option: "--ack")
             if (self.certificateChain == nil) != (self.privateKey == nil) {
@@ -217,7 +234,9 @@ struct Sinks: AsyncParsableCommand {
                 port: address.port,
                 certificateChain: self.certificateChain,
                 privateKey: self.privateKey,
-                bufferArena: self.bufferArena
+                bufferArena: self.bufferArena,
+                relay: try self.relay.map { try HostPort($0, option: "--relay") }.map { ($0.host, $0.port) },
+                lean: self.lean
             )
             print("ACK server listening on \(channel.localAddress!)")
         }
