@@ -167,9 +167,14 @@ enum AckServer {
             }
         }
         let relays = relayPerLoop
-        var aeadPerLoop: [ObjectIdentifier: AEADContext] = [:]
+        // One AEAD context per loop, used on that loop only (as the gateway's EdgeLoopContext).
+        var aeadPerLoop: [ObjectIdentifier: NIOLoopBound<AEADContext>] = [:]
         if leanContext != nil {
-            for loop in group.makeIterator() { aeadPerLoop[ObjectIdentifier(loop)] = try AEADContext() }
+            for loop in group.makeIterator() {
+                aeadPerLoop[ObjectIdentifier(loop)] = try await loop.submit {
+                    NIOLoopBound(try AEADContext(), eventLoop: loop)
+                }.get()
+            }
         }
         let aeads = aeadPerLoop
         let lean = leanContext
@@ -189,7 +194,9 @@ enum AckServer {
                     if let context {
                         try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: context))
                     } else if let lean, let aead = aeads[ObjectIdentifier(channel.eventLoop)] {
-                        try channel.pipeline.syncOperations.addHandler(LeanTLSServerHandler(context: lean, aead: aead))
+                        try channel.pipeline.syncOperations.addHandler(
+                            LeanTLSServerHandler(context: lean, aead: aead.value)
+                        )
                     }
                     try channel.pipeline.syncOperations.addHandler(
                         Handler(relay: relays[ObjectIdentifier(channel.eventLoop)])
