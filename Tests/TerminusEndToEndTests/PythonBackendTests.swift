@@ -66,23 +66,18 @@ struct PythonBackendTests {
         let stubs = try #require(try PythonBackend.generateStubs())
         defer { try? FileManager.default.removeItem(atPath: stubs) }
         let port = try await TestBackend.unusedPort()
-        // A slow first backend (20 ms a batch), so that messages are in flight when it dies.
-        let first = try await PythonBackend(stubs: stubs, port: port, delayMilliseconds: 20)
+        // A slow first backend: it writes down each batch at once and answers it 250 ms later,
+        // so that a batch it has seen is certainly unanswered when it dies. (At 20 ms, one CI run
+        // on a loaded machine saw the kill land after every answer: no outage to test.)
+        let first = try await PythonBackend(stubs: stubs, port: port, delayMilliseconds: 250)
         #expect(first.isListening)
         let gateway = try await TestGateway.start(routed: true) {
             $0.services = [try! BackendRoutingTests.service("billing", port: port, topics: ["pay/#"])]
         }
         let device = try await gateway.connect("spk-45")
-        var acked: [String] = []
-        var unacked: [String] = []
-        for index in 0..<40 {
-            let ack = try await device.publish(topic: "pay/done", payload: ByteBuffer(string: "m\(index)"))
-            if ack.status == .ok { acked.append("m\(index)") } else { unacked.append("m\(index)") }
-        }
-        // 60 messages in flight while the backend process is killed.
-        let burst = Task {
+        @Sendable func publish(_ indices: Range<Int>) async throws -> [(String, Ack)] {
             try await withThrowingTaskGroup(of: (String, Ack).self) { group in
-                for index in 40..<100 {
+                for index in indices {
                     group.addTask {
                         (
                             "m\(index)",
@@ -93,7 +88,15 @@ struct PythonBackendTests {
                 return try await group.reduce(into: [(String, Ack)]()) { $0.append($1) }
             }
         }
-        // Kill once part of the burst reached the backend: the rest is in flight or queued.
+        var acked: [String] = []
+        var unacked: [String] = []
+        for (payload, ack) in try await publish(0..<40) {
+            if ack.status == .ok { acked.append(payload) } else { unacked.append(payload) }
+        }
+        // 60 messages in flight while the backend process is killed.
+        let burst = Task { try await publish(40..<100) }
+        // Kill once part of the burst reached the backend: it is unanswered for 250 ms, and the
+        // rest is in flight or queued.
         _ = await RawClient.poll(10) { first.received.count >= 45 }
         first.kill()
         for (payload, ack) in try await burst.value {
