@@ -42,17 +42,22 @@ enum AckServer {
             self.context = nil
         }
 
+        /// An ACK the relay wrote waits for `flushRelayed`.
+        private var relayFlushPending = false
+
         /// The relay answered message `messageID`: its ACK is written now and flushed by the
-        /// relay at the end of its read.
+        /// relay at the end of its read. True when this device was not waiting for that flush yet.
         func relayed(_ messageID: UInt32) -> Bool {
             guard let context else { return false }
             var buffer = context.channel.allocator.buffer(capacity: 16)
             buffer.writeFrame(.ack(Ack(messageID: messageID, status: .ok)))
             context.write(self.wrapOutboundOut(buffer), promise: nil)
-            return true
+            defer { self.relayFlushPending = true }
+            return !self.relayFlushPending
         }
 
         func flushRelayed() {
+            self.relayFlushPending = false
             self.context?.flush()
         }
 
@@ -209,7 +214,9 @@ enum AckServer {
 }
 
 /// One event loop's connection to the relay echo, confined to that loop (the device channels
-/// that use it live on the same loop).
+/// that use it live on the same loop). What waits for an answer is bounded by the devices'
+/// in-flight limit (the WELCOME's max_inflight, 32) times the devices: a benchmark peer, not a
+/// product path.
 final class Relay: ChannelInboundHandler, @unchecked Sendable {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
@@ -258,9 +265,7 @@ final class Relay: ChannelInboundHandler, @unchecked Sendable {
         self.received.writeBuffer(&buffer)
         while let token = self.received.readInteger(as: UInt64.self) {
             guard let (handler, messageID) = self.waiting.removeValue(forKey: token) else { continue }
-            if handler.relayed(messageID), !self.toFlush.contains(where: { $0 === handler }) {
-                self.toFlush.append(handler)
-            }
+            if handler.relayed(messageID) { self.toFlush.append(handler) }
         }
         self.received.discardReadBytes()
     }
@@ -278,15 +283,22 @@ enum RelayEcho {
         typealias InboundIn = ByteBuffer
         typealias OutboundOut = ByteBuffer
 
+        /// A record's length bounds what one connection buffers (a device frame is at most 64 KiB).
+        static let maxRecord: UInt32 = 1 << 20
+
         private var received = ByteBuffer()
         private var answers = ByteBuffer()
 
         func channelRead(context: ChannelHandlerContext, data: NIOAny) {
             var buffer = self.unwrapInboundIn(data)
             self.received.writeBuffer(&buffer)
-            while let length = self.received.getInteger(at: self.received.readerIndex, as: UInt32.self),
-                length >= 8, self.received.readableBytes >= 4 + Int(length)
-            {
+            while let length = self.received.getInteger(at: self.received.readerIndex, as: UInt32.self) {
+                guard (8...Self.maxRecord).contains(length) else {
+                    // Not a record from the relay: nothing more on this connection makes sense.
+                    context.close(promise: nil)
+                    return
+                }
+                guard self.received.readableBytes >= 4 + Int(length) else { break }
                 let token = self.received.getInteger(at: self.received.readerIndex + 4, as: UInt64.self)!
                 self.received.moveReaderIndex(forwardBy: 4 + Int(length))
                 self.answers.writeInteger(token)
