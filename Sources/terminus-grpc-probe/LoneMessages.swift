@@ -135,6 +135,18 @@ enum LoneMessages {
             return (cpu, Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18)
         }
 
+        /// One stream of `Stream` per loop, a lone batch on each tick.
+        func runStreams<Stream: ProbeDeliverStream>(_: Stream.Type) async throws -> (cpu: Double, elapsed: Double) {
+            let streams = try await zip(loops, recorders).asyncMap { loop, recorder in
+                try await Stream.open(host: host, port: port, on: loop, recorder: recorder)
+            }
+            defer { for stream in streams { stream.close() } }
+            return try await run { index in
+                let id = recorders[index].nextBatch()
+                streams[index].send(Self.request(id: id, template: template))
+            }
+        }
+
         let cpu: Double
         let elapsed: Double
         switch mode {
@@ -149,23 +161,9 @@ enum LoneMessages {
                 }
             }
         case .h2:
-            let streams = try await zip(loops, recorders).asyncMap { loop, recorder in
-                try await RawDeliverStream.open(host: host, port: port, on: loop, recorder: recorder)
-            }
-            (cpu, elapsed) = try await run { index in
-                let id = recorders[index].nextBatch()
-                streams[index].send(Self.request(id: id, template: template))
-            }
-            for stream in streams { stream.close() }
+            (cpu, elapsed) = try await runStreams(RawDeliverStream.self)
         case .h2conn:
-            let streams = try await zip(loops, recorders).asyncMap { loop, recorder in
-                try await ConnectionDeliverStream.open(host: host, port: port, on: loop, recorder: recorder)
-            }
-            (cpu, elapsed) = try await run { index in
-                let id = recorders[index].nextBatch()
-                streams[index].send(Self.request(id: id, template: template))
-            }
-            for stream in streams { stream.close() }
+            (cpu, elapsed) = try await runStreams(ConnectionDeliverStream.self)
         }
         // Answers that arrived within the window; the pacer alone sends nothing, so its CPU is
         // per timer tick (rate × elapsed).
@@ -227,9 +225,22 @@ enum LoneMessages {
     }
 }
 
+/// A `Deliver` stream the probe writes lone batches to from its loop's timer (`h2`, `h2conn`).
+protocol ProbeDeliverStream: Sendable {
+    static func open(
+        host: String,
+        port: Int,
+        on loop: any EventLoop,
+        recorder: LoneMessages.Recorder
+    ) async throws
+        -> Self
+    func send(_ request: Terminus_V1_DeliverRequest)
+    func close()
+}
+
 /// A `Deliver` stream written and read on its connection's event loop: HTTP/2 frames with
 /// gRPC's length prefix, no task anywhere, what a hand-written delivery layer would do.
-final class RawDeliverStream: Sendable {
+final class RawDeliverStream: ProbeDeliverStream {
     private let stream: any Channel
     private let connection: any Channel
 
@@ -328,7 +339,7 @@ extension Sequence {
 /// through an `HTTP2StreamChannel` per stream. Without a multiplexer nobody sends WINDOW_UPDATE
 /// for the answers, so the probe opens both inbound windows wide at the start (a real layer
 /// would update them as it reads).
-final class ConnectionDeliverStream: Sendable {
+final class ConnectionDeliverStream: ProbeDeliverStream {
     static let streamID = HTTP2StreamID(1)
     private let connection: any Channel
 
