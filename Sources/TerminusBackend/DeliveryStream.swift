@@ -1,7 +1,5 @@
 internal import Logging
 internal import NIOCore
-internal import NIOHPACK
-internal import NIOHTTP2
 internal import NIOPosix
 internal import NIOSSL
 internal import SwiftProtobuf
@@ -77,7 +75,8 @@ struct DeliveryTarget: Sendable {
 }
 
 /// One long-lived bidirectional `Deliver` stream on its own HTTP/2 connection, written and read
-/// on one event loop as HTTP/2 frames (gRPC's length-prefixed protobuf messages in DATA frames).
+/// on one event loop as HTTP/2 frames (gRPC's length-prefixed protobuf messages in DATA frames)
+/// by `GRPCStreamConnection`.
 ///
 /// Not grpc-swift-2's client: measured with lone one-message batches, as devices send them,
 /// its client on the same loop cost 1.4–1.6 times these frames' CPU per round trip
@@ -109,7 +108,7 @@ final class DeliveryStream: Sendable {
     }
 
     private struct State {
-        /// The open stream's channel; nil while none is open.
+        /// The open stream's connection; nil while none is open.
         var stream: (any Channel)?
         var waiting: [UInt64: Waiter] = [:]
         var nextBatchID: UInt64 = 1
@@ -135,7 +134,7 @@ final class DeliveryStream: Sendable {
     private let batchesInFlight: Int
     /// How long a PING sent on a silent connection may go unanswered (nil: never sent).
     private let pingTimeout: TimeAmount?
-    /// Reads on the connection (any bytes, a PING's answer too), counted by `ReadActivityHandler`.
+    /// Reads on the connection (any bytes, a PING's answer too), counted by `GRPCStreamConnection`.
     private let reads = Atomic<UInt64>(0)
     /// How a stream that cannot open is re-opened (`Subscription.reconnect`).
     private let reconnect: TerminusProtocol.RetryPolicy
@@ -199,13 +198,13 @@ final class DeliveryStream: Sendable {
             messages,
             subscription: self.subscription,
             batchID: id,
-            allocator: stream.allocator
+            allocator: stream.allocator,
+            asDataFrame: true
         )
-        let frame = HTTP2Frame.FramePayload.data(.init(data: .byteBuffer(request)))
         if stream.eventLoop.inEventLoop {
-            stream.writeAndFlush(frame, promise: nil)
+            stream.writeAndFlush(request, promise: nil)
         } else {
-            stream.eventLoop.execute { stream.writeAndFlush(frame, promise: nil) }
+            stream.eventLoop.execute { stream.writeAndFlush(request, promise: nil) }
         }
     }
 
@@ -219,11 +218,11 @@ final class DeliveryStream: Sendable {
         var failures = 0
         while !Task.isCancelled, !self.state.withLock({ $0.closed }) {
             do {
-                let (connection, stream) = try await self.open()
+                let connection = try await self.open()
                 self.connects.succeeded.wrappingAdd(1, ordering: .relaxed)
                 let opened = self.state.withLock { state -> Bool in
                     guard !state.closed else { return false }
-                    state.stream = stream
+                    state.stream = connection
                     state.answered = false
                     state.goingAway = false
                     state.connectionError = nil
@@ -232,9 +231,10 @@ final class DeliveryStream: Sendable {
                 }
                 if opened {
                     // Until the stream ends (answered and ended by the backend after `close()`,
-                    // broken, or the connection lost); cancellation closes the connection.
+                    // broken, or the connection lost: each closes the connection);
+                    // cancellation closes the connection.
                     await withTaskCancellationHandler {
-                        try? await stream.closeFuture.get()
+                        try? await connection.closeFuture.get()
                     } onCancel: {
                         connection.close(promise: nil)
                     }
@@ -284,45 +284,39 @@ final class DeliveryStream: Sendable {
     }
 
     /// Connects (TLS when configured), speaks HTTP/2 and opens the Deliver stream.
-    private func open() async throws -> (connection: any Channel, stream: any Channel) {
+    private func open() async throws -> any Channel {
         let target = self.target
-        let (connection, multiplexer) = try await ClientBootstrap(group: self.loop)
+        let configuration = GRPCStreamConnection.Configuration(
+            path: "/terminus.v1.UplinkReceiver/Deliver",
+            scheme: target.tls == nil ? "http" : "https",
+            authority: target.authority
+        )
+        return try await ClientBootstrap(group: self.loop)
             .connectTimeout(target.connectTimeout)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .connect(host: target.host, port: target.port) { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(ReadActivityHandler(stream: self))
                     if let tls = target.tls {
                         try channel.pipeline.syncOperations.addHandler(
                             try NIOSSLClientHandler(context: tls, serverHostname: target.serverName)
                         )
                     }
-                    let multiplexer = try channel.pipeline.syncOperations.configureHTTP2Pipeline(
-                        mode: .client,
-                        connectionConfiguration: .init(),
-                        streamConfiguration: .init()
-                    ) { $0.close() }
-                    try channel.pipeline.syncOperations.addHandler(GoAwayHandler(stream: self))
-                    return (channel, multiplexer)
-                }
-            }
-        do {
-            let stream = try await multiplexer.createStreamChannel { stream in
-                stream.eventLoop.makeCompletedFuture {
-                    try stream.pipeline.syncOperations.addHandler(
-                        DeliverStreamHandler(
-                            scheme: target.tls == nil ? "http" : "https",
-                            authority: target.authority,
-                            stream: self
+                    try channel.pipeline.syncOperations.addHandler(
+                        GRPCStreamConnection(
+                            configuration: configuration,
+                            delegate: .init(
+                                read: { self.noteRead() },
+                                message: { try self.complete($0) },
+                                goingAway: { self.goingAway() },
+                                ended: { self.ended($0) },
+                                failed: { self.connectionFailed($0) }
+                            ),
+                            allocator: channel.allocator
                         )
                     )
+                    return channel
                 }
-            }.get()
-            return (connection, stream)
-        } catch {
-            connection.close(promise: nil)
-            throw error
-        }
+            }
     }
 
     /// Takes no new batches and half-closes the stream; batches already written still get
@@ -343,7 +337,7 @@ final class DeliveryStream: Sendable {
             return state.stream
         }
         self.failAll(.shutdownDeadline)
-        if let stream { (stream.parent ?? stream).close(promise: nil) }
+        if let stream { stream.close(promise: nil) }
     }
 
     /// The backend is going away (GOAWAY: a graceful shutdown, a restart): no new batch on this
@@ -360,13 +354,13 @@ final class DeliveryStream: Sendable {
 
     private static func halfClose(_ stream: any Channel) {
         stream.eventLoop.execute {
-            let end = HTTP2Frame.FramePayload.data(.init(data: .byteBuffer(ByteBuffer()), endStream: true))
-            stream.writeAndFlush(end, promise: nil)
+            stream.triggerUserOutboundEvent(GRPCStreamConnection.OutboundEvent.end, promise: nil)
         }
     }
 
-    /// An answer read from the stream (on the loop).
-    fileprivate func complete(_ response: Terminus_V1_DeliverResponse) {
+    /// An answer read from the stream (on the loop); throws if it is not a `DeliverResponse`.
+    fileprivate func complete(_ message: ByteBuffer) throws {
+        let response = try Terminus_V1_DeliverResponse(serializedBytes: Array(message.readableBytesView))
         let waiter = self.state.withLock { state in
             state.answered = true
             return state.waiting.removeValue(forKey: response.batchID)
@@ -435,7 +429,7 @@ final class DeliveryStream: Sendable {
         let (expired, ping, dead) = self.state.withLock { state -> ([Waiter], (any Channel)?, (any Channel)?) in
             let ids = state.waiting.compactMap { $0.value.deadline <= now ? $0.key : nil }
             let expired = ids.compactMap { state.waiting.removeValue(forKey: $0) }
-            guard let pingTimeout, let connection = state.stream?.parent else { return (expired, nil, nil) }
+            guard let pingTimeout, let connection = state.stream else { return (expired, nil, nil) }
             if let ping = state.ping {
                 if ping.reads != reads {
                     state.ping = nil
@@ -453,133 +447,10 @@ final class DeliveryStream: Sendable {
             state.ping = (now, reads)
             return (expired, connection, nil)
         }
-        if let ping {
-            let frame = HTTP2Frame(
-                streamID: .rootStream,
-                payload: .ping(HTTP2PingData(withInteger: 0x7465_726d), ack: false)
-            )
-            ping.writeAndFlush(frame, promise: nil)
-        }
+        ping?.triggerUserOutboundEvent(GRPCStreamConnection.OutboundEvent.ping(0x7465_726d), promise: nil)
         // Closing fails the stream's other batches (retried elsewhere) and `run()` reconnects.
         dead?.close(promise: nil)
         for waiter in expired { waiter.completion(.failure(DeliveryStreamFailure.deadlineExceeded)) }
-    }
-}
-
-/// First on a Deliver connection: counts reads (any bytes: answers, a PING's answer, TLS
-/// records), so that `DeliveryStream` can tell a silent connection from a slow backend.
-private final class ReadActivityHandler: ChannelInboundHandler {
-    typealias InboundIn = ByteBuffer
-
-    private let stream: DeliveryStream
-
-    init(stream: DeliveryStream) {
-        self.stream = stream
-    }
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        self.stream.noteRead()
-        context.fireChannelRead(data)
-    }
-}
-
-/// The Deliver stream's handler: sends the call's headers when the stream opens, reads gRPC
-/// messages from DATA frames and hands each `DeliverResponse` to its `DeliveryStream`; closes
-/// the stream when the backend ends it (trailers).
-private final class DeliverStreamHandler: ChannelInboundHandler {
-    typealias InboundIn = HTTP2Frame.FramePayload
-    typealias OutboundOut = HTTP2Frame.FramePayload
-
-    /// Largest answer taken: a `DeliverResponse` holds a few bytes per message of a batch.
-    static let maximumMessage = 4 * 1024 * 1024
-
-    private let scheme: String
-    private let authority: String
-    private let stream: DeliveryStream
-    private var received = ByteBuffer()
-
-    init(scheme: String, authority: String, stream: DeliveryStream) {
-        self.scheme = scheme
-        self.authority = authority
-        self.stream = stream
-    }
-
-    func channelActive(context: ChannelHandlerContext) {
-        let headers: HPACKHeaders = [
-            ":method": "POST", ":scheme": self.scheme, ":path": "/terminus.v1.UplinkReceiver/Deliver",
-            ":authority": self.authority, "content-type": "application/grpc", "te": "trailers",
-            "user-agent": "terminus",
-        ]
-        context.writeAndFlush(self.wrapOutboundOut(.headers(.init(headers: headers))), promise: nil)
-        context.fireChannelActive()
-    }
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        switch self.unwrapInboundIn(data) {
-        case .data(let payload):
-            if case .byteBuffer(var bytes) = payload.data { self.received.writeBuffer(&bytes) }
-            self.readMessages(context: context)
-            if payload.endStream { context.close(promise: nil) }
-        case .headers(let headers):
-            // Response headers first, trailers (with `grpc-status`) last; a backend that fails
-            // the call (no such service, an exception) answers with trailers only.
-            guard headers.endStream else { return }
-            if let status = headers.headers.first(name: "grpc-status"), status != "0" {
-                let message = headers.headers.first(name: "grpc-message") ?? ""
-                self.stream.ended("the backend ended the call: grpc-status \(status) \(message)")
-            }
-            context.close(promise: nil)
-        case .rstStream:
-            context.close(promise: nil)
-        default:
-            break
-        }
-    }
-
-    private func readMessages(context: ChannelHandlerContext) {
-        while self.received.readableBytes >= 5,
-            let compressed = self.received.getInteger(at: self.received.readerIndex, as: UInt8.self),
-            let length = self.received.getInteger(at: self.received.readerIndex + 1, as: UInt32.self)
-        {
-            guard compressed == 0, Int(length) <= Self.maximumMessage else {
-                self.stream.ended(compressed == 0 ? "answer of \(length) bytes" : "compressed answer")
-                context.close(promise: nil)
-                return
-            }
-            guard self.received.readableBytes >= 5 + Int(length) else { break }
-            self.received.moveReaderIndex(forwardBy: 5)
-            let message = self.received.readSlice(length: Int(length))!
-            guard let response = try? Terminus_V1_DeliverResponse(serializedBytes: Array(message.readableBytesView))
-            else {
-                self.stream.ended("not a DeliverResponse")
-                context.close(promise: nil)
-                return
-            }
-            self.stream.complete(response)
-        }
-        self.received.discardReadBytes()
-    }
-}
-
-/// Last on the connection: hands the backend's GOAWAY to the stream, and the connection's errors
-/// (a TLS handshake that failed: an untrusted certificate, no client certificate) to its log;
-/// an error closes the connection.
-private final class GoAwayHandler: ChannelInboundHandler {
-    typealias InboundIn = HTTP2Frame
-
-    private let stream: DeliveryStream
-
-    init(stream: DeliveryStream) {
-        self.stream = stream
-    }
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        if case .goAway = self.unwrapInboundIn(data).payload { self.stream.goingAway() }
-    }
-
-    func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        self.stream.connectionFailed(error)
-        context.close(promise: nil)
     }
 }
 

@@ -91,12 +91,15 @@ package struct UplinkEncoder: Sendable {
     }
 
     /// One gRPC message (a 0 byte: not compressed; the length, 4 bytes big endian) holding the
-    /// `DeliverRequest` of `messages` (each from `encode`), `subscription` and `batchID`.
+    /// `DeliverRequest` of `messages` (each from `encode`), `subscription` and `batchID`;
+    /// `asDataFrame`: after the header of the HTTP/2 DATA frame that carries it on a
+    /// `GRPCStreamConnection`.
     package static func deliverRequest(
         _ messages: [ByteBuffer],
         subscription: String,
         batchID: UInt64,
-        allocator: ByteBufferAllocator
+        allocator: ByteBufferAllocator,
+        asDataFrame: Bool = false
     ) -> ByteBuffer {
         var length = 0
         for message in messages {
@@ -106,7 +109,9 @@ package struct UplinkEncoder: Sendable {
             length += 1 + Self.varintSize(UInt64(subscription.utf8.count)) + subscription.utf8.count
         }
         if batchID != 0 { length += 1 + Self.varintSize(batchID) }
-        var buffer = allocator.buffer(capacity: 5 + length)
+        let header = asDataFrame ? GRPCStreamConnection.frameHeaderSize : 0
+        var buffer = allocator.buffer(capacity: header + 5 + length)
+        if asDataFrame { GRPCStreamConnection.writeDataFrameHeader(payloadLength: 5 + length, into: &buffer) }
         buffer.writeInteger(UInt8(0))
         buffer.writeInteger(UInt32(length))
         for message in messages {
