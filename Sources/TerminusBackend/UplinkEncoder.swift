@@ -36,38 +36,48 @@ package struct UplinkEncoder: Sendable {
     /// the messages (`buffer.getSlice`, no copy) once every message of the buffer is written: a
     /// slice shares the buffer's storage, so a write after it copies the whole buffer (measured:
     /// edge batches of ~200 messages then cost 1.7× the CPU per message).
+    ///
+    /// The message is written in one reservation of its exact size, through a pointer: some
+    /// thirty small `ByteBuffer` writes, each checking capacity and uniqueness, cost about a
+    /// microsecond a message (`docs/benchmarks.md`, "A single-stream HTTP/2 client").
     package func encode(_ message: UplinkMessage, into buffer: inout ByteBuffer) {
-        buffer.writeStringField(1, message.deviceID)
-        buffer.writeStringField(2, message.topic)
-        buffer.writeVarintField(3, UInt64(message.messageID))
-        if message.payload.readableBytes > 0 {
-            buffer.writeTag(4, wireType: 2)
-            buffer.writeVarint(UInt64(message.payload.readableBytes))
-            buffer.writeImmutableBuffer(message.payload)
-        }
-        buffer.writeVarintField(5, message.qos == .atLeastOnce ? 1 : 0)
-        buffer.writeVarintField(6, UInt64(bitPattern: message.receivedAt))
-        buffer.writeStringField(7, message.clientAddress)
-        buffer.writeStringField(8, self.instanceID)
-        // delivery_id, unique per message: the instance, the listener's random epoch (base 36),
-        // the connection, and the message's place in it.
-        let epoch = Self.digits(message.epoch, radix: 36)
-        let connection = Self.digits(message.connectionID, radix: 10)
-        let sequence = Self.digits(UInt64(message.sequence), radix: 10)
-        buffer.writeTag(9, wireType: 2)
-        buffer.writeVarint(UInt64(self.instanceID.utf8.count + epoch + connection + sequence + 3))
-        buffer.writeString(self.instanceID)
-        buffer.writeInteger(UInt8(ascii: "/"))
-        buffer.writeDigits(message.epoch, radix: 36, count: epoch)
-        buffer.writeInteger(UInt8(ascii: "/"))
-        buffer.writeDigits(message.connectionID, radix: 10, count: connection)
-        buffer.writeInteger(UInt8(ascii: "/"))
-        buffer.writeDigits(UInt64(message.sequence), radix: 10, count: sequence)
-        buffer.writeVarintField(10, UInt64(message.sequence))
-        if let key = message.idempotencyKey, key.readableBytes > 0 {
-            buffer.writeTag(11, wireType: 2)
-            buffer.writeVarint(UInt64(key.readableBytes))
-            buffer.writeImmutableBuffer(key)
+        let size = self.encodedSize(of: message)
+        buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: size) { memory in
+            var writer = ProtobufWriter(memory: UnsafeMutableRawBufferPointer(rebasing: memory[..<size]))
+            writer.stringField(1, message.deviceID)
+            writer.stringField(2, message.topic)
+            writer.varintField(3, UInt64(message.messageID))
+            if message.payload.readableBytes > 0 {
+                writer.tag(4, wireType: 2)
+                writer.varint(UInt64(message.payload.readableBytes))
+                message.payload.withUnsafeReadableBytes { writer.bytes($0) }
+            }
+            writer.varintField(5, message.qos == .atLeastOnce ? 1 : 0)
+            writer.varintField(6, UInt64(bitPattern: message.receivedAt))
+            writer.stringField(7, message.clientAddress)
+            writer.stringField(8, self.instanceID)
+            // delivery_id, unique per message: the instance, the listener's random epoch (base 36),
+            // the connection, and the message's place in it.
+            let epoch = Self.digits(message.epoch, radix: 36)
+            let connection = Self.digits(message.connectionID, radix: 10)
+            let sequence = Self.digits(UInt64(message.sequence), radix: 10)
+            writer.tag(9, wireType: 2)
+            writer.varint(UInt64(self.instanceID.utf8.count + epoch + connection + sequence + 3))
+            writer.string(self.instanceID)
+            writer.byte(UInt8(ascii: "/"))
+            writer.base36(message.epoch, count: epoch)
+            writer.byte(UInt8(ascii: "/"))
+            writer.decimal(message.connectionID, count: connection)
+            writer.byte(UInt8(ascii: "/"))
+            writer.decimal(UInt64(message.sequence), count: sequence)
+            writer.varintField(10, UInt64(message.sequence))
+            if let key = message.idempotencyKey, key.readableBytes > 0 {
+                writer.tag(11, wireType: 2)
+                writer.varint(UInt64(key.readableBytes))
+                key.withUnsafeReadableBytes { writer.bytes($0) }
+            }
+            precondition(writer.index == size, "encodedSize(of:) and encode(_:into:) disagree")
+            return size
         }
     }
 
@@ -128,13 +138,16 @@ package struct UplinkEncoder: Sendable {
         value == 0 ? 1 : (64 - value.leadingZeroBitCount + 6) / 7
     }
 
-    /// The digits of `value` in `radix` (at least one).
+    /// The digits of `value` in `radix` (at least one), counted without dividing.
     static func digits(_ value: UInt64, radix: UInt64) -> Int {
         var count = 1
-        var rest = value / radix
-        while rest > 0 {
+        var power = radix
+        // Stops before `power` would overflow: `value` then has one digit more.
+        while value >= power {
             count += 1
-            rest /= radix
+            let (next, overflow) = power.multipliedReportingOverflow(by: radix)
+            if overflow { break }
+            power = next
         }
         return count
     }
@@ -169,16 +182,87 @@ extension ByteBuffer {
         self.writeVarint(UInt64(count))
         self.writeString(value)
     }
+}
 
-    /// `value` in `radix` (lower-case letters above 9), `count` digits (from `digits`).
-    fileprivate mutating func writeDigits(_ value: UInt64, radix: UInt64, count: Int) {
-        let start = self.writerIndex
-        self.writeRepeatingByte(0, count: count)
+/// Writes protobuf into memory reserved for exactly what it writes (`UplinkEncoder.encode`):
+/// every write checks the reservation, not a `ByteBuffer`'s capacity and uniqueness.
+private struct ProtobufWriter {
+    let memory: UnsafeMutableRawBufferPointer
+    private(set) var index = 0
+
+    init(memory: UnsafeMutableRawBufferPointer) {
+        self.memory = memory
+    }
+
+    mutating func byte(_ value: UInt8) {
+        precondition(self.index < self.memory.count)
+        self.memory[self.index] = value
+        self.index += 1
+    }
+
+    mutating func varint(_ value: UInt64) {
+        var rest = value
+        while rest >= 0x80 {
+            self.byte(UInt8(truncatingIfNeeded: rest) | 0x80)
+            rest >>= 7
+        }
+        self.byte(UInt8(rest))
+    }
+
+    mutating func tag(_ field: UInt64, wireType: UInt64) {
+        self.varint(field << 3 | wireType)
+    }
+
+    /// A varint field; proto3 leaves out 0.
+    mutating func varintField(_ field: UInt64, _ value: UInt64) {
+        guard value != 0 else { return }
+        self.tag(field, wireType: 0)
+        self.varint(value)
+    }
+
+    mutating func bytes(_ bytes: UnsafeRawBufferPointer) {
+        guard bytes.count > 0 else { return }
+        precondition(self.index + bytes.count <= self.memory.count)
+        (self.memory.baseAddress! + self.index).copyMemory(from: bytes.baseAddress!, byteCount: bytes.count)
+        self.index += bytes.count
+    }
+
+    mutating func string(_ value: String) {
+        let copied: Void? = value.utf8.withContiguousStorageIfAvailable { self.bytes(UnsafeRawBufferPointer($0)) }
+        if copied == nil {
+            for byte in value.utf8 { self.byte(byte) }
+        }
+    }
+
+    /// A string field; proto3 leaves out the empty string.
+    mutating func stringField(_ field: UInt64, _ value: String) {
+        let count = value.utf8.count
+        guard count > 0 else { return }
+        self.tag(field, wireType: 2)
+        self.varint(UInt64(count))
+        self.string(value)
+    }
+
+    /// `value` in decimal, `count` digits (`UplinkEncoder.digits`).
+    mutating func decimal(_ value: UInt64, count: Int) {
+        precondition(self.index + count <= self.memory.count)
         var rest = value
         for offset in stride(from: count - 1, through: 0, by: -1) {
-            self.setInteger(digitLetters[Int(rest % radix)], at: start + offset)
-            rest /= radix
+            self.memory[self.index + offset] = digitLetters[Int(rest % 10)]
+            rest /= 10
         }
+        self.index += count
+    }
+
+    /// `value` in base 36 (lower-case letters above 9), `count` digits.
+    mutating func base36(_ value: UInt64, count: Int) {
+        precondition(self.index + count <= self.memory.count)
+        var rest = value
+        for offset in stride(from: count - 1, through: 0, by: -1) {
+            self.memory[self.index + offset] = digitLetters[Int(rest % 36)]
+            rest /= 36
+        }
+        self.index += count
     }
 }
 

@@ -2,10 +2,11 @@ import Foundation
 import NIOCore
 import SwiftProtobuf
 import TerminusAPI
-import TerminusBackend
 import TerminusProtocol
 import TerminusSessions
 import Testing
+
+@testable import TerminusBackend
 
 /// `UplinkEncoder` writes protobuf by hand: its bytes must be SwiftProtobuf's, field for field.
 @Suite("Uplink encoder: the backend's protobuf, written directly")
@@ -152,9 +153,39 @@ struct UplinkEncoderTests {
                 try Terminus_V1_UplinkMessage(serializedBytes: Array($0.readableBytesView))
             }
             let serialized: [UInt8] = try expected.serializedBytes()
+            // As a DATA frame of a `GRPCStreamConnection`: its 9-byte header, then the same bytes.
+            var data = UplinkEncoder.deliverRequest(
+                messages,
+                subscription: subscription,
+                batchID: batchID,
+                allocator: ByteBufferAllocator(),
+                asDataFrame: true
+            )
+            let length = 5 + serialized.count
+            let header = data.readBytes(length: 9)
+            #expect(header == [UInt8(length >> 16), UInt8(length >> 8 & 0xFF), UInt8(length & 0xFF), 0, 0, 0, 0, 0, 1])
+            #expect(data == frame)
             #expect(frame.readInteger(as: UInt8.self) == 0)
             #expect(frame.readInteger(as: UInt32.self) == UInt32(serialized.count))
             #expect(Array(frame.readableBytesView) == serialized)
+        }
+    }
+
+    @Test("digits are counted without dividing: right at every power of 10 and 36, and at the largest value")
+    func digitCounts() {
+        var values: [UInt64] = [0, 1, .max, .max - 1]
+        for radix: UInt64 in [10, 36] {
+            var power: UInt64 = 1
+            while true {
+                values += [power - 1, power, power + 1]
+                let (next, overflow) = power.multipliedReportingOverflow(by: radix)
+                if overflow { break }
+                power = next
+            }
+        }
+        for value in values {
+            #expect(UplinkEncoder.digits(value, radix: 10) == String(value, radix: 10).count, "\(value)")
+            #expect(UplinkEncoder.digits(value, radix: 36) == String(value, radix: 36).count, "\(value)")
         }
     }
 }
