@@ -671,8 +671,8 @@ final class GRPCStreamConnection: ChannelDuplexHandler {
         }
     }
 
-    /// A header block: the response's headers (`:status` must be 200), or the trailers that end
-    /// the call (`grpc-status` other than 0 is reported).
+    /// A header block: an interim response (ignored), the response's headers (`:status` must be
+    /// 200), or the trailers that end the call (`grpc-status` other than 0 is reported).
     private func headersReceived(_ block: ByteBuffer, endStream: Bool, context: ChannelHandlerContext) throws {
         var block = block
         let headers: HPACKHeaders
@@ -682,6 +682,10 @@ final class GRPCStreamConnection: ChannelDuplexHandler {
             throw GRPCStreamConnectionError(code: 0x9, reason: "HPACK: \(error)")  // COMPRESSION_ERROR
         }
         if !self.sawResponseHeaders {
+            // An interim response (1xx) comes before the response's own headers (RFC 9110, 15.2).
+            if let status = headers.first(name: ":status"), status.utf8.count == 3, status.hasPrefix("1"), !endStream {
+                return
+            }
             self.sawResponseHeaders = true
             if let status = headers.first(name: ":status"), status != "200" {
                 self.delegate.ended("the backend answered HTTP status \(status)")

@@ -313,7 +313,11 @@ struct GRPCStreamConnectionTests {
             let recorder = Recorder()
             let (channel, _) = try Self.open(recorder, responseHeaders: false)
             var encoder = HPACKEncoder(allocator: ByteBufferAllocator())
+            // An interim response first (1xx), then the response.
+            try Self.feed(channel, Self.headers([(":status", "103")], encoder: &encoder))
             try Self.feed(channel, Self.headers([(":status", "200"), ("x-pod", "backend-7")], encoder: &encoder))
+            try Self.feed(channel, Self.frame(0, stream: 1, Self.grpc([[7]])))
+            #expect(recorder.messages == [[7]])
             try Self.feed(
                 channel,
                 Self.headers([("grpc-status", "0"), ("x-pod", "backend-7")], endStream: true, encoder: &encoder)
