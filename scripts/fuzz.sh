@@ -6,7 +6,7 @@
 #
 # SECONDS_PER_TARGET defaults to 30; 0 only replays the seed corpus and the regression inputs.
 # TARGETs default to all of them (fuzz-frame-decoder fuzz-hello-token fuzz-proxy-header
-# fuzz-inflate fuzz-topic-filter fuzz-config fuzz-lean-records).
+# fuzz-inflate fuzz-topic-filter fuzz-config fuzz-lean-records fuzz-grpc-stream).
 #
 # Each target runs over a temporary copy of Fuzz/Corpus/<target> plus Fuzz/Regressions/<target>
 # (inputs that once crashed), so the repository's corpus is never written. Crash, timeout and
@@ -20,7 +20,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
-all_targets=(fuzz-frame-decoder fuzz-hello-token fuzz-proxy-header fuzz-inflate fuzz-topic-filter fuzz-config fuzz-lean-records)
+all_targets=(fuzz-frame-decoder fuzz-hello-token fuzz-proxy-header fuzz-inflate fuzz-topic-filter fuzz-config fuzz-lean-records fuzz-grpc-stream)
 seconds=${1:-30}
 [ $# -gt 0 ] && shift
 if ! [[ $seconds =~ ^[0-9]+$ ]]; then
