@@ -66,7 +66,7 @@ public func fuzz(_ start: UnsafeRawPointer, _ count: Int) -> CInt {
         let piece = ByteBuffer(bytes: UnsafeRawBufferPointer(rebasing: bytes[offset..<(offset + take)]))
         offset += take
         pieces += 1
-        try? channel.writeInbound(piece)
+        _ = try? channel.writeInbound(piece)
         if requestEvery > 0, pieces % requestEvery == 0, channel.isActive {
             if pieces / requestEvery == 8 {
                 channel.pipeline.triggerUserOutboundEvent(GRPCStreamConnection.OutboundEvent.end, promise: nil)
