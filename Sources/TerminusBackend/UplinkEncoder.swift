@@ -65,11 +65,11 @@ package struct UplinkEncoder: Sendable {
             writer.varint(UInt64(self.instanceID.utf8.count + epoch + connection + sequence + 3))
             writer.string(self.instanceID)
             writer.byte(UInt8(ascii: "/"))
-            writer.base36(message.epoch, count: epoch)
+            writer.digits(message.epoch, radix: 36, count: epoch)
             writer.byte(UInt8(ascii: "/"))
-            writer.decimal(message.connectionID, count: connection)
+            writer.digits(message.connectionID, radix: 10, count: connection)
             writer.byte(UInt8(ascii: "/"))
-            writer.decimal(UInt64(message.sequence), count: sequence)
+            writer.digits(UInt64(message.sequence), radix: 10, count: sequence)
             writer.varintField(10, UInt64(message.sequence))
             if let key = message.idempotencyKey, key.readableBytes > 0 {
                 writer.tag(11, wireType: 2)
@@ -243,24 +243,15 @@ private struct ProtobufWriter {
         self.string(value)
     }
 
-    /// `value` in decimal, `count` digits (`UplinkEncoder.digits`).
-    mutating func decimal(_ value: UInt64, count: Int) {
+    /// `value` in `radix` (lower-case letters above 9), `count` digits (`UplinkEncoder.digits`).
+    /// Inlined, so each call's constant radix divides by multiplying.
+    @inline(__always)
+    mutating func digits(_ value: UInt64, radix: UInt64, count: Int) {
         precondition(self.index + count <= self.memory.count)
         var rest = value
         for offset in stride(from: count - 1, through: 0, by: -1) {
-            self.memory[self.index + offset] = digitLetters[Int(rest % 10)]
-            rest /= 10
-        }
-        self.index += count
-    }
-
-    /// `value` in base 36 (lower-case letters above 9), `count` digits.
-    mutating func base36(_ value: UInt64, count: Int) {
-        precondition(self.index + count <= self.memory.count)
-        var rest = value
-        for offset in stride(from: count - 1, through: 0, by: -1) {
-            self.memory[self.index + offset] = digitLetters[Int(rest % 36)]
-            rest /= 36
+            self.memory[self.index + offset] = digitLetters[Int(rest % radix)]
+            rest /= radix
         }
         self.index += count
     }
