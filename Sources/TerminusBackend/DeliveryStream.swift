@@ -360,7 +360,7 @@ final class DeliveryStream: Sendable {
 
     /// An answer read from the stream (on the loop); throws if it is not a `DeliverResponse`.
     fileprivate func complete(_ message: ByteBuffer) throws {
-        let response = try Terminus_V1_DeliverResponse(serializedBytes: Array(message.readableBytesView))
+        let response = try DeliverResponseDecoder.decode(message)
         let waiter = self.state.withLock { state in
             state.answered = true
             return state.waiting.removeValue(forKey: response.batchID)

@@ -250,11 +250,12 @@ private struct ProtobufWriter {
         precondition(self.index + count <= self.memory.count)
         var rest = value
         for offset in stride(from: count - 1, through: 0, by: -1) {
-            self.memory[self.index + offset] = digitLetters[Int(rest % radix)]
+            // '0'...'9', then 'a'... (0x61 - 10): no table, so no lazily initialised global to
+            // check on every digit.
+            let digit = UInt8(truncatingIfNeeded: rest % radix)
+            self.memory[self.index + offset] = digit < 10 ? 0x30 &+ digit : 0x57 &+ digit
             rest /= radix
         }
         self.index += count
     }
 }
-
-private let digitLetters = Array("0123456789abcdefghijklmnopqrstuvwxyz".utf8)

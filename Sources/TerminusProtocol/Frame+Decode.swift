@@ -209,7 +209,15 @@ extension ByteBuffer {
             throw ProtocolError(.malformedFrame, "\(field()) is truncated")
         }
         if slice.readableBytes == 0 { return "" }
-        let string = slice.withUnsafeReadableBytes { String(validating: $0, as: UTF8.self) }
+        let string = slice.withUnsafeReadableBytes { bytes -> String? in
+            // Device ids and topics are ASCII almost always, and ASCII is valid UTF-8: decoded
+            // straight away, without the standard library's validation (not specialised: it
+            // looks up generic metadata on every call, ~1 % of a lone message's CPU).
+            var union: UInt8 = 0
+            for byte in bytes { union |= byte }
+            if union < 0x80 { return String(decoding: bytes, as: UTF8.self) }
+            return String(validating: bytes, as: UTF8.self)
+        }
         guard let string else { throw ProtocolError(code, "\(field()) is not valid UTF-8") }
         return string
     }

@@ -40,6 +40,8 @@ struct FrameRoundTripTests {
             Message(messageID: 7, qos: .atLeastOnce, topic: "pay/done", payload: ByteBuffer(string: "{\"amt\":100}"))
         ),
         .publish(Message(messageID: 0, qos: .atMostOnce, topic: "t", payload: ByteBuffer())),
+        // Not ASCII: decoded by the standard library's UTF-8 validation, not the ASCII fast path.
+        .publish(Message(messageID: 11, qos: .atLeastOnce, topic: "ünïcode/ok", payload: ByteBuffer())),
         .publish(
             Message(
                 messageID: 9,
