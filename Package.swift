@@ -560,7 +560,13 @@ if Context.environment["TERMINUS_FUZZ"] == "1" {
         fuzzTarget("fuzz-topic-filter", ["TerminusRouting"], nio: false),
         fuzzTarget("fuzz-config", ["TerminusServer", "TerminusRouting", "TerminusEdge"]),
         fuzzTarget("fuzz-lean-records", ["TerminusLeanTLS"]),
-        fuzzTarget("fuzz-grpc-stream", ["TerminusBackend", .product(name: "NIOEmbedded", package: "swift-nio")]),
+        fuzzTarget(
+            "fuzz-grpc-stream",
+            [
+                "TerminusBackend", "TerminusAPI", .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ]
+        ),
     ]
     package.targets += fuzzTargets
     package.products += fuzzTargets.map { .executable(name: $0.name, targets: [$0.name]) }

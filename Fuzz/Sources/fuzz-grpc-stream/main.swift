@@ -8,9 +8,13 @@
 //
 // Beyond "no crash": every message handed on is within the limit; once the connection failed
 // or the call ended the channel is closed, its last frame a GOAWAY, and nothing more is handed
-// on; what the client writes is its preface, then well-formed frames on stream 0 or 1.
+// on; what the client writes is its preface, then well-formed frames on stream 0 or 1. Every
+// message handed on is also read as a `DeliverResponse` by `DeliverResponseDecoder` and by
+// SwiftProtobuf: both fail, or both give the same message.
 import NIOCore
 import NIOEmbedded
+import SwiftProtobuf
+import TerminusAPI
 
 @testable import TerminusBackend
 
@@ -44,6 +48,9 @@ public func fuzz(_ start: UnsafeRawPointer, _ count: Int) -> CInt {
                 precondition(message.readableBytes <= limit, "a message over the limit was handed on")
                 precondition(record.failures == 0, "a message after the connection failed")
                 record.messages += 1
+                let ours = try? DeliverResponseDecoder.decode(message)
+                let theirs = try? Terminus_V1_DeliverResponse(serializedBytes: Array(message.readableBytesView))
+                precondition(ours == theirs, "DeliverResponseDecoder and SwiftProtobuf disagree")
             },
             goingAway: {},
             ended: { _ in record.ended += 1 },
