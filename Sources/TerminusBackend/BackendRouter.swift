@@ -218,14 +218,25 @@ package final class BackendRouter: UplinkSink, Sendable {
         let plan = self.plan(batch, table: routing.table, services: routing.services.count)
         if plan.isEmpty { return eventLoop.makeSucceededFuture(plan.outcomes) }
         let promise = eventLoop.makePromise(of: [DeliveryOutcome].self)
+        // A loop outside the group (tests' embedded loops) is served by the first loop's
+        // deliveries; they are thread-safe, only slower for it.
+        let loop = self.loopIndex[ObjectIdentifier(eventLoop)] ?? 0
+        // The common case, a lone message or an edge batch whose messages all go to one
+        // service: that service's answers are the batch's outcomes (`accepted` combined with an
+        // answer is the answer), so no aggregator, and no array of the services that matched.
+        var onlyService = -1
+        for service in plan.groups.indices where !plan.groups[service].isEmpty {
+            onlyService = onlyService == -1 ? service : -2
+        }
+        if onlyService >= 0 && plan.groups[onlyService].count == batch.count {
+            routing.services[onlyService][loop].deliver(batch, on: eventLoop) { promise.succeed($0) }
+            return promise.futureResult
+        }
         let matching = plan.groups.indices.filter { !plan.groups[$0].isEmpty }
         let answers = OutcomeAggregator(
             outcomes: plan.outcomes,
             answers: matching.reduce(0) { $0 + plan.groups[$1].count }
         ) { promise.succeed($0) }
-        // A loop outside the group (tests' embedded loops) is served by the first loop's
-        // deliveries; they are thread-safe, only slower for it.
-        let loop = self.loopIndex[ObjectIdentifier(eventLoop)] ?? 0
         for service in matching {
             let indices = plan.groups[service]
             let messages = indices.count == batch.count ? batch : indices.map { batch[$0] }
