@@ -26,7 +26,7 @@ struct ServerHandshakes: ParsableCommand {
     @Option(name: .long, help: "The name the certificate holds.") var serverName: String = "localhost"
     @Option(name: .long, help: "Handshakes per case, over all rounds.") var count: Int = 1000
     @Option(name: .long, help: "Rounds; each runs every case in turn, and a case reports its least round's mean.")
-    var rounds: Int = 5
+    var rounds: Int = 10
     @Option(name: .long, help: "The lean engine's TLS 1.3 tickets per handshake (device.tls.session_tickets).")
     var tickets: Int = 1
     @Option(name: .long, help: "Only the cases whose name contains this (e.g. lean_tls13_full, for a profile).")
