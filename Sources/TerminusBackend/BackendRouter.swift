@@ -27,17 +27,25 @@ package final class BackendRouter: UplinkSink, Sendable {
     package static let maxServices = ServiceSet.capacity
 
     /// The route table and, per configured service (in the table's numbering), its delivery on
-    /// each event loop (in the group's order).
-    private struct Routing: Sendable {
-        var table: RouteTable
+    /// each event loop (in the group's order). A class: reading the snapshot once per edge batch
+    /// costs one retain.
+    private final class Routing: Sendable {
+        let table: RouteTable
         /// As configured (each delivery holds its loop's share of the window and connections).
-        var subscriptions: [Subscription]
-        var services: [[ServiceDelivery]]
+        let subscriptions: [Subscription]
+        let services: [[ServiceDelivery]]
+
+        init(table: RouteTable, subscriptions: [Subscription], services: [[ServiceDelivery]]) {
+            self.table = table
+            self.subscriptions = subscriptions
+            self.services = services
+        }
     }
 
     private let routing: Reloadable<Routing>
-    /// Which of a service's deliveries serves a loop's devices.
-    private let loopIndex: [ObjectIdentifier: Int]
+    /// The group's loops, in order: a loop's index picks which of a service's deliveries serves
+    /// its devices.
+    private let loopIDs: [ObjectIdentifier]
     private let loops: [any EventLoop]
     private let instanceID: String
     private let shutdown: ShutdownDeadline
@@ -58,7 +66,7 @@ package final class BackendRouter: UplinkSink, Sendable {
         }
         let loops = Array(group.makeIterator())
         self.loops = loops
-        self.loopIndex = Dictionary(uniqueKeysWithValues: loops.enumerated().map { (ObjectIdentifier($1), $0) })
+        self.loopIDs = loops.map { ObjectIdentifier($0) }
         self.instanceID = instanceID
         self.shutdown = shutdown
         self.logger = logger
@@ -194,16 +202,26 @@ package final class BackendRouter: UplinkSink, Sendable {
 
     /// Which messages of an edge batch go to which service: the synchronous part of `deliver`.
     package func plan(_ batch: [UplinkMessage]) -> RoutingPlan {
-        self.plan(batch, table: self.routing.value.table, services: self.routing.value.services.count)
+        let routing = self.routing.value
+        return Self.plan(batch, table: routing.table, services: routing.services.count)
     }
 
-    private func plan(_ batch: [UplinkMessage], table: RouteTable, services: Int) -> RoutingPlan {
+    /// - Parameters:
+    ///   - prefixMatched: the services each of the first `prefix` messages matched (`deliver`
+    ///     matched them already, all to the same set).
+    private static func plan(
+        _ batch: [UplinkMessage],
+        table: RouteTable,
+        services: Int,
+        prefix: Int = 0,
+        prefixMatched: ServiceSet = ServiceSet()
+    ) -> RoutingPlan {
         var plan = RoutingPlan(
             groups: [[Int]](repeating: [], count: services),
             outcomes: [DeliveryOutcome](repeating: .accepted, count: batch.count)
         )
         for (index, message) in batch.enumerated() {
-            let matched = table.match(message.topic)
+            let matched = index < prefix ? prefixMatched : table.match(message.topic)
             if matched.isEmpty { plan.outcomes[index] = .noRoute }
             for service in matched { plan.groups[service].append(index) }
         }
@@ -215,23 +233,35 @@ package final class BackendRouter: UplinkSink, Sendable {
     package func deliver(_ batch: [UplinkMessage], on eventLoop: any EventLoop) -> EventLoopFuture<[DeliveryOutcome]> {
         // One snapshot for the whole batch: the table's numbering is its services'.
         let routing = self.routing.value
-        let plan = self.plan(batch, table: routing.table, services: routing.services.count)
-        if plan.isEmpty { return eventLoop.makeSucceededFuture(plan.outcomes) }
+        guard let first = batch.first else { return eventLoop.makeSucceededFuture([]) }
+        // The common case first, a lone message or an edge batch whose messages all match the
+        // same services: matched once each, no plan built.
+        let matched = routing.table.match(first.topic)
+        var same = 1
+        while same < batch.count, routing.table.match(batch[same].topic) == matched { same += 1 }
+        if same == batch.count {
+            if matched.isEmpty {
+                return eventLoop.makeSucceededFuture([DeliveryOutcome](repeating: .noRoute, count: batch.count))
+            }
+            if let service = matched.only {
+                // One service: its answers are the batch's outcomes (`accepted` combined with an
+                // answer is the answer), so no aggregator and no arrays of indices.
+                let promise = eventLoop.makePromise(of: [DeliveryOutcome].self)
+                routing.services[service][self.loopIndex(of: eventLoop)].deliver(batch, on: eventLoop) {
+                    promise.succeed($0)
+                }
+                return promise.futureResult
+            }
+        }
+        let plan = Self.plan(
+            batch,
+            table: routing.table,
+            services: routing.services.count,
+            prefix: same,
+            prefixMatched: matched
+        )
         let promise = eventLoop.makePromise(of: [DeliveryOutcome].self)
-        // A loop outside the group (tests' embedded loops) is served by the first loop's
-        // deliveries; they are thread-safe, only slower for it.
-        let loop = self.loopIndex[ObjectIdentifier(eventLoop)] ?? 0
-        // The common case, a lone message or an edge batch whose messages all go to one
-        // service: that service's answers are the batch's outcomes (`accepted` combined with an
-        // answer is the answer), so no aggregator, and no array of the services that matched.
-        var onlyService = -1
-        for service in plan.groups.indices where !plan.groups[service].isEmpty {
-            onlyService = onlyService == -1 ? service : -2
-        }
-        if onlyService >= 0 && plan.groups[onlyService].count == batch.count {
-            routing.services[onlyService][loop].deliver(batch, on: eventLoop) { promise.succeed($0) }
-            return promise.futureResult
-        }
+        let loop = self.loopIndex(of: eventLoop)
         let matching = plan.groups.indices.filter { !plan.groups[$0].isEmpty }
         let answers = OutcomeAggregator(
             outcomes: plan.outcomes,
@@ -246,6 +276,15 @@ package final class BackendRouter: UplinkSink, Sendable {
         }
         return promise.futureResult
     }
+
+    /// Which of a service's deliveries serves `eventLoop`'s devices. A loop outside the group
+    /// (tests' embedded loops) is served by the first loop's deliveries; they are thread-safe,
+    /// only slower for it.
+    private func loopIndex(of eventLoop: any EventLoop) -> Int {
+        let id = ObjectIdentifier(eventLoop)
+        // A few loops (one per core): a scan beats hashing.
+        return self.loopIDs.firstIndex(of: id) ?? 0
+    }
 }
 
 /// The routing of one edge batch: per configured service, the indices of the messages it gets;
@@ -254,9 +293,6 @@ package final class BackendRouter: UplinkSink, Sendable {
 package struct RoutingPlan: Sendable {
     package var groups: [[Int]]
     package var outcomes: [DeliveryOutcome]
-
-    /// No message goes to any service.
-    package var isEmpty: Bool { self.groups.allSatisfy(\.isEmpty) }
 }
 
 /// One service's deliveries, one per event loop, run side by side: they start together, stop

@@ -63,6 +63,9 @@ package struct ServiceSet: Hashable, Sendable, Sequence {
     package var isEmpty: Bool { self.bits == 0 }
     package var count: Int { self.bits.nonzeroBitCount }
 
+    /// The one service in the set, when it holds exactly one.
+    package var only: Int? { self.count == 1 ? self.bits.trailingZeroBitCount : nil }
+
     package func contains(_ index: Int) -> Bool {
         index >= 0 && index < Self.capacity && self.bits & (1 << UInt64(index)) != 0
     }

@@ -929,6 +929,10 @@ package final class Gateway: Service, Sendable {
     /// Edge batches handed to their delivery's loop from another thread (`BackendRouter.offLoopSteps`): 0.
     package var deliveryOffLoopSteps: Int { self.router?.offLoopSteps ?? 0 }
 
+    /// The backend router as an uplink sink, when services are configured (tests hand it edge
+    /// batches of their own).
+    package var backendSink: (any UplinkSink)? { self.router }
+
 }
 
 /// A listener as a `Service`: opened when the group starts it, closed at graceful shutdown or

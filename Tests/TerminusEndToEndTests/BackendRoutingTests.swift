@@ -12,6 +12,7 @@ import TerminusEdge
 import TerminusProtocol
 import TerminusRouting
 import TerminusServer
+import TerminusSessions
 import Testing
 
 @Suite("Routing to gRPC backends", .serialized, .gatewayScope)
@@ -292,6 +293,57 @@ struct BackendRoutingTests {
         #expect(billing.receiver.payloads == ["both", "r"])
         #expect(audit.receiver.payloads == ["both"])
         await device.close()
+        await gateway.stop()
+        await billing.stop()
+        await audit.stop()
+    }
+
+    @Test("an edge batch of mixed topics: each message gets the combined answer of the services it matched")
+    func mixedEdgeBatches() async throws {
+        let billing = try await TestBackend.start()
+        let audit = try await TestBackend.start(
+            receiver: RecordingReceiver { message in
+                message.topic == "pay/refund" ? .rejected("refunds are not audited here", retryable: false) : .accepted
+            }
+        )
+        let gateway = try await Self.gateway(
+            [
+                try Self.service("billing", port: billing.port, topics: ["pay/#"]),
+                try Self.service("audit", port: audit.port, topics: ["+/done", "pay/refund"]),
+            ],
+            eventLoops: 1
+        )
+        let router = try #require(gateway.gateway.backendSink)
+        let loop = gateway.gateway.eventLoopGroup.next()
+        // One edge batch, as a loop tick hands it over; each message's payload is its topic.
+        func deliver(_ topics: [String]) async throws -> [TerminusCode] {
+            let batch = topics.enumerated().map { index, topic in
+                UplinkMessage(
+                    deviceID: "mixed",
+                    topic: topic,
+                    messageID: UInt32(index + 1),
+                    qos: .atLeastOnce,
+                    payload: ByteBuffer(string: topic),
+                    receivedAt: 0,
+                    clientAddress: "127.0.0.1:1"
+                )
+            }
+            let outcomes = try await loop.flatSubmit { router.deliver(batch, on: loop) }.get()
+            return outcomes.map { $0.ack(for: 0).status }
+        }
+        // Every message to the one same service.
+        #expect(try await deliver(["pay/a", "pay/b", "pay/c"]) == [.ok, .ok, .ok])
+        // The same service for two, then both, then none, then a refusal by one of two.
+        #expect(
+            try await deliver(["pay/a", "pay/b", "pay/done", "x/y", "pay/refund"])
+                == [.ok, .ok, .ok, .noRoute, .rejected]
+        )
+        // Every message to both services; every message to none; no message at all.
+        #expect(try await deliver(["pay/done", "pay/done"]) == [.ok, .ok])
+        #expect(try await deliver(["x/y", "speaker/volume"]) == [.noRoute, .noRoute])
+        #expect(try await deliver([]) == [])
+        #expect(billing.receiver.payloads.sorted() == ["pay/a", "pay/a", "pay/b", "pay/b", "pay/c", "pay/done", "pay/done", "pay/done", "pay/refund"])
+        #expect(audit.receiver.payloads == ["pay/done", "pay/done", "pay/done"])
         await gateway.stop()
         await billing.stop()
         await audit.stop()

@@ -102,4 +102,19 @@ struct RouteTableTests {
             #expect(table.match(topic) == expected, "\(topic)")
         }
     }
+
+    @Test("a service set names its only member, and none when it holds none or several")
+    func onlyMember() {
+        var set = ServiceSet()
+        #expect(set.only == nil)
+        for service in [0, 1, 37, 63] {
+            var one = ServiceSet()
+            one.insert(service)
+            #expect(one.only == service)
+        }
+        set.insert(5)
+        set.insert(63)
+        #expect(set.only == nil)
+        #expect(Array(set) == [5, 63])
+    }
 }
