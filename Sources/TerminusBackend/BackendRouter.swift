@@ -229,28 +229,35 @@ package final class BackendRouter: UplinkSink, Sendable {
     }
 
     /// Hands each service its part of the batch (see `ServiceDelivery.deliver`: no task is
-    /// started on the way in) and combines their answers.
-    package func deliver(_ batch: [UplinkMessage], on eventLoop: any EventLoop) -> EventLoopFuture<[DeliveryOutcome]> {
+    /// started on the way in) and combines their answers; `completion` runs on `eventLoop`.
+    package func deliver(
+        _ batch: [UplinkMessage],
+        on eventLoop: any EventLoop,
+        completion: @escaping @Sendable ([DeliveryOutcome]) -> Void
+    ) {
         // One snapshot for the whole batch: the table's numbering is its services'.
         let routing = self.routing.value
-        guard let first = batch.first else { return eventLoop.makeSucceededFuture([]) }
+        guard let first = batch.first else { return completion([]) }
+        // A service's delivery answers on its own loop: for a loop outside the group (tests'
+        // embedded loops, served by the first loop's deliveries), the answer hops back.
+        let loop = self.loopIDs.firstIndex(of: ObjectIdentifier(eventLoop))
+        let completion =
+            loop != nil
+            ? completion
+            : { @Sendable outcomes in
+                eventLoop.inEventLoop ? completion(outcomes) : eventLoop.execute { completion(outcomes) }
+            }
         // The common case first, a lone message or an edge batch whose messages all match the
         // same services: matched once each, no plan built.
         let matched = routing.table.match(first.topic)
         var same = 1
         while same < batch.count, routing.table.match(batch[same].topic) == matched { same += 1 }
         if same == batch.count {
-            if matched.isEmpty {
-                return eventLoop.makeSucceededFuture([DeliveryOutcome](repeating: .noRoute, count: batch.count))
-            }
+            if matched.isEmpty { return completion([DeliveryOutcome](repeating: .noRoute, count: batch.count)) }
             if let service = matched.only {
                 // One service: its answers are the batch's outcomes (`accepted` combined with an
                 // answer is the answer), so no aggregator and no arrays of indices.
-                let promise = eventLoop.makePromise(of: [DeliveryOutcome].self)
-                routing.services[service][self.loopIndex(of: eventLoop)].deliver(batch, on: eventLoop) {
-                    promise.succeed($0)
-                }
-                return promise.futureResult
+                return routing.services[service][loop ?? 0].deliver(batch, on: eventLoop, completion: completion)
             }
         }
         let plan = Self.plan(
@@ -260,30 +267,19 @@ package final class BackendRouter: UplinkSink, Sendable {
             prefix: same,
             prefixMatched: matched
         )
-        let promise = eventLoop.makePromise(of: [DeliveryOutcome].self)
-        let loop = self.loopIndex(of: eventLoop)
         let matching = plan.groups.indices.filter { !plan.groups[$0].isEmpty }
         let answers = OutcomeAggregator(
             outcomes: plan.outcomes,
-            answers: matching.reduce(0) { $0 + plan.groups[$1].count }
-        ) { promise.succeed($0) }
+            answers: matching.reduce(0) { $0 + plan.groups[$1].count },
+            completion: completion
+        )
         for service in matching {
             let indices = plan.groups[service]
             let messages = indices.count == batch.count ? batch : indices.map { batch[$0] }
-            routing.services[service][loop].deliver(messages, on: eventLoop) { results in
+            routing.services[service][loop ?? 0].deliver(messages, on: eventLoop) { results in
                 answers.add(results, at: indices)
             }
         }
-        return promise.futureResult
-    }
-
-    /// Which of a service's deliveries serves `eventLoop`'s devices. A loop outside the group
-    /// (tests' embedded loops) is served by the first loop's deliveries; they are thread-safe,
-    /// only slower for it.
-    private func loopIndex(of eventLoop: any EventLoop) -> Int {
-        let id = ObjectIdentifier(eventLoop)
-        // A few loops (one per core): a scan beats hashing.
-        return self.loopIDs.firstIndex(of: id) ?? 0
     }
 }
 

@@ -67,37 +67,36 @@ final class UplinkBatcher {
         let batch = self.messages
         // The completion captures `waiters` alone: a closure over one reference needs no
         // context allocation (the allocation gate counts it).
-        let waiters = self.waiters
+        let waiters = BatchWaiters(entries: self.waiters)
         self.messages = []
         self.waiters = []
-        self.sink.deliver(batch, on: self.eventLoop)
-            .hop(to: self.eventLoop)
-            .assumeIsolated()
-            .whenComplete { result in
-                let outcomes: [DeliveryOutcome]
-                switch result {
-                case .success(let values) where values.count == waiters.count:
-                    outcomes = values
-                default:
-                    // A failed or malformed sink answer: nothing was accepted; ask devices to resend.
-                    outcomes = Array(repeating: .retryLater(afterSeconds: 1), count: waiters.count)
-                }
-                // One pass, while each session's state is in the cache: a session's messages sit
-                // next to each other in the batch (one read each per tick), so its ACKs are
-                // flushed when the next message is another session's. A session seen again later
-                // gets another flush then; flushAcks does nothing when nothing is pending.
-                for position in waiters.indices {
-                    let (waiter, id, kind, receivedAt) = waiters[position]
-                    guard let waiter else { continue }
-                    waiter.deliveryCompleted(
-                        messageID: id,
-                        kind: kind,
-                        outcome: outcomes[position],
-                        receivedAt: receivedAt
-                    )
-                    let next = position + 1 < waiters.count ? waiters[position + 1].0 : nil
-                    if next !== waiter { waiter.flushAcks() }
-                }
-            }
+        self.sink.deliver(batch, on: self.eventLoop) { outcomes in waiters.complete(outcomes) }
+    }
+}
+
+/// The sessions waiting for one handed-over batch, in the batch's order.
+///
+/// `@unchecked Sendable`: the sink calls its completion on the batcher's loop (the contract of
+/// `UplinkSink`), the only place the waiters are touched.
+private struct BatchWaiters: @unchecked Sendable {
+    let entries: [((any DeliveryWaiter)?, UInt32, DeliveryKind, NIODeadline)]
+
+    func complete(_ answer: [DeliveryOutcome]) {
+        let outcomes =
+            answer.count == self.entries.count
+            ? answer
+            // A malformed sink answer: nothing was accepted; ask devices to resend.
+            : Array(repeating: .retryLater(afterSeconds: 1), count: self.entries.count)
+        // One pass, while each session's state is in the cache: a session's messages sit next to
+        // each other in the batch (one read each per tick), so its ACKs are flushed when the next
+        // message is another session's. A session seen again later gets another flush then;
+        // flushAcks does nothing when nothing is pending.
+        for position in self.entries.indices {
+            let (waiter, id, kind, receivedAt) = self.entries[position]
+            guard let waiter else { continue }
+            waiter.deliveryCompleted(messageID: id, kind: kind, outcome: outcomes[position], receivedAt: receivedAt)
+            let next = position + 1 < self.entries.count ? self.entries[position + 1].0 : nil
+            if next !== waiter { waiter.flushAcks() }
+        }
     }
 }

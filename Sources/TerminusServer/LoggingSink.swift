@@ -15,7 +15,11 @@ package struct LoggingSink: UplinkSink {
         self.previewBytes = previewBytes
     }
 
-    package func deliver(_ batch: [UplinkMessage], on eventLoop: any EventLoop) -> EventLoopFuture<[DeliveryOutcome]> {
+    package func deliver(
+        _ batch: [UplinkMessage],
+        on eventLoop: any EventLoop,
+        completion: @escaping @Sendable ([DeliveryOutcome]) -> Void
+    ) {
         for message in batch {
             self.logger.info(
                 "message",
@@ -29,7 +33,7 @@ package struct LoggingSink: UplinkSink {
                 ]
             )
         }
-        return eventLoop.makeSucceededFuture(Array(repeating: .accepted, count: batch.count))
+        completion(Array(repeating: .accepted, count: batch.count))
     }
 
     /// UTF-8 text when the payload is printable (no control characters at all: a newline or an

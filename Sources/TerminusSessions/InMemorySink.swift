@@ -8,8 +8,15 @@ internal import Synchronization
 package final class InMemorySink: UplinkSink {
     private struct State {
         var messages: [UplinkMessage] = []
-        var held: [(EventLoopPromise<[DeliveryOutcome]>, [DeliveryOutcome])] = []
+        var held: [Held] = []
         var holding = false
+    }
+
+    /// A batch answered only by `release()`, on its loop.
+    private struct Held {
+        let eventLoop: any EventLoop
+        let completion: @Sendable ([DeliveryOutcome]) -> Void
+        let outcomes: [DeliveryOutcome]
     }
 
     private let state = Mutex(State())
@@ -19,18 +26,22 @@ package final class InMemorySink: UplinkSink {
         self.outcome = outcome
     }
 
-    package func deliver(_ batch: [UplinkMessage], on eventLoop: any EventLoop) -> EventLoopFuture<[DeliveryOutcome]> {
+    package func deliver(
+        _ batch: [UplinkMessage],
+        on eventLoop: any EventLoop,
+        completion: @escaping @Sendable ([DeliveryOutcome]) -> Void
+    ) {
         let outcomes = batch.map(self.outcome)
-        let promise = eventLoop.makePromise(of: [DeliveryOutcome].self)
         let hold = self.state.withLock { state -> Bool in
             for (message, outcome) in zip(batch, outcomes) where outcome == .accepted {
                 state.messages.append(message)
             }
-            if state.holding { state.held.append((promise, outcomes)) }
+            if state.holding {
+                state.held.append(Held(eventLoop: eventLoop, completion: completion, outcomes: outcomes))
+            }
             return state.holding
         }
-        if !hold { promise.succeed(outcomes) }
-        return promise.futureResult
+        if !hold { completion(outcomes) }
     }
 
     /// Every accepted message so far, in arrival order.
@@ -48,6 +59,6 @@ package final class InMemorySink: UplinkSink {
             defer { state.held.removeAll() }
             return state.held
         }
-        for (promise, outcomes) in held { promise.succeed(outcomes) }
+        for batch in held { batch.eventLoop.execute { batch.completion(batch.outcomes) } }
     }
 }

@@ -76,10 +76,16 @@ package enum DeliveryOutcome: Hashable, Sendable {
 /// Where accepted uplink messages go: the seam that backend routing plugs into.
 ///
 /// The edge hands over one batch per event loop tick. The sink may take its time (that is
-/// the "asynchronous accept"), but must complete the future with exactly one outcome per
+/// the "asynchronous accept"), but must call `completion` once, with exactly one outcome per
 /// message, in the batch's order. QoS 1 devices are acked only from these outcomes, so a
 /// sink that accepts a message promises not to lose it.
 package protocol UplinkSink: Sendable {
-    /// Called on `eventLoop`. The returned future may complete on any event loop.
-    func deliver(_ batch: [UplinkMessage], on eventLoop: any EventLoop) -> EventLoopFuture<[DeliveryOutcome]>
+    /// Called on `eventLoop`; `completion` must be called on `eventLoop` too (at once, inside
+    /// this call, is allowed). A completion rather than a future: a lone message's round trip
+    /// allocates no promise and runs no callback list (issue 12).
+    func deliver(
+        _ batch: [UplinkMessage],
+        on eventLoop: any EventLoop,
+        completion: @escaping @Sendable ([DeliveryOutcome]) -> Void
+    )
 }

@@ -328,7 +328,14 @@ struct BackendRoutingTests {
                     clientAddress: "127.0.0.1:1"
                 )
             }
-            let outcomes = try await loop.flatSubmit { router.deliver(batch, on: loop) }.get()
+            let outcomes = try await loop.flatSubmit {
+                let promise = loop.makePromise(of: [DeliveryOutcome].self)
+                router.deliver(batch, on: loop) { outcomes in
+                    #expect(loop.inEventLoop, "the sink answers on the batch's loop")
+                    promise.succeed(outcomes)
+                }
+                return promise.futureResult
+            }.get()
             return outcomes.map { $0.ack(for: 0).status }
         }
         // Every message to the one same service.
@@ -342,7 +349,11 @@ struct BackendRoutingTests {
         #expect(try await deliver(["pay/done", "pay/done"]) == [.ok, .ok])
         #expect(try await deliver(["x/y", "speaker/volume"]) == [.noRoute, .noRoute])
         #expect(try await deliver([]) == [])
-        #expect(billing.receiver.payloads.sorted() == ["pay/a", "pay/a", "pay/b", "pay/b", "pay/c", "pay/done", "pay/done", "pay/done", "pay/refund"])
+        #expect(
+            billing.receiver.payloads.sorted() == [
+                "pay/a", "pay/a", "pay/b", "pay/b", "pay/c", "pay/done", "pay/done", "pay/done", "pay/refund",
+            ]
+        )
         #expect(audit.receiver.payloads == ["pay/done", "pay/done", "pay/done"])
         await gateway.stop()
         await billing.stop()

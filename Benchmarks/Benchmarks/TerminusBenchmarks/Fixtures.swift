@@ -108,7 +108,11 @@ final class RoutingSink: UplinkSink, @unchecked Sendable {
         self.pending.reserveCapacity(1024)
     }
 
-    func deliver(_ batch: [UplinkMessage], on eventLoop: any EventLoop) -> EventLoopFuture<[DeliveryOutcome]> {
+    func deliver(
+        _ batch: [UplinkMessage],
+        on eventLoop: any EventLoop,
+        completion: @escaping @Sendable ([DeliveryOutcome]) -> Void
+    ) {
         let plan = self.router.plan(batch)
         for group in plan.groups where !group.isEmpty {
             var size = 0
@@ -124,7 +128,7 @@ final class RoutingSink: UplinkSink, @unchecked Sendable {
         }
         self.routed += self.pending.count
         self.pending.removeAll(keepingCapacity: true)
-        return eventLoop.makeSucceededFuture(plan.outcomes)
+        completion(plan.outcomes)
     }
 }
 
