@@ -71,6 +71,8 @@ struct DeliveryQueue<Element> {
     mutating func takeBatch(now: ContinuousClock.Instant) -> [Element] {
         guard !self.isStopped else { return [] }
         var batch: [Element] = []
+        // One allocation for the batch, not one per doubling as it fills.
+        batch.reserveCapacity(min(self.batchSize, self.retries.count + self.fresh.count))
         var index = 0
         while index < self.retries.count && batch.count < self.batchSize {
             if self.retries[index].time <= now {

@@ -233,12 +233,8 @@ final class ServiceDelivery: Service, Sendable {
             self.eventLoop.execute { self.enqueue(messages, from: eventLoop, completion: completion) }
             return
         }
-        let window = self.window
         let count = messages.count
-        let ticket = OutcomeAggregator(count: count) { outcomes in
-            window.release(count)
-            completion(outcomes)
-        }
+        let ticket = OutcomeAggregator(count: count, releasing: self.window, completion: completion)
         let now = ContinuousClock.now
         // One buffer for the edge batch, written whole first; then each entry takes its
         // message's slice of it.

@@ -20,6 +20,11 @@ final class EdgeLoopContext {
     /// buffers are short-lived, and a 16–32 KiB payload copy would take an arena slot whose
     /// release returns touched pages to the kernel on every message.
     let allocator = ByteBufferAllocator()
+    /// The buffer the sessions encode ACK frames into, reused from one to the next: the lean TLS
+    /// engine seals a frame into a record at once and lets go of it, so the next ACK finds the
+    /// buffer free and allocates nothing. An engine that holds it until the flush (nio-ssl)
+    /// makes the next ACK allocate a fresh one of the same size, as it would without reuse.
+    var ackScratch: ByteBuffer?
     var draining = false
     /// The lean TLS engine's AEAD state for this loop's connections, made at the first.
     private var aeadContext: AEADContext?

@@ -5,6 +5,12 @@ package import NIOCore
 /// that thread is sealed and opened with it. Use it on its thread only.
 package final class AEADContext {
     let pointer: OpaquePointer
+    /// The buffer small records (an ACK's) are sealed into, reused from one to the next: once
+    /// the socket write let go of the last one, the next allocates nothing. Never larger than
+    /// `smallRecord`, so a record held by a socket that is not writable costs what an exactly
+    /// sized one would (NIO rounds capacities up to a power of two).
+    package var smallRecords: ByteBuffer?
+    package static let smallRecord = 64
 
     /// Fails when the system OpenSSL lacks one of the AEADs.
     package init() throws {

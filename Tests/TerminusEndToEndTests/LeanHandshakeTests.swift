@@ -263,9 +263,11 @@ struct LeanHandlerInteropTests {
         )
     }
 
-    static func server(_ context: LeanTLSServerContext) throws -> EmbeddedChannel {
+    static func server(_ context: LeanTLSServerContext, aead: AEADContext? = nil) throws -> EmbeddedChannel {
         let channel = EmbeddedChannel()
-        try channel.pipeline.syncOperations.addHandler(LeanTLSServerHandler(context: context, aead: try AEADContext()))
+        try channel.pipeline.syncOperations.addHandler(
+            LeanTLSServerHandler(context: context, aead: try aead ?? AEADContext())
+        )
         channel.connect(to: try SocketAddress(ipAddress: "127.0.0.1", port: 50_000), promise: nil)
         return channel
     }
@@ -274,6 +276,55 @@ struct LeanHandlerInteropTests {
         var text = ""
         while let buffer = try server.readInbound(as: ByteBuffer.self) { text += String(buffer: buffer) }
         return text
+    }
+
+    @Test(
+        "small records (an ACK's) share one reused buffer per loop: records still waiting to be written, on this connection or another of the loop, keep their bytes"
+    )
+    func smallRecordsReused() throws {
+        let files = try LeanHandshakeTests.Files()
+        defer { files.remove() }
+        let context = try LeanTLSServerContext(
+            certificateChainFile: files.path("server.pem"),
+            privateKeyFile: files.path("server-key.pem"),
+            tickets: 1
+        )
+        // Two connections of one loop: one AEAD context, one small-record buffer.
+        let aead = try AEADContext()
+        let servers = [try Self.server(context, aead: aead), try Self.server(context, aead: aead)]
+        var clients: [Client] = []
+        for server in servers {
+            let client = try Client(caFile: files.path("ca.pem"))
+            try Self.pump(client, server)
+            #expect(terminus_test_client_connected(client.pointer) == 1)
+            clients.append(client)
+        }
+        // Small records, each still held by its channel (unflushed, or flushed and not yet
+        // read out) when the next is sealed; a large one between them takes a buffer of its own.
+        var expected = ["", ""]
+        for round in 0..<8 {
+            for (index, server) in servers.enumerated() {
+                let text = round == 5 ? String(repeating: "L\(index)", count: 300) : "ack-\(index)-\(round)"
+                expected[index] += text
+                if round % 3 == 2 {
+                    server.write(ByteBuffer(string: text), promise: nil)
+                } else {
+                    try server.writeAndFlush(ByteBuffer(string: text)).wait()
+                }
+            }
+        }
+        for (server, client) in zip(servers, clients) {
+            server.flush()
+            try Self.pump(client, server)
+        }
+        #expect(clients.map { $0.data() } == expected)
+        #expect(clients.allSatisfy { !$0.failed })
+        // Read out and released, the buffer is reused; what it carries is still right.
+        try servers[0].writeAndFlush(ByteBuffer(string: "again")).wait()
+        try Self.pump(clients[0], servers[0])
+        #expect(clients[0].data() == "again")
+        let reused = try #require(aead.smallRecords)
+        #expect(reused.capacity == AEADContext.smallRecord)
     }
 
     @Test("data both ways, a KeyUpdate from the client asking for ours, then close_notify")

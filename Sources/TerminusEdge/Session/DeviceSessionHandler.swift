@@ -315,12 +315,23 @@ final class DeviceSessionHandler: ChannelDuplexHandler, TimerWheelTarget, Delive
 
     func write(_ frame: Frame, context: ChannelHandlerContext) {
         let loop = self.loop
-        var buffer = loop.allocator.buffer(capacity: 32)
+        var buffer: ByteBuffer
+        let isAck: Bool
+        if case .ack = frame, var scratch = loop.ackScratch.take() {
+            // Emptied in place when nobody else holds it (see `EdgeLoopContext.ackScratch`).
+            scratch.clear()
+            buffer = scratch
+            isAck = true
+        } else {
+            buffer = loop.allocator.buffer(capacity: 32)
+            if case .ack = frame { isAck = true } else { isAck = false }
+        }
         buffer.writeFrame(frame)
         let metrics = loop.metrics
         metrics.framesSent &+= 1
         metrics.bytesSent &+= buffer.readableBytes
         context.write(self.wrapOutboundOut(buffer), promise: nil)
+        if isAck { loop.ackScratch = buffer }
     }
 
     func movePhase(to phase: EdgeLoopMetrics.Phase) {
