@@ -395,7 +395,9 @@ final class GRPCStreamConnection: ChannelDuplexHandler {
             return
         }
         if self.inbound.readableBytes == 0 {
-            self.inbound.clear()
+            // Let go of the read's buffer (no frame keeps a slice of it), so that NIO reuses it
+            // for the next read: clearing it here would allocate a fresh one, and NIO another.
+            self.inbound = ByteBuffer()
         } else if self.inbound.readerIndex > Self.defaultFrameSize {
             self.inbound.discardReadBytes()
         }

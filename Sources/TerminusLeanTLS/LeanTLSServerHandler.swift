@@ -260,17 +260,11 @@ package final class LeanTLSServerHandler: ChannelDuplexHandler, RemovableChannel
         // Each record adds at most 30 bytes: header 5, explicit nonce 8 (TLS 1.2), type 1 (TLS
         // 1.3), tag 16.
         let records = 1 + content.readableBytes / TLS13Records.maxPlaintext + (self.keyUpdateOwed ? 1 : 0)
-        let capacity = content.readableBytes + records * 30
-        let small = capacity <= AEADContext.smallRecord
-        var output: ByteBuffer
-        if small, var scratch = self.aead.smallRecords.take() {
-            // Emptied in place when no pending write holds it, else a fresh one of its size.
-            scratch.clear()
-            output = scratch
-        } else {
-            output = context.channel.allocator.buffer(capacity: small ? AEADContext.smallRecord : capacity)
-        }
-        defer { if small { self.aead.smallRecords = output } }
+        var output = self.aead.buffer(
+            capacity: content.readableBytes + records * 30,
+            allocator: context.channel.allocator
+        )
+        defer { self.aead.reuse(output) }
         if self.keyUpdateOwed {
             // Our KeyUpdate (update_not_requested) under the current keys, then the next ones.
             try TLS13Records.seal(

@@ -5,12 +5,16 @@ package import NIOCore
 /// that thread is sealed and opened with it. Use it on its thread only.
 package final class AEADContext {
     let pointer: OpaquePointer
-    /// The buffer small records (an ACK's) are sealed into, reused from one to the next: once
-    /// the socket write let go of the last one, the next allocates nothing. Never larger than
-    /// `smallRecord`, so a record held by a socket that is not writable costs what an exactly
-    /// sized one would (NIO rounds capacities up to a power of two).
-    package var smallRecords: ByteBuffer?
-    package static let smallRecord = 64
+    /// Buffers for records (sealed for the socket, or opened for the session), one per size
+    /// class: each power of two from `smallestReused` to `largestReused` bytes. A record takes
+    /// its class's buffer when nothing holds it any more (the socket wrote it, the session let
+    /// go of the plaintext: most records of a lone message), and allocates otherwise. Each class
+    /// is the capacity NIO would round an exactly sized buffer up to, so a buffer still held (a
+    /// socket that is not writable, a message waiting for a backend's window) costs no more than
+    /// before; a loop keeps at most 4 KiB of them.
+    private var reusable: [ByteBuffer?] = Array(repeating: nil, count: 6)
+    package static let smallestReused = 64
+    package static let largestReused = 2048
 
     /// Fails when the system OpenSSL lacks one of the AEADs.
     package init() throws {
@@ -19,6 +23,38 @@ package final class AEADContext {
     }
 
     deinit { terminus_aead_context_free(self.pointer) }
+
+    /// An empty buffer of at least `capacity` bytes: the loop's reusable one of that size when
+    /// nothing else holds it (emptied in place), else a new one. Give it back with `reuse` once
+    /// written.
+    package func buffer(capacity: Int, allocator: ByteBufferAllocator) -> ByteBuffer {
+        guard let slot = Self.slot(capacity: capacity), var buffer = self.reusable[slot] else {
+            return allocator.buffer(capacity: Self.slot(capacity: capacity) == nil ? capacity : max(capacity, 64))
+        }
+        // Our reference goes first, so `clear` finds the storage unique unless a write or a
+        // session still holds it (then it allocates a fresh one of the same size).
+        self.reusable[slot] = nil
+        buffer.clear()
+        return buffer
+    }
+
+    /// Keeps `buffer` (written, and handed on) for the next record of its size.
+    package func reuse(_ buffer: ByteBuffer) {
+        guard let slot = Self.slot(capacity: buffer.capacity), buffer.capacity == Self.smallestReused << slot else {
+            return
+        }
+        self.reusable[slot] = buffer
+    }
+
+    /// Buffers kept for reuse now (tests).
+    package var reusableCount: Int { self.reusable.count { $0 != nil } }
+
+    private static func slot(capacity: Int) -> Int? {
+        guard capacity <= Self.largestReused else { return nil }
+        let size = max(capacity, Self.smallestReused)
+        // The power of two NIO rounds `size` up to, counted from 64 bytes.
+        return (Int.bitWidth - (size - 1).leadingZeroBitCount) - 6
+    }
 }
 
 /// TLS record content types (RFC 8446, 5.1).
@@ -101,7 +137,7 @@ package enum TLS13Records {
         let bodyLength = record.readableBytes - Self.headerLength
         let cipherLength = bodyLength - Self.tagLength
         guard keys.canProtectAnotherRecord else { throw LeanTLSError.sequenceExhausted }
-        var plaintext = allocator.buffer(capacity: cipherLength)
+        var plaintext = context.buffer(capacity: cipherLength, allocator: allocator)
         var authentic = false
         let aead = keys.suite.aead
         plaintext.writeWithUnsafeMutableBytes(minimumWritableBytes: cipherLength) { output in
@@ -138,6 +174,7 @@ package enum TLS13Records {
             throw LeanTLSError.unexpectedMessage("a protected record of inner type \(typeByte)")
         }
         plaintext.moveWriterIndex(to: end - 1)
+        context.reuse(plaintext)
         return (type, plaintext)
     }
 

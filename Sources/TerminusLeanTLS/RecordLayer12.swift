@@ -45,7 +45,7 @@ package enum TLS12Records {
         guard cipherLength <= Self.maxPlaintext else { throw LeanTLSError.recordOverflow }
         guard keys.canProtectAnotherRecord else { throw LeanTLSError.sequenceExhausted }
         let type = ContentType(rawValue: record.getInteger(at: record.readerIndex, as: UInt8.self)!)!
-        var plaintext = allocator.buffer(capacity: cipherLength)
+        var plaintext = context.buffer(capacity: cipherLength, allocator: allocator)
         var authentic = false
         let aead = keys.suite.aead
         plaintext.writeWithUnsafeMutableBytes(minimumWritableBytes: cipherLength) { output in
@@ -76,6 +76,7 @@ package enum TLS12Records {
             }
         }
         guard authentic else { throw LeanTLSError.badRecordMAC }
+        context.reuse(plaintext)
         return (type, plaintext)
     }
 
