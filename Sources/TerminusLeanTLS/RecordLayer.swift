@@ -28,8 +28,10 @@ package final class AEADContext {
     /// nothing else holds it (emptied in place), else a new one. Give it back with `reuse` once
     /// written.
     package func buffer(capacity: Int, allocator: ByteBufferAllocator) -> ByteBuffer {
-        guard let slot = Self.slot(capacity: capacity), var buffer = self.reusable[slot] else {
-            return allocator.buffer(capacity: Self.slot(capacity: capacity) == nil ? capacity : max(capacity, 64))
+        guard let slot = Self.slot(capacity: capacity) else { return allocator.buffer(capacity: capacity) }
+        guard var buffer = self.reusable[slot] else {
+            // At least the smallest class, so that it can be kept.
+            return allocator.buffer(capacity: max(capacity, Self.smallestReused))
         }
         // Our reference goes first, so `clear` finds the storage unique unless a write or a
         // session still holds it (then it allocates a fresh one of the same size).
