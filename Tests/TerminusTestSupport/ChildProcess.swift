@@ -118,6 +118,15 @@ package final class ChildProcess: Sendable {
         while self.isRunning { usleep(5_000) }
     }
 
+    /// A child still running when its last reference goes (a test that threw before it stopped
+    /// it) is killed and reaped: no test leaves a process behind.
+    deinit {
+        if self.isRunning {
+            _ = kill(self.processIdentifier, SIGKILL)
+            self.waitUntilExit()
+        }
+    }
+
     /// The exit code, or the number of the signal that ended the child, like Foundation's
     /// `terminationStatus`; -1 before it exits.
     package var terminationStatus: Int32 {

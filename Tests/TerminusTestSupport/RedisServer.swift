@@ -6,7 +6,7 @@ import Glibc
 #endif
 
 /// A `redis-server` (Debian's) on 127.0.0.1 for one test: a free port, no persistence, its
-/// log in a file. When the machine has no `redis-server`, the first start installs Debian's
+/// log in a file removed with the server. When the machine has no `redis-server`, the first start installs Debian's
 /// package (`apt-get install redis-server`), so that the README's `swift test` works on a fresh
 /// machine as `.ci/run` does.
 package final class RedisServer: Sendable {
@@ -111,8 +111,11 @@ package final class RedisServer: Sendable {
         }
     }
 
+    /// Kills the server if it still runs and removes its log: a test that wants the log reads it
+    /// before letting go of the server (a failed start puts its end in the error).
     deinit {
         self.process.withLock { $0 }?.signal(SIGKILL)
+        try? FileManager.default.removeItem(atPath: self.logFile)
     }
 }
 

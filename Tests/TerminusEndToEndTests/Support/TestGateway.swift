@@ -20,9 +20,13 @@ struct TestPKI: Sendable {
     let serverChain: String
     let serverKey: String
 
+    static var directoryPath: String { NSTemporaryDirectory() + "terminus-e2e-\(getpid())" }
+
+    /// The directory (keys included) is removed when the test process exits.
     static let shared: TestPKI = {
-        let directory = NSTemporaryDirectory() + "terminus-e2e-\(getpid())"
+        let directory = Self.directoryPath
         try! FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        atexit { try? FileManager.default.removeItem(atPath: TestPKI.directoryPath) }
         let ca = try! CertificateFactory.makeCA(commonName: "Terminus test CA")
         let server = try! CertificateFactory.issueServer(
             ca: ca,
