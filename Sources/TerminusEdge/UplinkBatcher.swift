@@ -64,13 +64,22 @@ final class UplinkBatcher {
         self.flushScheduled = false
         guard !self.messages.isEmpty else { return }
         // Hand the arrays over (no copy); the next batch starts fresh ones.
-        let batch = self.messages
+        var batch = self.messages
         // The completion captures `waiters` alone: a closure over one reference needs no
         // context allocation (the allocation gate counts it).
         let waiters = BatchWaiters(entries: self.waiters)
         self.messages = []
         self.waiters = []
         self.sink.deliver(batch, on: self.eventLoop) { outcomes in waiters.complete(outcomes) }
+        // The messages' array is only read while the sink takes the batch (the backend router
+        // copies what it queues): when nothing else holds it now, its storage carries the next
+        // batch, so a lone message allocates no array for itself. Unless messages arrived while
+        // the sink ran; if the sink kept the array, this allocates what the next append would
+        // have (at most `maxBatchSize` messages long, one per loop).
+        if self.messages.isEmpty {
+            batch.removeAll(keepingCapacity: true)
+            self.messages = batch
+        }
     }
 }
 

@@ -25,6 +25,24 @@ struct UplinkBatcherTests {
         }
     }
 
+    /// A sink that reads each batch and keeps only the ids (the backend router copies what it
+    /// queues), answering at once; `during` runs inside `deliver`, as a session's read might.
+    final class ReadingSink: UplinkSink, @unchecked Sendable {
+        var ids: [[UInt32]] = []
+        var during: (() -> Void)?
+
+        func deliver(
+            _ batch: [UplinkMessage],
+            on eventLoop: any EventLoop,
+            completion: @escaping @Sendable ([DeliveryOutcome]) -> Void
+        ) {
+            self.ids.append(batch.map(\.messageID))
+            self.during?()
+            self.during = nil
+            completion(Array(repeating: .accepted, count: batch.count))
+        }
+    }
+
     /// Records what the batcher tells it, in order, into a log shared by all waiters.
     final class Waiter: DeliveryWaiter {
         let name: String
@@ -98,6 +116,28 @@ struct UplinkBatcherTests {
         sink.completions[0](Array(repeating: .accepted, count: 5))
         #expect(log.entries == ["a1:ok", "a2:ok", "flush a", "b3:ok", "flush b", "a5:ok", "flush a"])
         #expect(a.pending == 0 && b.pending == 0, "no ACK is left unflushed")
+    }
+
+    @Test(
+        "each tick's batch holds its own messages: a batch the sink keeps is never changed by later ones, one it lets go of carries the next, messages queued while the sink runs go in the next"
+    )
+    func batchesStayIntact() throws {
+        let f = Fixture(maxBatchSize: 100)
+        for ids in [[1, 2], [3], [4, 5, 6]] as [[UInt32]] {
+            for id in ids { f.batcher.enqueue(Self.message(id), waiter: f.a, kind: .atLeastOnce) }
+            f.loop.run()
+        }
+        #expect(f.sink.batches.map { $0.map(\.messageID) } == [[1, 2], [3], [4, 5, 6]])
+
+        let loop = EmbeddedEventLoop()
+        let sink = ReadingSink()
+        let batcher = UplinkBatcher(eventLoop: loop, sink: sink, maxBatchSize: 100)
+        sink.during = { batcher.enqueue(Self.message(9), waiter: nil, kind: .atLeastOnce) }
+        for ids in [[1, 2], [3], [4, 5, 6]] as [[UInt32]] {
+            for id in ids { batcher.enqueue(Self.message(id), waiter: nil, kind: .atLeastOnce) }
+            loop.run()
+        }
+        #expect(sink.ids == [[1, 2], [9], [3], [4, 5, 6]])
     }
 
     @Test(
