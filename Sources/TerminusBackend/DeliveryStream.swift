@@ -179,7 +179,7 @@ final class DeliveryStream: Sendable {
     /// (`notConnected`, `streamEnded`, `deadlineExceeded`), on the loop: at once when the
     /// stream is not open.
     /// - Parameter messages: serialized `terminus.v1.UplinkMessage`s (`UplinkEncoder.encode`).
-    func send(_ messages: [ByteBuffer], deadline: Duration, completion: @escaping Completion) {
+    func send(_ messages: some Collection<ByteBuffer>, deadline: Duration, completion: @escaping Completion) {
         let opened = self.state.withLock { state -> (any Channel, UInt64)? in
             guard let stream = state.stream, !state.closed, !state.goingAway else { return nil }
             let id = state.nextBatchID

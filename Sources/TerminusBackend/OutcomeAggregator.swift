@@ -12,10 +12,13 @@ final class OutcomeAggregator: Sendable {
     private struct State {
         var outcomes: [DeliveryOutcome]
         var remaining: Int
-        var completion: (@Sendable ([DeliveryOutcome]) -> Void)?
+        var finished: Bool
     }
 
     private let state: Mutex<State>
+    /// Held outside `state`: a closure handed out of `withLock` (generic over its result) is
+    /// wrapped in a re-abstraction thunk, one allocation per batch that this avoids.
+    private let completion: @Sendable ([DeliveryOutcome]) -> Void
     /// Permits given back to a delivery's window when the last answer is in, before
     /// `completion` runs (held here rather than in a closure around `completion`: one
     /// allocation fewer per edge batch).
@@ -36,11 +39,12 @@ final class OutcomeAggregator: Sendable {
     ) {
         self.window = window
         self.permits = permits
+        self.completion = completion
         if answers <= 0 {
-            self.state = Mutex(State(outcomes: outcomes, remaining: 0, completion: nil))
-            self.finish((outcomes, completion))
+            self.state = Mutex(State(outcomes: outcomes, remaining: 0, finished: true))
+            self.finish(outcomes)
         } else {
-            self.state = Mutex(State(outcomes: outcomes, remaining: answers, completion: completion))
+            self.state = Mutex(State(outcomes: outcomes, remaining: answers, finished: false))
         }
     }
 
@@ -87,18 +91,18 @@ final class OutcomeAggregator: Sendable {
         )
     }
 
-    private static func takeIfDone(_ state: inout State) -> ([DeliveryOutcome], @Sendable ([DeliveryOutcome]) -> Void)?
-    {
-        guard state.remaining <= 0, let completion = state.completion else { return nil }
-        state.completion = nil
-        return (state.outcomes, completion)
+    /// The outcomes, the first time the last expected answer is in.
+    private static func takeIfDone(_ state: inout State) -> [DeliveryOutcome]? {
+        guard state.remaining <= 0, !state.finished else { return nil }
+        state.finished = true
+        return state.outcomes
     }
 
     /// Outside the lock: the completion may take other locks (the window, a promise).
-    private func finish(_ done: ([DeliveryOutcome], @Sendable ([DeliveryOutcome]) -> Void)?) {
-        guard let (outcomes, completion) = done else { return }
+    private func finish(_ outcomes: [DeliveryOutcome]?) {
+        guard let outcomes else { return }
         self.window?.release(self.permits)
-        completion(outcomes)
+        self.completion(outcomes)
     }
 }
 

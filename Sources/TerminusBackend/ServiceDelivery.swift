@@ -242,19 +242,21 @@ final class ServiceDelivery: Service, Sendable {
         for index in messages.indices { size += self.encoder.encodedSize(of: messages[index]) }
         var buffer = self.allocator.buffer(capacity: size)
         for index in messages.indices { self.encoder.encode(messages[index], into: &buffer) }
-        var offset = 0
-        let entries = messages.indices.enumerated().map { position, index in
-            let length = self.encoder.encodedSize(of: messages[index])
-            defer { offset += length }
-            return Entry(message: buffer.getSlice(at: offset, length: length)!, ticket: ticket, index: position)
-        }
         let sender = self.sender.value
-        guard sender.queue.append(contentsOf: entries, now: now) else {
+        guard !sender.queue.isStopped else {
             sender.counts.retryLater += count
             sender.outage.retryLater += count
             self.reportOutage()
             for index in 0..<count { ticket.add(self.notAccepted, at: index) }
             return
+        }
+        // Straight into the queue, no array of entries between.
+        var offset = 0
+        for (position, index) in messages.indices.enumerated() {
+            let length = self.encoder.encodedSize(of: messages[index])
+            let entry = Entry(message: buffer.getSlice(at: offset, length: length)!, ticket: ticket, index: position)
+            _ = sender.queue.append(contentsOf: CollectionOfOne(entry), now: now)
+            offset += length
         }
         if sender.lingering && sender.queue.freshCount < sender.queue.batchSize { return }
         self.schedulePass()
@@ -315,8 +317,9 @@ final class ServiceDelivery: Service, Sendable {
             }
             sender.counts.batchSize.record(Double(batch.count))
             let written = self.eventLoop.now
+            // Read in place: the request is encoded from the entries, no array of messages.
             stream.send(
-                batch.map(\.message),
+                batch.lazy.map(\.message),
                 deadline: .milliseconds(self.subscription.deadlineMilliseconds)
             ) { result in
                 let answers = self.answers(for: batch, result)

@@ -105,7 +105,7 @@ package struct UplinkEncoder: Sendable {
     /// `asDataFrame`: after the header of the HTTP/2 DATA frame that carries it on a
     /// `GRPCStreamConnection`.
     package static func deliverRequest(
-        _ messages: [ByteBuffer],
+        _ messages: some Collection<ByteBuffer>,
         subscription: String,
         batchID: UInt64,
         allocator: ByteBufferAllocator,
