@@ -63,6 +63,17 @@ final class AsyncWindow: Sendable {
         }
     }
 
+    /// Takes `count` permits (at most the capacity) if they are free and nobody waits before
+    /// us; false (and nothing taken) otherwise.
+    func tryAcquire(_ count: Int) -> Bool {
+        let count = min(count, self.capacity)
+        return self.state.withLock { state in
+            guard state.waiters.isEmpty && state.available >= count else { return false }
+            state.available -= count
+            return true
+        }
+    }
+
     /// Takes `count` permits (at most the capacity), then calls `then`: right here when they
     /// are free and nobody waits before us, otherwise from the `release` that frees them.
     func acquire(_ count: Int, then: @escaping @Sendable () -> Void) {

@@ -207,6 +207,11 @@ final class ServiceDelivery: Service, Sendable {
         guard !messages.isEmpty else { return completion([]) }
         let size = self.window.capacity
         if messages.count <= size {
+            // The common case, on the service's own loop with room in the window, takes no
+            // closure to run later (one allocation fewer per edge batch).
+            if self.eventLoop.inEventLoop && self.window.tryAcquire(messages.count) {
+                return self.enqueue(messages[...], from: eventLoop, completion: completion)
+            }
             self.window.acquire(messages.count, on: self.eventLoop) {
                 self.enqueue(messages[...], from: eventLoop, completion: completion)
             }

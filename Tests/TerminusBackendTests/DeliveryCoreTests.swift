@@ -157,6 +157,22 @@ struct DeliveryCoreTests {
         #expect(none.withLock { $0 } == 1, "nothing to wait for: completes at once")
     }
 
+    @Test("tryAcquire takes free permits only, and never ahead of a waiter")
+    func windowTryAcquire() {
+        let window = AsyncWindow(capacity: 3)
+        #expect(window.tryAcquire(2))
+        #expect(!window.tryAcquire(2), "one permit is left")
+        let ran = Mutex(false)
+        window.acquire(2) { ran.withLock { $0 = true } }
+        #expect(!ran.withLock { $0 }, "the waiter waits for a second permit")
+        #expect(!window.tryAcquire(1), "a free permit, but a waiter came first")
+        window.release(2)
+        #expect(ran.withLock { $0 })
+        #expect(window.used == 2)
+        #expect(window.tryAcquire(1) && window.used == 3)
+        #expect(!window.tryAcquire(1))
+    }
+
     @Test("a window admission deferred by a full window runs on the event loop that asked, not on the releasing thread")
     func windowHandOver() async throws {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
