@@ -1,6 +1,10 @@
 public import NIOCore
 
 extension Frame {
+    /// The longest topic a connection's decoder keeps for the next message to reuse: what it
+    /// holds per connection is bounded whatever `limits.max_topic_length` allows.
+    static let maxCachedTopicSize = 128
+
     /// Decodes one frame from its type, flags and body (the bytes after the length prefix).
     ///
     /// The body must be consumed exactly: missing or trailing bytes are `MALFORMED_FRAME`.
@@ -12,13 +16,29 @@ extension Frame {
     ) throws(ProtocolError)
         -> Frame
     {
+        var lastTopic = ""
+        return try Self.decode(type: rawType, flags: flags, body: &body, lastTopic: &lastTopic)
+    }
+
+    /// Like `decode(type:flags:body:)`; `lastTopic` is the topic of the message decoded before
+    /// on the same connection: a PUBLISH or PUSH with the same topic bytes gets that string
+    /// (devices send on one topic again and again; no allocation), and a new topic of up to
+    /// `maxCachedTopicSize` bytes takes its place.
+    public static func decode(
+        type rawType: UInt8,
+        flags: UInt8,
+        body: inout ByteBuffer,
+        lastTopic: inout String
+    ) throws(ProtocolError)
+        -> Frame
+    {
         guard let type = FrameType(rawValue: rawType) else {
             throw ProtocolError(.unknownFrameType, "unknown frame type 0x\(String(rawType, radix: 16))")
         }
         let frame: Frame
         switch type {
         case .publish, .push:
-            let message = try Self.decodeMessage(type: type, flags: flags, body: &body)
+            let message = try Self.decodeMessage(type: type, flags: flags, body: &body, lastTopic: &lastTopic)
             frame = type == .publish ? .publish(message) : .push(message)
         case .hello:
             try Self.requireNoFlags(flags, type)
@@ -122,7 +142,8 @@ extension Frame {
     private static func decodeMessage(
         type: FrameType,
         flags rawFlags: UInt8,
-        body: inout ByteBuffer
+        body: inout ByteBuffer,
+        lastTopic: inout String
     )
         throws(ProtocolError) -> Message
     {
@@ -146,7 +167,7 @@ extension Frame {
             guard value != 0 else { throw ProtocolError(.unknownTopicAlias, "topic alias 0 is reserved") }
             alias = value
         }
-        let topic = try body.readUTF8(lengthType: UInt16.self, field: "\(type) topic", code: .invalidTopic)
+        let topic = try body.readTopic(type, lastTopic: &lastTopic)
         if topic.isEmpty && alias == nil {
             throw ProtocolError(.invalidTopic, "empty topic without a topic alias")
         }
@@ -197,6 +218,25 @@ extension ByteBuffer {
     ///
     /// `field` names the field in error messages only: it is built when there is an error, not
     /// for every frame (interpolating a frame type costs more than reading the string).
+    /// A message's topic: `lastTopic` itself when the bytes are the same.
+    mutating func readTopic(_ type: FrameType, lastTopic: inout String) throws(ProtocolError) -> String {
+        if let length = self.getInteger(at: self.readerIndex, as: UInt16.self), length > 0,
+            Int(length) == lastTopic.utf8.count,
+            let same = self.withUnsafeReadableBytes({ bytes -> Bool? in
+                guard bytes.count >= 2 + Int(length) else { return nil }
+                return lastTopic.utf8.withContiguousStorageIfAvailable {
+                    $0.elementsEqual(UnsafeRawBufferPointer(rebasing: bytes[2..<(2 + Int(length))]))
+                }
+            }), same
+        {
+            self.moveReaderIndex(forwardBy: 2 + Int(length))
+            return lastTopic
+        }
+        let topic = try self.readUTF8(lengthType: UInt16.self, field: "\(type) topic", code: .invalidTopic)
+        if !topic.isEmpty && topic.utf8.count <= Frame.maxCachedTopicSize { lastTopic = topic }
+        return topic
+    }
+
     mutating func readUTF8<L: FixedWidthInteger>(
         lengthType: L.Type,
         field: @autoclosure () -> String,

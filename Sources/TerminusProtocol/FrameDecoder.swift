@@ -11,6 +11,8 @@ public struct FrameDecoder: NIOSingleStepByteToMessageDecoder, Sendable {
 
     /// The largest accepted value of the length prefix (type + flags + body).
     public var maxFrameLength: Int
+    /// The last message's topic, which the next one with the same bytes reuses.
+    private var lastTopic = ""
 
     public init(maxFrameLength: Int) {
         self.maxFrameLength = maxFrameLength
@@ -29,7 +31,7 @@ public struct FrameDecoder: NIOSingleStepByteToMessageDecoder, Sendable {
         let type = buffer.readInteger(as: UInt8.self)!
         let flags = buffer.readInteger(as: UInt8.self)!
         var body = buffer.readSlice(length: Int(length) - WireProtocol.typeAndFlagsSize)!
-        return try Frame.decode(type: type, flags: flags, body: &body)
+        return try Frame.decode(type: type, flags: flags, body: &body, lastTopic: &self.lastTopic)
     }
 
     public mutating func decodeLast(buffer: inout ByteBuffer, seenEOF: Bool) throws -> Frame? {

@@ -100,6 +100,61 @@ struct FrameRoundTripTests {
         )
     }
 
+    @Test(
+        "a connection's decoder hands the last topic's own string to a message with the same topic bytes, and decodes any other topic afresh"
+    )
+    func topicReuse() throws {
+        let long = "pay/merchant-000123/speaker-000456/done"
+        let sameLength = "pay/merchant-000123/speaker-000456/dona"
+        let tooLong = String(repeating: "t", count: 129)
+        let sent: [(topic: String, alias: UInt16?)] = [
+            (long, nil), (long, nil), (sameLength, nil), (long, nil), ("", 3), (long, 3), (tooLong, nil),
+            (tooLong, nil), (long, nil),
+        ]
+        var buffer = ByteBuffer()
+        for (index, (topic, alias)) in sent.enumerated() {
+            let message = Message(
+                messageID: UInt32(index),
+                qos: .atLeastOnce,
+                topicAlias: alias,
+                topic: topic,
+                payload: ByteBuffer(string: "x")
+            )
+            buffer.writeFrame(.publish(message))
+        }
+        var decoder = FrameDecoder(maxFrameLength: 1 << 20)
+        var topics: [String] = []
+        while let frame = try decoder.decode(buffer: &buffer) {
+            guard case .publish(let message) = frame else {
+                Issue.record("not a PUBLISH: \(frame)")
+                return
+            }
+            topics.append(message.topic)
+        }
+        #expect(topics == sent.map(\.topic))
+        func storage(_ index: Int) -> UnsafePointer<UInt8>? {
+            topics[index].utf8.withContiguousStorageIfAvailable { $0.baseAddress }!
+        }
+        #expect(storage(1) == storage(0), "the same topic again: the first message's string")
+        #expect(storage(2) != storage(0), "same length, other bytes: decoded afresh")
+        #expect(storage(3) != storage(0) && storage(5) == storage(3), "an aliased empty topic leaves the last one")
+        #expect(storage(7) != storage(6), "a topic above 128 bytes is not kept")
+        #expect(storage(8) == storage(3), "and leaves the one kept before")
+
+        // The whole topic must be in the frame before it is compared: a truncated body with a
+        // kept topic's length is malformed, as without one.
+        var truncated = ByteBuffer()
+        truncated.writeFrame(.publish(Message(messageID: 1, qos: .atLeastOnce, topic: long, payload: ByteBuffer())))
+        let cut = truncated.readableBytes - 10
+        truncated.setInteger(UInt32(cut - 4), at: 0)
+        truncated.moveWriterIndex(to: cut)
+        var again = FrameDecoder(maxFrameLength: 1 << 20)
+        var first = ByteBuffer()
+        first.writeFrame(.publish(Message(messageID: 0, qos: .atLeastOnce, topic: long, payload: ByteBuffer())))
+        _ = try again.decode(buffer: &first)
+        #expect(throws: ProtocolError.self) { try again.decode(buffer: &truncated) }
+    }
+
     @Test("a waiting partial frame is not an error until EOF")
     func partialFrame() throws {
         var buffer = ByteBuffer()
