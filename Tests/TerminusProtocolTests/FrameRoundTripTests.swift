@@ -235,14 +235,22 @@ struct FrameDecoderErrorTests {
 
 @Suite("Topic and device id rules")
 struct TopicTests {
-    @Test("valid topics pass", arguments: ["a", "pay/done", "printer/0001/status", "ünïcode/ok"])
+    @Test(
+        "valid topics pass",
+        arguments: [
+            "a", "pay/done", "printer/0001/status", "ünïcode/ok", "tenant-4821/spk-000123/pay/done", "a/\u{A0}/b",
+        ]
+    )
     func valid(topic: String) throws {
         try Topic.validatePublishTopic(topic, maxLength: 64)
     }
 
     @Test(
         "invalid topics are refused with INVALID_TOPIC",
-        arguments: ["", "$sys/x", "a/+/b", "a/#", "a\u{0}b", String(repeating: "x", count: 65)]
+        arguments: [
+            "", "$sys/x", "a/+/b", "a/#", "a\u{0}b", String(repeating: "x", count: 65), "a\u{7F}", "a/\u{85}/b",
+            "tenant-4821/spk-000123/pay/done\u{1B}", "tenant-4821/spk-000123/pay/#",
+        ]
     )
     func invalid(topic: String) {
         do throws(ProtocolError) {
