@@ -218,7 +218,7 @@ package final class BackendRouter: UplinkSink, Sendable {
     ) -> RoutingPlan {
         var plan = RoutingPlan(
             groups: [[Int]](repeating: [], count: services),
-            outcomes: [DeliveryOutcome](repeating: .accepted, count: batch.count)
+            outcomes: DeliveryOutcome.accepted.repeated(batch.count)
         )
         for (index, message) in batch.enumerated() {
             let matched = index < prefix ? prefixMatched : table.match(message.topic)
@@ -253,7 +253,7 @@ package final class BackendRouter: UplinkSink, Sendable {
         var same = 1
         while same < batch.count, routing.table.match(batch[same].topic) == matched { same += 1 }
         if same == batch.count {
-            if matched.isEmpty { return completion([DeliveryOutcome](repeating: .noRoute, count: batch.count)) }
+            if matched.isEmpty { return completion(DeliveryOutcome.noRoute.repeated(batch.count)) }
             if let service = matched.only {
                 // One service: its answers are the batch's outcomes (`accepted` combined with an
                 // answer is the answer), so no aggregator and no arrays of indices.

@@ -56,7 +56,7 @@ final class OutcomeAggregator: Sendable {
         completion: @escaping @Sendable ([DeliveryOutcome]) -> Void
     ) {
         self.init(
-            outcomes: Array(repeating: .accepted, count: count),
+            outcomes: DeliveryOutcome.accepted.repeated(count),
             answers: count,
             releasing: window,
             permits: count,
