@@ -503,11 +503,28 @@ if Context.environment["TERMINUS_BENCHMARKS"] == "1" {
         .package(url: "https://github.com/ordo-one/benchmark.git", from: "1.38.1", traits: ["MallocInterposer"]),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.1.4"),
     ]
+    let fixtureModules: [Target.Dependency] = [
+        "TerminusProtocol", "TerminusCompression", "TerminusRouting", "TerminusSessions", "TerminusAuth",
+        "TerminusEdge", "TerminusBackend", "TerminusAPI",
+        .product(name: "NIOCore", package: "swift-nio"),
+        .product(name: "NIOEmbedded", package: "swift-nio"),
+        .product(name: "Logging", package: "swift-log"),
+    ]
     package.targets += [
+        // The hot path's in-process fixtures, shared by the two below.
+        .target(name: "TerminusBenchmarkFixtures", dependencies: fixtureModules, path: "Benchmarks/Fixtures"),
+        // Sync main on purpose: valgrind 3.19 crashes on a Swift `async` main. Benchmarks/instructions
+        // runs it under callgrind for instructions per message.
+        .executableTarget(
+            name: "terminus-instructions",
+            dependencies: ["TerminusBenchmarkFixtures"] + fixtureModules,
+            path: "Benchmarks/Sources/terminus-instructions"
+        ),
         .executableTarget(
             name: "TerminusBenchmarks",
             dependencies: [
                 .product(name: "Benchmark", package: "benchmark"),
+                "TerminusBenchmarkFixtures",
                 "TerminusProtocol", "TerminusCompression", "TerminusRouting", "TerminusSessions", "TerminusAuth",
                 "TerminusEdge", "TerminusBackend", "TerminusAPI", "TerminusServer",
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -537,7 +554,10 @@ if Context.environment["TERMINUS_BENCHMARKS"] == "1" {
             path: "Benchmarks/Sources/terminus-loadgen"
         ),
     ]
-    package.products += [.executable(name: "terminus-loadgen", targets: ["terminus-loadgen"])]
+    package.products += [
+        .executable(name: "terminus-loadgen", targets: ["terminus-loadgen"]),
+        .executable(name: "terminus-instructions", targets: ["terminus-instructions"]),
+    ]
 }
 
 // `TERMINUS_FUZZ=1` adds the libFuzzer targets. Each defines LLVMFuzzerTestOneInput and gets

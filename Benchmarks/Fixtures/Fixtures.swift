@@ -1,52 +1,58 @@
 import Foundation
 import Logging
-import NIOCore
-import NIOEmbedded
+package import NIOCore
+package import NIOEmbedded
 import TerminusAPI
 import TerminusAuth
-import TerminusBackend
-import TerminusCompression
+package import TerminusBackend
+package import TerminusCompression
 import TerminusEdge
 import TerminusProtocol
-import TerminusRouting
-import TerminusSessions
+package import TerminusRouting
+package import TerminusSessions
 
+/// Shared by the package-benchmark suite (allocation gates) and `terminus-instructions`
+/// (instruction counts under callgrind).
+///
 /// Realistic device traffic: a payment speaker's "payment received" message (~200 bytes of
 /// JSON) and the preset dictionary a fleet would ship for it.
-enum Fixtures {
-    static let paymentJSON = Array(
+package enum Fixtures {
+    package static let paymentJSON = Array(
         #"{"type":"payment","order":"202611300325123456","amount":1288,"currency":"CNY","merchant":"M-20491","store":"S-0042","device":"spk-000123","voice":"payment-received","channel":"wxpay","ts":1795995912345,"seq":4821}"#
             .utf8
     )
-    static let dictionary = Array(
+    package static let dictionary = Array(
         #"{"type":"payment","order":"2026","amount":,"currency":"CNY","merchant":"M-","store":"S-","device":"spk-","voice":"payment-received","channel":"wxpay","alipay","ts":17,"seq":}"#
             .utf8
     )
-    static let dictionaries = try! DictionarySet([1: Fixtures.dictionary])
-    static let payload = ByteBuffer(bytes: Fixtures.paymentJSON)
-    static let deflated = try! Deflater(dictionaries: Fixtures.dictionaries)
+    package static let dictionaries = try! DictionarySet([1: Fixtures.dictionary])
+    package static let payload = ByteBuffer(bytes: Fixtures.paymentJSON)
+    package static let deflated = try! Deflater(dictionaries: Fixtures.dictionaries)
         .deflate(Fixtures.payload, allocator: ByteBufferAllocator())
-    static let deflatedWithDictionary = try! Deflater(dictionaries: Fixtures.dictionaries)
+    package static let deflatedWithDictionary = try! Deflater(dictionaries: Fixtures.dictionaries)
         .deflate(Fixtures.payload, dictionaryID: 1, allocator: ByteBufferAllocator())
 
-    static let topic = "tenant-4821/spk-000123/pay/done"
+    package static let topic = "tenant-4821/spk-000123/pay/done"
 
     // Built once per process: the benchmark closure runs once per sample, so anything costly
     // to set up lives here (zlib contexts, the 10,000-filter table, sessions, TLS pairs).
-    nonisolated(unsafe) static let inflater = try! Inflater(
+    package nonisolated(unsafe) static let inflater = try! Inflater(
         limits: InflateLimits(),
         dictionaries: Fixtures.dictionaries
     )
-    nonisolated(unsafe) static let deflater = try! Deflater(dictionaries: Fixtures.dictionaries)
-    static let routeTable = RouteTable(routes: Fixtures.filters)
-    nonisolated(unsafe) static let sessions = (
+    package nonisolated(unsafe) static let deflater = try! Deflater(dictionaries: Fixtures.dictionaries)
+    package static let routeTable = RouteTable(routes: Fixtures.filters)
+    package nonisolated(unsafe) static let sessions = (
         plain: try! EmbeddedSession(routes: Fixtures.subscriptions()),
         deflated: try! EmbeddedSession(routes: Fixtures.subscriptions()),
         dictionary: try! EmbeddedSession(routes: Fixtures.subscriptions())
     )
-    nonisolated(unsafe) static let tlsPair = try! TLSPair()
 
-    static func publishFrame(messageID: UInt32 = 7, compressed: Bool = false, dictionary: Bool = false) -> ByteBuffer {
+    package static func publishFrame(
+        messageID: UInt32 = 7,
+        compressed: Bool = false,
+        dictionary: Bool = false
+    ) -> ByteBuffer {
         let payload = compressed ? (dictionary ? Fixtures.deflatedWithDictionary : Fixtures.deflated) : Fixtures.payload
         var buffer = ByteBuffer()
         buffer.writeFrame(
@@ -66,7 +72,7 @@ enum Fixtures {
 
     /// 10,000 filters over 64 services, shaped like a multi-tenant deployment: per-tenant
     /// wildcards, per-device status topics, and fleet-wide event filters.
-    static let filters: [(TopicFilter, Int)] = (0..<10_000).map { index in
+    package static let filters: [(TopicFilter, Int)] = (0..<10_000).map { index in
         let text: String
         switch index % 4 {
         case 0: text = "tenant-\(index)/+/pay/#"
@@ -78,10 +84,10 @@ enum Fixtures {
     }
 
     /// Topics that match, one that matches nothing.
-    static let matchingTopic = "tenant-4820/spk-000123/pay/done"
-    static let unmatchedTopic = "tenant-999999/spk-000123/pay/done"
+    package static let matchingTopic = "tenant-4820/spk-000123/pay/done"
+    package static let unmatchedTopic = "tenant-999999/spk-000123/pay/done"
 
-    static func subscriptions() -> [Subscription] {
+    package static func subscriptions() -> [Subscription] {
         var byService = [[TopicFilter]](repeating: [], count: 64)
         for (filter, service) in Fixtures.filters { byService[service].append(filter) }
         byService[0].append(try! TopicFilter("tenant-4821/+/pay/#"))
@@ -95,20 +101,20 @@ enum Fixtures {
 /// and encoding to the backend's protobuf message (`UplinkEncoder`, into one buffer per edge
 /// batch and service, as `ServiceDelivery` does), appended to the batch a service delivery would
 /// send. Answers at once, so the device gets its ACK in the same tick.
-final class RoutingSink: UplinkSink, @unchecked Sendable {
+package final class RoutingSink: UplinkSink, @unchecked Sendable {
     // Only touched on the embedded loop.
-    let router: BackendRouter
+    package let router: BackendRouter
     let encoder = UplinkEncoder(instanceID: "gw-bench-0")
     let allocator = ByteBufferAllocator()
     var pending: [ByteBuffer] = []
-    var routed = 0
+    package var routed = 0
 
-    init(router: BackendRouter) {
+    package init(router: BackendRouter) {
         self.router = router
         self.pending.reserveCapacity(1024)
     }
 
-    func deliver(
+    package func deliver(
         _ batch: [UplinkMessage],
         on eventLoop: any EventLoop,
         completion: @escaping @Sendable ([DeliveryOutcome]) -> Void
@@ -134,13 +140,13 @@ final class RoutingSink: UplinkSink, @unchecked Sendable {
 
 /// One authenticated device session on the gateway's real pipeline (frame decoder, session
 /// handler, per-loop inflater and batcher), over an `EmbeddedChannel` without TLS.
-final class EmbeddedSession {
-    let loop = EmbeddedEventLoop()
-    let channel: EmbeddedChannel
-    let sink: RoutingSink
+package final class EmbeddedSession {
+    package let loop = EmbeddedEventLoop()
+    package let channel: EmbeddedChannel
+    package let sink: RoutingSink
     private let server: EdgeServer
 
-    init(routes: [Subscription]) throws {
+    package init(routes: [Subscription]) throws {
         let secret = Array("bench-secret-0123456789abcdef".utf8)
         let router = try BackendRouter(
             subscriptions: routes,
@@ -198,7 +204,7 @@ final class EmbeddedSession {
 
     /// Feeds one PUBLISH frame, runs the loop's tick (the batcher flushes), and takes the ACK.
     @inline(__always)
-    func publish(_ frame: ByteBuffer) throws -> ByteBuffer? {
+    package func publish(_ frame: ByteBuffer) throws -> ByteBuffer? {
         try self.channel.writeInbound(frame)
         self.loop.run()
         return try self.channel.readOutbound(as: ByteBuffer.self)

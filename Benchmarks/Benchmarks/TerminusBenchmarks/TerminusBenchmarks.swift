@@ -6,6 +6,7 @@ import NIOEmbedded
 import NIOSSL
 import TerminusAuth
 import TerminusBackend
+import TerminusBenchmarkFixtures
 import TerminusCompression
 import TerminusEdge
 import TerminusProtocol
@@ -228,6 +229,10 @@ let benchmarks: @Sendable () -> Void = {
 }
 
 /// A TLS client and server on two `EmbeddedChannel`s, bytes carried between them by hand.
+extension Fixtures {
+    nonisolated(unsafe) static let tlsPair = try! TLSPair()
+}
+
 final class TLSPair {
     let client = EmbeddedChannel()
     let server = EmbeddedChannel()
