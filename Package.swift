@@ -513,7 +513,7 @@ if Context.environment["TERMINUS_BENCHMARKS"] == "1" {
     package.targets += [
         // The hot path's in-process fixtures, shared by the two below.
         .target(name: "TerminusBenchmarkFixtures", dependencies: fixtureModules, path: "Benchmarks/Fixtures"),
-        // Sync main on purpose: valgrind 3.19 crashes on a Swift `async` main. Benchmarks/instructions
+        // Sync main on purpose: valgrind 3.19 crashes on a Swift `async` main. Benchmarks/gate
         // runs it under callgrind for instructions per message.
         .executableTarget(
             name: "terminus-instructions",

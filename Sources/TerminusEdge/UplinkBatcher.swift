@@ -74,8 +74,9 @@ final class UplinkBatcher {
         // The messages' array is only read while the sink takes the batch (the backend router
         // copies what it queues): when nothing else holds it now, its storage carries the next
         // batch, so a lone message allocates no array for itself. Unless messages arrived while
-        // the sink ran; if the sink kept the array, this allocates what the next append would
-        // have (at most `maxBatchSize` messages long, one per loop).
+        // the sink ran. If the sink kept the array, this allocates what the next append would
+        // have. Bound: one array per loop, of the capacity a batch of at most `maxBatchSize`
+        // messages grew to.
         if self.messages.isEmpty {
             batch.removeAll(keepingCapacity: true)
             self.messages = batch

@@ -214,10 +214,6 @@ extension ByteBuffer {
         return value
     }
 
-    /// Reads a length-prefixed string, rejecting invalid UTF-8 with `code`.
-    ///
-    /// `field` names the field in error messages only: it is built when there is an error, not
-    /// for every frame (interpolating a frame type costs more than reading the string).
     /// A message's topic: `lastTopic` itself when the bytes are the same.
     mutating func readTopic(_ type: FrameType, lastTopic: inout String) throws(ProtocolError) -> String {
         if let length = self.getInteger(at: self.readerIndex, as: UInt16.self), length > 0,
@@ -237,6 +233,10 @@ extension ByteBuffer {
         return topic
     }
 
+    /// Reads a length-prefixed string, rejecting invalid UTF-8 with `code`.
+    ///
+    /// `field` names the field in error messages only: it is built when there is an error, not
+    /// for every frame (interpolating a frame type costs more than reading the string).
     mutating func readUTF8<L: FixedWidthInteger>(
         lengthType: L.Type,
         field: @autoclosure () -> String,

@@ -77,7 +77,7 @@ extension DeliveryOutcome {
     /// `count` times `self`: the outcomes of an edge batch before its answers. One outcome
     /// (a lone message, the common case at device rates) is an array literal; the standard
     /// library's `Array(repeating:count:)` looks the array storage's generic metadata up at run
-    /// time on every call, about 700 instructions more (callgrind, `Benchmarks/instructions`).
+    /// time on every call, 700 to 1,000 instructions more (callgrind; `terminus-instructions`).
     @inlinable
     package func repeated(_ count: Int) -> [DeliveryOutcome] {
         count == 1 ? [self] : Array(repeating: self, count: count)

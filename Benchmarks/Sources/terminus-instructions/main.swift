@@ -3,7 +3,7 @@ import NIOCore
 import TerminusBenchmarkFixtures
 
 // `terminus-instructions SCENARIO COUNT`: sets SCENARIO up, runs it 100 times to warm up, then
-// COUNT times, and exits. `Benchmarks/instructions` runs it under callgrind at two counts: the
+// COUNT times, and exits. `Benchmarks/gate` runs it under callgrind at two counts: the
 // difference in instructions over the difference in counts is what one message costs, with
 // set-up, warm-up and exit cancelled out. Deterministic, unlike CPU time on a shared machine
 // (Swift's hashing is seeded per process: the script sets SWIFT_DETERMINISTIC_HASHING).
