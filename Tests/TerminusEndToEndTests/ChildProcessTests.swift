@@ -33,6 +33,18 @@ struct ChildProcessTests {
         #expect(try Self.run("exit 3").status == 3)
     }
 
+    @Test(
+        "a child still running when its last reference goes is killed and reaped (a test that threw leaves none behind)"
+    )
+    func killedWhenDropped() throws {
+        var child: ChildProcess? = try ChildProcess("/bin/sleep", ["30"])
+        let pid = try #require(child?.processIdentifier)
+        #expect(child?.isRunning == true)
+        child = nil
+        // Reaped: the process id no longer exists (not even as a zombie).
+        #expect(kill(pid, 0) == -1 && errno == ESRCH)
+    }
+
     @Test("terminate() ends a running child with SIGTERM")
     func terminate() async throws {
         let child = try ChildProcess("/bin/sleep", ["30"])
