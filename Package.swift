@@ -383,6 +383,8 @@ let package = Package(
                 "TerminusBackend",
                 "TerminusProtocol",
                 "TerminusSessions",
+                "TerminusRouting",
+                .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOHPACK", package: "swift-nio-http2"),

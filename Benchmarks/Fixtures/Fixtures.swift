@@ -97,10 +97,11 @@ package enum Fixtures {
     }
 }
 
-/// The uplink sink of the hot-path benchmark: the gateway's real routing (`BackendRouter.plan`)
-/// and encoding to the backend's protobuf message (`UplinkEncoder`, into one buffer per edge
-/// batch and service, as `ServiceDelivery` does), appended to the batch a service delivery would
-/// send. Answers at once, so the device gets its ACK in the same tick.
+/// The uplink sink of the hot-path benchmark: the gateway's real routing decision
+/// (`BackendRouter.route`, which `BackendRouter.deliver` takes) and encoding to the backend's
+/// protobuf message (`UplinkEncoder`, into one buffer per edge batch and service, as
+/// `ServiceDelivery` does), appended to the batch a service delivery would send. Answers at
+/// once, so the device gets its ACK in the same tick.
 package final class RoutingSink: UplinkSink, @unchecked Sendable {
     // Only touched on the embedded loop.
     package let router: BackendRouter
@@ -119,22 +120,28 @@ package final class RoutingSink: UplinkSink, @unchecked Sendable {
         on eventLoop: any EventLoop,
         completion: @escaping @Sendable ([DeliveryOutcome]) -> Void
     ) {
-        let plan = self.router.plan(batch)
-        for group in plan.groups where !group.isEmpty {
-            var size = 0
-            for index in group { size += self.encoder.encodedSize(of: batch[index]) }
-            var buffer = self.allocator.buffer(capacity: size)
-            for index in group { self.encoder.encode(batch[index], into: &buffer) }
-            var offset = 0
-            for index in group {
-                let length = self.encoder.encodedSize(of: batch[index])
-                self.pending.append(buffer.getSlice(at: offset, length: length)!)
-                offset += length
+        let outcomes: [DeliveryOutcome]
+        switch self.router.route(batch) {
+        case .noRoute:
+            outcomes = DeliveryOutcome.noRoute.repeated(batch.count)
+        case .one:
+            self.encode(batch[...])
+            outcomes = DeliveryOutcome.accepted.repeated(batch.count)
+        case .split(let plan):
+            // As `BackendRouter.deliver` hands each service its part.
+            for group in plan.groups where !group.isEmpty {
+                self.encode(group.count == batch.count ? batch[...] : group.map { batch[$0] }[...])
             }
+            outcomes = plan.outcomes
         }
         self.routed += self.pending.count
         self.pending.removeAll(keepingCapacity: true)
-        completion(plan.outcomes)
+        completion(outcomes)
+    }
+
+    /// One service's part of the batch, as `ServiceDelivery` queues it.
+    private func encode(_ messages: ArraySlice<UplinkMessage>) {
+        self.encoder.encode(messages, allocator: self.allocator) { _, slice in self.pending.append(slice) }
     }
 }
 

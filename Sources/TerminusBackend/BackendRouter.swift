@@ -200,21 +200,36 @@ package final class BackendRouter: UplinkSink, Sendable {
     /// Edge batches handed to their delivery's loop from another thread (`ServiceDelivery.offLoopSteps`).
     package var offLoopSteps: Int { self.allDeliveries.reduce(0) { $0 + $1.offLoopSteps } }
 
-    /// Which messages of an edge batch go to which service: the synchronous part of `deliver`.
-    package func plan(_ batch: [UplinkMessage]) -> RoutingPlan {
+    /// Where an edge batch goes: the synchronous part of `deliver`, which takes the same
+    /// decision (the hot-path benchmarks call this to route as the gateway does).
+    package func route(_ batch: [UplinkMessage]) -> BatchRoute {
         let routing = self.routing.value
-        return Self.plan(batch, table: routing.table, services: routing.services.count)
+        return Self.route(batch, table: routing.table, services: routing.services.count)
+    }
+
+    private static func route(_ batch: [UplinkMessage], table: RouteTable, services: Int) -> BatchRoute {
+        guard let first = batch.first else { return .noRoute }
+        // The common case first, a lone message or an edge batch whose messages all match the
+        // same services: matched once each, no plan built.
+        let matched = table.match(first.topic)
+        var same = 1
+        while same < batch.count, table.match(batch[same].topic) == matched { same += 1 }
+        if same == batch.count {
+            if matched.isEmpty { return .noRoute }
+            if let service = matched.only { return .one(service: service) }
+        }
+        return .split(Self.plan(batch, table: table, services: services, prefix: same, prefixMatched: matched))
     }
 
     /// - Parameters:
-    ///   - prefixMatched: the services each of the first `prefix` messages matched (`deliver`
+    ///   - prefixMatched: the services each of the first `prefix` messages matched (`route`
     ///     matched them already, all to the same set).
     private static func plan(
         _ batch: [UplinkMessage],
         table: RouteTable,
         services: Int,
-        prefix: Int = 0,
-        prefixMatched: ServiceSet = ServiceSet()
+        prefix: Int,
+        prefixMatched: ServiceSet
     ) -> RoutingPlan {
         var plan = RoutingPlan(
             groups: [[Int]](repeating: [], count: services),
@@ -237,7 +252,7 @@ package final class BackendRouter: UplinkSink, Sendable {
     ) {
         // One snapshot for the whole batch: the table's numbering is its services'.
         let routing = self.routing.value
-        guard let first = batch.first else { return completion([]) }
+        guard !batch.isEmpty else { return completion([]) }
         // A service's delivery answers on its own loop: for a loop outside the group (tests'
         // embedded loops, served by the first loop's deliveries), the answer hops back.
         let loop = self.loopIDs.firstIndex(of: ObjectIdentifier(eventLoop))
@@ -247,46 +262,45 @@ package final class BackendRouter: UplinkSink, Sendable {
             : { @Sendable outcomes in
                 eventLoop.inEventLoop ? completion(outcomes) : eventLoop.execute { completion(outcomes) }
             }
-        // The common case first, a lone message or an edge batch whose messages all match the
-        // same services: matched once each, no plan built.
-        let matched = routing.table.match(first.topic)
-        var same = 1
-        while same < batch.count, routing.table.match(batch[same].topic) == matched { same += 1 }
-        if same == batch.count {
-            if matched.isEmpty { return completion(DeliveryOutcome.noRoute.repeated(batch.count)) }
-            if let service = matched.only {
-                // One service: its answers are the batch's outcomes (`accepted` combined with an
-                // answer is the answer), so no aggregator and no arrays of indices.
-                return routing.services[service][loop ?? 0].deliver(batch, on: eventLoop, completion: completion)
-            }
-        }
-        let plan = Self.plan(
-            batch,
-            table: routing.table,
-            services: routing.services.count,
-            prefix: same,
-            prefixMatched: matched
-        )
-        let matching = plan.groups.indices.filter { !plan.groups[$0].isEmpty }
-        let answers = OutcomeAggregator(
-            outcomes: plan.outcomes,
-            answers: matching.reduce(0) { $0 + plan.groups[$1].count },
-            completion: completion
-        )
-        for service in matching {
-            let indices = plan.groups[service]
-            let messages = indices.count == batch.count ? batch : indices.map { batch[$0] }
-            routing.services[service][loop ?? 0].deliver(messages, on: eventLoop) { results in
-                answers.add(results, at: indices)
+        switch Self.route(batch, table: routing.table, services: routing.services.count) {
+        case .noRoute:
+            completion(DeliveryOutcome.noRoute.repeated(batch.count))
+        case .one(let service):
+            // Its answers are the batch's outcomes (`accepted` combined with an answer is the
+            // answer), so no aggregator and no arrays of indices.
+            routing.services[service][loop ?? 0].deliver(batch, on: eventLoop, completion: completion)
+        case .split(let plan):
+            let matching = plan.groups.indices.filter { !plan.groups[$0].isEmpty }
+            let answers = OutcomeAggregator(
+                outcomes: plan.outcomes,
+                answers: matching.reduce(0) { $0 + plan.groups[$1].count },
+                completion: completion
+            )
+            for service in matching {
+                let indices = plan.groups[service]
+                let messages = indices.count == batch.count ? batch : indices.map { batch[$0] }
+                routing.services[service][loop ?? 0].deliver(messages, on: eventLoop) { results in
+                    answers.add(results, at: indices)
+                }
             }
         }
     }
 }
 
+/// Where one edge batch goes (`BackendRouter.route`).
+package enum BatchRoute: Sendable, Equatable {
+    /// No service matched any of its messages (an empty batch included).
+    case noRoute
+    /// Every message matched this one service: the batch goes to it whole.
+    case one(service: Int)
+    /// Otherwise: which messages each service gets.
+    case split(RoutingPlan)
+}
+
 /// The routing of one edge batch: per configured service, the indices of the messages it gets;
 /// per message, `noRoute` when no service matched (otherwise `accepted`, to be combined with
 /// the services' answers).
-package struct RoutingPlan: Sendable {
+package struct RoutingPlan: Sendable, Equatable {
     package var groups: [[Int]]
     package var outcomes: [DeliveryOutcome]
 }

@@ -241,12 +241,6 @@ final class ServiceDelivery: Service, Sendable {
         let count = messages.count
         let ticket = OutcomeAggregator(count: count, releasing: self.window, completion: completion)
         let now = ContinuousClock.now
-        // One buffer for the edge batch, written whole first; then each entry takes its
-        // message's slice of it.
-        var size = 0
-        for index in messages.indices { size += self.encoder.encodedSize(of: messages[index]) }
-        var buffer = self.allocator.buffer(capacity: size)
-        for index in messages.indices { self.encoder.encode(messages[index], into: &buffer) }
         let sender = self.sender.value
         guard !sender.queue.isStopped else {
             sender.counts.retryLater += count
@@ -255,13 +249,11 @@ final class ServiceDelivery: Service, Sendable {
             for index in 0..<count { ticket.add(self.notAccepted, at: index) }
             return
         }
-        // Straight into the queue, no array of entries between.
-        var offset = 0
-        for (position, index) in messages.indices.enumerated() {
-            let length = self.encoder.encodedSize(of: messages[index])
-            let entry = Entry(message: buffer.getSlice(at: offset, length: length)!, ticket: ticket, index: position)
+        // One buffer for the edge batch; each entry takes its message's slice of it, straight
+        // into the queue (no array of entries between).
+        self.encoder.encode(messages, allocator: self.allocator) { position, message in
+            let entry = Entry(message: message, ticket: ticket, index: position)
             _ = sender.queue.append(contentsOf: CollectionOfOne(entry), now: now)
-            offset += length
         }
         if sender.lingering && sender.queue.freshCount < sender.queue.batchSize { return }
         self.schedulePass()

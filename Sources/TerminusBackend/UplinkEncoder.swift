@@ -41,7 +41,39 @@ package struct UplinkEncoder: Sendable {
     /// thirty small `ByteBuffer` writes, each checking capacity and uniqueness, cost about a
     /// microsecond a message (`docs/benchmarks.md`, "A single-stream HTTP/2 client").
     package func encode(_ message: UplinkMessage, into buffer: inout ByteBuffer) {
-        let size = self.encodedSize(of: message)
+        self.encode(message, size: self.encodedSize(of: message), into: &buffer)
+    }
+
+    /// Encodes `messages` into one buffer from `allocator`, then calls `body` with each message's
+    /// position in `messages` and its slice of the buffer, in order. Each message's size is
+    /// computed once and kept on the stack; the buffer is written whole before the first slice
+    /// is taken (see `encode(_:into:)`).
+    package func encode(
+        _ messages: ArraySlice<UplinkMessage>,
+        allocator: ByteBufferAllocator,
+        each body: (_ position: Int, _ slice: ByteBuffer) -> Void
+    ) {
+        withUnsafeTemporaryAllocation(of: Int.self, capacity: messages.count) { sizes in
+            var total = 0
+            for (position, index) in messages.indices.enumerated() {
+                let size = self.encodedSize(of: messages[index])
+                sizes.initializeElement(at: position, to: size)
+                total += size
+            }
+            var buffer = allocator.buffer(capacity: total)
+            for (position, index) in messages.indices.enumerated() {
+                self.encode(messages[index], size: sizes[position], into: &buffer)
+            }
+            var offset = 0
+            for position in sizes.indices {
+                body(position, buffer.getSlice(at: offset, length: sizes[position])!)
+                offset += sizes[position]
+            }
+        }
+    }
+
+    /// `encode(_:into:)` with the message's `encodedSize(of:)`, already known.
+    private func encode(_ message: UplinkMessage, size: Int, into buffer: inout ByteBuffer) {
         buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: size) { memory in
             var writer = ProtobufWriter(memory: UnsafeMutableRawBufferPointer(rebasing: memory[..<size]))
             writer.stringField(1, message.deviceID)

@@ -113,25 +113,35 @@ struct UplinkEncoderTests {
     }
 
     /// The cases written back to back into one buffer, then sliced by their sizes.
-    static func slices() -> [ByteBuffer] {
-        var buffer = ByteBuffer()
-        for message in Self.cases { Self.encoder.encode(message, into: &buffer) }
-        var offset = 0
-        return Self.cases.map { message in
-            let length = Self.encoder.encodedSize(of: message)
-            defer { offset += length }
-            return buffer.getSlice(at: offset, length: length)!
+    static func slices(_ messages: ArraySlice<UplinkMessage> = Self.cases[...]) -> [ByteBuffer] {
+        var slices: [ByteBuffer] = []
+        Self.encoder.encode(messages, allocator: ByteBufferAllocator()) { position, slice in
+            precondition(position == slices.count, "slices come in order")
+            slices.append(slice)
         }
+        return slices
     }
 
-    @Test("messages written into one buffer keep their own bytes")
+    @Test("messages written into one buffer keep their own bytes, in one storage")
     func sharedBuffer() throws {
-        let slices = Self.slices()
-        for (slice, message) in zip(slices, Self.cases) {
-            #expect(
-                try Terminus_V1_UplinkMessage(serializedBytes: Array(slice.readableBytesView)) == Self.expected(message)
-            )
+        // A slice of the cases not starting at index 0: positions count from its start.
+        for messages in [Self.cases[...], Self.cases.dropFirst(), Self.cases.prefix(1)] {
+            let slices = Self.slices(messages)
+            #expect(slices.count == messages.count)
+            for (slice, message) in zip(slices, messages) {
+                #expect(slice.readableBytes == Self.encoder.encodedSize(of: message))
+                #expect(
+                    try Terminus_V1_UplinkMessage(serializedBytes: Array(slice.readableBytesView))
+                        == Self.expected(message)
+                )
+            }
+            // Back to back in memory: slices of the one buffer, not copies.
+            let starts = slices.map { $0.withUnsafeReadableBytes { Int(bitPattern: $0.baseAddress) } }
+            for index in starts.indices.dropFirst() {
+                #expect(starts[index] == starts[index - 1] + slices[index - 1].readableBytes)
+            }
         }
+        #expect(Self.slices([]).isEmpty)
     }
 
     @Test("a DeliverRequest in one gRPC message: a 0 byte, the length, SwiftProtobuf's bytes")

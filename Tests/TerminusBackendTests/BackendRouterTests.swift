@@ -1,0 +1,79 @@
+import Logging
+import NIOCore
+import NIOEmbedded
+import TerminusProtocol
+import TerminusRouting
+import TerminusSessions
+import Testing
+
+@testable import TerminusBackend
+
+@Suite("Backend router: where an edge batch goes")
+struct BackendRouterTests {
+    /// Service 0 takes `a/#`, service 1 takes `b/#`, both take `both/#`.
+    func router() throws -> BackendRouter {
+        let subscriptions = try [("zero", "a/#"), ("one", "b/#")].map { name, filter in
+            Subscription(
+                name: name,
+                host: "127.0.0.1",
+                port: 1,
+                filters: [try TopicFilter(filter), try TopicFilter("both/#")]
+            )
+        }
+        return try BackendRouter(
+            subscriptions: subscriptions,
+            instanceID: "gw-test",
+            group: EmbeddedEventLoop(),
+            logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })
+        )
+    }
+
+    func messages(_ topics: String...) -> [UplinkMessage] {
+        topics.enumerated().map { index, topic in
+            UplinkMessage(
+                deviceID: "d-1",
+                topic: topic,
+                messageID: UInt32(index + 1),
+                qos: .atLeastOnce,
+                payload: ByteBuffer(string: "x"),
+                receivedAt: 0,
+                clientAddress: "127.0.0.1",
+                connectionID: 1
+            )
+        }
+    }
+
+    @Test("a batch whose messages all match one service goes to it whole, without a plan")
+    func oneService() throws {
+        let router = try self.router()
+        #expect(router.route(self.messages("a/x")) == .one(service: 0))
+        #expect(router.route(self.messages("b/x", "b/y/z", "b")) == .one(service: 1))
+    }
+
+    @Test("a batch no service matches, and an empty batch, have no route")
+    func noRoute() throws {
+        let router = try self.router()
+        #expect(router.route(self.messages("c/x", "d")) == .noRoute)
+        #expect(router.route([]) == .noRoute)
+    }
+
+    @Test("otherwise each service gets the indices it matched; unmatched messages are noRoute")
+    func split() throws {
+        let router = try self.router()
+        // Same services throughout, but two of them: split, every message to both.
+        #expect(
+            router.route(self.messages("both/1", "both/2"))
+                == .split(RoutingPlan(groups: [[0, 1], [0, 1]], outcomes: [.accepted, .accepted]))
+        )
+        // The first two match the same service, then they differ (the prefix matched once).
+        #expect(
+            router.route(self.messages("a/1", "a/2", "b/1", "c/1", "both/x"))
+                == .split(
+                    RoutingPlan(
+                        groups: [[0, 1, 4], [2, 4]],
+                        outcomes: [.accepted, .accepted, .accepted, .noRoute, .accepted]
+                    )
+                )
+        )
+    }
+}
