@@ -117,12 +117,21 @@ struct BackendRoutingTests {
         #expect(ContinuousClock.now - stopping < .seconds(5))
         let successor = try await TestBackend.start(port: tlsBackend.port, security: .tls)
         var status: TerminusCode?
+        var attempts = 0
         for _ in 0..<50 where status != .ok {
+            attempts += 1
             status = try await device.publish(topic: "tls/pay", payload: ByteBuffer(string: "e")).status
             if status != .ok { try await Task.sleep(for: .milliseconds(100)) }
         }
         #expect(status == .ok)
-        #expect(successor.receiver.payloads == ["e"])
+        // At least once: an attempt answered `retryLater` may still have reached the successor
+        // (answered after its deadline on a loaded machine, say; seen once in a full run), so
+        // "e" arrives once or more, at most once per attempt, and nothing else does.
+        let received = successor.receiver.payloads
+        #expect(
+            !received.isEmpty && received.count <= attempts && received.allSatisfy { $0 == "e" },
+            "\(received), \(attempts) attempts"
+        )
         await device.close()
         await successor.stop()
     }
