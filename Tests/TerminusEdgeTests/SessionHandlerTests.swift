@@ -195,6 +195,38 @@ struct SessionHandlerTests {
         #expect(session.isOpen)
     }
 
+    @Test("a device's messages answered in one batch get their ACKs in one write (one TLS record), in order")
+    func acksOfARunInOneWrite() throws {
+        let sink = InMemorySink()
+        let edge = try EmbeddedEdge(sink: sink)
+        defer { edge.shutdown() }
+        let first = try edge.connect()
+        try first.establish("dev-run-1")
+        let second = try edge.connect()
+        try second.establish("dev-run-2")
+        sink.startHolding()
+        try first.send(EmbeddedEdge.publish(1), EmbeddedEdge.publish(2), EmbeddedEdge.publish(3))
+        try second.send(EmbeddedEdge.publish(7))
+        sink.release()
+        edge.loop.run()
+        for (session, ids) in [(first, [UInt32(1), 2, 3]), (second, [7])] {
+            var writes: [ByteBuffer] = []
+            while let buffer = try session.channel.readOutbound(as: ByteBuffer.self) { writes.append(buffer) }
+            #expect(writes.count == 1, "one write for the run, not one per ACK")
+            var decoder = FrameDecoder(maxFrameLength: 1 << 20)
+            var frames: [Frame] = []
+            for var buffer in writes {
+                while let frame = try decoder.decode(buffer: &buffer) { frames.append(frame) }
+            }
+            let acks = frames.compactMap { frame -> Ack? in
+                if case .ack(let ack) = frame { return ack }
+                return nil
+            }
+            #expect(acks.map(\.messageID) == ids)
+            #expect(acks.allSatisfy { $0.status == .ok })
+        }
+    }
+
     @Test("reads pause at max_inflight and resume when outcomes arrive")
     func readPauseAndResume() throws {
         let sink = InMemorySink()

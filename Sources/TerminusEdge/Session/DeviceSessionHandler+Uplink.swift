@@ -179,10 +179,8 @@ extension DeviceSessionHandler {
         case .refuse(let seconds):
             self.shared.rateLimited.wrappingAdd(1, ordering: .relaxed)
             self.loop.metrics.uplink(qos: message.qos, .rateLimited)
-            if message.qos == .atLeastOnce, let context = self.context {
-                let ack = Ack(messageID: message.messageID, status: .rateLimited, retryAfterSeconds: seconds)
-                self.write(.ack(ack), context: context)
-                self.needsFlush = true
+            if message.qos == .atLeastOnce, self.context != nil {
+                self.queueAck(Ack(messageID: message.messageID, status: .rateLimited, retryAfterSeconds: seconds))
                 self.flushAcks()
             }
             return
@@ -284,10 +282,7 @@ extension DeviceSessionHandler {
         let action = self.machine.deliveryCompleted(qos: qos)
         if action.publishDisconnectedEvent { self.publishDisconnectedEvent() }
         guard let context = self.context else { return }
-        if action.acknowledge {
-            self.write(.ack(outcome.ack(for: messageID)), context: context)
-            self.needsFlush = true
-        }
+        if action.acknowledge { self.queueAck(outcome.ack(for: messageID)) }
         if action.resumeReading {
             self.resumeReading(context: context)
             self.countPaused()

@@ -46,6 +46,9 @@ final class DeviceSessionHandler: ChannelDuplexHandler, TimerWheelTarget, Delive
     var aliases: [UInt16: String]?
     var pendingRead = false
     var needsFlush = false
+    /// ACK frames not written yet (`queueAck`): at most one run of them, the outcomes of this
+    /// session's messages in one batch, and only until its `flushAcks`.
+    var queuedAcks: ByteBuffer?
     /// Downlink messages waiting for the device's ACK; allocated on the first QoS 1 push.
     var pendingPushes: [UInt32: (promise: EventLoopPromise<PushOutcome>, timeout: Scheduled<Void>)]?
     var nextPushID: UInt32 = 0
@@ -314,24 +317,40 @@ final class DeviceSessionHandler: ChannelDuplexHandler, TimerWheelTarget, Delive
     // MARK: Helpers
 
     func write(_ frame: Frame, context: ChannelHandlerContext) {
-        let loop = self.loop
-        var buffer: ByteBuffer
-        let isAck: Bool
-        if case .ack = frame, var scratch = loop.ackScratch.take() {
-            // Emptied in place when nobody else holds it (see `EdgeLoopContext.ackScratch`).
-            scratch.clear()
-            buffer = scratch
-            isAck = true
-        } else {
-            buffer = loop.allocator.buffer(capacity: 32)
-            if case .ack = frame { isAck = true } else { isAck = false }
-        }
+        // After the ACKs queued before it, in order.
+        self.writeQueuedAcks(context: context)
+        var buffer = self.loop.allocator.buffer(capacity: 32)
         buffer.writeFrame(frame)
-        let metrics = loop.metrics
+        let metrics = self.loop.metrics
         metrics.framesSent &+= 1
         metrics.bytesSent &+= buffer.readableBytes
         context.write(self.wrapOutboundOut(buffer), promise: nil)
-        if isAck { loop.ackScratch = buffer }
+    }
+
+    /// Appends an ACK to this session's run of ACKs, written as one buffer by `flushAcks` (or
+    /// before any other frame): one write, so one TLS record, for a device's messages answered
+    /// together, not one each.
+    func queueAck(_ ack: Ack) {
+        let loop = self.loop
+        if self.queuedAcks == nil {
+            if var scratch = loop.ackScratch.take() {
+                // Emptied in place when nobody else holds it (see `EdgeLoopContext.ackScratch`).
+                scratch.clear()
+                self.queuedAcks = scratch
+            } else {
+                self.queuedAcks = loop.allocator.buffer(capacity: 32)
+            }
+        }
+        self.queuedAcks!.writeFrame(.ack(ack))
+        loop.metrics.framesSent &+= 1
+        self.needsFlush = true
+    }
+
+    private func writeQueuedAcks(context: ChannelHandlerContext) {
+        guard let buffer = self.queuedAcks.take() else { return }
+        self.loop.metrics.bytesSent &+= buffer.readableBytes
+        context.write(self.wrapOutboundOut(buffer), promise: nil)
+        self.loop.ackScratch = buffer
     }
 
     func movePhase(to phase: EdgeLoopMetrics.Phase) {
@@ -350,6 +369,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, TimerWheelTarget, Delive
 
     func flushAcks() {
         guard self.needsFlush, let context = self.context else { return }
+        self.writeQueuedAcks(context: context)
         self.needsFlush = false
         context.flush()
     }
