@@ -332,16 +332,19 @@ final class DeviceSessionHandler: ChannelDuplexHandler, TimerWheelTarget, Delive
     /// together, not one each.
     func queueAck(_ ack: Ack) {
         let loop = self.loop
-        if self.queuedAcks == nil {
-            if var scratch = loop.ackScratch.take() {
-                // Emptied in place when nobody else holds it (see `EdgeLoopContext.ackScratch`).
-                scratch.clear()
-                self.queuedAcks = scratch
-            } else {
-                self.queuedAcks = loop.allocator.buffer(capacity: 32)
-            }
+        // Worked on in a local: each access to a stored property is checked for exclusivity.
+        var buffer: ByteBuffer
+        if let queued = self.queuedAcks.take() {
+            buffer = queued
+        } else if var scratch = loop.ackScratch.take() {
+            // Emptied in place when nobody else holds it (see `EdgeLoopContext.ackScratch`).
+            scratch.clear()
+            buffer = scratch
+        } else {
+            buffer = loop.allocator.buffer(capacity: 32)
         }
-        self.queuedAcks!.writeFrame(.ack(ack))
+        buffer.writeFrame(.ack(ack))
+        self.queuedAcks = buffer
         loop.metrics.framesSent &+= 1
         self.needsFlush = true
     }
