@@ -321,10 +321,11 @@ struct ReloadTests {
             defer { if process.isRunning { process.signal(SIGKILL) } }
             func accepted(_ secret: String) async -> Bool {
                 guard let device = try? await RawClient.connect(port: port, tls: false) else { return false }
-                defer { Task { await device.close() } }
                 try? await device.send(TestGateway.hello("reload-bin", secret: secret))
                 _ = await device.waitUntil(5) { !device.frames.isEmpty || device.isClosed }
-                return device.frames.contains { if case .welcome = $0 { true } else { false } }
+                let welcomed = device.frames.contains { if case .welcome = $0 { true } else { false } }
+                await device.close()
+                return welcomed
             }
             var listening = false
             for _ in 0..<100 where !listening {
