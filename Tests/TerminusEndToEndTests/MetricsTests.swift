@@ -41,12 +41,16 @@ struct MetricsTests {
         try await plain.send(Array("GET / HTTP/1.1\r\n\r\n".utf8))
         #expect(await plain.waitUntil(5) { plain.isClosed })
 
-        // Counted when the connections are gone: poll (bounded) until the last close shows.
+        // Counted when the connections are gone and the QoS 0 messages (no ACK to wait for) are
+        // answered: poll (bounded) until both show. Without the second condition a scrape once
+        // came while the last QoS 0 message was still with the backend.
         var samples: [PrometheusScrape.Sample] = []
         for _ in 0..<50 {
             samples = try PrometheusScrape.samples(url)
             if samples.total("terminus_tls_handshakes_total", ["outcome": "failure"]) >= 1
                 && samples.value("terminus_connections", ["listener": "device", "state": "established"]) == 1
+                && samples.value("terminus_uplink_messages_total", ["qos": "0", "outcome": "ok"]) == 2
+                && samples.value("terminus_delivery_window_used", ["service": "pay"]) == 0
             {
                 break
             }
