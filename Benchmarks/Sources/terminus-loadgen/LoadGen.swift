@@ -805,6 +805,8 @@ struct FleetRun {
                 result.gatewaySystemCPUMicrosPerMessage =
                     (endSample.systemSeconds - first.systemSeconds) * 1_000_000 / Double(state.acked)
                 result.gatewayCPUPercent = cpu / max(seconds, 0.001) * 100
+                result.gatewaySwitchesPerMessage =
+                    Double(endSample.voluntarySwitches - first.voluntarySwitches) / Double(state.acked)
             }
             if let consumerStart, let consumerEnd, state.acked > 0 {
                 result.consumerCPUMicrosPerMessage =

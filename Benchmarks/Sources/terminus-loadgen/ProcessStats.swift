@@ -8,6 +8,9 @@ struct ProcessSample: Sendable {
     var systemSeconds: Double
     /// Resident set size, bytes.
     var residentBytes: Int
+    /// Voluntary context switches of all its threads so far: each is a thread going to sleep
+    /// (in `epoll_wait`, mostly) and woken again, the cost a message pays when it arrives alone.
+    var voluntarySwitches: Int
     var at: ContinuousClock.Instant
 
     static let ticksPerSecond = Double(sysconf(Int32(_SC_CLK_TCK)))
@@ -28,8 +31,23 @@ struct ProcessSample: Sendable {
             cpuSeconds: (user + system) / Self.ticksPerSecond,
             systemSeconds: system / Self.ticksPerSecond,
             residentBytes: rss,
+            voluntarySwitches: Self.voluntarySwitches(pid: pid),
             at: .now
         )
+    }
+
+    /// The sum over the process's threads (`/proc/PID/status` counts the main thread alone).
+    static func voluntarySwitches(pid: Int32) -> Int {
+        let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []
+        var total = 0
+        for task in tasks {
+            guard let status = try? String(contentsOfFile: "/proc/\(pid)/task/\(task)/status", encoding: .utf8)
+            else { continue }
+            for line in status.split(separator: "\n") where line.hasPrefix("voluntary_ctxt_switches:") {
+                total += Int(line.split(separator: "\t").last?.trimmingCharacters(in: .whitespaces) ?? "") ?? 0
+            }
+        }
+        return total
     }
 }
 

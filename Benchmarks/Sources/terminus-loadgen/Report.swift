@@ -70,6 +70,9 @@ struct FleetReport: Codable, Sendable {
         /// The kernel's share of it (system time): syscalls and the loopback network stack.
         var gatewaySystemCPUMicrosPerMessage: Double?
         var gatewayCPUPercent: Double?
+        /// Voluntary context switches of the server's threads per acknowledged message: how
+        /// often it slept and was woken for one.
+        var gatewaySwitchesPerMessage: Double?
         var publishToAckMicros: Percentiles
         var deviceToBackendMicros: Percentiles
     }
@@ -151,6 +154,9 @@ struct FleetReport: Codable, Sendable {
                 lines.append("| gateway CPU per message | \(Self.f(cpu, 2)) µs\(system) |")
             }
             if let percent = p.gatewayCPUPercent { lines.append("| gateway CPU | \(Self.f(percent, 0)) % of a core |") }
+            if let switches = p.gatewaySwitchesPerMessage {
+                lines.append("| gateway voluntary context switches per message | \(Self.f(switches, 3)) |")
+            }
             if let consumer = p.consumerCPUMicrosPerMessage {
                 lines.append("| consumer CPU per message | \(Self.f(consumer, 2)) µs |")
             }
