@@ -42,7 +42,11 @@ package final class BackendRouter: UplinkSink, Sendable {
         }
     }
 
-    private let routing: Reloadable<Routing>
+    /// Replaced whole by a reload. A `Mutex` of this module's own type rather than a
+    /// `Reloadable`: read once per edge batch, and `Reloadable`'s getter ran unspecialised here
+    /// (a generic metadata lookup per batch in `perf`).
+    private let routing: Mutex<Routing>
+    private var current: Routing { self.routing.withLock { $0 } }
     /// The group's loops, in order: a loop's index picks which of a service's deliveries serves
     /// its devices.
     private let loopIDs: [ObjectIdentifier]
@@ -73,7 +77,7 @@ package final class BackendRouter: UplinkSink, Sendable {
         let services = subscriptions.map {
             Self.deliveries($0, loops: loops, instanceID: instanceID, logger: logger, shutdown: shutdown)
         }
-        self.routing = Reloadable(
+        self.routing = Mutex(
             Routing(
                 table: Self.routeTable(subscriptions.map(\.filters)),
                 subscriptions: subscriptions,
@@ -142,7 +146,7 @@ package final class BackendRouter: UplinkSink, Sendable {
             throw RouterError("at most \(Self.maxServices) services can be configured")
         }
         return try self.reloading.withLock { _ in
-            let current = self.routing.value
+            let current = self.current
             var unused = Dictionary(
                 zip(current.subscriptions, current.services).map { (Self.identity($0), ($0.name, $1)) },
                 uniquingKeysWith: { first, _ in first }
@@ -168,7 +172,7 @@ package final class BackendRouter: UplinkSink, Sendable {
             let table = Self.routeTable(subscriptions.map(\.filters))
             let routes = { (subscriptions: [Subscription]) in subscriptions.map { "\($0.name):\($0.filters)" } }
             change.routes = routes(current.subscriptions) != routes(subscriptions)
-            self.routing.replace(with: Routing(table: table, subscriptions: subscriptions, services: services))
+            self.routing.withLock { $0 = Routing(table: table, subscriptions: subscriptions, services: services) }
             for (name, deliveries) in unused.values {
                 change.removed.append(name)
                 for delivery in deliveries { delivery.retire() }
@@ -183,11 +187,11 @@ package final class BackendRouter: UplinkSink, Sendable {
     /// `ServiceGroup` stops them in reverse order; all services' deliveries stop together, so the
     /// stop takes at most about one `deadline` however many services and loops there are.
     package var lifecycleServices: [any Service] {
-        let interval = self.routing.value.subscriptions.map(\.rebalanceSeconds).min() ?? 300
+        let interval = self.current.subscriptions.map(\.rebalanceSeconds).min() ?? 300
         return [self.supervisor, Rebalancer(intervalSeconds: interval) { [weak self] in self?.allDeliveries ?? [] }]
     }
 
-    private var allDeliveries: [ServiceDelivery] { Array(self.routing.value.services.joined()) }
+    private var allDeliveries: [ServiceDelivery] { Array(self.current.services.joined()) }
 
     /// Messages inside delivery, counted once per service: in flight, waiting for a window,
     /// or lingering.
@@ -203,7 +207,7 @@ package final class BackendRouter: UplinkSink, Sendable {
     /// Where an edge batch goes: the synchronous part of `deliver`, which takes the same
     /// decision (the hot-path benchmarks call this to route as the gateway does).
     package func route(_ batch: [UplinkMessage]) -> BatchRoute {
-        let routing = self.routing.value
+        let routing = self.current
         return Self.route(batch, table: routing.table, services: routing.services.count)
     }
 
@@ -251,7 +255,7 @@ package final class BackendRouter: UplinkSink, Sendable {
         completion: @escaping @Sendable ([DeliveryOutcome]) -> Void
     ) {
         // One snapshot for the whole batch: the table's numbering is its services'.
-        let routing = self.routing.value
+        let routing = self.current
         guard !batch.isEmpty else { return completion([]) }
         // A service's delivery answers on its own loop: for a loop outside the group (tests'
         // embedded loops, served by the first loop's deliveries), the answer hops back.
