@@ -59,8 +59,11 @@ struct DeliveryQueue<Element> {
         if self.isStopped { return .stopped }
         let earliestRetry = self.retries.lazy.map(\.time).min()
         if let earliestRetry, earliestRetry <= now { return .ready }
-        guard let oldest = self.fresh.first else { return .wait(until: earliestRetry, lingering: false) }
-        let lingerEnds = oldest.time + self.linger
+        guard !self.fresh.isEmpty else { return .wait(until: earliestRetry, lingering: false) }
+        // Without a linger (the default) the oldest message's time does not matter: not reading
+        // it spares a copy of the whole item (its topic and payload retained and released).
+        if self.linger <= .zero { return .ready }
+        let lingerEnds = self.fresh[self.fresh.startIndex].time + self.linger
         if self.fresh.count < self.batchSize && lingerEnds > now {
             return .wait(until: min(lingerEnds, earliestRetry ?? lingerEnds), lingering: true)
         }
