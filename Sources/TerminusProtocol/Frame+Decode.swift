@@ -221,7 +221,10 @@ extension ByteBuffer {
             let same = self.withUnsafeReadableBytes({ bytes -> Bool? in
                 guard bytes.count >= 2 + Int(length) else { return nil }
                 return lastTopic.utf8.withContiguousStorageIfAvailable {
-                    $0.elementsEqual(UnsafeRawBufferPointer(rebasing: bytes[2..<(2 + Int(length))]))
+                    Self.bytesEqual(
+                        UnsafeRawBufferPointer($0),
+                        UnsafeRawBufferPointer(rebasing: bytes[2..<(2 + Int(length))])
+                    )
                 }
             }), same
         {
@@ -231,6 +234,25 @@ extension ByteBuffer {
         let topic = try self.readUTF8(lengthType: UInt16.self, field: "\(type) topic", code: .invalidTopic)
         if !topic.isEmpty && topic.utf8.count <= Frame.maxCachedTopicSize { lastTopic = topic }
         return topic
+    }
+
+    /// Eight bytes at a time: `elementsEqual` over the two buffers cost about 20 instructions a
+    /// byte (callgrind), on every message whose topic is its connection's last.
+    static func bytesEqual(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer) -> Bool {
+        guard a.count == b.count else { return false }
+        var offset = 0
+        while offset + 8 <= a.count {
+            guard
+                a.loadUnaligned(fromByteOffset: offset, as: UInt64.self)
+                    == b.loadUnaligned(fromByteOffset: offset, as: UInt64.self)
+            else { return false }
+            offset += 8
+        }
+        while offset < a.count {
+            guard a[offset] == b[offset] else { return false }
+            offset += 1
+        }
+        return true
     }
 
     /// Reads a length-prefixed string, rejecting invalid UTF-8 with `code`.

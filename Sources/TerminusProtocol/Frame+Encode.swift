@@ -7,11 +7,29 @@ extension ByteBuffer {
     /// validate device ids, topics and GOAWAY messages before building frames.
     @discardableResult
     public mutating func writeFrame(_ frame: Frame) -> Int {
+        if case .ack(let ack) = frame { return self.writeAck(ack) }
         let lengthIndex = self.writerIndex
         self.writeInteger(UInt32(0))
         let written = Self.writeFrameContent(frame, into: &self)
         self.setInteger(UInt32(written), at: lengthIndex)
         return 4 + written
+    }
+
+    /// Appends an ACK frame, the one frame written for every acknowledged message: its 14
+    /// bytes (length 10, type, flags 0, message id, status, retry-after; big-endian) stored at
+    /// once. Field by field, as `writeFrame` writes other frames, each of the six writes checks
+    /// capacity, uniqueness and exclusivity: about 2,000 instructions an ACK (callgrind).
+    @discardableResult
+    public mutating func writeAck(_ ack: Ack) -> Int {
+        self.writeWithUnsafeMutableBytes(minimumWritableBytes: 14) { bytes in
+            bytes.storeBytes(of: UInt32(10).bigEndian, toByteOffset: 0, as: UInt32.self)
+            bytes.storeBytes(of: FrameType.ack.rawValue, toByteOffset: 4, as: UInt8.self)
+            bytes.storeBytes(of: 0, toByteOffset: 5, as: UInt8.self)
+            bytes.storeBytes(of: ack.messageID.bigEndian, toByteOffset: 6, as: UInt32.self)
+            bytes.storeBytes(of: ack.status.rawValue.bigEndian, toByteOffset: 10, as: UInt16.self)
+            bytes.storeBytes(of: ack.retryAfterSeconds.bigEndian, toByteOffset: 12, as: UInt16.self)
+            return 14
+        }
     }
 
     private static func writeFrameContent(_ frame: Frame, into buffer: inout ByteBuffer) -> Int {
@@ -50,11 +68,8 @@ extension ByteBuffer {
                     written += buffer.writeImmutableBuffer(key)
                 }
                 written += buffer.writeImmutableBuffer(message.payload)
-            case .ack(let ack):
-                written += buffer.writeInteger(UInt8(0))
-                written += buffer.writeInteger(ack.messageID)
-                written += buffer.writeInteger(ack.status.rawValue)
-                written += buffer.writeInteger(ack.retryAfterSeconds)
+            case .ack:
+                preconditionFailure("writeFrame writes ACKs with writeAck")
             case .ping(let opaque), .pong(let opaque):
                 written += buffer.writeInteger(UInt8(0))
                 written += buffer.writeImmutableBuffer(opaque)

@@ -155,6 +155,55 @@ struct FrameRoundTripTests {
         #expect(throws: ProtocolError.self) { try again.decode(buffer: &truncated) }
     }
 
+    @Test("the kept topic is compared byte for byte: a difference in any 8-byte word or in the tail decodes afresh")
+    func topicReuseComparesEveryByte() throws {
+        // 39 bytes: four words of 8 and a tail of 7; one byte changed at each position.
+        let kept = "pay/merchant-000123/speaker-000456/done"
+        for position in [0, 7, 8, 20, 31, 32, 38] {
+            var bytes = Array(kept.utf8)
+            bytes[position] = bytes[position] == UInt8(ascii: "x") ? UInt8(ascii: "y") : UInt8(ascii: "x")
+            let other = String(decoding: bytes, as: UTF8.self)
+            var buffer = ByteBuffer()
+            for topic in [kept, other, kept] {
+                buffer.writeFrame(
+                    .publish(Message(messageID: 1, qos: .atLeastOnce, topic: topic, payload: ByteBuffer()))
+                )
+            }
+            var decoder = FrameDecoder(maxFrameLength: 1 << 20)
+            var topics: [String] = []
+            while case .publish(let message) = try decoder.decode(buffer: &buffer) { topics.append(message.topic) }
+            #expect(topics == [kept, other, kept], "byte \(position)")
+        }
+    }
+
+    @Test("ACKs are written as the document's 14 bytes, at any offset, one after another")
+    func ackEncoding() throws {
+        let acks = [
+            Ack(messageID: 1, status: .ok),
+            Ack(messageID: 0xDEAD_BEEF, status: .retryLater, retryAfterSeconds: 0xFFFF),
+            Ack(messageID: UInt32.max, status: TerminusCode(rawValue: 0xABCD), retryAfterSeconds: 5),
+        ]
+        // Odd offset: the fields land unaligned.
+        var buffer = ByteBuffer(bytes: [0xEE])
+        for ack in acks { #expect(buffer.writeAck(ack) == 14) }
+        #expect(buffer.readInteger(as: UInt8.self) == 0xEE)
+        var expected = ByteBuffer()
+        for ack in acks {
+            // The layout of docs/protocol.md, field by field.
+            expected.writeInteger(UInt32(10))
+            expected.writeInteger(FrameType.ack.rawValue)
+            expected.writeInteger(UInt8(0))
+            expected.writeInteger(ack.messageID)
+            expected.writeInteger(ack.status.rawValue)
+            expected.writeInteger(ack.retryAfterSeconds)
+        }
+        #expect(Array(buffer.readableBytesView) == Array(expected.readableBytesView))
+        var decoder = FrameDecoder(maxFrameLength: 1 << 20)
+        var decoded: [Ack] = []
+        while case .ack(let ack) = try decoder.decode(buffer: &buffer) { decoded.append(ack) }
+        #expect(decoded == acks)
+    }
+
     @Test("a waiting partial frame is not an error until EOF")
     func partialFrame() throws {
         var buffer = ByteBuffer()

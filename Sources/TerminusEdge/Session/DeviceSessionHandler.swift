@@ -343,7 +343,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, TimerWheelTarget, Delive
         } else {
             buffer = loop.allocator.buffer(capacity: 32)
         }
-        buffer.writeFrame(.ack(ack))
+        buffer.writeAck(ack)
         self.queuedAcks = buffer
         loop.metrics.framesSent &+= 1
         self.needsFlush = true
