@@ -4,6 +4,13 @@ internal import TerminusCompression
 internal import TerminusLeanTLS
 internal import TerminusSessions
 
+/// A topic that passed `Topic.validatePublishTopic` at `maxLength` (`EdgeLoopContext.validTopic`).
+struct ValidTopic {
+    var topic = ""
+    /// -1: nothing checked yet.
+    var maxLength = -1
+}
+
 /// Everything the sessions of one event loop share: the inflater (one zlib context per
 /// loop), the timer wheel, the uplink batcher and the draining flag. Confined to its loop.
 final class EdgeLoopContext {
@@ -25,6 +32,10 @@ final class EdgeLoopContext {
     /// buffer free and allocates nothing. An engine that holds it until the flush (nio-ssl)
     /// makes the next ACK allocate a fresh one of the same size, as it would without reuse.
     var ackScratch: ByteBuffer?
+    /// The last topic one of this loop's sessions found valid, with the length limit it was
+    /// checked against. A fleet's devices publish to few topics, so most messages compare
+    /// their topic with it (equal storage or a few bytes) instead of checking it again.
+    var validTopic = ValidTopic()
     var draining = false
     /// The lean TLS engine's AEAD state for this loop's connections, made at the first.
     private var aeadContext: AEADContext?

@@ -230,6 +230,41 @@ struct SessionHandlerTests {
         }
     }
 
+    @Test("a topic the loop validated is trusted for the same topic at the same limit only")
+    func validTopicCache() throws {
+        let sink = InMemorySink()
+        let edge = try EmbeddedEdge(sink: sink) { $0.maxTopicLength = 8 }
+        defer { edge.shutdown() }
+        let first = try edge.connect()
+        try first.establish("dev-topic-1")
+        try first.send(EmbeddedEdge.publish(1, topic: "pay/done"))
+        edge.loop.run()
+        #expect(edge.context.validTopic.topic == "pay/done" && edge.context.validTopic.maxLength == 8)
+        // Another device on the loop, the same topic: delivered; then topics the cache must
+        // not let through: a wildcard of the same length, and one over the limit.
+        let second = try edge.connect()
+        try second.establish("dev-topic-2")
+        try second.send(EmbeddedEdge.publish(2, topic: "pay/done"))
+        edge.loop.run()
+        #expect(sink.messages.filter { $0.topic == "pay/done" }.count == 2)
+        try second.send(EmbeddedEdge.publish(3, topic: "pay/don#"))
+        edge.loop.run()
+        #expect(EmbeddedSession.goAway(in: try second.received())?.code == .invalidTopic)
+        let third = try edge.connect()
+        try third.establish("dev-topic-3")
+        try third.send(EmbeddedEdge.publish(4, topic: "pay/done/"))
+        edge.loop.run()
+        #expect(EmbeddedSession.goAway(in: try third.received())?.code == .invalidTopic)
+        // Checked at another limit (as if by another configuration): checked again here.
+        edge.context.validTopic = ValidTopic(topic: "pay/done/long", maxLength: 64)
+        let fourth = try edge.connect()
+        try fourth.establish("dev-topic-4")
+        try fourth.send(EmbeddedEdge.publish(5, topic: "pay/done/long"))
+        edge.loop.run()
+        #expect(EmbeddedSession.goAway(in: try fourth.received())?.code == .invalidTopic)
+        #expect(!sink.messages.contains { $0.topic != "pay/done" && !$0.topic.hasPrefix("$") })
+    }
+
     @Test("reads pause at max_inflight and resume when outcomes arrive")
     func readPauseAndResume() throws {
         let sink = InMemorySink()
