@@ -21,10 +21,13 @@ enum DeliveryStreamFailure: Error, CustomStringConvertible {
     case silentConnection(pingTimeout: TimeAmount)
     /// The gateway's shutdown deadline (`drain.grace`) passed with the batch unanswered.
     case shutdownDeadline
+    /// The connection reached itself, not the backend (`Channel.isConnectedToItself`).
+    case connectedToItself
 
     var description: String {
         switch self {
         case .shutdownDeadline: "the gateway's shutdown deadline (drain.grace) passed"
+        case .connectedToItself: "the connection reached itself (a local port nothing listens on)"
         case .notConnected: "no open Deliver stream"
         case .streamEnded: "the Deliver stream ended before the batch was answered"
         case .deadlineExceeded: "no answer within the deadline"
@@ -291,7 +294,7 @@ final class DeliveryStream: Sendable {
             scheme: target.tls == nil ? "http" : "https",
             authority: target.authority
         )
-        return try await ClientBootstrap(group: self.loop)
+        let channel = try await ClientBootstrap(group: self.loop)
             .connectTimeout(target.connectTimeout)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .connect(host: target.host, port: target.port) { channel in
@@ -317,6 +320,11 @@ final class DeliveryStream: Sendable {
                     return channel
                 }
             }
+        if channel.isConnectedToItself {
+            channel.close(promise: nil)
+            throw DeliveryStreamFailure.connectedToItself
+        }
+        return channel
     }
 
     /// Takes no new batches and half-closes the stream; batches already written still get

@@ -1,6 +1,7 @@
 package import NIOCore
 internal import NIOPosix
 internal import NIOSSL
+internal import TerminusProtocol
 
 /// One connection to a Redis server. Commands are pipelined: `send` writes all of its commands
 /// with one flush, and answers are matched to commands in order (Redis answers in order). Each
@@ -63,6 +64,10 @@ package final class RedisConnection: Sendable {
             channel = try await bootstrap.connect(host: configuration.host, port: configuration.port).get()
         } catch {
             throw RedisError(.connectionFailed, "cannot connect to \(configuration.address): \(error)")
+        }
+        if channel.isConnectedToItself {
+            channel.close(promise: nil)
+            throw RedisError(.connectionFailed, "the connection to \(configuration.address) reached itself")
         }
         let connection: RedisConnection
         do {
