@@ -235,33 +235,28 @@ struct SessionHandlerTests {
         let sink = InMemorySink()
         let edge = try EmbeddedEdge(sink: sink) { $0.maxTopicLength = 8 }
         defer { edge.shutdown() }
-        let first = try edge.connect()
-        try first.establish("dev-topic-1")
-        try first.send(EmbeddedEdge.publish(1, topic: "pay/done"))
-        edge.loop.run()
+        /// A new device on the edge's one loop publishes one message to `topic`.
+        func publish(_ id: UInt32, _ topic: String) throws -> EmbeddedSession {
+            let session = try edge.connect()
+            try session.establish("dev-topic-\(id)")
+            try session.send(EmbeddedEdge.publish(id, topic: topic))
+            edge.loop.run()
+            return session
+        }
+        func refused(_ session: EmbeddedSession) throws -> Bool {
+            EmbeddedSession.goAway(in: try session.received())?.code == .invalidTopic
+        }
+        _ = try publish(1, "pay/done")
         #expect(edge.context.validTopic.topic == "pay/done" && edge.context.validTopic.maxLength == 8)
         // Another device on the loop, the same topic: delivered; then topics the cache must
         // not let through: a wildcard of the same length, and one over the limit.
-        let second = try edge.connect()
-        try second.establish("dev-topic-2")
-        try second.send(EmbeddedEdge.publish(2, topic: "pay/done"))
-        edge.loop.run()
+        _ = try publish(2, "pay/done")
         #expect(sink.messages.filter { $0.topic == "pay/done" }.count == 2)
-        try second.send(EmbeddedEdge.publish(3, topic: "pay/don#"))
-        edge.loop.run()
-        #expect(EmbeddedSession.goAway(in: try second.received())?.code == .invalidTopic)
-        let third = try edge.connect()
-        try third.establish("dev-topic-3")
-        try third.send(EmbeddedEdge.publish(4, topic: "pay/done/"))
-        edge.loop.run()
-        #expect(EmbeddedSession.goAway(in: try third.received())?.code == .invalidTopic)
+        #expect(try refused(publish(3, "pay/don#")))
+        #expect(try refused(publish(4, "pay/done/")))
         // Checked at another limit (as if by another configuration): checked again here.
         edge.context.validTopic = ValidTopic(topic: "pay/done/long", maxLength: 64)
-        let fourth = try edge.connect()
-        try fourth.establish("dev-topic-4")
-        try fourth.send(EmbeddedEdge.publish(5, topic: "pay/done/long"))
-        edge.loop.run()
-        #expect(EmbeddedSession.goAway(in: try fourth.received())?.code == .invalidTopic)
+        #expect(try refused(publish(5, "pay/done/long")))
         #expect(!sink.messages.contains { $0.topic != "pay/done" && !$0.topic.hasPrefix("$") })
     }
 
