@@ -28,7 +28,7 @@ struct RouteTableTests {
         #expect(try TopicFilter(filter).matches(topic) == expected)
     }
 
-    @Test("the route table agrees with each filter's own matching, empty levels and $ topics included")
+    @Test("the route table agrees with a level-by-level reference matcher, empty levels and $ topics included")
     func tableAgreesWithFilters() throws {
         let filters = [
             "pay/done", "pay/+", "+/done", "pay/#", "#", "+/+/status", "pay//x", "+/events/connected",
@@ -43,8 +43,61 @@ struct RouteTableTests {
         let table = RouteTable(routes: parsed.enumerated().map { ($1, $0) })
         for topic in topics {
             var expected = ServiceSet()
-            for (index, filter) in parsed.enumerated() where filter.matches(topic) { expected.insert(index) }
+            for (index, filter) in filters.enumerated() where referenceMatches(filter: filter, topic: topic) {
+                expected.insert(index)
+            }
             #expect(table.match(topic) == expected, "\(topic)")
+            for (index, filter) in parsed.enumerated() {
+                #expect(filter.matches(topic) == expected.contains(index), "\(filter) on \(topic)")
+            }
+        }
+    }
+
+    @Test("levels compare byte for byte, as MQTT: canonically equivalent spellings are different levels")
+    func byteForByte() throws {
+        let composed = "caf\u{E9}/x"
+        let decomposed = "cafe\u{301}/x"
+        #expect(composed == decomposed, "Swift strings compare them equal")
+        let table = RouteTable(routes: [(try TopicFilter(composed), 0), (try TopicFilter("cafe\u{301}/+"), 1)])
+        #expect(Array(table.match(composed)) == [0])
+        #expect(Array(table.match(decomposed)) == [1])
+        #expect(table.match("CAF\u{C9}/x").isEmpty)
+    }
+
+    @Test("random filters and topics over a small alphabet agree with the reference matcher")
+    func randomAgreement() throws {
+        // Few distinct levels, so that filters and topics share prefixes, wildcards and empty
+        // levels often; a fixed seed, so that a failure repeats.
+        var random = SplitMix64(seed: 0x7E57_2026)
+        let levels = ["a", "b", "", "ab", "$x", "tenant-4821", "0123456789abcdef", "\u{E9}"]
+        func pick(_ wildcards: Bool) -> String {
+            let count = 1 + Int(random.next() % 4)
+            var parts: [String] = []
+            for index in 0..<count {
+                let roll = random.next() % 10
+                if wildcards, roll == 0 {
+                    parts.append("+")
+                } else if wildcards, roll == 1, index == count - 1 {
+                    parts.append("#")
+                } else {
+                    parts.append(levels[Int(random.next() % UInt64(levels.count))])
+                }
+            }
+            // An empty filter is refused; "/" is two empty levels.
+            let text = parts.joined(separator: "/")
+            return wildcards && text.isEmpty ? "/" : text
+        }
+        for _ in 0..<200 {
+            let filters = (0..<Int(1 + random.next() % 64)).map { _ in pick(true) }
+            let table = RouteTable(routes: try filters.enumerated().map { (try TopicFilter($1), $0) })
+            for _ in 0..<20 {
+                let topic = pick(false)
+                var expected = ServiceSet()
+                for (index, filter) in filters.enumerated() where referenceMatches(filter: filter, topic: topic) {
+                    expected.insert(index)
+                }
+                #expect(table.match(topic) == expected, "\(topic) against \(filters)")
+            }
         }
     }
 
@@ -96,9 +149,14 @@ struct RouteTableTests {
         }
         let table = RouteTable(routes: routes)
         #expect(table.filterCount == 10_000)
-        for topic in ["tenant1/a/b", "tenant4/x/status", "t/device2/events", "tenant3/device/3", "none/here"] {
+        for topic in [
+            "tenant1/a/b", "tenant4/x/status", "t/device2/events", "tenant3/device/3", "none/here",
+            "tenant9999/device/9999", "tenant9998/x/status", "tenant9997", "tenant10000/device/10000",
+        ] {
             var expected = ServiceSet()
-            for (filter, service) in routes where filter.matches(topic) { expected.insert(service) }
+            for (filter, service) in routes where referenceMatches(filter: filter.text, topic: topic) {
+                expected.insert(service)
+            }
             #expect(table.match(topic) == expected, "\(topic)")
         }
     }
@@ -116,5 +174,41 @@ struct RouteTableTests {
         set.insert(63)
         #expect(set.only == nil)
         #expect(Array(set) == [5, 63])
+    }
+}
+
+/// MQTT matching written from the rules alone, level by level over byte arrays: the reference
+/// the trie is checked against (`TopicFilter.matches` is the trie itself, with one filter).
+private func referenceMatches(filter: String, topic: String) -> Bool {
+    func levels(_ text: String) -> [[UInt8]] {
+        Array(text.utf8).split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false).map(Array.init)
+    }
+    let filter = levels(filter)
+    let topic = levels(topic)
+    if topic[0].first == UInt8(ascii: "$"), filter[0] == Array("+".utf8) || filter[0] == Array("#".utf8) {
+        return false
+    }
+    for (index, level) in filter.enumerated() {
+        if level == Array("#".utf8) { return true }
+        guard index < topic.count else { return false }
+        if level != Array("+".utf8), level != topic[index] { return false }
+    }
+    return filter.count == topic.count
+}
+
+/// A seeded generator, so that the random test repeats.
+private struct SplitMix64 {
+    var state: UInt64
+
+    init(seed: UInt64) {
+        self.state = seed
+    }
+
+    mutating func next() -> UInt64 {
+        self.state &+= 0x9E37_79B9_7F4A_7C15
+        var value = self.state
+        value = (value ^ (value >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        value = (value ^ (value >> 27)) &* 0x94D0_49BB_1331_11EB
+        return value ^ (value >> 31)
     }
 }

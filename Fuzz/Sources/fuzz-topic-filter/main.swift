@@ -69,17 +69,19 @@ private func naiveIsValid(_ text: String) -> Bool {
     return true
 }
 
-/// MQTT matching, level by level. Levels compare as Swift strings (canonical equivalence), as
-/// the route table's dictionary of levels does.
+/// MQTT matching, level by level. Levels compare byte for byte (no Unicode normalization), as
+/// MQTT and the route table do.
 private func naiveMatches(filter: String, topic: String) -> Bool {
-    let f = levels(filter)
-    let t = levels(topic)
-    if topic.utf8.first == UInt8(ascii: "$") && (f[0] == "+" || f[0] == "#") { return false }
+    let f = levels(filter).map { Array($0.utf8) }
+    let t = levels(topic).map { Array($0.utf8) }
+    let plus = Array("+".utf8)
+    let hash = Array("#".utf8)
+    if topic.utf8.first == UInt8(ascii: "$") && (f[0] == plus || f[0] == hash) { return false }
     var i = 0
     while i < f.count {
-        if f[i] == "#" { return true }
+        if f[i] == hash { return true }
         if i == t.count { return false }
-        if f[i] != "+" && f[i] != t[i] { return false }
+        if f[i] != plus && f[i] != t[i] { return false }
         i += 1
     }
     return i == t.count
