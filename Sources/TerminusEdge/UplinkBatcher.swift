@@ -46,11 +46,15 @@ final class UplinkBatcher {
         self.metrics = metrics
     }
 
-    /// - Parameter waiter: the session to tell the outcome, if any.
-    func enqueue(_ message: UplinkMessage, waiter: (any DeliveryWaiter)?, kind: DeliveryKind) {
+    /// - Parameters:
+    ///   - message: consumed, so that the caller's message moves into the batch (a borrowed
+    ///     one is copied in: its strings' and buffers' retains, and their releases at the
+    ///     caller).
+    ///   - waiter: the session to tell the outcome, if any.
+    func enqueue(_ message: consuming UplinkMessage, waiter: (any DeliveryWaiter)?, kind: DeliveryKind) {
         if self.messages.isEmpty { self.startedAt = self.eventLoop.now }
-        self.messages.append(message)
         self.waiters.append((waiter, message.messageID, kind, self.startedAt))
+        self.messages.append(consume message)
         if self.messages.count >= self.maxBatchSize {
             self.flush()
         } else if !self.flushScheduled {
