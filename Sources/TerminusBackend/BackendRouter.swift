@@ -215,7 +215,7 @@ package final class BackendRouter: UplinkSink, Sendable {
         guard !batch.isEmpty else { return .noRoute }
         // The common case first, a lone message or an edge batch whose messages all match the
         // same services: matched once each, no plan built. (`batch[0].topic`, not `batch.first`:
-        // that copies the whole message, some 300 instructions of retains and releases.)
+        // that copies the whole message, about 250 instructions of retains and releases.)
         let matched = table.match(batch[0].topic)
         var same = 1
         while same < batch.count, table.match(batch[same].topic) == matched { same += 1 }
