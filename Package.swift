@@ -349,7 +349,7 @@ let package = Package(
         ),
         .testTarget(
             name: "TerminusRoutingTests",
-            dependencies: ["TerminusRouting"],
+            dependencies: ["TerminusRouting", "TerminusTestSupport"],
             swiftSettings: swiftSettings
         ),
         .testTarget(
@@ -384,6 +384,7 @@ let package = Package(
                 "TerminusProtocol",
                 "TerminusSessions",
                 "TerminusRouting",
+                "TerminusTestSupport",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),

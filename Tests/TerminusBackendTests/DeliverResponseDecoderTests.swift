@@ -2,6 +2,7 @@ import Foundation
 import NIOCore
 import SwiftProtobuf
 import TerminusAPI
+import TerminusTestSupport
 import Testing
 
 @testable import TerminusBackend

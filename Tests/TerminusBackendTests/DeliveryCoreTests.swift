@@ -3,21 +3,10 @@ import NIOPosix
 import Synchronization
 import TerminusProtocol
 import TerminusSessions
+import TerminusTestSupport
 import Testing
 
 @testable import TerminusBackend
-
-/// A seeded generator (SplitMix64), so draws repeat from run to run.
-struct SeededGenerator: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        self.state &+= 0x9E37_79B9_7F4A_7C15
-        var z = self.state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
 
 @Suite("Delivery core: queue, retry policy, outcome aggregator, window hand-over")
 struct DeliveryCoreTests {

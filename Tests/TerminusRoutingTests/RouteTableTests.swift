@@ -1,4 +1,5 @@
 import TerminusRouting
+import TerminusTestSupport
 import Testing
 
 @Suite("Topic filters and the route table")
@@ -68,7 +69,7 @@ struct RouteTableTests {
     func randomAgreement() throws {
         // Few distinct levels, so that filters and topics share prefixes, wildcards and empty
         // levels often; a fixed seed, so that a failure repeats.
-        var random = SplitMix64(seed: 0x7E57_2026)
+        var random = SeededGenerator(state: 0x7E57_2026)
         let levels = ["a", "b", "", "ab", "$x", "tenant-4821", "0123456789abcdef", "\u{E9}"]
         func pick(_ wildcards: Bool) -> String {
             let count = 1 + Int(random.next() % 4)
@@ -194,21 +195,4 @@ private func referenceMatches(filter: String, topic: String) -> Bool {
         if level != Array("+".utf8), level != topic[index] { return false }
     }
     return filter.count == topic.count
-}
-
-/// A seeded generator, so that the random test repeats.
-private struct SplitMix64 {
-    var state: UInt64
-
-    init(seed: UInt64) {
-        self.state = seed
-    }
-
-    mutating func next() -> UInt64 {
-        self.state &+= 0x9E37_79B9_7F4A_7C15
-        var value = self.state
-        value = (value ^ (value >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        value = (value ^ (value >> 27)) &* 0x94D0_49BB_1331_11EB
-        return value ^ (value >> 31)
-    }
 }
