@@ -492,6 +492,7 @@ if Context.environment["TERMINUS_CORE_ONLY"] == "1" {
         "TerminusSessions", "TerminusListeners", "TerminusMetrics", "TerminusEdge", "TerminusProtocolTests",
         "TerminusCompressionTests",
         "TerminusRoutingTests", "TerminusEdgeTests", "CTerminusOpenSSL", "TerminusLeanTLS", "TerminusLeanTLSTests",
+        "TerminusTestSupport",
     ]
     package.targets = package.targets.filter { core.contains($0.name) }
     package.products = package.products.filter { core.contains($0.name) }
