@@ -33,7 +33,7 @@ package enum TLS12Records {
     }
 
     /// Opens `record` (one complete record, as `nextRecord` gives it): its content type and
-    /// its content, decrypted into a new buffer.
+    /// its content, decrypted into the loop's plaintext arena (`AEADContext.plaintext`).
     package static func open(
         _ record: ByteBuffer,
         keys: inout TrafficKeys,
@@ -45,10 +45,9 @@ package enum TLS12Records {
         guard cipherLength <= Self.maxPlaintext else { throw LeanTLSError.recordOverflow }
         guard keys.canProtectAnotherRecord else { throw LeanTLSError.sequenceExhausted }
         let type = ContentType(rawValue: record.getInteger(at: record.readerIndex, as: UInt8.self)!)!
-        var plaintext = context.buffer(capacity: cipherLength, allocator: allocator)
         var authentic = false
         let aead = keys.suite.aead
-        plaintext.writeWithUnsafeMutableBytes(minimumWritableBytes: cipherLength) { output in
+        let plaintext = context.plaintext(capacity: cipherLength, allocator: allocator) { output in
             record.withUnsafeReadableBytes { input -> Int in
                 let base = input.baseAddress!.assumingMemoryBound(to: UInt8.self)
                 let ciphertext = base + Self.headerLength + explicit
@@ -66,7 +65,7 @@ package enum TLS12Records {
                                 aad,
                                 13,
                                 ciphertext,
-                                output.baseAddress!.assumingMemoryBound(to: UInt8.self),
+                                output,
                                 cipherLength,
                                 ciphertext + cipherLength
                             )
@@ -76,7 +75,6 @@ package enum TLS12Records {
             }
         }
         guard authentic else { throw LeanTLSError.badRecordMAC }
-        context.reuse(plaintext)
         return (type, plaintext)
     }
 

@@ -34,7 +34,11 @@ package final class InMemorySink: UplinkSink {
         let outcomes = batch.map(self.outcome)
         let hold = self.state.withLock { state -> Bool in
             for (message, outcome) in zip(batch, outcomes) where outcome == .accepted {
-                state.messages.append(message)
+                // Kept: copies of the slices of the read (see `UplinkSink`).
+                var kept = message
+                kept.payload = ByteBuffer(bytes: message.payload.readableBytesView)
+                kept.idempotencyKey = message.idempotencyKey.map { ByteBuffer(bytes: $0.readableBytesView) }
+                state.messages.append(kept)
             }
             if state.holding {
                 state.held.append(Held(eventLoop: eventLoop, completion: completion, outcomes: outcomes))

@@ -90,6 +90,12 @@ extension DeliveryOutcome {
 /// the "asynchronous accept"), but must call `completion` once, with exactly one outcome per
 /// message, in the batch's order. QoS 1 devices are acked only from these outcomes, so a
 /// sink that accepts a message promises not to lose it.
+///
+/// A message's `payload` and `idempotencyKey` are slices of the device's read (with the lean
+/// TLS engine, of the loop's arena of opened records), not copies: a sink that keeps a message
+/// past `deliver` keeps what it needs in buffers of its own (`BackendRouter` keeps the encoded
+/// protobuf; `InMemorySink` copies), or it would hold the whole read buffer, or the arena, for
+/// as long as it keeps the message.
 package protocol UplinkSink: Sendable {
     /// Called on `eventLoop`; `completion` must be called on `eventLoop` too (at once, inside
     /// this call, is allowed). A completion rather than a future: a lone message's round trip

@@ -279,7 +279,7 @@ struct LeanHandlerInteropTests {
     }
 
     @Test(
-        "records up to 2 KiB reuse the loop's buffers: records still waiting to be written or read, on this connection or another of the loop, keep their bytes"
+        "records up to 2 KiB reuse the loop's buffers (sealed) and arena (opened): records still waiting to be written or read, on this connection or another of the loop, keep their bytes"
     )
     func smallRecordsReused() throws {
         let files = try LeanHandshakeTests.Files()

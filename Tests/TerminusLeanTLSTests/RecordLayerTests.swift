@@ -130,6 +130,46 @@ struct RecordLayerTests {
         }
     }
 
+    @Test(
+        "opened plaintexts are consecutive slices of the loop's arena: each keeps its bytes as later ones are written, a full arena is replaced, a large one gets its own buffer"
+    )
+    func plaintextArena() throws {
+        let context = try AEADContext()
+        func bytes(_ seed: Int, _ count: Int) -> [UInt8] {
+            (0..<count).map { UInt8(truncatingIfNeeded: seed &* 7 &+ $0) }
+        }
+        func open(_ seed: Int, capacity: Int, written: Int) -> ByteBuffer {
+            context.plaintext(capacity: capacity, allocator: self.allocator) { output in
+                for (index, byte) in bytes(seed, written).enumerated() { output[index] = byte }
+                return written
+            }
+        }
+        // 100 records of up to 300 bytes, 280 written (a record's padding and type are dropped
+        // the same way): a record goes to the arena while 300 bytes are left in it, so 58 fit
+        // in one of 16 KiB, and the other 42 go to a second.
+        var held: [ByteBuffer] = []
+        for seed in 0..<100 { held.append(open(seed, capacity: 300, written: 280)) }
+        let perArena = (AEADContext.plaintextArenaSize - 300) / 280 + 1
+        #expect(perArena == 58)
+        #expect(context.plaintextArenaUsed == (100 - perArena) * 280)
+        for (seed, plaintext) in held.enumerated() { #expect(Array(plaintext.readableBytesView) == bytes(seed, 280)) }
+        // A holder that writes to its slice gets a copy of its own; its neighbour is untouched,
+        // and so is the next record opened after it.
+        held[98].writeBytes([1, 2, 3])
+        #expect(Array(held[98].readableBytesView) == bytes(98, 280) + [1, 2, 3])
+        let next = open(100, capacity: 300, written: 300)
+        #expect(Array(held[99].readableBytesView) == bytes(99, 280))
+        #expect(Array(next.readableBytesView) == bytes(100, 300))
+        // Past `largestReused`: a buffer of its own, and the arena does not move.
+        let used = context.plaintextArenaUsed
+        let large = open(101, capacity: AEADContext.largestReused + 1, written: AEADContext.largestReused + 1)
+        #expect(Array(large.readableBytesView) == bytes(101, AEADContext.largestReused + 1))
+        #expect(context.plaintextArenaUsed == used)
+        // A record that did not authenticate writes nothing and takes no room.
+        #expect(open(102, capacity: 300, written: 0).readableBytes == 0)
+        #expect(context.plaintextArenaUsed == used)
+    }
+
     @Test("headers no TLS 1.3 peer sends after the handshake are refused before the body arrives")
     func headers() throws {
         var handshake = ByteBuffer(bytes: [22, 3, 3, 0, 40])

@@ -224,17 +224,12 @@ extension DeviceSessionHandler {
             connectionID: self.connectionID,
             epoch: self.shared.epoch,
             sequence: self.sequence,
-            idempotencyKey: message.idempotencyKey.map { key in
-                // An exact copy: a slice would pin the whole read buffer (see `payload(of:)`).
-                var copy = self.loop.allocator.buffer(capacity: key.readableBytes)
-                copy.writeImmutableBuffer(key)
-                return copy
-            }
+            idempotencyKey: message.idempotencyKey
         )
         self.loop.batcher.enqueue(uplink, waiter: self, kind: message.qos == .atLeastOnce ? .atLeastOnce : .atMostOnce)
     }
 
-    /// The message's payload, inflated, and never a slice of the read buffer.
+    /// The message's payload: inflated when compressed, else a slice of the read.
     private func payload(of message: Message) throws(ProtocolError) -> ByteBuffer {
         if message.compressed {
             do {
@@ -254,14 +249,11 @@ extension DeviceSessionHandler {
                 }
             }
         }
-        let payload = message.payload
-        guard payload.storageCapacity > 2 * payload.readableBytes + 256 else { return payload }
-        // A slice of the read buffer would keep the whole buffer (often 16 KiB or more) alive
-        // for as long as the message waits for its backends, which under a slow backend is
-        // seconds, for thousands of messages. An exact copy is ~100 ns.
-        var copy = self.loop.allocator.buffer(capacity: payload.readableBytes)
-        copy.writeImmutableBuffer(payload)
-        return copy
+        // A slice of the read, not a copy: nothing keeps it past the tick's edge batch (the
+        // backend router encodes a message before it waits for a service's window; see
+        // `UplinkSink`). A copy cost an allocation a message, and with the lean engine's arena
+        // of opened records every payload would be copied.
+        return message.payload
     }
 
     private func resolveTopic(_ message: Message) throws(ProtocolError) -> String {

@@ -251,9 +251,12 @@ final class DeviceSessionHandler: ChannelDuplexHandler, TimerWheelTarget, Delive
         guard self.machine.isReading else { return }
         let buffered = buffer.readableBytes > 0
         if buffered {
-            // Keep only the bytes not handled yet.
-            if buffer.readerIndex > 0 { buffer.discardReadBytes() }
-            self.partialFrame = buffer
+            // Only the bytes not handled yet, in a buffer of their own: the read may be a slice
+            // of the loop's shared plaintext (the lean engine opens a tick's small records into
+            // one 16 KiB arena), which a frame trickled over minutes must not hold.
+            var kept = context.channel.allocator.buffer(capacity: buffer.readableBytes)
+            kept.writeBuffer(&buffer)
+            self.partialFrame = kept
         }
         // The usual read ends on a frame boundary with no frame pending: no clock read.
         guard buffered || self.machine.hasPartialFrame else { return }
