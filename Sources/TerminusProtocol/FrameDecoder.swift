@@ -11,8 +11,8 @@ public struct FrameDecoder: NIOSingleStepByteToMessageDecoder, Sendable {
 
     /// The largest accepted value of the length prefix (type + flags + body).
     public var maxFrameLength: Int
-    /// The last message's topic, which the next one with the same bytes reuses.
-    private var lastTopic = ""
+    /// The last two messages' topics, which the next one with the same bytes reuses.
+    private var recentTopics = RecentTopics()
 
     public init(maxFrameLength: Int) {
         self.maxFrameLength = maxFrameLength
@@ -31,7 +31,7 @@ public struct FrameDecoder: NIOSingleStepByteToMessageDecoder, Sendable {
         let type = buffer.readInteger(as: UInt8.self)!
         let flags = buffer.readInteger(as: UInt8.self)!
         var body = buffer.readSlice(length: Int(length) - WireProtocol.typeAndFlagsSize)!
-        return try Frame.decode(type: type, flags: flags, body: &body, lastTopic: &self.lastTopic)
+        return try Frame.decode(type: type, flags: flags, body: &body, topics: &self.recentTopics)
     }
 
     public mutating func decodeLast(buffer: inout ByteBuffer, seenEOF: Bool) throws -> Frame? {

@@ -101,15 +101,16 @@ struct FrameRoundTripTests {
     }
 
     @Test(
-        "a connection's decoder hands the last topic's own string to a message with the same topic bytes, and decodes any other topic afresh"
+        "a connection's decoder hands a kept topic's own string (its last two) to a message with the same topic bytes, and decodes any other topic afresh"
     )
     func topicReuse() throws {
         let long = "pay/merchant-000123/speaker-000456/done"
         let sameLength = "pay/merchant-000123/speaker-000456/dona"
+        let third = "pay/merchant-000123/speaker-000456/third"
         let tooLong = String(repeating: "t", count: 129)
         let sent: [(topic: String, alias: UInt16?)] = [
             (long, nil), (long, nil), (sameLength, nil), (long, nil), ("", 3), (long, 3), (tooLong, nil),
-            (tooLong, nil), (long, nil),
+            (tooLong, nil), (long, nil), (third, nil), (sameLength, nil), (long, nil),
         ]
         var buffer = ByteBuffer()
         for (index, (topic, alias)) in sent.enumerated() {
@@ -137,9 +138,13 @@ struct FrameRoundTripTests {
         }
         #expect(storage(1) == storage(0), "the same topic again: the first message's string")
         #expect(storage(2) != storage(0), "same length, other bytes: decoded afresh")
-        #expect(storage(3) != storage(0) && storage(5) == storage(3), "an aliased empty topic leaves the last one")
+        #expect(storage(3) == storage(0), "the topic before the last is kept too: two topics alternate")
+        #expect(storage(5) == storage(3), "an aliased empty topic leaves the kept ones")
         #expect(storage(7) != storage(6), "a topic above 128 bytes is not kept")
-        #expect(storage(8) == storage(3), "and leaves the one kept before")
+        #expect(storage(8) == storage(0), "and leaves the ones kept before")
+        // `third` is kept with `long` (used last): `sameLength`, unused since, was let go.
+        #expect(storage(10) != storage(2), "a third topic lets the least recent go")
+        #expect(storage(11) != storage(0), "and the next lets the one before go")
 
         // The whole topic must be in the frame before it is compared: a truncated body with a
         // kept topic's length is malformed, as without one.
