@@ -244,15 +244,14 @@ final class ServiceDelivery: Service, Sendable {
     }
 
     /// Queues `messages`, whose window permits are already taken, and sends what can go; gives
-    /// the permits back with the outcomes.
+    /// the permits back with the outcomes. On the loop only (`deliver`'s path with room in the
+    /// window); messages that waited come through `enqueue(encoded:)`.
     private func enqueue(
         _ messages: ArraySlice<UplinkMessage>,
         from eventLoop: any EventLoop,
         completion: @escaping @Sendable ([DeliveryOutcome]) -> Void
     ) {
-        if !self.eventLoop.inEventLoop {
-            return self.enqueue(encoded: self.encoded(messages), from: eventLoop, completion: completion)
-        }
+        assert(self.eventLoop.inEventLoop)
         guard let (ticket, now) = self.admit(messages.count, completion: completion) else { return }
         let sender = self.sender.value
         // One buffer for the edge batch; each entry takes its message's slice of it, straight
