@@ -55,6 +55,10 @@ package enum DeliverResponseDecoder {
         mutating func response() -> Terminus_V1_DeliverResponse? {
             var response = Terminus_V1_DeliverResponse()
             let end = self.bytes.count
+            // The results' array sized once: appended to one by one it is regrown at 1, 2, 4, …
+            // results (2.4 allocations for an answer to three messages, `Benchmarks/profile
+            // --tool mallocs`). Bound: one result per two bytes of the answer.
+            response.results.reserveCapacity(self.resultCount())
             while self.index < end {
                 switch self.bytes[self.index] {
                 case 0x0A:  // results (1), length-delimited
@@ -72,6 +76,30 @@ package enum DeliverResponseDecoder {
                 }
             }
             return response
+        }
+
+        /// How many results (field 1) the answer holds, counted by skipping from field to field
+        /// without reading them; stops, with the count so far, at anything `response()` would
+        /// hand to SwiftProtobuf.
+        func resultCount() -> Int {
+            var reader = self
+            var count = 0
+            let end = self.bytes.count
+            while reader.index < end {
+                switch reader.bytes[reader.index] {
+                case 0x0A:
+                    reader.index += 1
+                    guard let resultEnd = reader.body(end: end) else { return count }
+                    reader.index = resultEnd
+                    count += 1
+                case 0x10:
+                    reader.index += 1
+                    guard reader.varint(end: end) != nil else { return count }
+                default:
+                    return count
+                }
+            }
+            return count
         }
 
         mutating func result(end: Int) -> Terminus_V1_DeliverResult? {

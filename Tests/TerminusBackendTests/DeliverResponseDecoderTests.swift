@@ -27,6 +27,11 @@ struct DeliverResponseDecoderTests {
         }
     }
 
+    /// The results the fast path counts before reading them (the size it reserves).
+    static func counted(_ bytes: [UInt8]) -> Int {
+        bytes.withUnsafeBytes { DeliverResponseDecoder.Reader(bytes: $0).resultCount() }
+    }
+
     static func response(
         results: Int,
         batchID: UInt64,
@@ -87,6 +92,7 @@ struct DeliverResponseDecoderTests {
             if ascii && batchID < (1 << 63) {
                 asciiOnly += 1
                 if Self.fast(bytes) == response { tookFast += 1 }
+                #expect(Self.counted(bytes) == response.results.count)
             } else {
                 #expect(Self.fast(bytes) == nil)
             }
@@ -100,6 +106,7 @@ struct DeliverResponseDecoderTests {
         var generator = SeededGenerator(state: 99)
         var failures = 0
         var fastSuccesses = 0
+        var miscounted = 0
         var disagreements: [[UInt8]] = []
         // Tags and bytes that matter: the fields' own tags, wrong wire types for them, an
         // unknown field, group tags, continuation bytes, invalid UTF-8.
@@ -126,8 +133,13 @@ struct DeliverResponseDecoderTests {
             }
             if !Self.agree(bytes) { disagreements.append(bytes) }
             if (try? Terminus_V1_DeliverResponse(serializedBytes: bytes)) == nil { failures += 1 }
-            if Self.fast(bytes) != nil { fastSuccesses += 1 }
+            if let answer = Self.fast(bytes) {
+                fastSuccesses += 1
+                // Wherever the fast path reads an answer, it reserved exactly its results.
+                if Self.counted(bytes) != answer.results.count { miscounted += 1 }
+            }
         }
+        #expect(miscounted == 0)
         #expect(disagreements.isEmpty, "first: \(disagreements.first.map { $0.map { String($0, radix: 16) } } ?? [])")
         // The mutations reach both outcomes and both paths.
         #expect(failures > 1_000)
