@@ -28,18 +28,15 @@ final class UplinkBatcher {
     private let sink: any UplinkSink
     private let maxBatchSize: Int
     private var messages: [UplinkMessage] = []
-    private var waiters: [((any DeliveryWaiter)?, UInt32, DeliveryKind, NIODeadline)] = []
-    private var flushScheduled = false
-    /// The size the next batch's waiters' array is reserved at when its first message arrives:
-    /// the last batch's count, at least `Self.reservedWaiters`, at most `maxBatchSize`. So the
-    /// array is allocated once rather than regrown at 1, 2, 4, … entries (2.4 allocations for an
-    /// edge batch of three messages, `Benchmarks/profile --tool mallocs`). The waiters' array
+    /// Reserved when the batch before is handed over (`reserved(after:maxBatchSize:)`), so it is
+    /// allocated once rather than regrown at 1, 2, 4, … entries as messages arrive (2.4
+    /// allocations for an edge batch of three messages, `Benchmarks/profile --tool mallocs`). The waiters' array
     /// goes with the batch (its completion holds it), so it cannot be reused as the messages'
-    /// array is.
-    private var reservation: Int
-    /// Lone messages come in batches of one to a few, varying tick by tick; eight entries
-    /// (about 300 bytes) hold most of them.
-    static let reservedWaiters = 8
+    /// array is. Reserved there, not at the first `enqueue`: each read or write of a class's
+    /// stored property is an exclusivity check at run time, about 45 instructions (callgrind,
+    /// `hot-path`).
+    private var waiters: [Waiter]
+    private var flushScheduled = false
     /// When the batch being gathered got its first message (this tick).
     private var startedAt = NIODeadline.uptimeNanoseconds(0)
     private let metrics: EdgeLoopMetrics
@@ -53,7 +50,7 @@ final class UplinkBatcher {
         self.eventLoop = eventLoop
         self.sink = sink
         self.maxBatchSize = max(1, maxBatchSize)
-        self.reservation = min(Self.reservedWaiters, self.maxBatchSize)
+        self.waiters = Self.reserved(after: 0, maxBatchSize: self.maxBatchSize)
         self.metrics = metrics
     }
 
@@ -63,10 +60,7 @@ final class UplinkBatcher {
     ///     caller).
     ///   - waiter: the session to tell the outcome, if any.
     func enqueue(_ message: consuming UplinkMessage, waiter: (any DeliveryWaiter)?, kind: DeliveryKind) {
-        if self.messages.isEmpty {
-            self.startedAt = self.eventLoop.now
-            if self.waiters.capacity < self.reservation { self.waiters.reserveCapacity(self.reservation) }
-        }
+        if self.messages.isEmpty { self.startedAt = self.eventLoop.now }
         self.waiters.append((waiter, message.messageID, kind, self.startedAt))
         self.messages.append(consume message)
         if self.messages.count >= self.maxBatchSize {
@@ -86,9 +80,8 @@ final class UplinkBatcher {
         // The completion captures `waiters` alone: a closure over one reference needs no
         // context allocation (the allocation gate counts it).
         let waiters = BatchWaiters(entries: self.waiters)
-        self.reservation = min(max(self.waiters.count, Self.reservedWaiters), self.maxBatchSize)
         self.messages = []
-        self.waiters = []
+        self.waiters = Self.reserved(after: waiters.entries.count, maxBatchSize: self.maxBatchSize)
         self.sink.deliver(batch, on: self.eventLoop) { outcomes in waiters.complete(outcomes) }
         // The messages' array is only read while the sink takes the batch (the backend router
         // copies what it queues): when nothing else holds it now, its storage carries the next
@@ -103,12 +96,31 @@ final class UplinkBatcher {
     }
 }
 
+extension UplinkBatcher {
+    /// A session waiting for a message's outcome: the session, the message's id, its kind, and
+    /// when its edge batch began.
+    typealias Waiter = ((any DeliveryWaiter)?, UInt32, DeliveryKind, NIODeadline)
+
+    /// Lone messages come in batches of one to a few, varying tick by tick; eight entries (32
+    /// bytes each) hold most of them.
+    static let reservedWaiters = 8
+
+    /// An empty waiters' array for the batch after one of `count` messages: room for as many,
+    /// at least `reservedWaiters`, at most `maxBatchSize` (8 KiB at the default 256, held by an
+    /// idle loop after a full batch until its next one).
+    static func reserved(after count: Int, maxBatchSize: Int) -> [Waiter] {
+        var waiters: [Waiter] = []
+        waiters.reserveCapacity(min(max(count, Self.reservedWaiters), maxBatchSize))
+        return waiters
+    }
+}
+
 /// The sessions waiting for one handed-over batch, in the batch's order.
 ///
 /// `@unchecked Sendable`: the sink calls its completion on the batcher's loop (the contract of
 /// `UplinkSink`), the only place the waiters are touched.
 private struct BatchWaiters: @unchecked Sendable {
-    let entries: [((any DeliveryWaiter)?, UInt32, DeliveryKind, NIODeadline)]
+    let entries: [UplinkBatcher.Waiter]
 
     func complete(_ answer: [DeliveryOutcome]) {
         let outcomes =

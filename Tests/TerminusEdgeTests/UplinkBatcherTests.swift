@@ -156,4 +156,15 @@ struct UplinkBatcherTests {
         loop.run()
         #expect(sink.batches.count == 1)
     }
+
+    @Test("the next batch's waiters are reserved at the last batch's size: at least 8, at most max_batch_size")
+    func reservedWaiters() {
+        #expect(MemoryLayout<UplinkBatcher.Waiter>.stride == 32)
+        for (count, maxBatchSize, expected) in [(0, 256, 8), (3, 256, 8), (40, 256, 40), (300, 256, 256), (5, 4, 4)] {
+            let waiters = UplinkBatcher.reserved(after: count, maxBatchSize: maxBatchSize)
+            #expect(waiters.isEmpty)
+            // The allocator may round up; never below the reservation, never a doubling above it.
+            #expect(waiters.capacity >= expected && waiters.capacity < 2 * expected, "after \(count)")
+        }
+    }
 }
