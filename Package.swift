@@ -50,8 +50,8 @@ let package = Package(
             name: "CTerminusZlib",
             linkerSettings: [.linkedLibrary("z")]
         ),
-        // A thin module over the system OpenSSL 3 (libssl-dev): the lean TLS engine's AEADs
-        // and, later, its handshake.
+        // A thin module over the system OpenSSL 3 (libssl-dev): the lean TLS engine's handshake
+        // and TLS 1.2's PRF.
         .target(
             name: "CTerminusOpenSSL",
             linkerSettings: [.linkedLibrary("ssl"), .linkedLibrary("crypto")]
@@ -60,6 +60,10 @@ let package = Package(
         // gateway's heap trimmer (`limits.heap_trim`).
         .target(name: "CTerminusMalloc"),
         // The lean TLS engine (issue 16): TLS 1.3 record protection with per-thread AEAD state.
+        // Records are sealed with the BoringSSL that swift-nio-ssl builds (its `CNIOBoringSSL`
+        // module, which comes with the NIOSSL product: not swift-nio-ssl's API, so a new
+        // swift-nio-ssl may need this code changed; `RecordLayerTests` checks RFC 8448's records
+        // byte for byte and the interop tests every suite against OpenSSL's client).
         .target(
             name: "TerminusLeanTLS",
             dependencies: [
@@ -521,7 +525,7 @@ if Context.environment["TERMINUS_BENCHMARKS"] == "1" {
         // runs it under callgrind for instructions per message.
         .executableTarget(
             name: "terminus-instructions",
-            dependencies: ["TerminusBenchmarkFixtures"] + fixtureModules,
+            dependencies: ["TerminusBenchmarkFixtures", "TerminusLeanTLS"] + fixtureModules,
             path: "Benchmarks/Sources/terminus-instructions"
         ),
         .executableTarget(

@@ -70,9 +70,9 @@ final class EdgeLoopContext {
 
 extension EdgeLoopContext {
     /// This loop's AEAD context (the lean TLS engine), made when first asked for.
-    func aead() throws -> AEADContext {
+    func aead() -> AEADContext {
         if let made = self.aeadContext { return made }
-        let made = try AEADContext()
+        let made = AEADContext()
         self.aeadContext = made
         return made
     }

@@ -365,7 +365,7 @@ package final class EdgeServer: Sendable {
         if let context = shared.tlsContext?.value {
             try sync.addHandler(NIOSSLServerHandler(context: context))
         } else if let context = shared.leanContext?.value {
-            try sync.addHandler(LeanTLSServerHandler(context: context, aead: try loop.aead()))
+            try sync.addHandler(LeanTLSServerHandler(context: context, aead: loop.aead()))
         }
         try sync.addHandler(DeviceSessionHandler(shared: shared, loop: loop, now: loop.eventLoop.now))
     }

@@ -1,6 +1,17 @@
 internal import CTerminusOpenSSL
 internal import Crypto
 
+/// The AEADs of TLS 1.3 and of TLS 1.2's ECDHE AEAD suites, as the record layer seals and opens
+/// records with them (`AEADContext`).
+package enum AEADAlgorithm: Sendable {
+    case aes128GCM
+    case aes256GCM
+    case chacha20Poly1305
+
+    /// The key's length in bytes.
+    package var keyLength: Int { self == .aes128GCM ? 16 : 32 }
+}
+
 /// The cipher suites the lean engine's record layer protects records with: TLS 1.3's three,
 /// and TLS 1.2's ECDHE suites with the same AEADs.
 package enum LeanCipherSuite: UInt16, Sendable, CaseIterable {
@@ -18,12 +29,7 @@ package enum LeanCipherSuite: UInt16, Sendable, CaseIterable {
     package var isTLS13: Bool { self.rawValue >> 8 == 0x13 }
 
     /// The AEAD key's length in bytes.
-    package var keyLength: Int {
-        switch self.aead {
-        case TERMINUS_AEAD_AES_128_GCM: 16
-        default: 32
-        }
-    }
+    package var keyLength: Int { self.aead.keyLength }
 
     /// The length of the suite's hash: each TLS 1.3 traffic secret's, and TLS 1.2's PRF hash.
     package var hashLength: Int {
@@ -48,14 +54,14 @@ package enum LeanCipherSuite: UInt16, Sendable, CaseIterable {
         }
     }
 
-    var aead: terminus_aead {
+    var aead: AEADAlgorithm {
         switch self {
         case .tls13AES128GCMSHA256, .ecdheECDSAWithAES128GCMSHA256, .ecdheRSAWithAES128GCMSHA256:
-            TERMINUS_AEAD_AES_128_GCM
+            .aes128GCM
         case .tls13AES256GCMSHA384, .ecdheECDSAWithAES256GCMSHA384, .ecdheRSAWithAES256GCMSHA384:
-            TERMINUS_AEAD_AES_256_GCM
+            .aes256GCM
         case .tls13ChaCha20Poly1305SHA256, .ecdheRSAWithChaCha20Poly1305SHA256, .ecdheECDSAWithChaCha20Poly1305SHA256:
-            TERMINUS_AEAD_CHACHA20_POLY1305
+            .chacha20Poly1305
         }
     }
 }

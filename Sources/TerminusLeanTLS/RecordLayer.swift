@@ -1,10 +1,9 @@
-internal import CTerminusOpenSSL
+internal import CNIOBoringSSL
 package import NIOCore
 
 /// The AEAD state of one thread (an event loop): every record of every lean TLS connection on
 /// that thread is sealed and opened with it. Use it on its thread only.
 package final class AEADContext {
-    let pointer: OpaquePointer
     /// Buffers for sealed records, one per size class: each power of two from `smallestReused`
     /// to `largestReused` bytes. A record takes its class's buffer when nothing holds it any
     /// more (the socket wrote it: most records), and allocates otherwise. Each class
@@ -25,13 +24,113 @@ package final class AEADContext {
     private var plaintexts = ByteBuffer()
     package static let plaintextArenaSize = 16 * 1024
 
-    /// Fails when the system OpenSSL lacks one of the AEADs.
-    package init() throws {
-        guard let pointer = terminus_aead_context_new() else { throw LeanTLSError.internalError("no AEAD context") }
-        self.pointer = pointer
+    /// BoringSSL's AEAD state (`EVP_AEAD_CTX`, 576 bytes), keyed afresh for each record with
+    /// that record's key: the loop's connections share it, so a connection keeps only its key,
+    /// IV and sequence number. swift-nio-ssl's BoringSSL rather than the system OpenSSL 3 the
+    /// handshake uses: OpenSSL 3's `EVP` interface looks its parameters up by name on every
+    /// record (`EVP_CipherInit_ex2` asks the provider for the key and IV lengths, the tag goes
+    /// through `EVP_CIPHER_CTX_ctrl`), 440 ns a 250-byte record against BoringSSL's 230,
+    /// key schedule included (docs/benchmarks.md).
+    private let state: UnsafeMutablePointer<EVP_AEAD_CTX>
+
+    package init() {
+        self.state = .allocate(capacity: 1)
+        EVP_AEAD_CTX_zero(self.state)
     }
 
-    deinit { terminus_aead_context_free(self.pointer) }
+    deinit {
+        EVP_AEAD_CTX_cleanup(self.state)
+        self.state.deallocate()
+    }
+
+    /// Encrypts `length` bytes from `input` into `output` (the same pointer: in place) with
+    /// `key` and the 12-byte `nonce`, authenticating `aad` too, and writes the 16-byte tag to
+    /// `tag`. False on failure.
+    func seal(
+        _ aead: AEADAlgorithm,
+        key: UnsafePointer<UInt8>,
+        nonce: UnsafePointer<UInt8>,
+        aad: UnsafePointer<UInt8>,
+        aadLength: Int,
+        input: UnsafePointer<UInt8>,
+        output: UnsafeMutablePointer<UInt8>,
+        length: Int,
+        tag: UnsafeMutablePointer<UInt8>
+    ) -> Bool {
+        guard self.key(aead, key) else { return false }
+        defer { EVP_AEAD_CTX_cleanup(self.state) }
+        var tagLength = 0
+        let sealed = EVP_AEAD_CTX_seal_scatter(
+            self.state,
+            output,
+            tag,
+            &tagLength,
+            TLS13Records.tagLength,
+            nonce,
+            12,
+            input,
+            length,
+            nil,
+            0,
+            aad,
+            aadLength
+        )
+        return Self.succeeded(sealed)
+    }
+
+    /// Decrypts `length` bytes from `input` into `output` (or in place) and checks the 16-byte
+    /// `tag`: true when the record is authentic (else `output` holds nothing meaningful).
+    func open(
+        _ aead: AEADAlgorithm,
+        key: UnsafePointer<UInt8>,
+        nonce: UnsafePointer<UInt8>,
+        aad: UnsafePointer<UInt8>,
+        aadLength: Int,
+        input: UnsafePointer<UInt8>,
+        output: UnsafeMutablePointer<UInt8>,
+        length: Int,
+        tag: UnsafePointer<UInt8>
+    ) -> Bool {
+        guard self.key(aead, key) else { return false }
+        defer { EVP_AEAD_CTX_cleanup(self.state) }
+        let opened = EVP_AEAD_CTX_open_gather(
+            self.state,
+            output,
+            nonce,
+            12,
+            input,
+            length,
+            tag,
+            TLS13Records.tagLength,
+            aad,
+            aadLength
+        )
+        return Self.succeeded(opened)
+    }
+
+    private func key(_ aead: AEADAlgorithm, _ key: UnsafePointer<UInt8>) -> Bool {
+        let algorithm =
+            switch aead {
+            case .aes128GCM: EVP_aead_aes_128_gcm()
+            case .aes256GCM: EVP_aead_aes_256_gcm()
+            case .chacha20Poly1305: EVP_aead_chacha20_poly1305()
+            }
+        return Self.succeeded(
+            EVP_AEAD_CTX_init(self.state, algorithm, key, aead.keyLength, TLS13Records.tagLength, nil)
+        )
+    }
+
+    /// A failure (a record that does not authenticate, above all) leaves an entry on BoringSSL's
+    /// error queue for this thread, which swift-nio-ssl reads when one of its own calls fails:
+    /// cleared here, so that a forged record on a lean connection is never reported as the
+    /// cause of an unrelated nio-ssl connection's error on the same loop.
+    private static func succeeded(_ result: CInt) -> Bool {
+        guard result == 1 else {
+            ERR_clear_error()
+            return false
+        }
+        return true
+    }
 
     /// An empty buffer of at least `capacity` bytes: the loop's reusable one of that size when
     /// nothing else holds it (emptied in place), else a new one. Give it back with `reuse` once
@@ -190,19 +289,18 @@ package enum TLS13Records {
                 let base = input.baseAddress!.assumingMemoryBound(to: UInt8.self)
                 authentic =
                     keys.withNextNonce { key, nonce, _ in
-                        terminus_aead_open(
-                            context.pointer,
+                        context.open(
                             aead,
-                            key,
-                            nonce,
-                            base,
-                            Self.headerLength,
-                            base + Self.headerLength,
-                            output,
-                            cipherLength,
-                            base + Self.headerLength + cipherLength
+                            key: key,
+                            nonce: nonce,
+                            aad: base,
+                            aadLength: Self.headerLength,
+                            input: base + Self.headerLength,
+                            output: output,
+                            length: cipherLength,
+                            tag: base + Self.headerLength + cipherLength
                         )
-                    } == 1
+                    }
                 return authentic ? cipherLength : 0
             }
         }
@@ -283,23 +381,22 @@ package enum TLS13Records {
         let innerLength = output.writerIndex - start - Self.headerLength - Self.tagLength
         let offset = start - output.readerIndex
         let aead = keys.suite.aead
-        let sealed = output.withUnsafeMutableReadableBytes { bytes -> Int32 in
+        let sealed = output.withUnsafeMutableReadableBytes { bytes -> Bool in
             let base = bytes.baseAddress!.assumingMemoryBound(to: UInt8.self) + offset
             return keys.withNextNonce { key, nonce, _ in
-                terminus_aead_seal(
-                    context.pointer,
+                context.seal(
                     aead,
-                    key,
-                    nonce,
-                    base,
-                    Self.headerLength,
-                    base + Self.headerLength,
-                    base + Self.headerLength,
-                    innerLength,
-                    base + Self.headerLength + innerLength
+                    key: key,
+                    nonce: nonce,
+                    aad: base,
+                    aadLength: Self.headerLength,
+                    input: base + Self.headerLength,
+                    output: base + Self.headerLength,
+                    length: innerLength,
+                    tag: base + Self.headerLength + innerLength
                 )
             }
         }
-        guard sealed == 1 else { throw LeanTLSError.internalError("sealing a record failed") }
+        guard sealed else { throw LeanTLSError.internalError("sealing a record failed") }
     }
 }

@@ -1,4 +1,3 @@
-internal import CTerminusOpenSSL
 package import NIOCore
 
 /// TLS 1.2 record protection with an AEAD (RFC 5246 6.2.3.3; RFC 5288 for AES-GCM, RFC 7905 for
@@ -57,20 +56,19 @@ package enum TLS12Records {
                         nonce,
                         sequence in
                         Self.withAdditionalData(sequence: sequence, header: base, length: cipherLength) { aad in
-                            terminus_aead_open(
-                                context.pointer,
+                            context.open(
                                 aead,
-                                key,
-                                nonce,
-                                aad,
-                                13,
-                                ciphertext,
-                                output,
-                                cipherLength,
-                                ciphertext + cipherLength
+                                key: key,
+                                nonce: nonce,
+                                aad: aad,
+                                aadLength: 13,
+                                input: ciphertext,
+                                output: output,
+                                length: cipherLength,
+                                tag: ciphertext + cipherLength
                             )
                         }
-                    } == 1
+                    }
                 return authentic ? cipherLength : 0
             }
         }
@@ -102,27 +100,26 @@ package enum TLS12Records {
             output.writeRepeatingByte(0, count: Self.tagLength)
             let offset = start - output.readerIndex
             let aead = keys.suite.aead
-            let sealed = output.withUnsafeMutableReadableBytes { bytes -> Int32 in
+            let sealed = output.withUnsafeMutableReadableBytes { bytes -> Bool in
                 let base = bytes.baseAddress!.assumingMemoryBound(to: UInt8.self) + offset
                 let plaintext = base + Self.headerLength + explicit
                 return keys.withNextNonce { key, nonce, sequence in
                     Self.withAdditionalData(sequence: sequence, header: base, length: length) { aad in
-                        terminus_aead_seal(
-                            context.pointer,
+                        context.seal(
                             aead,
-                            key,
-                            nonce,
-                            aad,
-                            13,
-                            plaintext,
-                            plaintext,
-                            length,
-                            plaintext + length
+                            key: key,
+                            nonce: nonce,
+                            aad: aad,
+                            aadLength: 13,
+                            input: plaintext,
+                            output: plaintext,
+                            length: length,
+                            tag: plaintext + length
                         )
                     }
                 }
             }
-            guard sealed == 1 else { throw LeanTLSError.internalError("sealing a record failed") }
+            guard sealed else { throw LeanTLSError.internalError("sealing a record failed") }
         } while remaining.readableBytes > 0
     }
 

@@ -108,7 +108,7 @@ struct LeanHandshakeTests {
         #expect(keys.version == 0x0304 && !keys.resumed && keys.peerCertificate == nil)
         #expect(keys.write.sequence == 2 && keys.read.sequence == 0)
 
-        let aead = try AEADContext()
+        let aead = AEADContext()
         let allocator = ByteBufferAllocator()
         // Client to server.
         try client.writeOutbound(ByteBuffer(string: "hello from the device"))
@@ -266,7 +266,7 @@ struct LeanHandlerInteropTests {
     static func server(_ context: LeanTLSServerContext, aead: AEADContext? = nil) throws -> EmbeddedChannel {
         let channel = EmbeddedChannel()
         try channel.pipeline.syncOperations.addHandler(
-            LeanTLSServerHandler(context: context, aead: try aead ?? AEADContext())
+            LeanTLSServerHandler(context: context, aead: aead ?? AEADContext())
         )
         channel.connect(to: try SocketAddress(ipAddress: "127.0.0.1", port: 50_000), promise: nil)
         return channel
@@ -290,7 +290,7 @@ struct LeanHandlerInteropTests {
             tickets: 1
         )
         // Two connections of one loop: one AEAD context, one small-record buffer.
-        let aead = try AEADContext()
+        let aead = AEADContext()
         let servers = [try Self.server(context, aead: aead), try Self.server(context, aead: aead)]
         var clients: [Client] = []
         for server in servers {

@@ -40,7 +40,7 @@ struct LeanProcessInteropTests {
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(
-                        LeanTLSServerHandler(context: context, aead: try AEADContext())
+                        LeanTLSServerHandler(context: context, aead: AEADContext())
                     )
                     try channel.pipeline.syncOperations.addHandler(Echo())
                 }

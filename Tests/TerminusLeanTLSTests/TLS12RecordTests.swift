@@ -59,7 +59,7 @@ struct TLS12RecordTests {
         arguments: Self.suites
     )
     func roundTrip(suite: LeanCipherSuite) throws {
-        let context = try AEADContext()
+        let context = AEADContext()
         for length in [0, 1, 16_384, 16_385, 40_000] {
             var writer = Self.keys(suite)
             var reader = Self.keys(suite)
@@ -90,7 +90,7 @@ struct TLS12RecordTests {
         arguments: Self.suites
     )
     func authenticated(suite: LeanCipherSuite) throws {
-        let context = try AEADContext()
+        let context = AEADContext()
         var writer = Self.keys(suite)
         var wire = self.allocator.buffer(capacity: 0)
         try TLS12Records.seal(
@@ -167,7 +167,7 @@ struct TLS12RecordTests {
         let record = try #require(try TLS12Records.nextRecord(from: &header, suite: suite))
         var reader = Self.keys(suite)
         #expect(throws: LeanTLSError.recordOverflow) {
-            try TLS12Records.open(record, keys: &reader, context: try AEADContext(), allocator: self.allocator)
+            try TLS12Records.open(record, keys: &reader, context: AEADContext(), allocator: self.allocator)
         }
     }
 
@@ -180,7 +180,7 @@ struct TLS12RecordTests {
                 ByteBuffer(string: "x"),
                 type: .applicationData,
                 keys: &keys,
-                context: try AEADContext(),
+                context: AEADContext(),
                 into: &output
             )
         }

@@ -1,6 +1,7 @@
 import Foundation
 import NIOCore
 import TerminusBenchmarkFixtures
+import TerminusLeanTLS
 
 // `terminus-instructions SCENARIO COUNT`: sets SCENARIO up, runs it 100 times to warm up, then
 // COUNT times, and exits. `Benchmarks/gate` runs it under callgrind at two counts: the
@@ -24,9 +25,47 @@ let scenarios: [String: (session: EmbeddedSession, frame: ByteBuffer)] = [
     ),
 ]
 
+/// The lean TLS engine's record work for one message: the device's record opened (the
+/// hot path's ~230-byte PUBLISH frame) and a 16-byte answer sealed, with one loop's
+/// `AEADContext`, TLS 1.3 AES-128-GCM, each record keyed afresh as on a loop serving many
+/// connections. The device's records are sealed before the count starts, the same number in
+/// every run (`pool`, at least the warm-up and the counts the gate runs), so their cost cancels
+/// out with the set-up.
+func leanRecords(count: Int, pool: Int = 1_100) throws -> Int {
+    let context = AEADContext()
+    let allocator = ByteBufferAllocator()
+    let secret = [UInt8](repeating: 7, count: 32)
+    var deviceWrite = TrafficKeys(suite: .tls13AES128GCMSHA256, secret: secret)
+    var serverRead = TrafficKeys(suite: .tls13AES128GCMSHA256, secret: secret)
+    var serverWrite = TrafficKeys(suite: .tls13AES128GCMSHA256, secret: [UInt8](repeating: 9, count: 32))
+    let publish = Fixtures.publishFrame()
+    var wire = allocator.buffer(capacity: pool * (publish.readableBytes + 22))
+    for _ in 0..<max(pool, 100 + count) {
+        try TLS13Records.seal(publish, type: .applicationData, keys: &deviceWrite, context: context, into: &wire)
+    }
+    let ack = ByteBuffer(bytes: [UInt8](repeating: 0x20, count: 16))
+    var answer = allocator.buffer(capacity: 64)
+    var answered = 0
+    for _ in 0..<(100 + count) {
+        let record = try TLS13Records.nextRecord(from: &wire)!
+        let (type, content) = try TLS13Records.open(record, keys: &serverRead, context: context, allocator: allocator)
+        guard type == .applicationData, content.readableBytes == publish.readableBytes else { return answered }
+        answer.clear()
+        try TLS13Records.seal(ack, type: .applicationData, keys: &serverWrite, context: context, into: &answer)
+        answered += 1
+    }
+    return answered
+}
+
 let arguments = CommandLine.arguments
+if arguments.count == 3, arguments[1] == "lean-records", let count = Int(arguments[2]), count >= 0 {
+    let opened = try leanRecords(count: count)
+    precondition(opened == 100 + count, "every record opened")
+    print("lean-records: \(opened) records opened and answered")
+    exit(0)
+}
 guard arguments.count == 3, let scenario = scenarios[arguments[1]], let count = Int(arguments[2]), count >= 0 else {
-    let names = scenarios.keys.sorted().joined(separator: "|")
+    let names = (scenarios.keys + ["lean-records"]).sorted().joined(separator: "|")
     FileHandle.standardError.write(Data("usage: terminus-instructions \(names) COUNT\n".utf8))
     exit(2)
 }

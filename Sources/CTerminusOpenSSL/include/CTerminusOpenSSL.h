@@ -1,41 +1,12 @@
 // A thin module over the system OpenSSL 3 (libssl-dev): what the lean TLS engine
-// (TerminusLeanTLS) calls. Only what Swift cannot call directly is here (OpenSSL's macros,
-// and loops over EVP calls that would cost a crossing each).
+// (TerminusLeanTLS) calls for its handshake and TLS 1.2's PRF. Only what Swift cannot call
+// directly is here (OpenSSL's macros, and loops over EVP calls that would cost a crossing
+// each). Records are sealed and opened with swift-nio-ssl's BoringSSL (`AEADContext`).
 #ifndef C_TERMINUS_OPENSSL_H
 #define C_TERMINUS_OPENSSL_H
 
 #include <stddef.h>
 #include <stdint.h>
-
-/// The AEADs of TLS 1.3 and of TLS 1.2's ECDHE AEAD suites.
-typedef enum {
-    TERMINUS_AEAD_AES_128_GCM = 1,
-    TERMINUS_AEAD_AES_256_GCM = 2,
-    TERMINUS_AEAD_CHACHA20_POLY1305 = 3,
-} terminus_aead;
-
-/// A cipher context for one thread (an event loop): the algorithms are fetched once when it is
-/// made, and every record of every connection on that thread is sealed or opened with it (the
-/// connection keeps only its key, IV and sequence number).
-typedef struct terminus_aead_context terminus_aead_context;
-
-/// NULL when OpenSSL cannot provide one of the AEADs.
-terminus_aead_context *terminus_aead_context_new(void);
-void terminus_aead_context_free(terminus_aead_context *context);
-
-/// Encrypts `length` bytes from `input` into `output` (the same pointer: in place) with `key`
-/// and the 12-byte `nonce`, authenticating `aad` as well, and writes the 16-byte tag to `tag`.
-/// Returns 1, or 0 on failure.
-int terminus_aead_seal(terminus_aead_context *context, terminus_aead aead, const uint8_t *key,
-                       const uint8_t *nonce, const uint8_t *aad, size_t aad_length,
-                       const uint8_t *input, uint8_t *output, size_t length, uint8_t *tag);
-
-/// Decrypts `length` bytes from `input` into `output` (or in place) and checks the 16-byte `tag`.
-/// Returns 1 when the record is authentic, 0 otherwise (`output` then holds nothing meaningful).
-int terminus_aead_open(terminus_aead_context *context, terminus_aead aead, const uint8_t *key,
-                       const uint8_t *nonce, const uint8_t *aad, size_t aad_length,
-                       const uint8_t *input, uint8_t *output, size_t length, const uint8_t *tag);
-
 
 // MARK: the handshake, by OpenSSL over memory BIOs
 
