@@ -177,7 +177,7 @@ enum AckServer {
         if leanContext != nil {
             for loop in group.makeIterator() {
                 aeadPerLoop[ObjectIdentifier(loop)] = try await loop.submit {
-                    NIOLoopBound(try AEADContext(), eventLoop: loop)
+                    NIOLoopBound(AEADContext(), eventLoop: loop)
                 }.get()
             }
         }
