@@ -27,18 +27,10 @@ final class UplinkBatcher {
     private let eventLoop: any EventLoop
     private let sink: any UplinkSink
     private let maxBatchSize: Int
-    private var messages: [UplinkMessage] = []
-    /// Reserved when the batch before is handed over (`reserved(after:maxBatchSize:)`), so it is
-    /// allocated once rather than regrown at 1, 2, 4, … entries as messages arrive (2.4
-    /// allocations for an edge batch of three messages, `Benchmarks/profile --tool mallocs`).
-    /// The waiters' array goes with the batch (its completion holds it), so it cannot be reused
-    /// as the messages' array is. Reserved there, not at the first `enqueue`: each read or write
-    /// of a class's stored property there is an exclusivity check at run time, about 90
-    /// instructions (callgrind, `hot-path`: reserving at `enqueue` cost 220 a message).
-    private var waiters: [Waiter]
-    private var flushScheduled = false
-    /// When the batch being gathered got its first message (this tick).
-    private var startedAt = NIODeadline.uptimeNanoseconds(0)
+    /// The batch being gathered, all its state in one stored property: each read or write of a
+    /// class's stored property is an exclusivity check at run time, about 90 instructions
+    /// (callgrind, `hot-path`), so a message's `enqueue` makes one, not one per field.
+    private var gathering: Gathering
     private let metrics: EdgeLoopMetrics
 
     init(
@@ -50,7 +42,7 @@ final class UplinkBatcher {
         self.eventLoop = eventLoop
         self.sink = sink
         self.maxBatchSize = max(1, maxBatchSize)
-        self.waiters = Self.reserved(after: 0, maxBatchSize: self.maxBatchSize)
+        self.gathering = Gathering(waiters: Self.reserved(after: 0, maxBatchSize: self.maxBatchSize))
         self.metrics = metrics
     }
 
@@ -60,38 +52,97 @@ final class UplinkBatcher {
     ///     caller).
     ///   - waiter: the session to tell the outcome, if any.
     func enqueue(_ message: consuming UplinkMessage, waiter: (any DeliveryWaiter)?, kind: DeliveryKind) {
-        if self.messages.isEmpty { self.startedAt = self.eventLoop.now }
-        self.waiters.append((waiter, message.messageID, kind, self.startedAt))
-        self.messages.append(consume message)
-        if self.messages.count >= self.maxBatchSize {
+        switch self.gathering.add(
+            message,
+            waiter: waiter,
+            kind: kind,
+            maxBatchSize: self.maxBatchSize,
+            clock: self.eventLoop
+        ) {
+        case .full:
             self.flush()
-        } else if !self.flushScheduled {
-            self.flushScheduled = true
+        case .first:
             let loop = self.eventLoop.assumeIsolated()
             loop.execute { self.flush() }
+        case .joined:
+            break
         }
     }
 
     func flush() {
-        self.flushScheduled = false
-        guard !self.messages.isEmpty else { return }
         // Hand the arrays over (no copy); the next batch starts fresh ones.
-        var batch = self.messages
+        guard let (batch, entries) = self.gathering.take(maxBatchSize: self.maxBatchSize) else { return }
         // The completion captures `waiters` alone: a closure over one reference needs no
         // context allocation (the allocation gate counts it).
-        let waiters = BatchWaiters(entries: self.waiters)
-        self.messages = []
-        self.waiters = Self.reserved(after: waiters.entries.count, maxBatchSize: self.maxBatchSize)
+        let waiters = BatchWaiters(entries: entries)
         self.sink.deliver(batch, on: self.eventLoop) { outcomes in waiters.complete(outcomes) }
-        // The messages' array is only read while the sink takes the batch (the backend router
-        // copies what it queues): when nothing else holds it now, its storage carries the next
-        // batch, so a lone message allocates no array for itself. Unless messages arrived while
-        // the sink ran. If the sink kept the array, this allocates what the next append would
-        // have. Bound: one array per loop, of the capacity a batch of at most `maxBatchSize`
-        // messages grew to.
-        if self.messages.isEmpty {
-            batch.removeAll(keepingCapacity: true)
-            self.messages = batch
+        self.gathering.reuse(batch)
+    }
+}
+
+extension UplinkBatcher {
+    /// The batch being gathered on one loop.
+    struct Gathering {
+        var messages: [UplinkMessage] = []
+        /// Reserved when the batch before is handed over (`reserved(after:maxBatchSize:)`), so
+        /// it is allocated once rather than regrown at 1, 2, 4, … entries as messages arrive
+        /// (2.4 allocations for an edge batch of three messages, `Benchmarks/profile --tool
+        /// mallocs`). The waiters' array goes with the batch (its completion holds it), so it
+        /// cannot be reused as the messages' array is.
+        var waiters: [Waiter]
+        /// A flush is queued on the loop.
+        var flushScheduled = false
+        /// When the batch being gathered got its first message (this tick).
+        var startedAt = NIODeadline.uptimeNanoseconds(0)
+
+        /// What `add` asks the batcher to do.
+        enum Added {
+            /// The batch is full: flush it now.
+            case full
+            /// The batch's first message: queue a flush on the loop.
+            case first
+            /// A flush is queued already.
+            case joined
+        }
+
+        mutating func add(
+            _ message: consuming UplinkMessage,
+            waiter: (any DeliveryWaiter)?,
+            kind: DeliveryKind,
+            maxBatchSize: Int,
+            clock: any EventLoop
+        ) -> Added {
+            if self.messages.isEmpty { self.startedAt = clock.now }
+            self.waiters.append((waiter, message.messageID, kind, self.startedAt))
+            self.messages.append(consume message)
+            if self.messages.count >= maxBatchSize { return .full }
+            if self.flushScheduled { return .joined }
+            self.flushScheduled = true
+            return .first
+        }
+
+        /// The batch gathered and its waiters, nil when there is none; the next batch starts
+        /// with the waiters' room reserved.
+        mutating func take(maxBatchSize: Int) -> ([UplinkMessage], [Waiter])? {
+            self.flushScheduled = false
+            guard !self.messages.isEmpty else { return nil }
+            let batch = (self.messages, self.waiters)
+            self.messages = []
+            self.waiters = UplinkBatcher.reserved(after: batch.1.count, maxBatchSize: maxBatchSize)
+            return batch
+        }
+
+        /// The messages' array is only read while the sink takes the batch (the backend router
+        /// copies what it queues): when nothing else holds it now, its storage carries the next
+        /// batch, so a lone message allocates no array for itself. Unless messages arrived
+        /// while the sink ran. If the sink kept the array, this allocates what the next append
+        /// would have. Bound: one array per loop, of the capacity a batch of at most
+        /// `maxBatchSize` messages grew to.
+        mutating func reuse(_ handedOver: consuming [UplinkMessage]) {
+            guard self.messages.isEmpty else { return }
+            var storage = handedOver
+            storage.removeAll(keepingCapacity: true)
+            self.messages = storage
         }
     }
 }
@@ -131,13 +182,16 @@ private struct BatchWaiters: @unchecked Sendable {
         // One pass, while each session's state is in the cache: a session's messages sit next to
         // each other in the batch (one read each per tick), so its ACKs are flushed when the next
         // message is another session's. A session seen again later gets another flush then;
-        // flushAcks does nothing when nothing is pending.
+        // flushAcks does nothing when nothing is pending. The session of the run before is held
+        // until the next differs (not looked up again from the next entry: a retain and a
+        // release a message).
+        var previous: (any DeliveryWaiter)?
         for position in self.entries.indices {
             let (waiter, id, kind, receivedAt) = self.entries[position]
-            guard let waiter else { continue }
-            waiter.deliveryCompleted(messageID: id, kind: kind, outcome: outcomes[position], receivedAt: receivedAt)
-            let next = position + 1 < self.entries.count ? self.entries[position + 1].0 : nil
-            if next !== waiter { waiter.flushAcks() }
+            if let previous, previous !== waiter { previous.flushAcks() }
+            previous = waiter
+            waiter?.deliveryCompleted(messageID: id, kind: kind, outcome: outcomes[position], receivedAt: receivedAt)
         }
+        previous?.flushAcks()
     }
 }
