@@ -373,6 +373,7 @@ let package = Package(
                 "TerminusProtocol",
                 "TerminusAuth",
                 "TerminusSessions",
+                "TerminusMetrics",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),

@@ -4,6 +4,7 @@ import NIOCore
 import NIOEmbedded
 import TerminusAuth
 import TerminusCompression
+import TerminusMetrics
 import TerminusProtocol
 import TerminusSessions
 import Testing
@@ -177,10 +178,12 @@ struct SessionHandlerTests {
         }
         #expect(welcome.deviceID == "dev-bytes")
         // Two PUBLISH and a PING in one read, then one PUBLISH split across three reads.
-        try session.sendBytes(
-            EmbeddedSession.bytes([EmbeddedEdge.publish(1), EmbeddedEdge.publish(2), .ping(ByteBuffer(string: "p"))])
-        )
+        let coalesced = EmbeddedSession.bytes([
+            EmbeddedEdge.publish(1), EmbeddedEdge.publish(2), .ping(ByteBuffer(string: "p")),
+        ])
+        try session.sendBytes(coalesced)
         var split = EmbeddedSession.bytes([EmbeddedEdge.publish(3)])
+        let splitBytes = split.readableBytes
         try session.sendBytes(split.readSlice(length: 3)!)
         try session.sendBytes(split.readSlice(length: 5)!)
         try session.sendBytes(split)
@@ -193,6 +196,16 @@ struct SessionHandlerTests {
         #expect(frames.contains(.pong(ByteBuffer(string: "p"))))
         #expect(edge.sink.messages.map(\.messageID) == [1, 2, 3])
         #expect(session.isOpen)
+        // The loop's counts: every read's bytes once, each frame once, each outcome once.
+        var snapshot = MetricsSnapshot()
+        edge.context.metrics.collect(into: &snapshot)
+        let bytes = hello.readableBytes + coalesced.readableBytes + splitBytes
+        #expect(snapshot.counters[SeriesKey("terminus_received_bytes_total")] == Double(bytes))
+        #expect(snapshot.counters[SeriesKey("terminus_frames_received_total")] == 5)
+        let ok = SeriesKey("terminus_uplink_messages_total", ["qos": "1", "outcome": "ok"])
+        #expect(snapshot.counters[ok] == 3)
+        let latency = snapshot.histograms[SeriesKey("terminus_publish_ack_duration_seconds")]
+        #expect(latency?.counts.reduce(0, +) == 3)
     }
 
     @Test("a device's messages answered in one batch get their ACKs in one write (one TLS record), in order")

@@ -299,7 +299,6 @@ extension DeviceSessionHandler {
     /// `terminus_uplink_messages_total` and, for QoS 1, `terminus_publish_ack_duration_seconds`
     /// (from the tick that read the PUBLISH to its outcome).
     private func countOutcome(_ outcome: DeliveryOutcome, qos: QoS, receivedAt: NIODeadline) {
-        let metrics = self.loop.metrics
         let counted: EdgeLoopMetrics.UplinkOutcome =
             switch outcome {
             case .accepted: .ok
@@ -307,9 +306,7 @@ extension DeviceSessionHandler {
             case .rejected: .rejected
             case .retryLater: .retryLater
             }
-        metrics.uplink(qos: qos, counted)
-        if qos == .atLeastOnce {
-            metrics.publishAck.record(Double((self.now - receivedAt).nanoseconds) / 1e9)
-        }
+        let ackSeconds = qos == .atLeastOnce ? Double((self.now - receivedAt).nanoseconds) / 1e9 : nil
+        self.loop.metrics.uplink(qos: qos, counted, ackSeconds: ackSeconds)
     }
 }
