@@ -439,8 +439,7 @@ final class ServiceDelivery: Service, Sendable {
         let sender = self.sender.value
         sender.inFlight -= 1
         var retry: [(Entry, ContinuousClock.Instant)] = []
-        // Counted once per batch: each update of a count is two exclusivity checks at run time
-        // (`sender.counts`, then the count), about 140 instructions.
+        // Counted once per batch, not once per message.
         var accepted = 0
         var rejected = 0
         // Each entry's ticket and index read in place, not the entry copied out (a retain and a

@@ -181,7 +181,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, TimerWheelTarget, Delive
         self.machine.partialFrame(false, now: self.now)  // the frame timeout restarts
         if let held = self.partialFrame {
             self.partialFrame = nil
-            self.decode(held, received: 0, context: context)
+            self.decode(held, context: context)
         }
         if self.pendingRead && !self.machine.readsPaused && self.machine.isReading {
             self.pendingRead = false
@@ -213,27 +213,25 @@ final class DeviceSessionHandler: ChannelDuplexHandler, TimerWheelTarget, Delive
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var buffer = self.unwrapInboundIn(data)
-        let received = buffer.readableBytes
+        self.loop.metrics.bytesReceived &+= buffer.readableBytes
         if var partial = self.partialFrame {
             self.partialFrame = nil
             partial.writeBuffer(&buffer)
             buffer = partial
         }
-        self.decode(buffer, received: received, context: context)
+        self.decode(buffer, context: context)
     }
 
     /// Decodes and handles every complete frame in `buffer`, unless decoding is held (then the
     /// bytes wait, at most one read's worth, since reading is paused too); keeps the rest.
-    /// - Parameter received: the bytes this read brought, counted with its frames.
-    func decode(_ input: ByteBuffer, received: Int, context: ChannelHandlerContext) {
+    func decode(_ input: ByteBuffer, context: ChannelHandlerContext) {
         var buffer = input
-        // Counted once per read, not per frame (each `self.loop` is a reference count's round
-        // trip), bytes and frames together (each access to the metrics' stored properties is an
-        // exclusivity check).
+        // Counted once per read, not per frame (each `self.loop` is a reference count's round trip).
         var frames = 0
-        defer { if frames > 0 || received > 0 { self.loop.metrics.received.add(frames: frames, bytes: received) } }
+        defer { if frames > 0 { self.loop.metrics.framesReceived &+= frames } }
         // A read that ended on a frame boundary is not decoded once more to find that out: each
-        // call is an exclusivity check at run time on `frameDecoder` (a class's stored property).
+        // call is an exclusivity check at run time on `frameDecoder` (a class's stored property
+        // whose access spans the decoding) and a read of the buffer's first bytes.
         while buffer.readableBytes > 0 && self.machine.isReading && !self.machine.decodingHeld {
             let frame: Frame?
             do {
