@@ -347,6 +347,16 @@ struct BackendRoutingTests {
             }.get()
             return outcomes.map { $0.ack(for: 0).status }
         }
+        // Both services connected first: a batch sent while a connection is still being made
+        // waits for it only as long as the retry policy allows (on a loaded machine that was
+        // not always enough, and a message came back RETRY_LATER). Their own topics, not
+        // counted below.
+        var connected = false
+        for _ in 0..<100 where !connected {
+            connected = try await deliver(["pay/warm-up", "warm-up/done"]) == [.ok, .ok]
+            if !connected { try await Task.sleep(for: .milliseconds(100)) }
+        }
+        try #require(connected, "both services answer")
         // Every message to the one same service.
         let first = try await deliver(["pay/a", "pay/b", "pay/c"])
         #expect(first == [.ok, .ok, .ok], "outcomes \(first)")
@@ -360,11 +370,11 @@ struct BackendRoutingTests {
         #expect(try await deliver(["x/y", "speaker/volume"]) == [.noRoute, .noRoute])
         #expect(try await deliver([]) == [])
         #expect(
-            billing.receiver.payloads.sorted() == [
+            billing.receiver.payloads.filter { $0 != "pay/warm-up" }.sorted() == [
                 "pay/a", "pay/a", "pay/b", "pay/b", "pay/c", "pay/done", "pay/done", "pay/done", "pay/refund",
             ]
         )
-        #expect(audit.receiver.payloads == ["pay/done", "pay/done", "pay/done"])
+        #expect(audit.receiver.payloads.filter { $0 != "warm-up/done" } == ["pay/done", "pay/done", "pay/done"])
         await gateway.stop()
         await billing.stop()
         await audit.stop()
